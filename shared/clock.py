@@ -1,0 +1,36 @@
+"""Timestamps: the one place that reads the clock, formats RFC 3339 out and parses it in (§1.2)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+_OFFSET_RE = re.compile(r"(Z|z|[+-]\d{2}:\d{2})$")
+
+
+def utcnow() -> datetime:
+    """Current time, aware UTC. Only process edges call this; domain code receives ``now``."""
+    return datetime.now(UTC)
+
+
+def format_ts(value: datetime | None) -> str | None:
+    """RFC 3339, UTC, ``Z``, exactly six fractional digits."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ts(text: str) -> datetime:
+    """Parse RFC 3339 with an explicit offset; raise ``ValueError`` otherwise."""
+    if not isinstance(text, str) or not _OFFSET_RE.search(text) or "T" not in text.upper():
+        raise ValueError("must be an RFC 3339 timestamp with an offset")
+    normalized = text[:-1] + "+00:00" if text[-1] in "Zz" else text
+    try:
+        parsed = datetime.fromisoformat(normalized.replace("t", "T"))
+    except ValueError as exc:
+        raise ValueError("must be an RFC 3339 timestamp with an offset") from exc
+    if parsed.tzinfo is None:
+        raise ValueError("must be an RFC 3339 timestamp with an offset")
+    return parsed.astimezone(UTC)

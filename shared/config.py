@@ -1,0 +1,95 @@
+"""Settings: read once per process from the environment into a frozen dataclass and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from shared.errors import ConfigError
+
+DEFAULT_SQLITE_PATH = "sluice.db"
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name}: must be >= {minimum}")
+    return value
+
+
+def _rate_limit(env: Mapping[str, str]) -> tuple[int, int] | None:
+    raw = env.get("SLUICE_API_RATE_LIMIT", "").strip()
+    if not raw:
+        return None
+    try:
+        count, secs = raw.split("/", 1)
+        parsed = (int(count), int(secs))
+    except ValueError as exc:
+        raise ConfigError(f"SLUICE_API_RATE_LIMIT: expected <n>/<secs>, got {raw!r}") from exc
+    if parsed[0] < 1 or parsed[1] < 1:
+        raise ConfigError("SLUICE_API_RATE_LIMIT: both numbers must be >= 1")
+    return parsed
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    allow_private_endpoints: bool = False
+    cron_misfire_grace_secs: int = 60
+    heartbeat_interval_secs: int = 10
+    stale_after_secs: int = 60
+    lease_margin_secs: int = 30
+    slot_retry_secs: int = 1
+    api_rate_limit: tuple[int, int] | None = None
+    # Not in the contract: operational knobs with documented defaults (README, deploy/README.md).
+    queue_name: str = "sluice.runs"
+    sweep_interval_secs: float = 1.0
+    log_level: str = "INFO"
+    log_json: bool = True
+    worker_threads: int = 8
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            database_url=env.get("DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}",
+            redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            allow_private_endpoints=_bool(env, "SLUICE_ALLOW_PRIVATE_ENDPOINTS", False),
+            cron_misfire_grace_secs=_int(env, "SLUICE_CRON_MISFIRE_GRACE_SECS", 60),
+            heartbeat_interval_secs=_int(env, "SLUICE_HEARTBEAT_INTERVAL_SECS", 10, minimum=1),
+            stale_after_secs=_int(env, "SLUICE_STALE_AFTER_SECS", 60, minimum=1),
+            lease_margin_secs=_int(env, "SLUICE_LEASE_MARGIN_SECS", 30),
+            slot_retry_secs=_int(env, "SLUICE_SLOT_RETRY_SECS", 1),
+            api_rate_limit=_rate_limit(env),
+            queue_name=env.get("SLUICE_QUEUE_NAME") or "sluice.runs",
+            log_level=(env.get("SLUICE_LOG_LEVEL") or "INFO").upper(),
+            log_json=_bool(env, "SLUICE_LOG_JSON", True),
+            worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,44 @@
+"""Every Redis key Sluice writes, one function per kind, all under the ``sluice:`` prefix.
+
+The README's key map documents each pattern and its TTL. Dramatiq's own queue keys (``dramatiq:*``)
+are not ours and are listed there separately.
+"""
+
+from __future__ import annotations
+
+PREFIX = "sluice:"
+
+
+def concurrency_job(job_id: str) -> str:
+    """ZSET run_id -> lease expiry (unix ms): executing attempts of a job (``max_concurrency``)."""
+    return f"{PREFIX}conc:job:{job_id}"
+
+
+def concurrency_key(job_id: str, key: str) -> str:
+    """ZSET run_id -> lease expiry (unix ms) per ``concurrency_key`` (``max_concurrency_per_key``)."""
+    return f"{PREFIX}conc:key:{job_id}:{key}"
+
+
+def rate_job(job_id: str) -> str:
+    """ZSET of start marks (score = unix ms) in the job's sliding window (``rate_limit_max``)."""
+    return f"{PREFIX}rate:job:{job_id}"
+
+
+def rate_key(job_id: str, name: str, value: str) -> str:
+    """ZSET of start marks for one ``rate_limit_keys`` entry and one key value."""
+    return f"{PREFIX}rate:key:{job_id}:{name}:{value}"
+
+
+def run_cancel(run_id: str) -> str:
+    """String flag set when an executing run is canceled, so its worker stops waiting (§5.17)."""
+    return f"{PREFIX}cancel:{run_id}"
+
+
+def scheduler_leader() -> str:
+    """String: the scheduler replica currently running maintenance loops (lease)."""
+    return f"{PREFIX}scheduler:leader"
+
+
+def api_rate(key_id: str, window_start: int) -> str:
+    """Counter of API requests for one key in one fixed window (``SLUICE_API_RATE_LIMIT``)."""
+    return f"{PREFIX}api-rate:{key_id}:{window_start}"
