@@ -1,0 +1,114 @@
+"""Test fixtures: real PostgreSQL and real Redis, with strict hygiene.
+
+- PostgreSQL: a dedicated database (``SLUICE_TEST_DB_NAME``, default ``sluice_test``) is dropped,
+  recreated and migrated once per session; every table is truncated after each test that used it.
+- Redis: a dedicated DB index (``SLUICE_TEST_REDIS_DB``, default 15), flushed before and after each test.
+- Locally a missing service skips the tests that need it; in CI (``CI`` set) it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis as redis_lib
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory
+from shared.migrate import upgrade
+
+PG_ADMIN_URL = os.environ.get("SLUICE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_DB_NAME = os.environ.get("SLUICE_TEST_DB_NAME", "sluice_test")
+REDIS_BASE_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("SLUICE_TEST_REDIS_DB", "15"))
+IN_CI = bool(os.environ.get("CI"))
+
+TABLES = ["webhook_deliveries", "run_events", "runs", "batches", "job_dependencies", "job_versions", "jobs",
+          "api_keys"]
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but unavailable: {exc}")
+    pytest.skip(f"{what} unavailable: {exc}")
+
+
+def pg_url() -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB_NAME
+
+
+def redis_url() -> str:
+    return f"{REDIS_BASE_URL}/{REDIS_DB}"
+
+
+@pytest.fixture(scope="session")
+def pg_engine() -> Iterator[Engine]:
+    try:
+        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with admin.connect() as conn:
+            conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
+            ), {"d": PG_DB_NAME})
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{PG_DB_NAME}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{PG_DB_NAME}"'))
+        admin.dispose()
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "PostgreSQL unavailable"
+        _unavailable("PostgreSQL", exc)
+    upgrade(pg_url())
+    engine = make_engine(pg_url(), pool_size=20)
+    yield engine
+    engine.dispose()
+
+
+def _truncate(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE " + ", ".join(TABLES) + " CASCADE"))
+
+
+@pytest.fixture()
+def db_engine(pg_engine: Engine) -> Iterator[Engine]:
+    """The migrated test database, emptied after the test."""
+    yield pg_engine
+    _truncate(pg_engine)
+
+
+@pytest.fixture()
+def session_factory(db_engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(db_engine)
+
+
+@pytest.fixture()
+def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    s = session_factory()
+    try:
+        yield s
+    finally:
+        s.rollback()
+        s.close()
+
+
+@pytest.fixture()
+def redis_client() -> Iterator[redis_lib.Redis]:
+    client = redis_lib.Redis.from_url(redis_url())
+    try:
+        client.flushdb()
+    except Exception as exc:  # noqa: BLE001
+        _unavailable("Redis", exc)
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture()
+def settings(db_engine: Engine, redis_client: redis_lib.Redis) -> Settings:
+    """Settings pointing at the test PostgreSQL database and Redis DB; private endpoints allowed."""
+    return Settings.from_env({}).with_overrides(
+        database_url=pg_url(),
+        redis_url=redis_url(),
+        allow_private_endpoints=True,
+        log_json=False,
+    )
