@@ -1,0 +1,199 @@
+"""Outbound address policy (CONTRACT §10.1): which URLs Sluice may call, checked at write and call time.
+
+Call time (``resolve_checked``) resolves exactly once and returns the checked addresses, so the caller
+connects to one of them without a second lookup (DNS rebinding cannot redirect it). The resolver is
+injected so tests never touch the network. Ranges are listed explicitly rather than delegated to
+``ipaddress.is_global``, whose answers have changed between Python versions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeAlias
+from urllib.parse import urlsplit
+
+from shared.errors import semantic
+
+Resolver: TypeAlias = Callable[[str, int], list[str]]
+"""``(host, port) -> IP address strings``; raises ``ResolutionFailed`` (or ``OSError``) when it cannot."""
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_REFUSED_V4 = [ipaddress.IPv4Network(n) for n in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # loopback, private
+    "169.254.0.0/16", "100.64.0.0/10", "224.0.0.0/4",  # link-local, CGNAT, multicast
+    "0.0.0.0/8", "192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15", "198.51.100.0/24",  # unspecified, reserved
+    "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
+)]
+_REFUSED_V6 = [ipaddress.IPv6Network(n) for n in (  # loopback, unspecified, unique-local, link-local,
+    "::1/128", "::/128", "fc00::/7", "fe80::/10",  # multicast, documentation, deprecated site-local
+    "ff00::/8", "2001:db8::/32", "fec0::/10",
+)]
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# The last dot-separated label of a host that resolvers (inet_aton) would read as an IPv4 number.
+_NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0[xX][0-9a-fA-F]*)$")
+# urlsplit and HTTP clients disagree on backslashes and silently drop tabs/newlines: refuse them outright
+# so the host we check is the host that gets called.
+_UNSAFE_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
+
+
+class AddressRefused(Exception):
+    """The policy refuses this destination; ``str()`` is a human reason safe to show the job's owner."""
+
+
+class ResolutionFailed(Exception):
+    """The host did not resolve at call time (the worker records error class ``connection``)."""
+
+
+@dataclass(frozen=True)
+class _Target:
+    host: str  # what gets resolved: lowercase ASCII (IDNA), brackets removed, trailing dot kept
+    bare: str  # host without trailing dots, for classification
+    port: int
+    literal: IPAddress | None
+
+
+def is_public_address(ip: str) -> bool:
+    """True when ``ip`` is globally routable unicast per §10.1; unparseable input is not (fail closed).
+
+    IPv4 embedded in IPv6 (mapped, compatible, NAT64, 6to4) is unwrapped and judged as IPv4.
+    """
+    try:
+        return _is_public(ipaddress.ip_address(ip))
+    except ValueError:
+        return False
+
+
+def _is_public(addr: IPAddress) -> bool:
+    if isinstance(addr, ipaddress.IPv6Address):
+        addr = _embedded_ipv4(addr) or addr
+    if isinstance(addr, ipaddress.IPv4Address):
+        return not any(addr in net for net in _REFUSED_V4)
+    return not any(addr in net for net in _REFUSED_V6)
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a mapped, compatible, NAT64 or 6to4 address reaches, else None."""
+    # ::/96 also holds :: and ::1; unwrapped they land in 0/8 and are refused either way.
+    if addr in _IPV4_COMPATIBLE or addr in _NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return addr.ipv4_mapped or addr.sixtofour
+
+
+def strip_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``, for quoting URLs in errors and logs.
+
+    Textual, so it also works on URLs too malformed for ``urlsplit``: ``https://u:pw@h/x`` -> ``https://h/x``.
+    """
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@", r"\1//", url, count=1)
+
+
+def _parse(url: str) -> _Target:
+    """Split ``url`` into what the policy checks; raise ``AddressRefused`` for shape problems."""
+    if _UNSAFE_CHARS.search(url):
+        raise AddressRefused("must not contain whitespace, control characters or backslashes")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        hostname = parts.hostname
+    except ValueError as exc:  # bad brackets, non-numeric or out-of-range port
+        raise AddressRefused("is not a valid URL") from exc
+    if parts.scheme.lower() not in ("http", "https"):
+        raise AddressRefused("must use http or https")
+    if not hostname or not hostname.strip("."):
+        raise AddressRefused("must include a host")
+    if port == 0:
+        raise AddressRefused("is not a valid URL")
+    port = port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        # Same normalisation the resolver applies (NFKC, full-width dots), so "ｌｏｃａｌｈｏｓｔ" and
+        # "１２７.０.０.１" are classified as what they resolve to.
+        host = hostname.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        host = hostname  # cannot be encoded, so cannot resolve either; left for resolution to fail
+    bare = host.rstrip(".")
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(bare)
+    except ValueError:
+        literal = None
+    return _Target(host=host, bare=bare, port=port, literal=literal)
+
+
+def _static_refusal(target: _Target) -> str | None:
+    """Reason to refuse without resolving (allow_private=False only), or None."""
+    if target.bare == "localhost" or target.bare.endswith(".localhost"):
+        return "host is localhost"
+    if target.literal is not None:
+        return None if _is_public(target.literal) else "host is a private address"
+    if _NUMERIC_LABEL.match(target.bare.rsplit(".", 1)[-1]):
+        # Canonical dotted quads parsed as literals above; anything else numeric (0177.0.0.1, 0x7f.1,
+        # 2130706433, 127.1) means different things to different parsers, so it is never allowed.
+        return "non-canonical IPv4 address"
+    return None
+
+
+def default_resolver(host: str, port: int) -> list[str]:
+    """Resolve with ``socket.getaddrinfo`` (blocking; bounded only by the system resolver's timeouts)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ResolutionFailed(f"cannot resolve host {host!r}") from exc
+    return [str(info[4][0]) for info in infos]
+
+
+def _resolve(target: _Target, resolver: Resolver | None) -> list[str]:
+    """Resolve once; unique addresses in resolver order. Raises ``ResolutionFailed``."""
+    try:
+        found = (resolver or default_resolver)(target.host, target.port)
+    except OSError as exc:
+        raise ResolutionFailed(f"cannot resolve host {target.host!r}") from exc
+    if not found:
+        raise ResolutionFailed(f"host {target.host!r} has no addresses")
+    return list(dict.fromkeys(found))
+
+
+def check_url_for_write(field: str, url: str, *, allow_private: bool,
+                        resolver: Resolver | None = None) -> None:
+    """Validate a URL a client is storing (create, PATCH, batch, clone); raise a 400 naming ``field``.
+
+    Messages: ``"<field>: must use http or https"``, ``"<field>: host is localhost"``,
+    ``"<field>: host resolves to a private address"``, ... Resolved addresses are never quoted, so the
+    error cannot be used to map internal DNS. An unresolvable host is accepted (§10.1).
+    """
+    try:
+        if allow_private:
+            _parse(url)  # only the shape matters; nothing is resolved
+        else:
+            resolve_checked(url, allow_private=False, resolver=resolver)
+    except ResolutionFailed:
+        return  # nothing shows it private (§10.1); the call-time check will see it again
+    except AddressRefused as exc:
+        raise semantic(field, str(exc)) from None
+
+
+def resolve_checked(url: str, *, allow_private: bool,
+                    resolver: Resolver | None = None) -> tuple[str, int, list[str]]:
+    """Call-time check: ``(host, port, addresses)`` where every address passed the policy.
+
+    Resolves exactly once (a literal is not resolved); connect only to one of the returned addresses.
+    ``host`` is the normalised (lowercase, IDNA) name for ``Host``/SNI. Raises ``AddressRefused`` when the
+    URL or any address is refused (one bad address taints the host), ``ResolutionFailed`` when it does
+    not resolve. With ``allow_private`` only the scheme/host rules apply, but it still resolves once.
+    """
+    target = _parse(url)
+    if not allow_private:
+        reason = _static_refusal(target)
+        if reason is not None:
+            raise AddressRefused(reason)
+    if target.literal is not None:
+        return target.host, target.port, [str(target.literal)]
+    addresses = _resolve(target, resolver)
+    if not allow_private and not all(is_public_address(ip) for ip in addresses):
+        raise AddressRefused("host resolves to a private address")
+    return target.host, target.port, addresses
+
