@@ -62,7 +62,6 @@ class Settings:
     slot_retry_secs: int = 1
     api_rate_limit: tuple[int, int] | None = None
     # Not in the contract: operational knobs with documented defaults (README, deploy/README.md).
-    queue_name: str = "sluice.runs"
     sweep_interval_secs: float = 1.0
     log_level: str = "INFO"
     log_json: bool = True
@@ -81,7 +80,6 @@ class Settings:
             lease_margin_secs=_int(env, "SLUICE_LEASE_MARGIN_SECS", 30),
             slot_retry_secs=_int(env, "SLUICE_SLOT_RETRY_SECS", 1),
             api_rate_limit=_rate_limit(env),
-            queue_name=env.get("SLUICE_QUEUE_NAME") or "sluice.runs",
             log_level=(env.get("SLUICE_LOG_LEVEL") or "INFO").upper(),
             log_json=_bool(env, "SLUICE_LOG_JSON", True),
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),

@@ -10,22 +10,36 @@ PREFIX = "sluice:"
 
 
 def concurrency_job(job_id: str) -> str:
-    """ZSET run_id -> lease expiry (unix ms): executing attempts of a job (``max_concurrency``)."""
+    """ZSET run_id -> lease expiry (unix ms): executing attempts of a job (``max_concurrency``).
+
+    Every admitted attempt holds a lease here, even when the job is unlimited. TTL: PEXPIREd on each
+    acquire/extend to the latest lease expiry - now + 1 s, so it never outlives its last lease by much.
+    """
     return f"{PREFIX}conc:job:{job_id}"
 
 
 def concurrency_key(job_id: str, key: str) -> str:
-    """ZSET run_id -> lease expiry (unix ms) per ``concurrency_key`` (``max_concurrency_per_key``)."""
+    """ZSET run_id -> lease expiry (unix ms) per ``concurrency_key`` (``max_concurrency_per_key``).
+
+    Written for every keyed attempt. TTL: like ``concurrency_job`` (latest lease expiry - now + 1 s).
+    """
     return f"{PREFIX}conc:key:{job_id}:{key}"
 
 
 def rate_job(job_id: str) -> str:
-    """ZSET of start marks (score = unix ms) in the job's sliding window (``rate_limit_max``)."""
+    """ZSET of start marks (score = unix ms) in the job's sliding window (``rate_limit_max``).
+
+    Members ``<run_id>:<ms>:<token>`` (unique per start). TTL: window + 1 s, renewed on each start.
+    """
     return f"{PREFIX}rate:job:{job_id}"
 
 
 def rate_key(job_id: str, name: str, value: str) -> str:
-    """ZSET of start marks for one ``rate_limit_keys`` entry and one key value."""
+    """ZSET of start marks for one ``rate_limit_keys`` entry and one key value.
+
+    Same members and TTL as ``rate_job`` (window + 1 s, renewed on each start). Values longer than 256
+    chars arrive here as ``sha256:<hex>`` (see ``shared.limits.rate_rules_for``).
+    """
     return f"{PREFIX}rate:key:{job_id}:{name}:{value}"
 
 

@@ -56,7 +56,7 @@ def pg_engine() -> Iterator[Engine]:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{PG_DB_NAME}"'))
             conn.execute(sa.text(f'CREATE DATABASE "{PG_DB_NAME}"'))
         admin.dispose()
-    except Exception as exc:  # noqa: BLE001 - any connection failure means "PostgreSQL unavailable"
+    except Exception as exc:
         _unavailable("PostgreSQL", exc)
     upgrade(pg_url())
     engine = make_engine(pg_url(), pool_size=20)
@@ -96,7 +96,7 @@ def redis_client() -> Iterator[redis_lib.Redis]:
     client = redis_lib.Redis.from_url(redis_url())
     try:
         client.flushdb()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _unavailable("Redis", exc)
     yield client
     client.flushdb()
@@ -112,3 +112,44 @@ def settings(db_engine: Engine, redis_client: redis_lib.Redis) -> Settings:
         allow_private_endpoints=True,
         log_json=False,
     )
+
+
+@pytest.fixture()
+def app(settings: Settings, pg_engine: Engine, redis_client: redis_lib.Redis):  # type: ignore[no-untyped-def]
+    """The API app over the test database and Redis DB (private endpoints allowed)."""
+    from api.app import create_app
+    from api.context import Services
+    from shared.messages import make_broker
+
+    services = Services(settings=settings, engine=pg_engine, session_factory=make_session_factory(pg_engine),
+                        redis=redis_client, broker=make_broker(settings, client=redis_client))
+    application = create_app(settings, services=services)
+    application.testing = True
+    return application
+
+
+@pytest.fixture()
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+def make_key(session_factory: sessionmaker[Session], project_id: str = "proj-a", scopes: str = "*") -> str:
+    from shared.apikeys import create_key, parse_scopes
+    from shared.clock import utcnow
+    from shared.db import transaction
+
+    with transaction(session_factory) as s:
+        _, plaintext = create_key(s, project_id=project_id, scopes=parse_scopes(scopes), name="test", now=utcnow())
+    return plaintext
+
+
+@pytest.fixture()
+def auth(session_factory: sessionmaker[Session]) -> dict[str, str]:
+    """Headers with an all-scopes key of project ``proj-a``."""
+    return {"Authorization": f"Bearer {make_key(session_factory)}"}
+
+
+@pytest.fixture()
+def other_auth(session_factory: sessionmaker[Session]) -> dict[str, str]:
+    """Headers with an all-scopes key of another project, ``proj-b`` (tenant isolation tests)."""
+    return {"Authorization": f"Bearer {make_key(session_factory, 'proj-b')}"}

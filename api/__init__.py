@@ -1,0 +1,1 @@
+"""The HTTP API process: Flask + flask-smorest over the domain functions in ``shared``."""

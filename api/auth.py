@@ -1,0 +1,75 @@
+"""Bearer API-key authentication, scopes and the optional per-key API rate limit (CONTRACT §9, §1.5)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import current_app, g, request
+
+from api.context import get_session, services
+from shared import redis_keys
+from shared.apikeys import Principal, authenticate
+from shared.clock import utcnow
+from shared.errors import Forbidden, TooManyRequests, Unauthorized
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def requires_scope(scope: str) -> Callable[[F], F]:
+    """Declare the scope a view needs; checked before the body is read (precedence §1.5)."""
+
+    def mark(view: F) -> F:
+        view.required_scope = scope  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def authenticate_request(scope: str | None) -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Missing or malformed Authorization header; send 'Bearer sk_…'")
+    session = get_session()
+    principal = authenticate(session, token.strip(), utcnow())
+    session.commit()  # persists a throttled last_used_at; ends the read transaction early
+    if principal is None:
+        raise Unauthorized("Unknown, malformed or revoked API key")
+    g.principal = principal
+    if scope is not None and not principal.has_scope(scope):
+        raise Forbidden(f"missing scope {scope}")
+    _apply_api_rate_limit(principal)
+    return principal
+
+
+def _apply_api_rate_limit(principal: Principal) -> None:
+    limit = services().settings.api_rate_limit
+    if limit is None:
+        return
+    count, window = limit
+    now = int(time.time())
+    window_start = now - now % window
+    key = redis_keys.api_rate(principal.key_id, window_start)
+    pipe = services().redis.pipeline()
+    pipe.incr(key)
+    pipe.expire(key, window + 1)
+    used = pipe.execute()[0]
+    if used > count:
+        raise TooManyRequests(retry_after_secs=window_start + window - now or 1,
+                              message=f"API rate limit of {count} requests per {window} s exceeded")
+
+
+def current_principal() -> Principal:
+    principal = g.get("principal")
+    if principal is None:  # a view without authentication is a programming error
+        current_app.logger.error("view reached without a principal")
+        raise Unauthorized()
+    return principal
+
+
+def check_project(project_id: Any) -> None:
+    """403 when a body or query ``project_id`` names another project (§9.3)."""
+    if project_id is not None and project_id != current_principal().project_id:
+        raise Forbidden("project_id does not match the API key's project")

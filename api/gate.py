@@ -1,0 +1,115 @@
+"""Everything a request passes before its view runs, in the contract's precedence order (§1.5):
+
+route 404/405 → 401 → scope 403 → (429) → 413 → 415 → JSON syntax 400 → NUL 422.
+Schema validation (422) then happens in the view's decorators, on the body parsed here once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from flask import Flask, current_app, g, request
+
+from api.auth import authenticate_request
+from shared.errors import BadRequest, SluiceError, ValidationFailed
+from shared.ids import uuid7
+
+MAX_BODY_BYTES = 1 << 20
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BODY_METHODS = {"POST", "PATCH", "PUT"}
+
+
+class PayloadTooLarge(SluiceError):
+    status_code = 413
+    default_message = "Request body exceeds 1 MiB"
+
+
+class UnsupportedMediaType(SluiceError):
+    status_code = 415
+    default_message = "Content-Type must be application/json"
+
+
+def optional_body(view: Any) -> Any:
+    """Mark a view whose body is optional: an empty body means ``{}`` with or without Content-Type."""
+    view.optional_body = True
+    return view
+
+
+def _assign_request_id() -> None:
+    incoming = request.headers.get("X-Request-Id", "")
+    g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid7()
+    g.started = time.perf_counter()
+
+
+def _find_nul(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return f"{path}.{key}" if path else key
+            found = _find_nul(item, f"{path}.{key}" if path else key)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _find_nul(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
+def _nested_error(path: str, message: str) -> dict[str, Any]:
+    parts = path.split(".") if path else ["_schema"]
+    tree: dict[str, Any] = {parts[-1]: [message]}
+    for part in reversed(parts[:-1]):
+        tree = {part: tree}
+    return tree
+
+
+def _read_body(view: Any) -> None:
+    """Parse the JSON body once into ``g.body`` (``None`` when the request has no body)."""
+    g.body = None
+    if request.method not in _BODY_METHODS:
+        return
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise PayloadTooLarge()
+    raw = request.get_data(cache=True)  # werkzeug enforces MAX_CONTENT_LENGTH on chunked bodies (413)
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadTooLarge()
+    is_optional = getattr(view, "optional_body", False)
+    if not raw.strip():
+        if is_optional:
+            g.body = {}
+            return
+        if not request.mimetype or request.mimetype != "application/json":
+            raise UnsupportedMediaType()
+        raise BadRequest("Malformed JSON body: the body is empty")
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType()
+    try:
+        g.body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("Malformed JSON body") from exc
+    bad = _find_nul(g.body, "")
+    if bad is not None:
+        raise ValidationFailed(_nested_error(bad, "Must not contain the NUL character (U+0000)."))
+
+
+def before_request() -> None:
+    _assign_request_id()
+    if request.routing_exception is not None:
+        raise request.routing_exception
+    view = current_app.view_functions.get(request.endpoint or "")
+    if request.path.startswith("/v1/"):
+        authenticate_request(getattr(view, "required_scope", None))
+    _read_body(view)
+
+
+def install(app: Flask) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.before_request(before_request)

@@ -1,0 +1,77 @@
+"""Keyset pagination for every list endpoint (CONTRACT §1.6).
+
+Cursors are opaque base64 of ``[kind, created_at, id]`` (or ``[kind, version]`` for versions). A cursor
+from another list endpoint or one that does not decode is a 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Response, request
+
+from shared.clock import format_ts, parse_ts
+from shared.errors import BadRequest
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+def clamp_limit(limit: int | None) -> int:
+    if limit is None:
+        return DEFAULT_LIMIT
+    return min(limit, MAX_LIMIT)
+
+
+def encode_cursor(kind: str, *position: Any) -> str:
+    parts = [kind, *[format_ts(p) if isinstance(p, datetime) else p for p in position]]
+    return base64.urlsafe_b64encode(json.dumps(parts, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str | None) -> list[Any] | None:
+    """The position after which the next page starts, or ``None`` without a cursor."""
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        parts = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("cursor: malformed cursor") from exc
+    if not isinstance(parts, list) or not parts or parts[0] != kind:
+        raise BadRequest("cursor: not a cursor of this list")
+    return parts[1:]
+
+
+def decode_time_cursor(kind: str, cursor: str | None) -> tuple[datetime, str] | None:
+    position = decode_cursor(kind, cursor)
+    if position is None:
+        return None
+    try:
+        created_at, row_id = position
+        if not isinstance(row_id, str):
+            raise ValueError
+        return parse_ts(created_at), row_id
+    except (ValueError, TypeError) as exc:
+        raise BadRequest("cursor: malformed cursor") from exc
+
+
+def paged_response(items: list[dict[str, Any]], next_cursor: str | None, limit: int) -> Response:
+    """A bare JSON array with ``X-Next-Cursor`` and ``Link`` when more items exist."""
+    response = Response(json.dumps(items, separators=(",", ":")), status=200, mimetype="application/json")
+    if next_cursor is not None:
+        args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("cursor", "limit")]
+        args += [("limit", str(limit)), ("cursor", next_cursor)]
+        response.headers["X-Next-Cursor"] = next_cursor
+        response.headers["Link"] = f'<{request.base_url}?{urlencode(args)}>; rel="next"'
+    return response
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response

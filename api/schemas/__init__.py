@@ -1,0 +1,1 @@
+"""marshmallow schemas: request validation and the OpenAPI document, one module per resource."""

@@ -1,0 +1,15 @@
+"""``sluice api``: serve the API under gunicorn (the production server; the Procfile runs the same)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str]) -> int:
+    bind = os.environ.get("SLUICE_API_BIND", f"0.0.0.0:{os.environ.get('PORT', '8080')}")
+    args = ["gunicorn", "--bind", bind, "--workers", os.environ.get("SLUICE_API_WORKERS", "2"),
+            "--threads", os.environ.get("SLUICE_API_THREADS", "8"), "--worker-class", "gthread",
+            "--graceful-timeout", "30", *argv, "api.wsgi:app"]
+    os.execvp(sys.executable, [sys.executable, "-m", *args])
+    return 0  # not reached

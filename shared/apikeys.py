@@ -1,0 +1,98 @@
+"""API keys (CONTRACT §9): ``sk_`` + 64 hex, stored only as a SHA-256 digest, one project per key."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from shared.errors import NotFound, ValidationFailed
+from shared.ids import uuid7
+from shared.models import ApiKey
+
+SCOPES = ("jobs:read", "jobs:write", "jobs:trigger", "runs:read", "runs:write")
+ALL_SCOPES = "*"
+PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+KEY_RE = re.compile(r"^sk_[0-9a-f]{64}$")
+# last_used_at is advisory; writing it on every request would double the cost of reads.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key id, its project and scopes."""
+
+    key_id: str
+    project_id: str
+    scopes: frozenset[str]
+
+    @property
+    def actor(self) -> str:
+        return f"apikey:{self.key_id}"
+
+    def has_scope(self, scope: str) -> bool:
+        return ALL_SCOPES in self.scopes or scope in self.scopes
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def parse_scopes(raw: str | None) -> list[str]:
+    if raw is None or raw.strip() in ("", ALL_SCOPES):
+        return [ALL_SCOPES]
+    scopes = [s.strip() for s in raw.split(",") if s.strip()]
+    unknown = [s for s in scopes if s not in SCOPES and s != ALL_SCOPES]
+    if unknown:
+        raise ValidationFailed({"scopes": [f"unknown scope {s!r}" for s in unknown]},
+                               f"unknown scope(s): {', '.join(unknown)}; known: {', '.join(SCOPES)}, *")
+    return sorted(set(scopes))
+
+
+def create_key(session: Session, *, project_id: str, scopes: list[str], name: str | None,
+               now: datetime) -> tuple[ApiKey, str]:
+    """Store a new key and return it with its plaintext (shown once, never stored)."""
+    if not PROJECT_ID_RE.match(project_id):
+        raise ValidationFailed({"project": ["1..128 characters from [A-Za-z0-9_.:-]"]}, "invalid project id")
+    plaintext = "sk_" + secrets.token_hex(32)
+    key = ApiKey(id=uuid7(), project_id=project_id, name=name, prefix=plaintext[3:11],
+                 key_hash=hash_key(plaintext), scopes=scopes, created_at=now)
+    session.add(key)
+    session.flush()
+    return key, plaintext
+
+
+def list_keys(session: Session, project_id: str | None = None) -> list[ApiKey]:
+    query = sa.select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+    if project_id is not None:
+        query = query.where(ApiKey.project_id == project_id)
+    return list(session.scalars(query))
+
+
+def revoke_key(session: Session, key_id: str, now: datetime) -> ApiKey:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFound(f"no API key with id {key_id}")
+    if key.revoked_at is None:
+        key.revoked_at = now
+    return key
+
+
+def authenticate(session: Session, plaintext: str, now: datetime) -> Principal | None:
+    """The principal for a presented key, or ``None`` if malformed, unknown or revoked."""
+    if not KEY_RE.match(plaintext):
+        return None
+    row = session.execute(
+        sa.select(ApiKey.id, ApiKey.project_id, ApiKey.scopes, ApiKey.revoked_at, ApiKey.last_used_at)
+        .where(ApiKey.key_hash == hash_key(plaintext))
+    ).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        session.execute(sa.update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+    return Principal(key_id=row.id, project_id=row.project_id, scopes=frozenset(row.scopes))
