@@ -1,0 +1,1 @@
+"""Worker process: runs attempts (claim, limits, call, record) as Dramatiq actors."""
