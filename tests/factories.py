@@ -1,0 +1,77 @@
+"""Test data written straight to the database (no HTTP): jobs with their version snapshot, edges, runs.
+
+Tests use these instead of the jobs endpoints so each area can be tested on its own. Every function
+takes a session and flushes; the caller commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from shared.clock import utcnow
+from shared.ids import new_version_id, uuid7
+from shared.models import Job, JobDependency, JobVersion, Run
+
+# Every writable Job field (§2.1) with its default, as stored in a version snapshot.
+JOB_DEFAULTS: dict[str, Any] = {
+    "group_id": None, "description": None, "cron": None, "payload_schema": None, "tags": {},
+    "endpoint_url": "http://127.0.0.1:9/endpoint", "fallback_endpoint_url": None, "max_attempts": 3,
+    "timeout_secs": 300, "max_concurrency": None, "max_concurrency_per_key": None,
+    "execution_window_cron": None, "timezone": "UTC", "rate_limit_max": None, "rate_limit_window_secs": None,
+    "rate_limit_keys": [], "default_run_metadata": {}, "dedup_window_secs": None, "enabled": True,
+    "webhook_url": None, "webhook_secret": None, "run_ttl_secs": None, "retry_strategy": "exponential",
+    "retry_delays_secs": [], "environment_id": None, "version_policy": "pin", "backwards_compatible": False,
+}
+
+
+def make_job(session: Session, project_id: str = "proj-a", *, slug: str | None = None,
+             now: datetime | None = None, **fields: Any) -> Job:
+    """A job (version 1) with its full snapshot; ``fields`` override any writable field."""
+    now = now or utcnow()
+    unknown = set(fields) - set(JOB_DEFAULTS) - {"name"}
+    if unknown:
+        raise TypeError(f"unknown job fields: {sorted(unknown)}")
+    slug = slug or f"job-{uuid7()[-12:]}"
+    config = {**JOB_DEFAULTS, "name": fields.pop("name", slug), "slug": slug, **fields}
+    version_id = new_version_id()
+    job = Job(id=uuid7(), project_id=project_id, version=1, version_id=version_id, created_by="apikey:test",
+              updated_by="apikey:test", created_at=now, updated_at=now, schedule_changed_at=now, **config)
+    session.add(job)
+    session.flush()
+    session.add(JobVersion(id=version_id, job_id=job.id, version=1, config=dict(config),
+                           created_by="apikey:test", created_at=now))
+    session.flush()
+    return job
+
+
+def make_dependency(session: Session, job: Job, upstream: Job, condition: str = "completed",
+                    now: datetime | None = None) -> JobDependency:
+    edge = JobDependency(id=uuid7(), project_id=job.project_id, job_id=job.id, depends_on_job_id=upstream.id,
+                         condition=condition, created_at=now or utcnow())
+    session.add(edge)
+    session.flush()
+    return edge
+
+
+def make_run(session: Session, job: Job, *, status: str = "queued", now: datetime | None = None,
+             **fields: Any) -> Run:
+    """A run row in any status, bypassing triggering (for list, cancel, replay and dependency tests)."""
+    now = now or utcnow()
+    values: dict[str, Any] = {
+        "id": uuid7(), "job_id": job.id, "project_id": job.project_id, "status": status, "attempt": 0,
+        "payload": "{}", "payload_hash": "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+        "run_metadata": {}, "triggered_by": "manual", "priority": 0, "job_version": job.version,
+        "job_version_id": job.version_id, "retry_backoff": job.retry_strategy, "tags": dict(job.tags or {}),
+        "created_by": "apikey:test", "created_at": now,
+        "queued_at": now if status == "queued" else None,
+    }
+    if status in {"completed", "failed", "timed_out", "crashed", "canceled", "expired", "system_failed"}:
+        values["finished_at"] = now
+    values.update(fields)
+    run = Run(**values)
+    session.add(run)
+    session.flush()
+    return run

@@ -1,0 +1,97 @@
+"""Dependencies at run time (§5.14): gating, release on upstream terminal, edge deletion."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from shared.clock import utcnow
+from shared.dependencies import (
+    Correlation,
+    gate_new_runs,
+    release_dependents,
+    release_waiting_of_job,
+    unmet_dependencies,
+)
+from shared.models import Run, RunEvent
+from shared.runstate import Effects, RunStatus, transition
+from tests.factories import make_dependency, make_job, make_run
+
+
+def test_unmet_without_upstream_run_and_met_after(session):
+    up, down = make_job(session), make_job(session)
+    make_dependency(session, down, up)
+    assert unmet_dependencies(session, down.id, idempotency_key=None, dependency_key=None)
+    make_run(session, up, status="completed")
+    assert unmet_dependencies(session, down.id, idempotency_key=None, dependency_key=None) == []
+
+
+def test_conditions(session):
+    up, down = make_job(session), make_job(session)
+    edge = make_dependency(session, down, up, condition="failed")
+    now = utcnow()
+    make_run(session, up, status="completed", now=now - timedelta(seconds=5))
+    assert gate_new_runs(session, down.id, [Correlation()])[0].holds is False
+    failed = make_run(session, up, status="expired", now=now)
+    verdict = gate_new_runs(session, down.id, [Correlation()])[0]
+    assert verdict.holds and verdict.dependency_runs == [failed.id]
+    edge.condition = "any"
+    session.flush()
+    assert gate_new_runs(session, down.id, [Correlation()])[0].holds
+
+
+def test_correlation_by_idempotency_then_dependency_key(session):
+    up, down = make_job(session), make_job(session)
+    make_dependency(session, down, up)
+    make_run(session, up, status="completed", idempotency_key="k1")
+    make_run(session, up, status="completed", run_metadata={"dependency_key": "d1"})
+    verdicts = gate_new_runs(session, down.id, [
+        Correlation("k1", None), Correlation("k2", None), Correlation(None, "d1"), Correlation(None, "d2"),
+        Correlation("k2", "d1"), Correlation(None, None)])
+    assert [v.holds for v in verdicts] == [True, False, True, False, False, True]
+
+
+def test_newest_terminal_run_decides(session):
+    up, down = make_job(session), make_job(session)
+    make_dependency(session, down, up)
+    now = utcnow()
+    make_run(session, up, status="completed", now=now - timedelta(seconds=10))
+    make_run(session, up, status="failed", now=now)
+    make_run(session, up, status="queued", now=now + timedelta(seconds=1))  # not terminal: ignored
+    assert gate_new_runs(session, down.id, [Correlation()])[0].holds is False
+
+
+def test_release_on_upstream_terminal(session):
+    up, down = make_job(session), make_job(session)
+    make_dependency(session, down, up)
+    now = utcnow()
+    waiting = make_run(session, down, status="waiting", ttl_secs=60)
+    future = make_run(session, down, status="waiting", scheduled_at=now + timedelta(hours=1))
+    other = make_run(session, down, status="waiting", idempotency_key="nope")
+    upstream = make_run(session, up, status="executing", attempt=1, started_at=now)
+    effects = Effects()
+    transition(session, upstream.id, RunStatus.COMPLETED, now=now, effects=effects)
+    session.flush()
+    session.expire_all()
+    assert session.get(Run, waiting.id).status == "queued"
+    assert session.get(Run, waiting.id).expires_at == now + timedelta(seconds=60)
+    assert session.get(Run, future.id).status == "delayed"
+    assert session.get(Run, future.id).due_at == now + timedelta(hours=1)
+    assert session.get(Run, other.id).status == "waiting"
+    assert effects.enqueue == [waiting.id]
+    released = session.scalars(sa.select(RunEvent).where(RunEvent.run_id == waiting.id,
+                                                         RunEvent.type == "released")).one()
+    assert released.data == {"dependency_runs": [upstream.id]}
+
+
+def test_release_waiting_of_job_after_edge_delete(session):
+    up, down = make_job(session), make_job(session)
+    edge = make_dependency(session, down, up)
+    waiting = make_run(session, down, status="waiting")
+    session.delete(edge)
+    session.flush()
+    effects = Effects()
+    assert release_waiting_of_job(session, down.id, utcnow(), effects) == 1
+    assert effects.enqueue == [waiting.id]
+    assert release_dependents(session, up.id, now=utcnow(), effects=Effects()) == 0
