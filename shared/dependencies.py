@@ -171,7 +171,8 @@ def _release_job(session: Session, job_id: str, *, now: datetime, effects: Effec
     while True:
         query = sa.select(Run).where(Run.job_id == job_id, Run.status == RunStatus.WAITING.value)
         if after is not None:
-            query = query.where(sa.tuple_(Run.created_at, Run.id) > sa.tuple_(*after))
+            query = query.where(sa.or_(Run.created_at > after[0],
+                                       sa.and_(Run.created_at == after[0], Run.id > after[1])))
         waiting = list(session.scalars(query.order_by(Run.created_at, Run.id).limit(RELEASE_BATCH)))
         if not waiting:
             return released
