@@ -10,7 +10,7 @@ from flask import Flask, g
 from webargs import core
 from webargs.flaskparser import FlaskParser
 
-from api import gate, service
+from api import gate, metrics, request_log, service
 from api.context import Services, close_session
 from api.errors import ErrorSchema, handle_http_exception, register_error_handlers
 from shared.config import Settings
@@ -67,6 +67,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
     gate.install(app)
     app.teardown_appcontext(close_session)
     service.install(app)
+    metrics.install(app)
+    request_log.install(app)
     _register_blueprints(api)
     return app
 

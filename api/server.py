@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
+from shared.metrics import prepare_multiprocess_dir
+
 
 def main(argv: list[str]) -> int:
+    prepare_multiprocess_dir()  # gunicorn's worker processes merge their samples in /metrics
     bind = os.environ.get("SLUICE_API_BIND", f"0.0.0.0:{os.environ.get('PORT', '8080')}")
     args = ["gunicorn", "--bind", bind, "--workers", os.environ.get("SLUICE_API_WORKERS", "2"),
             "--threads", os.environ.get("SLUICE_API_THREADS", "8"), "--worker-class", "gthread",

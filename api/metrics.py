@@ -1,0 +1,133 @@
+"""``GET /metrics`` (Prometheus text, no key, §1.8): request counts and latency per route, plus gauges
+sampled from Redis and the database at scrape time.
+
+Families are defined in ``shared.metrics``. Under gunicorn (``api.server``) the samples of every worker
+process are merged through prometheus_client's multiprocess directory; the scrape-time gauges are
+computed by the process that serves the scrape, so they are never double counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from flask import Flask, Response, current_app, g, request
+from prometheus_client.core import GaugeMetricFamily
+
+from api.context import Services
+from shared import redis_keys
+from shared.clock import utcnow
+from shared.limits import Limits
+from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, ready_messages
+from shared.metrics import (
+    ACTIVE_RUNS,
+    CONTENT_TYPE,
+    JOB_SLOTS_IN_USE,
+    OLDEST_READY_RUN_AGE,
+    QUEUE_DEPTH,
+    GaugeSpec,
+    exposition,
+    observe_http_request,
+)
+from shared.models import Run
+from shared.runstate import ACTIVE
+
+log = logging.getLogger("sluice.api.metrics")
+
+UNMATCHED_ROUTE = "<unmatched>"  # 404/405: the raw path would explode the label's cardinality
+_SLOT_KEY_PREFIX = redis_keys.concurrency_job("")
+_SCAN_BATCH = 500
+
+
+def route_label() -> str:
+    """The request's URL rule (``/v1/jobs/<job_ref>``), never the raw path."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED_ROUTE
+
+
+def _record_request(response: Response) -> Response:
+    started = g.get("started")  # set first thing by api.gate
+    duration = time.perf_counter() - started if started is not None else 0.0
+    observe_http_request(request.method, route_label(), response.status_code, duration)
+    return response
+
+
+def _family(spec: GaugeSpec) -> GaugeMetricFamily:
+    return GaugeMetricFamily(spec.name, spec.documentation, labels=list(spec.labels))
+
+
+class RunGauges:
+    """A prometheus_client collector: queue depth, oldest ready run age, active runs, slots in use.
+
+    Each gauge is sampled independently; one whose source is unreachable is left out of that scrape
+    (and logged) so ``/metrics`` keeps answering while Redis or the database is down.
+    """
+
+    def __init__(self, svc: Services, clock: Callable[[], datetime] = utcnow) -> None:
+        self._svc = svc
+        self._clock = clock
+        self._limits = Limits(svc.redis)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for sample in (self._queue_depth, self._database_gauges, self._slots_in_use):
+            try:
+                yield from sample()
+            except Exception as exc:  # a scrape must not fail because one source is down
+                log.warning("metrics source unavailable", extra={"gauge": sample.__name__.strip("_"),
+                                                                  "error": type(exc).__name__})
+
+    def _queue_depth(self) -> Iterator[GaugeMetricFamily]:
+        family = _family(QUEUE_DEPTH)
+        for queue in (DISPATCH_QUEUE, WEBHOOK_QUEUE):
+            family.add_metric([queue], ready_messages(self._svc.broker, queue))
+        yield family
+
+    def _database_gauges(self) -> Iterator[GaugeMetricFamily]:
+        statuses = sorted(ACTIVE)
+        # One round trip; each count is served by the status's partial index.
+        counts = [sa.select(sa.func.count()).select_from(Run).where(Run.status == s.value).scalar_subquery()
+                  for s in statuses]
+        oldest = sa.select(sa.func.min(Run.queued_at)).where(Run.status == "queued").scalar_subquery()
+        with self._svc.session_factory() as session:
+            row = session.execute(sa.select(oldest, *counts)).one()
+        oldest_at = row[0]
+        if isinstance(oldest_at, str):  # SQLite returns the aggregate's raw text
+            oldest_at = datetime.fromisoformat(oldest_at)
+        age = max((self._clock() - _aware(oldest_at)).total_seconds(), 0.0) if oldest_at is not None else 0.0
+        age_family = _family(OLDEST_READY_RUN_AGE)
+        age_family.add_metric([], age)
+        yield age_family
+        active = _family(ACTIVE_RUNS)
+        for status, count in zip(statuses, row[1:], strict=True):
+            active.add_metric([status.value], int(count or 0))
+        yield active
+
+    def _slots_in_use(self) -> Iterator[GaugeMetricFamily]:
+        family = _family(JOB_SLOTS_IN_USE)
+        # SCAN finds every job holding a lease, including leases whose worker died (until they expire),
+        # which a database query for executing runs would miss.
+        for key in self._svc.redis.scan_iter(match=_SLOT_KEY_PREFIX + "*", count=_SCAN_BATCH):
+            job_id = (key.decode() if isinstance(key, bytes) else str(key))[len(_SLOT_KEY_PREFIX):]
+            in_use = self._limits.slots_in_use(job_id)
+            if in_use:
+                family.add_metric([job_id], in_use)
+        yield family
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def metrics_view() -> Response:
+    body = exposition([current_app.extensions["sluice_metrics"]])
+    return Response(body, status=200, headers={"Content-Type": CONTENT_TYPE})
+
+
+def install(app: Flask) -> None:
+    """Count every request (after_request) and serve ``/metrics``; call once from ``create_app``."""
+    app.extensions["sluice_metrics"] = RunGauges(app.extensions["sluice"])
+    app.after_request(_record_request)
+    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])

@@ -1,0 +1,45 @@
+"""One structured log line per API request (logger ``sluice.api.request``).
+
+Fields: ``method``, ``route`` (the URL rule), ``path``, ``status``, ``duration_ms``, ``request_id`` (the
+``X-Request-Id`` the response carries) and ``project_id`` once the key is known. Never headers (so never
+``Authorization``), query strings or bodies (CONTRACT §10.2). Probes and scrapes of the keyless service
+endpoints are logged at DEBUG unless they fail, so a load balancer's health checks don't drown the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, request
+
+log = logging.getLogger("sluice.api.request")
+
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _log_request(response: Response) -> Response:
+    rule = request.url_rule
+    route = rule.rule if rule is not None else "<unmatched>"
+    started = g.get("started")  # set first thing by api.gate
+    duration_ms = round((time.perf_counter() - started) * 1000, 2) if started is not None else 0.0
+    status = response.status_code
+    fields: dict[str, object] = {
+        "method": request.method, "route": route, "path": request.path, "status": status,
+        "duration_ms": duration_ms, "request_id": g.get("request_id"),
+    }
+    principal = g.get("principal")
+    if principal is not None:
+        fields["project_id"] = principal.project_id
+    if status >= 500:
+        level = logging.ERROR
+    elif route in QUIET_ROUTES and status < 400:
+        level = logging.DEBUG
+    else:
+        level = logging.INFO
+    log.log(level, f"{request.method} {route} {status} {duration_ms}ms", extra=fields)
+    return response
+
+
+def install(app: Flask) -> None:
+    app.after_request(_log_request)
