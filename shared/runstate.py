@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from shared.errors import InvalidTransition
 from shared.ids import uuid7
+from shared.metrics import observe_run_finished
 from shared.models import Run, RunEvent
 
 
@@ -147,6 +148,7 @@ def transition(
     if to is RunStatus.QUEUED:
         effects.enqueue.append(run_id)
     if to in TERMINAL:
+        observe_run_finished(to.value)
         effects.terminal_runs.append(run)
         from shared.terminal import on_terminal  # the terminal hooks build on this module
 
