@@ -50,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ROLES:
+        # A role parses its own options: argparse's REMAINDER rejects leading ones (``sluice worker --processes 2``).
+        return _run_role(argv[0], argv[1:])
+    args = _parser().parse_args(argv)
     if args.command in ROLES:
         return _run_role(args.command, list(args.args))
     settings = Settings.from_env()
