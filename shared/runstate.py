@@ -137,7 +137,7 @@ def transition(
         .where(Run.id == run_id, Run.status == old_status)
         .values(**updates)
         .returning(Run)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     run = result.scalar_one_or_none()
     if run is None:
