@@ -74,7 +74,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
 
 
 def _register_blueprints(api: flask_smorest.Api) -> None:
-    from api import jobs
+    from api import dependencies, job_health, job_versions, jobs
 
-    for module in (jobs,):
+    for module in (jobs, job_versions, dependencies, job_health):
         api.register_blueprint(module.blp)

@@ -1,0 +1,97 @@
+"""Reading and writing ``jobs`` rows with SQLAlchemy Core (no ORM identity map on the hot paths).
+
+A job *record* is a mapping of every ``jobs`` column (a ``RowMapping`` from a query or the dict that was
+inserted); renderers and domain functions read it by key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from shared.ids import canonical_uuid
+from shared.models import Job
+
+JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
+
+JobRecord = Mapping[Any, Any]
+
+
+def find_job_record(session: Session, project_id: str, ref: str, *, for_update: bool = False) -> JobRecord | None:
+    """The job named by ``ref`` in ``project_id`` (§1.2): by id if it parses as a UUID, else by slug.
+
+    One query: a UUID that is both some job's id and another job's slug resolves to the id.
+    """
+    as_id = canonical_uuid(ref) if len(ref) <= 40 else None
+    query = sa.select(JOBS).where(JOBS.c.project_id == project_id)
+    if as_id is not None:
+        query = query.where(sa.or_(JOBS.c.id == as_id, JOBS.c.slug == ref)).order_by(
+            sa.case((JOBS.c.id == as_id, 0), else_=1)).limit(1)
+    else:
+        query = query.where(JOBS.c.slug == ref)
+    if for_update:
+        query = query.with_for_update()
+    return session.execute(query).mappings().first()
+
+
+def slug_taken(session: Session, project_id: str, slug: str) -> bool:
+    return session.execute(
+        sa.select(JOBS.c.id).where(JOBS.c.project_id == project_id, JOBS.c.slug == slug)
+    ).first() is not None
+
+
+def taken_slugs(session: Session, project_id: str, slugs: list[str]) -> set[str]:
+    if not slugs:
+        return set()
+    rows = session.execute(
+        sa.select(JOBS.c.slug).where(JOBS.c.project_id == project_id, JOBS.c.slug.in_(sorted(set(slugs)))))
+    return {row[0] for row in rows}
+
+
+def new_job_record(*, job_id: str, project_id: str, config: Mapping[str, Any], version_id: str, actor: str,
+                   now: datetime) -> dict[str, Any]:
+    """The full ``jobs`` row of a new job (version 1) from a validated configuration."""
+    return {
+        "id": job_id, "project_id": project_id, **config, "version": 1, "version_id": version_id,
+        "created_by": actor, "updated_by": actor, "created_at": now, "updated_at": now,
+        "schedule_changed_at": now,
+    }
+
+
+def insert_jobs(session: Session, records: list[dict[str, Any]]) -> None:
+    if records:
+        session.execute(sa.insert(JOBS), records)
+
+
+def update_job(session: Session, job_id: str, values: Mapping[str, Any]) -> None:
+    session.execute(sa.update(JOBS).where(JOBS.c.id == job_id).values(**values))
+
+
+def list_job_records(session: Session, project_id: str, *, limit: int, after: tuple[datetime, str] | None = None,
+                     slug: str | None = None, tag_key: str | None = None, tag_value: str | None = None,
+                     enabled: bool | None = None) -> list[JobRecord]:
+    """Newest first (``created_at`` desc, ``id`` desc), strictly after the keyset position ``after``.
+
+    Returns up to ``limit`` rows; ask for one more than a page to learn whether another page exists.
+    """
+    query = sa.select(JOBS).where(JOBS.c.project_id == project_id)
+    if slug is not None:
+        query = query.where(JOBS.c.slug == slug)
+    if enabled is not None:
+        query = query.where(JOBS.c.enabled == enabled)
+    if tag_key is not None:
+        tag = JOBS.c.tags[tag_key].as_string()
+        query = query.where(tag == tag_value if tag_value is not None else tag.is_not(None))
+    if after is not None:
+        query = query.where(before_position(JOBS.c.created_at, JOBS.c.id, after))
+    query = query.order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(limit)
+    return list(session.execute(query).mappings().all())
+
+
+def before_position(created_at: Any, row_id: Any, after: tuple[datetime, str]) -> sa.ColumnElement[bool]:
+    """Keyset condition "strictly after ``after`` in newest-first order" over (created_at, id)."""
+    return sa.or_(created_at < after[0], sa.and_(created_at == after[0], row_id < after[1]))
