@@ -3,11 +3,13 @@
 Registered by the worker's entry point with ``register_webhook_actor``; nothing is built at import time.
 ``max_retries=0``: a failed attempt is not an exception, and its retry is scheduled in PostgreSQL and
 enqueued by ``shared.webhook_sweeper`` (dramatiq's retries would be lost with the message and cannot
-follow the §5.15 schedule).
+follow the §5.15 schedule). No ``time_limit``: each attempt carries its own 10 s deadline, and the
+worker removes dramatiq's ``TimeLimit`` middleware (``worker.actors.strip_time_limits``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -18,20 +20,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.messages import WEBHOOK_ACTOR, WEBHOOK_QUEUE
-from worker.webhooks import CLAIM_LEASE_SECS, deliver
+from worker.webhooks import deliver
 
-# The attempt's own deadline is 10 s; this only stops a wedged thread well after the claim lease.
-TIME_LIMIT_MS = 2 * CLAIM_LEASE_SECS * 1000
+log = logging.getLogger("sluice.webhooks")
 
 
 def register_webhook_actor(broker: dramatiq.Broker, *, session_factory: sessionmaker[Session],
                            settings: Settings,
                            now_fn: Callable[[], datetime] = utcnow) -> dramatiq.Actor[Any, Any]:
-    """Declare ``deliver_webhook`` on ``broker``; its messages carry one delivery id."""
+    """Declare ``deliver_webhook(delivery_id)`` on ``broker``."""
 
     def deliver_webhook(delivery_id: str) -> None:
-        deliver(delivery_id, session_factory=session_factory, settings=settings, now_fn=now_fn)
+        try:
+            deliver(delivery_id, session_factory=session_factory, settings=settings, now_fn=now_fn)
+        except Exception:
+            # The delivery stays safely in PostgreSQL; the sweep re-enqueues it (after the claim lease if
+            # an attempt was claimed). Re-raising would only park the message in dramatiq's dead letters.
+            log.exception("webhook delivery failed", extra={"delivery_id": delivery_id})
 
-    declare = dramatiq.actor(actor_name=WEBHOOK_ACTOR, queue_name=WEBHOOK_QUEUE, broker=broker,
-                             max_retries=0, time_limit=TIME_LIMIT_MS)
+    declare = dramatiq.actor(actor_name=WEBHOOK_ACTOR, queue_name=WEBHOOK_QUEUE, broker=broker, max_retries=0)
     return declare(deliver_webhook)
