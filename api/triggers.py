@@ -1,0 +1,102 @@
+"""Trigger endpoints (CONTRACT §4.1–4.4): ``POST /v1/jobs/{job}/trigger`` and ``…/trigger/bulk``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, request
+from flask_smorest import Blueprint
+
+from api.auth import current_principal, requires_scope
+from api.context import get_session, services
+from api.gate import optional_body
+from api.pagination import json_response
+from api.run_render import render_trigger
+from api.schemas.triggers import (
+    BulkTriggerResultSchema,
+    BulkTriggerSchema,
+    TriggerItemSchema,
+    TriggerResultSchema,
+    TriggerSchema,
+)
+from shared.bulk_triggering import trigger_bulk
+from shared.clock import utcnow
+from shared.effects import commit_and_apply
+from shared.errors import ValidationFailed
+from shared.job_lookup import get_job
+from shared.runstate import Effects
+from shared.triggering import ensure_enabled, idempotency_key_error, trigger_run
+
+blp = Blueprint("triggers", __name__, url_prefix="/v1", description="Trigger runs of a job")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_item_schema = TriggerItemSchema()
+
+
+def _header_key() -> str | None:
+    """The ``Idempotency-Key`` header (wins over the body field); invalid → 422 under its name."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    problem = idempotency_key_error(key)
+    if problem:
+        raise ValidationFailed({IDEMPOTENCY_HEADER: [problem]})
+    return key
+
+
+@blp.route("/jobs/<job>/trigger", methods=["POST"])
+@optional_body
+@requires_scope("jobs:trigger")
+@blp.arguments(TriggerSchema)
+@blp.response(201, TriggerResultSchema)
+def trigger_view(body: dict[str, Any], job: str) -> Response:
+    header_key = _header_key()
+    if header_key is not None:
+        body["idempotency_key"] = header_key
+    session = get_session()
+    principal = current_principal()
+    found = get_job(session, principal.project_id, job)
+    effects = Effects()
+    outcome = trigger_run(session, found, body, actor=principal.actor, now=utcnow(), effects=effects)
+    if not outcome.created:
+        session.commit()  # ends the transaction (and its advisory locks) early
+        return json_response(render_trigger(outcome), 200)
+    commit_and_apply(session, effects, services().broker)
+    return json_response(render_trigger(outcome), 201, {"Location": f"/v1/runs/{outcome.run.id}"})
+
+
+def _validate_items(raw_items: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Field validation of every bulk item, errors by index (``dry_run`` is refused in items)."""
+    items: list[dict[str, Any]] = []
+    errors: dict[str, Any] = {}
+    for index, raw in enumerate(raw_items):
+        if not isinstance(raw, dict):
+            errors[str(index)] = {"_schema": ["Each item must be an object."]}
+            items.append({})
+            continue
+        try:
+            item = _item_schema.load(raw)
+        except ma.ValidationError as exc:
+            item, messages = {}, dict(exc.messages) if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+            errors[str(index)] = messages
+        if "dry_run" in raw:
+            errors.setdefault(str(index), {})["dry_run"] = ["Not allowed in a bulk item."]
+        items.append(item)
+    return items, errors
+
+
+@blp.route("/jobs/<job>/trigger/bulk", methods=["POST"])
+@requires_scope("jobs:trigger")
+@blp.arguments(BulkTriggerSchema)
+@blp.response(201, BulkTriggerResultSchema)
+def bulk_trigger_view(body: dict[str, Any], job: str) -> Response:
+    session = get_session()
+    principal = current_principal()
+    found = get_job(session, principal.project_id, job)
+    ensure_enabled(found)  # 409 comes before item validation (§4.4)
+    items, item_errors = _validate_items(body["items"])
+    effects = Effects()
+    outcome = trigger_bulk(session, found, items, actor=principal.actor, now=utcnow(), effects=effects,
+                           item_errors=item_errors)
+    commit_and_apply(session, effects, services().broker)
+    return json_response(outcome.to_dict(), 201)
