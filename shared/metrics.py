@@ -19,6 +19,7 @@ registry is used. Process launchers (``api.server``, ``worker.main``, ``sluice d
 
 from __future__ import annotations
 
+import collections
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -108,6 +109,12 @@ def observe_runs_created(triggered_by: str, count: int = 1) -> None:
     """Count ``count`` new runs (call it once per insert batch, after the rows are written)."""
     if count > 0:
         RUNS_CREATED.labels(str(triggered_by)).inc(count)
+
+
+def observe_runs_created_by(triggered_by_values: Iterable[str]) -> None:
+    """Count one new run per value (a batch of inserted rows' ``triggered_by``)."""
+    for triggered_by, count in collections.Counter(triggered_by_values).items():
+        observe_runs_created(triggered_by, count)
 
 
 def observe_run_finished(status: str) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared.dependencies import Correlation, correlation_of, gate_new_runs
 from shared.ids import uuid7
+from shared.metrics import observe_runs_created, observe_runs_created_by
 from shared.models import Job, Run
 from shared.payloads import EMPTY_PAYLOAD, EMPTY_PAYLOAD_HASH
 from shared.retries import retry_summary
@@ -140,6 +141,7 @@ def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effec
         return
     session.execute(sa.insert(Run), rows)
     insert_events(session, [creation_event(row) for row in rows])
+    observe_runs_created_by(row["triggered_by"] for row in rows)
     effects.enqueue.extend(row["id"] for row in rows if row["status"] == RunStatus.QUEUED.value)
 
 
@@ -172,6 +174,7 @@ def create_cron_run(session: Session, job: Job, tick: datetime, now: datetime, e
     if session.execute(statement).scalar() is None:
         return None
     insert_events(session, [creation_event(row)])
+    observe_runs_created("cron")
     if row["status"] == RunStatus.QUEUED.value:
         effects.enqueue.append(row["id"])
     return row_to_run(row)

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.addresses import AddressRefused, resolve_checked
 from shared.clock import format_ts
 from shared.config import Settings
+from shared.metrics import observe_webhook_delivery
 from shared.models import Job, WebhookDelivery
 from shared.retries import RETRYABLE, Outcome
 from shared.runstate import event, insert_events
@@ -219,6 +220,7 @@ def _record(session_factory: sessionmaker[Session], claim: _Claim, outcome: Outc
             "error": outcome.error,
             "delivered": outcome.is_success,
         }, now, message)])
+    observe_webhook_delivery(values.get("state", "retrying"))
     log.info(message, extra={
         "delivery_id": claim.delivery_id, "run_id": claim.run_id, "job_id": claim.job_id,
         "attempt": claim.attempt, "http_status": outcome.http_status})
