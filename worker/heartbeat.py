@@ -1,0 +1,144 @@
+"""Liveness and cancellation of in-flight attempts (CONTRACT §5.5, §5.17): one thread per worker process.
+
+Every ``POLL_SECS`` the monitor reads the cancel flags (``shared.redis_keys.run_cancel``) of all in-flight
+attempts in one ``MGET``; every ``SLUICE_HEARTBEAT_INTERVAL_SECS`` it refreshes ``heartbeat_at`` of all of
+them in one conditional ``UPDATE`` (status ``executing`` **and** the attempt number this worker runs) and
+extends their leases. An attempt whose flag is set, or whose row the heartbeat no longer matches (canceled
+or reaped), is marked aborted; the call polls ``should_abort`` and stops within about a second, and its
+outcome is discarded by the conditional record update anyway.
+
+One thread per process rather than per attempt: the cost is one Redis round trip per 0.5 s and one
+UPDATE per interval whatever the number of worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import redis_keys
+from shared.limits import Limits
+from shared.models import Run
+from shared.runstate import RunStatus
+
+log = logging.getLogger("sluice.worker.heartbeat")
+
+POLL_SECS = 0.5
+
+
+@dataclass
+class InFlight:
+    """One executing attempt this process runs."""
+
+    run_id: str
+    job_id: str
+    attempt: int
+    concurrency_key: str | None
+    deadline: float  # monotonic
+    lease_margin_secs: int
+    aborted: threading.Event = field(default_factory=threading.Event)
+
+
+class AttemptMonitor:
+    """Heartbeats, lease extension and cancel polling for every in-flight attempt of this process."""
+
+    def __init__(self, session_factory: sessionmaker[Session], redis_client: redis.Redis, limits: Limits, *,
+                 heartbeat_interval_secs: float, clock: Callable[[], datetime],
+                 poll_secs: float = POLL_SECS) -> None:
+        self._session_factory = session_factory
+        self._redis = redis_client
+        self._limits = limits
+        self._interval = heartbeat_interval_secs
+        self._poll = poll_secs
+        self._clock = clock
+        self._flights: dict[str, InFlight] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_heartbeat = time.monotonic() + self._interval
+
+    def start(self) -> AttemptMonitor:
+        self._thread = threading.Thread(target=self._loop, name="sluice-attempt-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def register(self, flight: InFlight) -> None:
+        with self._lock:
+            self._flights[flight.run_id] = flight
+
+    def unregister(self, run_id: str) -> None:
+        with self._lock:
+            self._flights.pop(run_id, None)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._flights)
+
+    def _snapshot(self) -> list[InFlight]:
+        with self._lock:
+            return list(self._flights.values())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._poll):
+            try:
+                self.tick()
+            except Exception:  # a broken tick must not end liveness for the process; the next one retries
+                log.exception("attempt monitor tick failed")
+
+    def tick(self, *, force_heartbeat: bool = False) -> None:
+        """One round: cancel flags always, heartbeats when due (or when forced, for tests)."""
+        flights = self._snapshot()
+        if not flights:
+            self._next_heartbeat = time.monotonic() + self._interval
+            return
+        self._poll_cancel_flags(flights)
+        if force_heartbeat or time.monotonic() >= self._next_heartbeat:
+            self._next_heartbeat = time.monotonic() + self._interval
+            self._heartbeat(flights)
+
+    def _poll_cancel_flags(self, flights: list[InFlight]) -> None:
+        try:
+            flags = self._redis.mget([redis_keys.run_cancel(f.run_id) for f in flights])
+        except (redis.exceptions.RedisError, OSError):
+            return  # best effort (§5.17); the heartbeat's row check still catches a cancel
+        for flight, flag in zip(flights, flags, strict=True):
+            if flag is not None:
+                flight.aborted.set()
+
+    def _heartbeat(self, flights: list[InFlight]) -> None:
+        now = self._clock()
+        session = self._session_factory()
+        try:
+            alive = set(session.execute(
+                sa.update(Run)
+                .where(Run.status == RunStatus.EXECUTING.value,
+                       sa.tuple_(Run.id, Run.attempt).in_([(f.run_id, f.attempt) for f in flights]))
+                .values(heartbeat_at=now)
+                .returning(Run.id)
+                .execution_options(synchronize_session=False)
+            ).scalars())
+            session.commit()
+        finally:
+            session.close()
+        for flight in flights:
+            if flight.run_id not in alive:
+                flight.aborted.set()  # canceled, or reaped after a stall: this attempt no longer counts
+                continue
+            lease_ms = max(1, int((flight.deadline - time.monotonic() + flight.lease_margin_secs) * 1000))
+            try:
+                self._limits.extend(flight.run_id, flight.job_id, flight.concurrency_key, lease_ms)
+            except (redis.exceptions.RedisError, OSError):
+                log.warning("lease extension failed", extra={"run_id": flight.run_id, "job_id": flight.job_id})

@@ -1,0 +1,171 @@
+"""``sluice worker``: N processes × T threads consuming ``sluice.runs`` (and ``sluice.webhooks``).
+
+A small supervisor spawns the worker processes (``--processes``, default 2) and restarts one that dies;
+each process builds its own engine, Redis clients and broker, declares the actors and runs a
+``dramatiq.Worker`` with ``--threads`` threads (default ``SLUICE_WORKER_THREADS``). Nothing is built at
+import time, and the dramatiq CLI is not involved, so this module controls the consumer's idle poll.
+
+Idle poll: dramatiq's Redis consumer polls an empty queue with a growing back-off capped at
+``worker_timeout`` ms (stock: 1000 ms, i.e. up to a second before an idle worker notices a message).
+Sluice uses 10 ms (``--idle-poll-ms``): a message reaches an idle worker within ~10 ms, for a few
+hundred cheap Redis calls per second per process (measured in docs/execution.md).
+
+Shutdown: SIGTERM/SIGINT → stop fetching, requeue prefetched messages, let in-flight attempts finish
+(heartbeats continue meanwhile), exit 0. A second signal exits at once. SIGKILL recovery is the reaper's
+job (``shared.reaper``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+import dramatiq
+import redis
+
+from shared.clock import utcnow
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory
+from shared.limits import Limits
+from shared.logs import configure_logging
+from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, make_broker
+from worker.actors import declare_dispatch_actor
+from worker.heartbeat import AttemptMonitor
+from worker.runner import Runner
+from worker.webhook_actor import register_webhook_actor
+
+log = logging.getLogger("sluice.worker")
+
+DEFAULT_PROCESSES = 2
+DEFAULT_IDLE_POLL_MS = 10
+# In-flight attempts may run up to 86 400 s; a graceful stop waits for them (the platform's kill timeout
+# decides otherwise, and the reaper recovers what a kill interrupts).
+GRACEFUL_STOP_MS = (86_400 + 600) * 1000
+RESTART_DELAY_SECS = 1.0
+
+
+def _parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice worker", description="Run Sluice worker processes.")
+    parser.add_argument("--processes", type=int, default=DEFAULT_PROCESSES,
+                        help=f"worker processes (default {DEFAULT_PROCESSES}; 1 = run in this process)")
+    parser.add_argument("--threads", type=int, default=settings.worker_threads,
+                        help="threads per process (default SLUICE_WORKER_THREADS)")
+    parser.add_argument("--idle-poll-ms", type=int, default=DEFAULT_IDLE_POLL_MS,
+                        help=f"longest idle poll interval of a queue in ms (default {DEFAULT_IDLE_POLL_MS})")
+    parser.add_argument("--queues", default=f"{DISPATCH_QUEUE},{WEBHOOK_QUEUE}",
+                        help="comma-separated queues to consume (default: runs and webhooks)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = Settings.from_env()
+    args = _parser(settings).parse_args(list(argv or []))
+    if args.processes < 1 or args.threads < 1 or args.idle_poll_ms < 1:
+        raise SystemExit("sluice worker: --processes, --threads and --idle-poll-ms must be >= 1")
+    configure_logging(settings, process="worker")
+    queues = frozenset(q.strip() for q in args.queues.split(",") if q.strip())
+    if args.processes == 1:
+        return run_worker_process(settings, threads=args.threads, idle_poll_ms=args.idle_poll_ms, queues=queues)
+    return _supervise(args.processes, args.threads, args.idle_poll_ms, queues)
+
+
+def _child(threads: int, idle_poll_ms: int, queues: frozenset[str]) -> None:
+    # A terminal's Ctrl-C reaches the whole process group; the supervisor forwards it as SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    settings = Settings.from_env()
+    configure_logging(settings, process="worker")
+    raise SystemExit(run_worker_process(settings, threads=threads, idle_poll_ms=idle_poll_ms, queues=queues,
+                                        signals=(signal.SIGTERM,)))
+
+
+def _supervise(processes: int, threads: int, idle_poll_ms: int, queues: frozenset[str]) -> int:
+    """Spawn ``processes`` children, restart any that dies, forward SIGTERM/SIGINT and wait for them."""
+    context = multiprocessing.get_context("spawn")  # children start clean: no inherited sockets or threads
+    stopping = threading.Event()
+
+    def spawn() -> multiprocessing.process.BaseProcess:
+        child = context.Process(target=_child, args=(threads, idle_poll_ms, queues), name="sluice-worker")
+        child.start()
+        return child
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():  # second signal: stop waiting for in-flight attempts
+            for child in children:
+                if child.pid is not None and child.is_alive():
+                    os.kill(child.pid, signal.SIGKILL)
+            return
+        stopping.set()
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+
+    children = [spawn() for _ in range(processes)]
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("worker supervisor started", extra={"processes": processes, "threads": threads,
+                                                 "pids": [c.pid for c in children]})
+    while not stopping.is_set():
+        for index, child in enumerate(children):
+            if not child.is_alive() and not stopping.is_set():
+                log.error("worker process died; restarting", extra={"pid": child.pid, "exitcode": child.exitcode})
+                time.sleep(RESTART_DELAY_SECS)
+                children[index] = spawn()
+        stopping.wait(0.5)
+    for child in children:
+        child.join()
+    return 0
+
+
+def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = DEFAULT_IDLE_POLL_MS,
+                       queues: frozenset[str] = frozenset({DISPATCH_QUEUE, WEBHOOK_QUEUE}),
+                       stop: threading.Event | None = None,
+                       signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """One worker process: build dependencies, declare actors, consume until SIGTERM/SIGINT (or ``stop``)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        def on_signal(_signum: int, _frame: FrameType | None) -> None:
+            if stop.is_set():
+                os._exit(1)  # second signal: give up on in-flight attempts; the reaper recovers them
+            stop.set()
+
+        for signum in signals:
+            signal.signal(signum, on_signal)
+
+    engine = make_engine(settings.database_url, pool_size=threads + 2)
+    session_factory = make_session_factory(engine)
+    redis_client = redis.Redis.from_url(settings.redis_url)
+    limits = Limits(redis_client)
+    broker = make_broker(settings)
+    monitor = AttemptMonitor(session_factory, redis_client, limits, clock=utcnow,
+                             heartbeat_interval_secs=settings.heartbeat_interval_secs).start()
+    runner = Runner(session_factory=session_factory, limits=limits, broker=broker, settings=settings,
+                    monitor=monitor)
+    consumed = {DISPATCH_QUEUE} & queues
+    if consumed:
+        declare_dispatch_actor(broker, runner)
+    if WEBHOOK_QUEUE in queues:
+        register_webhook_actor(broker, session_factory=session_factory, settings=settings)
+        consumed.add(WEBHOOK_QUEUE)
+    worker = dramatiq.Worker(broker, queues=consumed, worker_threads=threads, worker_timeout=idle_poll_ms)
+    worker.start()
+    log.info("worker process started", extra={"pid": os.getpid(), "threads": threads, "queues": sorted(consumed)})
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("worker process stopping: finishing in-flight attempts", extra={
+            "pid": os.getpid(), "in_flight": monitor.in_flight()})
+        worker.stop(timeout=GRACEFUL_STOP_MS)
+        monitor.stop()
+        broker.close()
+        redis_client.close()
+        engine.dispose()
+        log.info("worker process stopped", extra={"pid": os.getpid()})
+    return 0
