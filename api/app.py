@@ -74,7 +74,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
 
 
 def _register_blueprints(api: flask_smorest.Api) -> None:
-    from api import dependencies, job_health, job_versions, jobs, triggers
+    from api import dependencies, job_health, job_versions, jobs, runs, triggers
 
-    for module in (jobs, job_versions, dependencies, job_health, triggers):
+    for module in (jobs, job_versions, dependencies, job_health, triggers, runs):
         api.register_blueprint(module.blp)

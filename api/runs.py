@@ -1,0 +1,194 @@
+"""Runs API (CONTRACT §7): list, DLQ, get, events, cancel, bulk cancel, replay, bulk replay.
+
+Views are thin: filters and keyset paging live in ``shared.run_queries``, cancel and replay in
+``shared.run_actions``. Literal paths (``dlq``, ``bulk-cancel``, ``bulk-replay``) are never run ids: the
+``run_id`` converter refuses them, so e.g. ``DELETE /v1/runs/dlq`` is a 405, not a run lookup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, request
+from flask.blueprints import BlueprintSetupState
+from flask_smorest import Blueprint
+from werkzeug.routing import BaseConverter
+
+from api.auth import check_project, current_principal, requires_scope
+from api.context import get_session, services
+from api.gate import optional_body
+from api.pagination import clamp_limit, decode_time_cursor, encode_cursor, json_response, paged_response
+from api.run_render import render_event
+from api.schemas.runs import (
+    BulkCancelResultSchema,
+    BulkReplayResultSchema,
+    PageQuerySchema,
+    RunEventSchema,
+    RunFilterQuerySchema,
+    RunIdsSchema,
+    RunListQuerySchema,
+    RunSchema,
+)
+from shared.clock import utcnow
+from shared.effects import commit_and_apply
+from shared.errors import NotFound
+from shared.job_lookup import get_job
+from shared.run_actions import CancelResult, bulk_cancel, bulk_replay, cancel_run, replay_run, signal_canceled
+from shared.run_queries import get_project_run, list_events, list_runs, parse_filters
+from shared.run_view import run_to_dict
+from shared.runstate import Effects
+
+blp = Blueprint("runs", __name__, url_prefix="/v1", description="Runs: list, inspect, cancel, replay")
+
+
+class RunIdConverter(BaseConverter):
+    """A path segment that is not one of the literal ``/v1/runs/…`` routes."""
+
+    regex = r"(?!(?:dlq|bulk-cancel|bulk-replay)$)[^/]+"
+
+
+def _add_converter(state: BlueprintSetupState) -> None:
+    state.app.url_map.converters.setdefault("run_id", RunIdConverter)
+
+
+blp.record_once(_add_converter)  # before any route below is added
+
+
+def _page_of_runs(kind: str, *, job_id: str | None = None, dlq: bool = False) -> Response:
+    session = get_session()
+    principal = current_principal()
+    filters = parse_filters(session, principal.project_id, request.args, job_id=job_id, dlq=dlq)
+    check_project(request.args.get("project_id"))
+    limit = clamp_limit(_limit())
+    after = decode_time_cursor(kind, request.args.get("cursor"))
+    runs, position = list_runs(session, filters, limit=limit, after=after)
+    cursor = encode_cursor(kind, *position) if position else None
+    return paged_response([run_to_dict(r) for r in runs], cursor, limit)
+
+
+def _limit() -> int | None:
+    raw = request.args.get("limit")
+    return int(raw) if raw is not None else None  # already checked by the query schema
+
+
+@blp.route("/runs", methods=["GET"])
+@requires_scope("runs:read")
+@blp.arguments(RunListQuerySchema, location="query")
+@blp.response(200, RunSchema(many=True))
+def list_runs_view(_query: dict[str, Any]) -> Response:
+    return _page_of_runs("runs")
+
+
+@blp.route("/runs/dlq", methods=["GET"])
+@requires_scope("runs:read")
+@blp.arguments(RunListQuerySchema, location="query")
+@blp.response(200, RunSchema(many=True))
+def list_dlq_view(_query: dict[str, Any]) -> Response:
+    return _page_of_runs("dlq", dlq=True)
+
+
+@blp.route("/jobs/<job>/runs", methods=["GET"])
+@requires_scope("runs:read")
+@blp.arguments(RunFilterQuerySchema, location="query")
+@blp.response(200, RunSchema(many=True))
+def list_job_runs_view(_query: dict[str, Any], job: str) -> Response:
+    found = get_job(get_session(), current_principal().project_id, job)
+    return _page_of_runs(f"job-runs:{found.id}", job_id=found.id)
+
+
+def _run_or_404(run_id: str) -> Any:
+    run = get_project_run(get_session(), current_principal().project_id, run_id)
+    if run is None:
+        raise NotFound("run not found")
+    return run
+
+
+@blp.route("/runs/<run_id:run_id>", methods=["GET"])
+@requires_scope("runs:read")
+@blp.response(200, RunSchema)
+def get_run_view(run_id: str) -> Response:
+    return json_response(run_to_dict(_run_or_404(run_id)))
+
+
+@blp.route("/runs/<run_id:run_id>/events", methods=["GET"])
+@requires_scope("runs:read")
+@blp.arguments(PageQuerySchema, location="query")
+@blp.response(200, RunEventSchema(many=True))
+def list_events_view(_query: dict[str, Any], run_id: str) -> Response:
+    run = _run_or_404(run_id)
+    limit = clamp_limit(_limit())
+    kind = f"events:{run.id}"
+    events, position = list_events(get_session(), run.id, limit=limit,
+                                   after=decode_time_cursor(kind, request.args.get("cursor")))
+    cursor = encode_cursor(kind, *position) if position else None
+    return paged_response([render_event(e) for e in events], cursor, limit)
+
+
+def _cancel(run_id: str) -> Response:
+    session = get_session()
+    effects, result = Effects(), CancelResult()
+    run = cancel_run(session, current_principal().project_id, run_id, now=utcnow(), effects=effects,
+                     result=result)
+    commit_and_apply(session, effects, services().broker)
+    signal_canceled(services().redis, result.executing)
+    return json_response(run_to_dict(run))
+
+
+@blp.route("/runs/<run_id:run_id>/cancel", methods=["POST"])
+@optional_body
+@requires_scope("runs:write")
+@blp.response(200, RunSchema)
+def cancel_run_view(run_id: str) -> Response:
+    return _cancel(run_id)
+
+
+@blp.route("/runs/<run_id:run_id>", methods=["DELETE"])
+@requires_scope("runs:write")
+@blp.response(200, RunSchema)
+def delete_run_view(run_id: str) -> Response:
+    """Alias of ``POST /v1/runs/{run_id}/cancel``."""
+    return _cancel(run_id)
+
+
+@blp.route("/runs/bulk-cancel", methods=["POST"])
+@requires_scope("runs:write")
+@blp.arguments(RunIdsSchema)
+@blp.response(200, BulkCancelResultSchema)
+def bulk_cancel_view(body: dict[str, Any]) -> Response:
+    session = get_session()
+    effects, result = Effects(), CancelResult()
+    results = bulk_cancel(session, current_principal().project_id, body["run_ids"], now=utcnow(),
+                          effects=effects, result=result)
+    commit_and_apply(session, effects, services().broker)
+    signal_canceled(services().redis, result.executing)
+    canceled = sum(1 for r in results if r["error"] is None)
+    return json_response({"results": results, "total": len(results), "canceled": canceled,
+                          "failed": len(results) - canceled})
+
+
+@blp.route("/runs/<run_id:run_id>/replay", methods=["POST"])
+@optional_body
+@requires_scope("runs:write")
+@blp.response(201, RunSchema)
+def replay_run_view(run_id: str) -> Response:
+    session = get_session()
+    principal = current_principal()
+    effects = Effects()
+    run = replay_run(session, principal.project_id, run_id, actor=principal.actor, now=utcnow(), effects=effects)
+    commit_and_apply(session, effects, services().broker)
+    return json_response(run_to_dict(run), 201, {"Location": f"/v1/runs/{run.id}"})
+
+
+@blp.route("/runs/bulk-replay", methods=["POST"])
+@requires_scope("runs:write")
+@blp.arguments(RunIdsSchema)
+@blp.response(200, BulkReplayResultSchema)
+def bulk_replay_view(body: dict[str, Any]) -> Response:
+    session = get_session()
+    principal = current_principal()
+    effects = Effects()
+    results = bulk_replay(session, principal.project_id, body["run_ids"], actor=principal.actor, now=utcnow(),
+                          effects=effects)
+    commit_and_apply(session, effects, services().broker)
+    replayed = sum(1 for r in results if r["status"] == "replayed")
+    return json_response({"results": results, "total": len(results), "replayed": replayed})
