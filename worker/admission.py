@@ -29,6 +29,7 @@ from shared.execution_settings import (
     resolve_execution_settings,
 )
 from shared.limits import LimitDecision, LimitRequest, Limits, rate_rules_for
+from shared.metrics import observe_redelay
 from shared.models import Job, Run
 from shared.runstate import Effects, RunStatus, transition
 from shared.schedules import CronError, CronSpec, is_minute_open, next_open_minute, parse_cron
@@ -142,4 +143,5 @@ def _redelay(session: Session, run: Run, reason: str, until: datetime, limit: di
     transition(session, run.id, RunStatus.DELAYED, now=now, effects=effects, expected=_QUEUED,
                values={"scheduled_at": until},
                events=[("redelayed", {"reason": reason, "until": format_ts(until), "limit": limit})])
+    observe_redelay(reason)
     return NotStarted("redelayed", reason)

@@ -30,6 +30,7 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.effects import commit_and_apply
 from shared.limits import Limits
+from shared.metrics import observe_attempt
 from shared.models import Run
 from shared.retries import NON_RETRYABLE, Outcome
 from shared.runstate import Effects
@@ -164,6 +165,7 @@ class Runner:
             session.close()
         outcome = end.outcome
         status = updated.status if updated is not None else "discarded"
+        observe_attempt(outcome.error_class or outcome.kind, (end.duration_ms or 0) / 1000)
         log.info("attempt finished", extra={
             "run_id": run.id, "job_id": run.job_id, "attempt": run.attempt, "status": status,
             "outcome": outcome.kind, "error_class": outcome.error_class, "http_status": outcome.http_status,
