@@ -29,6 +29,7 @@ from shared.messages import make_broker
 from shared.models import Run
 from shared.runstate import Effects, RunStatus, transition
 from tests.integration.jobs_support import create
+from tests.integration.runner_harness import harness_fixture  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 EVENT_FAMILIES = {
@@ -217,3 +218,39 @@ def test_metrics_port_rejects_garbage() -> None:
 
     with pytest.raises(ConfigError):
         metrics_port({"SLUICE_METRICS_PORT": "ninety"}, 9101)
+
+
+def test_worker_side_counters(client, harness, httpserver, session_factory):  # type: ignore[no-untyped-def]
+    """Attempt durations, re-delays and webhook outcomes, recorded by the real worker code paths."""
+    from shared.models import WebhookDelivery
+    from worker.webhooks import deliver
+
+    httpserver.expect_request("/ok").respond_with_json({"ok": True})
+    httpserver.expect_request("/hook").respond_with_data("", status=204)
+    before = scrape(client)
+
+    job = harness.job(endpoint_url=httpserver.url_for("/ok"), webhook_url=httpserver.url_for("/hook"))
+    run = harness.run(job)
+    assert harness.handle(run.id).action == "completed"
+    with session_factory() as session:
+        delivery_id = session.scalar(sa.select(WebhookDelivery.id).where(WebhookDelivery.run_id == run.id))
+    assert delivery_id is not None
+    deliver(delivery_id, session_factory=session_factory, settings=harness.settings, now_fn=utcnow)
+
+    busy = harness.job(endpoint_url=httpserver.url_for("/ok"), max_concurrency=1)
+    assert harness.limits.acquire(LimitRequest(run_id="holder", job_id=busy.id, max_concurrency=1,
+                                               concurrency_key=None, max_concurrency_per_key=None,
+                                               lease_ms=60_000)).admitted
+    waiting = harness.run(busy)
+    assert harness.handle(waiting.id).action == "redelayed"
+
+    after = scrape(client)
+
+    def delta(sample: str, **labels: str) -> float:
+        return value(after, sample, **labels) - value(before, sample, **labels)
+
+    assert delta("sluice_attempt_duration_seconds_count", outcome="success") == 1
+    assert delta("sluice_runs_finished_total", status="completed") == 1
+    assert delta("sluice_webhook_deliveries_total", outcome="delivered") == 1
+    assert delta("sluice_run_redelays_total", reason="concurrency") == 1
+    assert value(after, "sluice_job_slots_in_use", job_id=busy.id) == 1
