@@ -20,6 +20,7 @@ registry is used. Process launchers (``api.server``, ``worker.main``, ``sluice d
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -30,6 +31,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from shared.errors import ConfigError
+
+log = logging.getLogger("sluice.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_PORT_ENV = "SLUICE_METRICS_PORT"
@@ -195,6 +198,29 @@ def metrics_port(env: Mapping[str, str], default: int) -> int | None:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{METRICS_PORT_ENV}: must be 0..65535")
     return port or None
+
+
+def expose_process_metrics(default_port: int, *, merge_children: bool = False,
+                           env: MutableMapping[str, str] | None = None) -> Any:
+    """Serve this role's ``/metrics`` on ``SLUICE_METRICS_PORT`` (default ``default_port``; ``0`` = off).
+
+    ``merge_children``: the caller is a supervisor whose child processes record the samples; they must
+    be started after this call so they inherit ``PROMETHEUS_MULTIPROC_DIR``. A port already taken (two
+    workers on one host) is logged and skipped rather than stopping the process. Returns the server or
+    ``None``.
+    """
+    env = os.environ if env is None else env
+    port = metrics_port(env, default_port)
+    if merge_children:
+        prepare_multiprocess_dir(env)
+    if port is None:
+        return None
+    try:
+        return serve_metrics(port)
+    except OSError as exc:
+        log.warning("metrics port unavailable; this process serves no metrics",
+                    extra={"port": port, "error": str(exc)})
+        return None
 
 
 def serve_metrics(port: int, addr: str = "0.0.0.0") -> Any:

@@ -36,6 +36,7 @@ from shared.db import make_engine, make_session_factory
 from shared.limits import Limits
 from shared.logs import configure_logging
 from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, make_broker
+from shared.metrics import WORKER_METRICS_PORT, expose_process_metrics
 from worker.actors import declare_dispatch_actor
 from worker.heartbeat import AttemptMonitor
 from worker.runner import Runner
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.processes < 1 or args.threads < 1 or args.idle_poll_ms < 1:
         raise SystemExit("sluice worker: --processes, --threads and --idle-poll-ms must be >= 1")
     configure_logging(settings, process="worker")
+    expose_process_metrics(WORKER_METRICS_PORT, merge_children=args.processes > 1)  # before any child starts
     queues = frozenset(q.strip() for q in args.queues.split(",") if q.strip())
     if args.processes == 1:
         return run_worker_process(settings, threads=args.threads, idle_poll_ms=args.idle_poll_ms, queues=queues)
