@@ -1,0 +1,144 @@
+"""The scheduler's maintenance loop: named periodic tasks over PostgreSQL and Redis (CONTRACT §5.1, §5.5,
+§5.10, §5.11, §5.15).
+
+Each task is one line in ``default_tasks``: a name, a period and a function ``(ctx, now) -> int`` (how many
+rows it handled). Every run of a task is its own transaction; an exception is logged and the task runs
+again at its next period, so one failing sweep never stops the others. A task that handled a full batch
+runs again at once instead of waiting a period (a backlog drains at full speed).
+
+All tasks are safe with several scheduler replicas: rows are taken ``FOR UPDATE SKIP LOCKED`` and a
+duplicate run message is only a spare wake-up token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.clock import utcnow
+from shared.config import Settings
+from shared.effects import commit_and_apply
+from shared.limits import Limits
+from shared.reaper import REAP_BATCH, reap_stale_attempts
+from shared.runstate import Effects
+from shared.sweeper import (
+    EXPIRE_BATCH,
+    PROMOTE_BATCH,
+    RECOVER_MAX,
+    expire_unstarted,
+    promote_due_delayed,
+    recover_lost_messages,
+)
+from shared.webhook_sweeper import BATCH_SIZE as WEBHOOK_BATCH
+from shared.webhook_sweeper import enqueue_due_webhooks
+
+log = logging.getLogger("sluice.maintenance")
+
+
+@dataclass
+class MaintenanceContext:
+    """What the tasks need; built once by the scheduler process."""
+
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    broker: Any
+    redis: redis.Redis
+    limits: Limits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(self.redis)
+
+
+@dataclass(frozen=True)
+class PeriodicTask:
+    name: str
+    every_secs: float
+    run: Callable[[MaintenanceContext, datetime], int]
+    batch: int | None = None  # a run that handles this many rows is followed at once by another
+
+
+def _with_effects(ctx: MaintenanceContext, work: Callable[[Session, Effects], int]) -> int:
+    with ctx.session_factory() as session:
+        effects = Effects()
+        handled = work(session, effects)
+        commit_and_apply(session, effects, ctx.broker)
+        return handled
+
+
+def expire_task(ctx: MaintenanceContext, now: datetime) -> int:
+    return _with_effects(ctx, lambda s, e: expire_unstarted(s, now, e))
+
+
+def promote_task(ctx: MaintenanceContext, now: datetime) -> int:
+    return _with_effects(ctx, lambda s, e: promote_due_delayed(s, now, e))
+
+
+def recover_task(ctx: MaintenanceContext, now: datetime) -> int:
+    with ctx.session_factory() as session:
+        return recover_lost_messages(session, now, ctx.broker)
+
+
+def reap_task(ctx: MaintenanceContext, now: datetime) -> int:
+    return _with_effects(ctx, lambda s, e: len(reap_stale_attempts(s, now, ctx.settings, ctx.limits, e)))
+
+
+def webhooks_task(ctx: MaintenanceContext, now: datetime) -> int:
+    with ctx.session_factory() as session:
+        sent = enqueue_due_webhooks(session, now, ctx.broker)
+        session.commit()
+        return sent
+
+
+def default_tasks(settings: Settings) -> list[PeriodicTask]:
+    """Expiry before promotion (an expired run is never enqueued), lost messages after both."""
+    every = settings.sweep_interval_secs
+    return [
+        PeriodicTask("expire_unstarted", every, expire_task, EXPIRE_BATCH),
+        PeriodicTask("promote_delayed", every, promote_task, PROMOTE_BATCH),
+        PeriodicTask("recover_lost_messages", every, recover_task, RECOVER_MAX),
+        PeriodicTask("reap_stale_attempts", every, reap_task, REAP_BATCH),
+        PeriodicTask("enqueue_due_webhooks", every, webhooks_task, WEBHOOK_BATCH),
+    ]
+
+
+class MaintenanceLoop:
+    """Runs each task every ``every_secs`` (monotonic clock) until ``stop`` is set."""
+
+    def __init__(self, ctx: MaintenanceContext, tasks: list[PeriodicTask] | None = None, *,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.ctx = ctx
+        self.tasks = tasks if tasks is not None else default_tasks(ctx.settings)
+        self._clock = clock
+        self._next_at = {task.name: 0.0 for task in self.tasks}
+
+    def run_due(self) -> float:
+        """Run every task that is due; return seconds until the next one is."""
+        for task in self.tasks:
+            if time.monotonic() < self._next_at[task.name]:
+                continue
+            handled = self._run_task(task)
+            full = task.batch is not None and handled >= task.batch
+            self._next_at[task.name] = time.monotonic() + (0.0 if full else task.every_secs)
+        return max(0.0, min(self._next_at.values()) - time.monotonic())
+
+    def _run_task(self, task: PeriodicTask) -> int:
+        try:
+            handled = task.run(self.ctx, self._clock())
+        except Exception:
+            log.exception("maintenance task failed; retrying next period", extra={"task": task.name})
+            return 0
+        if handled:
+            log.info("maintenance task handled rows", extra={"task": task.name, "rows": handled})
+        return handled
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            stop.wait(self.run_due())

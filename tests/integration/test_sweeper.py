@@ -1,0 +1,176 @@
+"""The sweeper and maintenance loop (CONTRACT §5.1, §5.10, §5.11): promotion, expiry, lost messages."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler.maintenance import MaintenanceContext, MaintenanceLoop, default_tasks
+from shared.clock import utcnow
+from shared.messages import make_broker
+from shared.models import Run, RunEvent
+from shared.runstate import Effects
+from shared.sweeper import EXPIRED_ERROR, expire_unstarted, message_deficit, promote_due_delayed
+from tests.factories import make_dependency, make_job, make_run
+
+MSGS = "dramatiq:sluice.runs.msgs"
+QUEUE = "dramatiq:sluice.runs"
+
+
+@pytest.fixture()
+def broker(settings, redis_client):
+    return make_broker(settings, client=redis_client)
+
+
+@pytest.fixture()
+def loop(settings, session_factory, broker, redis_client):
+    """The maintenance loop running in a thread, as ``sluice scheduler`` runs it."""
+    ctx = MaintenanceContext(settings=settings, session_factory=session_factory, broker=broker, redis=redis_client)
+    stop = threading.Event()
+    thread = threading.Thread(target=MaintenanceLoop(ctx, default_tasks(settings)).run, args=(stop,))
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=10)
+
+
+def wait_for(predicate, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def status_of(session_factory, run_id):
+    with session_factory() as s:
+        return s.get(Run, run_id).status
+
+
+def test_promote_due_delayed_batch(session):
+    job = make_job(session)
+    now = utcnow()
+    due = [make_run(session, job, status="delayed", due_at=now - timedelta(seconds=i)) for i in range(3)]
+    later = make_run(session, job, status="delayed", due_at=now + timedelta(seconds=30))
+    effects = Effects()
+    assert promote_due_delayed(session, now, effects) == 3
+    session.expire_all()
+    assert sorted(effects.enqueue) == sorted(r.id for r in due)
+    assert {session.get(Run, r.id).status for r in due} == {"queued"}
+    assert session.get(Run, due[0].id).queued_at == now and session.get(Run, due[0].id).due_at is None
+    assert session.get(Run, later.id).status == "delayed"
+    events = session.scalars(sa.select(RunEvent).where(RunEvent.run_id == due[1].id)).all()
+    assert [e.data for e in events] == [{"from": "delayed", "to": "queued"}]
+
+
+def test_expire_unstarted_only(session):
+    job = make_job(session)
+    up = make_job(session)
+    make_dependency(session, up, job, condition="failed")  # `up` waits for `job` to fail (expired counts)
+    waiting = make_run(session, up, status="waiting")
+    now = utcnow()
+    past = now - timedelta(seconds=1)
+    queued = make_run(session, job, status="queued", expires_at=past)
+    delayed = make_run(session, job, status="delayed", expires_at=past, due_at=now + timedelta(hours=1))
+    started = make_run(session, job, status="delayed", attempt=1, started_at=past, expires_at=past)
+    fresh = make_run(session, job, status="queued", expires_at=now + timedelta(seconds=5))
+    effects = Effects()
+    assert expire_unstarted(session, now, effects) == 2
+    session.expire_all()
+    for run in (queued, delayed):
+        stored = session.get(Run, run.id)
+        assert stored.status == "expired" and stored.error == EXPIRED_ERROR and stored.finished_at == now
+    assert session.get(Run, started.id).status == "delayed"
+    assert session.get(Run, fresh.id).status == "queued"
+    assert session.get(Run, waiting.id).status == "queued"  # released by the expiry
+
+
+def test_deficit_counts_tokens_not_ids(session):
+    job = make_job(session)
+    off = make_job(session, enabled=False)
+    old = utcnow() - timedelta(seconds=10)
+    ready = [make_run(session, job, status="queued", queued_at=old + timedelta(seconds=i)) for i in range(4)]
+    make_run(session, job, status="queued", queued_at=utcnow())  # within the grace period
+    make_run(session, job, status="queued", queued_at=old, held_at=old)  # held
+    make_run(session, off, status="queued", queued_at=old)  # job disabled
+    make_run(session, job, status="executing", attempt=1)
+    now = utcnow()
+    assert message_deficit(session, now, pending=0) == (4, [r.id for r in ready])
+    assert message_deficit(session, now, pending=1) == (4, [r.id for r in ready])  # the executing run's
+    assert message_deficit(session, now, pending=3)[0] == 2
+    assert message_deficit(session, now, pending=5) == (0, [])
+
+
+def test_restores_deleted_message_and_promotes_within_2s(client, auth, session, session_factory, redis_client,
+                                                          loop):
+    make_job(session, slug="s")
+    session.commit()
+    headers = {**auth, "Content-Type": "application/json"}
+    queued = client.post("/v1/jobs/s/trigger", data="{}", headers=headers).get_json()
+    assert redis_client.hlen(MSGS) == 1
+    redis_client.delete(MSGS, QUEUE)  # Redis lost it
+    assert wait_for(lambda: redis_client.hlen(MSGS) == 1, timeout=4.5)
+    message = json.loads(next(iter(redis_client.hvals(MSGS))))
+    assert message["args"] == [queued["id"]] and message["actor_name"] == "dispatch_run"
+    time.sleep(2.5)
+    assert redis_client.hlen(MSGS) == 1  # no duplicate while the token exists
+
+    delayed = client.post("/v1/jobs/s/trigger", data=json.dumps({"delay_secs": 1}), headers=headers).get_json()
+    assert delayed["status"] == "delayed" and redis_client.hlen(MSGS) == 1
+    started = time.monotonic()
+    assert wait_for(lambda: status_of(session_factory, delayed["id"]) == "queued", timeout=4)
+    assert time.monotonic() - started <= 1 + 2 + 0.2  # due after 1 s, promoted within 2 s
+    assert wait_for(lambda: redis_client.hlen(MSGS) == 2)
+
+
+def test_loop_expires_runs(client, auth, session, session_factory, loop):
+    job = make_job(session)
+    run = make_run(session, job, status="queued", expires_at=utcnow() + timedelta(seconds=0.5))
+    session.commit()
+    assert wait_for(lambda: status_of(session_factory, run.id) == "expired", timeout=3)
+
+
+def test_failing_task_does_not_stop_others(settings, session_factory, broker, redis_client, session):
+    calls = []
+
+    def boom(ctx, now):
+        raise RuntimeError("broken")
+
+    def count(ctx, now):
+        calls.append(now)
+        return 0
+
+    from scheduler.maintenance import PeriodicTask
+
+    ctx = MaintenanceContext(settings=settings, session_factory=session_factory, broker=broker, redis=redis_client)
+    loop = MaintenanceLoop(ctx, [PeriodicTask("boom", 0.01, boom), PeriodicTask("count", 0.01, count)])
+    loop.run_due()
+    time.sleep(0.02)
+    loop.run_due()
+    assert len(calls) == 2
+
+
+def test_scheduler_process_stops_on_sigterm(settings):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "scheduler"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
