@@ -93,9 +93,11 @@ def _read_body(view: Any) -> None:
         raise UnsupportedMediaType()
     try:
         g.body = json.loads(raw)
+        bad = _find_nul(g.body, "")
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("Malformed JSON body") from exc
-    bad = _find_nul(g.body, "")
+    except RecursionError:  # a body nested deeper than the interpreter's stack allows
+        raise BadRequest("Malformed JSON body: nested too deeply") from None
     if bad is not None:
         raise ValidationFailed(_nested_error(bad, "Must not contain the NUL character (U+0000)."))
 

@@ -26,6 +26,8 @@ def find_job_record(session: Session, project_id: str, ref: str, *, for_update: 
 
     One query: a UUID that is both some job's id and another job's slug resolves to the id.
     """
+    if "\x00" in ref or len(ref) > 255:
+        return None  # cannot be an id or a slug (and PostgreSQL refuses NUL in text parameters)
     as_id = canonical_uuid(ref) if len(ref) <= 40 else None
     query = sa.select(JOBS).where(JOBS.c.project_id == project_id)
     if as_id is not None:

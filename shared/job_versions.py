@@ -7,6 +7,7 @@ W field, the webhook secret included (it is masked only when rendered). Versions
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared.models import JobVersion
 
+VERSION_ID_RE = re.compile(r"^ver_[0-9a-z]{12}$")
 VERSIONS: sa.Table = JobVersion.__table__  # type: ignore[assignment]
 
 
@@ -42,6 +44,8 @@ def list_versions(session: Session, job_id: str, *, limit: int, before_version: 
 
 def find_version(session: Session, job_id: str, version_id: str) -> Mapping[str, Any] | None:
     """The version ``version_id`` if it belongs to ``job_id`` (a version of another job is not found)."""
+    if not VERSION_ID_RE.match(version_id):
+        return None
     row = session.execute(
         sa.select(VERSIONS).where(VERSIONS.c.id == version_id, VERSIONS.c.job_id == job_id)
     ).mappings().first()

@@ -74,6 +74,20 @@ def _secret_shape_on_create(value: str) -> None:
         raise ma.ValidationError(problem)
 
 
+MAX_SCHEMA_DEPTH = 100
+
+
+def _shallow_enough(value: Any) -> None:
+    """``payload_schema`` nesting ≤ 100 levels, measured iteratively (depth is attacker-controlled)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise ma.ValidationError(f"Must not be nested deeper than {MAX_SCHEMA_DEPTH} levels.")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+
+
 def _str(max_len: int, **kwargs: Any) -> StrictString:
     return StrictString(validate=validate.Length(max=max_len), allow_none=True, **kwargs)
 
@@ -96,7 +110,7 @@ class _JobFieldsSchema(BaseSchema):
     group_id = _str(128)
     description = _str(2000)
     cron = _str(128)
-    payload_schema = ma.fields.Dict(allow_none=True)
+    payload_schema = ma.fields.Dict(allow_none=True, validate=_shallow_enough)
     tags = StringMap(max_entries=20, max_value_len=256, allow_none=True)
     fallback_endpoint_url = StrictString(validate=_absolute_url, allow_none=True)
     max_attempts = _int(1, 100)
@@ -158,13 +172,18 @@ class JobBatchToggleSchema(BaseSchema):
             raise ma.ValidationError('Send exactly one of "ids" or "job_ids".', "_schema")
 
 
+def _no_nul(value: str) -> None:
+    if "\x00" in value:
+        raise ma.ValidationError("Must not contain the NUL character (U+0000).")
+
+
 class JobListQuerySchema(BaseSchema):
     limit = QueryInteger(validate=validate.Range(min=1))
-    cursor = ma.fields.String()
-    project_id = ma.fields.String()
-    slug = ma.fields.String()
-    tag_key = ma.fields.String()
-    tag_value = ma.fields.String()
+    cursor = ma.fields.String(validate=_no_nul)
+    project_id = ma.fields.String(validate=_no_nul)
+    slug = ma.fields.String(validate=_no_nul)
+    tag_key = ma.fields.String(validate=_no_nul)
+    tag_value = ma.fields.String(validate=_no_nul)
     enabled = QueryBoolean()
 
     @ma.validates_schema
@@ -175,7 +194,7 @@ class JobListQuerySchema(BaseSchema):
 
 class PageQuerySchema(BaseSchema):
     limit = QueryInteger(validate=validate.Range(min=1))
-    cursor = ma.fields.String()
+    cursor = ma.fields.String(validate=_no_nul)
 
 
 class DeleteQuerySchema(BaseSchema):
