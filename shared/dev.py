@@ -189,7 +189,11 @@ def main(argv: list[str]) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)  # samples of a previous session would be merged in
     metrics_dir.mkdir()
 
-    redis = start_embedded_redis(os.environ.get("SLUICE_DEV_REDIS", "auto"))
+    try:
+        redis = start_embedded_redis(os.environ.get("SLUICE_DEV_REDIS", "auto"), log_path=data_dir / "redis.log")
+    except (RuntimeError, ValueError) as exc:
+        print(f"sluice dev: {exc}", file=sys.stderr)
+        return 1
     children: list[Child] = []
     try:
         env = child_env(os.environ, database_url=database_url, redis_url=redis.url, metrics_dir=metrics_dir)

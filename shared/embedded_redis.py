@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 
@@ -55,11 +56,12 @@ class RedisServerProcess:
 
     kind = "redis-server"
 
-    def __init__(self, binary: str, port: int) -> None:
+    def __init__(self, binary: str, port: int, log_path: Path | None = None) -> None:
         self.url = f"redis://127.0.0.1:{port}/0"
+        logging_args = ["--logfile", str(log_path)] if log_path is not None else []
         self._process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--loglevel", "warning"],
+             "--daemonize", "no", "--loglevel", "warning", *logging_args],
             stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr, process_group=0,
         )
 
@@ -124,12 +126,13 @@ def resolve_kind(kind: str) -> str:
     return kind
 
 
-def start_embedded_redis(kind: str = "auto", *, timeout_secs: float = STARTUP_TIMEOUT_SECS,
-                         attempts: int = 3) -> EmbeddedRedis:
+def start_embedded_redis(kind: str = "auto", *, log_path: Path | None = None,
+                         timeout_secs: float = STARTUP_TIMEOUT_SECS, attempts: int = 3) -> EmbeddedRedis:
     """Start an embedded Redis and return it once it answers PING.
 
     A ``redis-server`` that cannot bind its port (taken between ``free_port`` and its start) is retried
-    on another port, up to ``attempts`` times. Raises ``RuntimeError`` if none comes up in time.
+    on another port, up to ``attempts`` times; its log goes to ``log_path`` (default: stderr). Raises
+    ``RuntimeError`` if none comes up in time.
     """
     kind = resolve_kind(kind)
     deadline = time.monotonic() + timeout_secs
@@ -141,8 +144,9 @@ def start_embedded_redis(kind: str = "auto", *, timeout_secs: float = STARTUP_TI
         raise RuntimeError("fakeredis did not start")
     binary = shutil.which("redis-server") or "redis-server"
     for _ in range(attempts):
-        server = RedisServerProcess(binary, free_port())
+        server = RedisServerProcess(binary, free_port(), log_path)
         if _wait_until_ready(server.url, deadline, server.is_alive):
             return server
         server.stop()
-    raise RuntimeError(f"redis-server did not start within {timeout_secs:.0f} s")
+    where = f"; see {log_path}" if log_path is not None else ""
+    raise RuntimeError(f"redis-server did not start within {timeout_secs:.0f} s{where}")
