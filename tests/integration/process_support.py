@@ -4,6 +4,7 @@ a tiny JSON HTTP client, and process-tree inspection through /proc."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import urllib.error
@@ -60,6 +61,7 @@ def sink_fixture() -> Iterator[Sink]:
 
 
 def call(method: str, url: str, key: str | None = None, body: Any = None) -> tuple[int, Any]:
+    """``(status, parsed JSON or text)``; status 0 when no HTTP answer came back."""
     headers = {"Content-Type": "application/json"} if body is not None else {}
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -71,6 +73,8 @@ def call(method: str, url: str, key: str | None = None, body: Any = None) -> tup
             status = response.status
     except urllib.error.HTTPError as exc:
         raw, status = exc.read(), exc.code
+    except OSError as exc:  # refused, reset, timed out: status 0
+        return 0, str(exc)
     text = raw.decode()
     try:
         return status, json.loads(text)
@@ -114,3 +118,28 @@ def is_listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def listener_pids(port: int) -> set[int]:
+    """The processes holding a listening TCP socket on ``port`` (any address), from /proc."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A = LISTEN
+                inodes.add(fields[9])
+    owners: set[int] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = {os.readlink(fd) for fd in (proc / "fd").iterdir()}
+        except OSError:
+            continue
+        if any(f"socket:[{inode}]" in links for inode in inodes):
+            owners.add(int(proc.name))
+    return owners
