@@ -7,6 +7,7 @@ Views are thin: filters and keyset paging live in ``shared.run_queries``, cancel
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from flask import Response, request
@@ -54,46 +55,45 @@ def _add_converter(state: BlueprintSetupState) -> None:
 blp.record_once(_add_converter)  # before any route below is added
 
 
-def _page_of_runs(kind: str, *, job_id: str | None = None, dlq: bool = False) -> Response:
+def _page_of_runs(query: dict[str, Any], kind: str, *, job_ref: str | None = None, dlq: bool = False) -> Response:
+    """One page of runs. Order of checks (§1.5): filters 422 → ``project_id`` 403 → job 404 → cursor 400."""
     session = get_session()
     principal = current_principal()
-    filters = parse_filters(session, principal.project_id, request.args, job_id=job_id, dlq=dlq)
+    filters = parse_filters(session, principal.project_id, request.args, dlq=dlq,
+                            job_id="" if job_ref is not None else None)
     check_project(request.args.get("project_id"))
-    limit = clamp_limit(_limit())
+    if job_ref is not None:
+        job_id = get_job(session, principal.project_id, job_ref).id
+        filters, kind = replace(filters, job_id=job_id), f"{kind}:{job_id}"
+    limit = clamp_limit(query.get("limit"))
     after = decode_time_cursor(kind, request.args.get("cursor"))
     runs, position = list_runs(session, filters, limit=limit, after=after)
     cursor = encode_cursor(kind, *position) if position else None
     return paged_response([run_to_dict(r) for r in runs], cursor, limit)
 
 
-def _limit() -> int | None:
-    raw = request.args.get("limit")
-    return int(raw) if raw is not None else None  # already checked by the query schema
-
-
 @blp.route("/runs", methods=["GET"])
 @requires_scope("runs:read")
 @blp.arguments(RunListQuerySchema, location="query")
 @blp.response(200, RunSchema(many=True))
-def list_runs_view(_query: dict[str, Any]) -> Response:
-    return _page_of_runs("runs")
+def list_runs_view(query: dict[str, Any]) -> Response:
+    return _page_of_runs(query, "runs")
 
 
 @blp.route("/runs/dlq", methods=["GET"])
 @requires_scope("runs:read")
 @blp.arguments(RunListQuerySchema, location="query")
 @blp.response(200, RunSchema(many=True))
-def list_dlq_view(_query: dict[str, Any]) -> Response:
-    return _page_of_runs("dlq", dlq=True)
+def list_dlq_view(query: dict[str, Any]) -> Response:
+    return _page_of_runs(query, "dlq", dlq=True)
 
 
 @blp.route("/jobs/<job>/runs", methods=["GET"])
 @requires_scope("runs:read")
 @blp.arguments(RunFilterQuerySchema, location="query")
 @blp.response(200, RunSchema(many=True))
-def list_job_runs_view(_query: dict[str, Any], job: str) -> Response:
-    found = get_job(get_session(), current_principal().project_id, job)
-    return _page_of_runs(f"job-runs:{found.id}", job_id=found.id)
+def list_job_runs_view(query: dict[str, Any], job: str) -> Response:
+    return _page_of_runs(query, "job-runs", job_ref=job)
 
 
 def _run_or_404(run_id: str) -> Any:
@@ -114,9 +114,9 @@ def get_run_view(run_id: str) -> Response:
 @requires_scope("runs:read")
 @blp.arguments(PageQuerySchema, location="query")
 @blp.response(200, RunEventSchema(many=True))
-def list_events_view(_query: dict[str, Any], run_id: str) -> Response:
+def list_events_view(query: dict[str, Any], run_id: str) -> Response:
     run = _run_or_404(run_id)
-    limit = clamp_limit(_limit())
+    limit = clamp_limit(query.get("limit"))
     kind = f"events:{run.id}"
     events, position = list_events(get_session(), run.id, limit=limit,
                                    after=decode_time_cursor(kind, request.args.get("cursor")))

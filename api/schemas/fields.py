@@ -98,7 +98,8 @@ class QueryInteger(ma.fields.Field):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         text = str(value).strip()
-        if not text or not (text.isdigit() or (text[0] in "+-" and text[1:].isdigit())) or len(text) > 18:
+        if not text.isascii() or not text or not (text.isdigit() or (text[0] in "+-" and text[1:].isdigit())) \
+                or len(text) > 18:
             raise self.make_error("invalid")
         return int(text)
 

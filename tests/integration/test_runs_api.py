@@ -284,3 +284,9 @@ def test_bulk_replay(client, auth, session):
     assert results[1] == {"original_run_id": active.id, "new_run_id": None, "status": "skipped",
                           "error": "run is queued; only terminal runs can be replayed"}
     assert results[2]["status"] == "not_found" and results[2]["new_run_id"] is None
+
+
+def test_job_runs_precedence(client, auth, world):
+    assert client.get("/v1/jobs/zzz/runs?status=bogus", headers=auth).status_code == 422
+    assert client.get("/v1/jobs/zzz/runs?project_id=proj-b", headers=auth).status_code == 403
+    assert client.get("/v1/jobs/zzz/runs?cursor=garbage", headers=auth).status_code == 404
