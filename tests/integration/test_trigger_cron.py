@@ -1,0 +1,40 @@
+"""``shared.run_creation.create_cron_run`` (CONTRACT §6.3, §6.6): one run per (job, tick), gated by dependencies."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from shared.models import Run, RunEvent
+from shared.run_creation import create_cron_run
+from shared.runstate import Effects
+from tests.factories import make_dependency, make_job
+
+
+def test_cron_run_contents_and_uniqueness(session):
+    job = make_job(session, tags={"t": "1"}, default_run_metadata={"m": "1"}, run_ttl_secs=30)
+    tick = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
+    now = tick + timedelta(seconds=1)
+    effects = Effects()
+    run = create_cron_run(session, job, tick, now, effects)
+    assert run is not None
+    assert run.status == "queued" and run.payload == "{}" and run.tags == {"t": "1"}
+    assert run.run_metadata == {"m": "1"} and run.priority == 0 and run.triggered_by == "cron"
+    assert run.created_by == "system:cron" and run.scheduled_at == tick
+    assert run.idempotency_key == f"cron:{job.id}:2030-01-01T09:00:00Z"
+    assert run.expires_at == tick + timedelta(seconds=30)
+    assert effects.enqueue == [run.id]
+    assert create_cron_run(session, job, tick, now, Effects()) is None
+    assert session.scalar(sa.select(sa.func.count()).select_from(Run)) == 1
+    assert session.scalar(sa.select(sa.func.count()).select_from(RunEvent)) == 1
+
+
+def test_cron_run_future_tick_is_delayed_and_dependencies_gate(session):
+    up, job = make_job(session), make_job(session)
+    tick = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
+    ahead = create_cron_run(session, up, tick, tick - timedelta(seconds=5), Effects())
+    assert ahead is not None and ahead.status == "delayed" and ahead.due_at == tick
+    make_dependency(session, job, up)
+    gated = create_cron_run(session, job, tick, tick, Effects())
+    assert gated is not None and gated.status == "waiting" and gated.expires_at is None
