@@ -26,6 +26,7 @@ from shared.metrics import (
     ACTIVE_RUNS,
     CONTENT_TYPE,
     JOB_SLOTS_IN_USE,
+    OLDEST_OVERDUE_DELAYED_RUN_AGE,
     OLDEST_READY_RUN_AGE,
     QUEUE_DEPTH,
     GaugeSpec,
@@ -60,7 +61,7 @@ def _family(spec: GaugeSpec) -> GaugeMetricFamily:
 
 
 class RunGauges:
-    """A prometheus_client collector: queue depth, oldest ready run age, active runs, slots in use.
+    """A prometheus_client collector: queue depth, oldest ready and overdue delayed runs, active runs, slots.
 
     Each gauge is sampled independently; one whose source is unreachable is left out of that scrape
     (and logged) so ``/metrics`` keeps answering while Redis or the database is down.
@@ -90,18 +91,18 @@ class RunGauges:
         # One round trip; each count is served by the status's partial index.
         counts = [sa.select(sa.func.count()).select_from(Run).where(Run.status == s.value).scalar_subquery()
                   for s in statuses]
+        now = self._clock()
         oldest = sa.select(sa.func.min(Run.queued_at)).where(Run.status == "queued").scalar_subquery()
+        overdue = (sa.select(sa.func.min(Run.due_at)).where(Run.status == "delayed", Run.due_at <= now)
+                   .scalar_subquery())
         with self._svc.session_factory() as session:
-            row = session.execute(sa.select(oldest, *counts)).one()
-        oldest_at = row[0]
-        if isinstance(oldest_at, str):  # SQLite returns the aggregate's raw text
-            oldest_at = datetime.fromisoformat(oldest_at)
-        age = max((self._clock() - _aware(oldest_at)).total_seconds(), 0.0) if oldest_at is not None else 0.0
-        age_family = _family(OLDEST_READY_RUN_AGE)
-        age_family.add_metric([], age)
-        yield age_family
+            row = session.execute(sa.select(oldest, overdue, *counts)).one()
+        for spec, since in ((OLDEST_READY_RUN_AGE, row[0]), (OLDEST_OVERDUE_DELAYED_RUN_AGE, row[1])):
+            family = _family(spec)
+            family.add_metric([], _seconds_since(since, now))
+            yield family
         active = _family(ACTIVE_RUNS)
-        for status, count in zip(statuses, row[1:], strict=True):
+        for status, count in zip(statuses, row[2:], strict=True):
             active.add_metric([status.value], int(count or 0))
         yield active
 
@@ -117,8 +118,13 @@ class RunGauges:
         yield family
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+def _seconds_since(value: datetime | str | None, now: datetime) -> float:
+    """``now - value`` in seconds, never negative; 0 for ``None``. SQLite hands aggregates back as text."""
+    if value is None:
+        return 0.0
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return max((now - when).total_seconds(), 0.0)
 
 
 def metrics_view() -> Response:

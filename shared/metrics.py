@@ -4,7 +4,8 @@ Two kinds:
 
 - **Event metrics** (counters, histograms) are incremented where the event happens, through the
   ``observe_*`` functions below, in whichever process that is (API, worker, scheduler).
-- **Scrape-time gauges** (queue depth, oldest ready run, slots in use, active runs) are sampled from Redis
+- **Scrape-time gauges** (queue depth, oldest ready run, oldest overdue delayed run, slots in use, active
+  runs) are sampled from Redis
   and the database when ``/metrics`` is scraped (``api.metrics``); only their specs live here.
 
 The scheduler's ``sluice_schedule_lag_seconds`` gauge is defined in ``scheduler/metrics.py`` (it is
@@ -91,6 +92,10 @@ QUEUE_DEPTH = GaugeSpec(
 OLDEST_READY_RUN_AGE = GaugeSpec(
     "sluice_oldest_ready_run_age_seconds", "Age of the oldest queued run (now - min(queued_at)); 0 when none.",
 )
+OLDEST_OVERDUE_DELAYED_RUN_AGE = GaugeSpec(
+    "sluice_oldest_overdue_delayed_run_seconds", "How long the most overdue delayed run has been due "
+    "(now - min(due_at) of delayed runs already due); 0 when none. Grows when the scheduler's sweeper lags.",
+)
 JOB_SLOTS_IN_USE = GaugeSpec(
     "sluice_job_slots_in_use", "Unexpired concurrency leases held per job (jobs holding none are omitted).",
     ("job_id",),
@@ -98,7 +103,7 @@ JOB_SLOTS_IN_USE = GaugeSpec(
 ACTIVE_RUNS = GaugeSpec(
     "sluice_runs_active", "Runs in each non-terminal status (waiting, delayed, queued, executing).", ("status",),
 )
-SCRAPE_GAUGES = (QUEUE_DEPTH, OLDEST_READY_RUN_AGE, JOB_SLOTS_IN_USE, ACTIVE_RUNS)
+SCRAPE_GAUGES = (QUEUE_DEPTH, OLDEST_READY_RUN_AGE, OLDEST_OVERDUE_DELAYED_RUN_AGE, JOB_SLOTS_IN_USE, ACTIVE_RUNS)
 
 
 # ---- observe helpers (one call at the place the event happens) -----------------------------------------

@@ -26,8 +26,9 @@ from shared.db import make_session_factory
 from shared.effects import commit_and_apply
 from shared.limits import LimitRequest, Limits
 from shared.messages import make_broker
-from shared.models import Run
+from shared.models import Job, Run
 from shared.runstate import Effects, RunStatus, transition
+from tests import factories
 from tests.integration.jobs_support import create
 from tests.integration.runner_harness import harness_fixture  # noqa: F401  (fixture)
 
@@ -42,7 +43,7 @@ EVENT_FAMILIES = {
     "sluice_webhook_deliveries": "counter",
 }
 GAUGE_FAMILIES = {"sluice_queue_depth", "sluice_oldest_ready_run_age_seconds", "sluice_job_slots_in_use",
-                  "sluice_runs_active"}
+                  "sluice_runs_active", "sluice_oldest_overdue_delayed_run_seconds"}
 
 
 def scrape(client) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:  # type: ignore[no-untyped-def]
@@ -128,6 +129,13 @@ def test_scrape_time_gauges(client, auth, session_factory, redis_client):  # typ
         session.execute(sa.update(Run).where(Run.queued_at == oldest)
                         .values(queued_at=oldest - timedelta(minutes=5)))
         session.commit()
+    with session_factory() as session:  # one delayed run due 2 minutes ago, one due in an hour
+        stored = session.get(Job, job["id"])
+        assert stored is not None
+        now = utcnow()
+        factories.make_run(session, stored, status="delayed", due_at=now - timedelta(minutes=2))
+        factories.make_run(session, stored, status="delayed", due_at=now + timedelta(hours=1))
+        session.commit()
     limits = Limits(redis_client)
     for run in ("r-1", "r-2"):
         decision = limits.acquire(LimitRequest(run_id=run, job_id=job["id"], max_concurrency=None,
@@ -141,6 +149,8 @@ def test_scrape_time_gauges(client, auth, session_factory, redis_client):  # typ
     assert value(families, "sluice_runs_active", status="queued") == 3
     assert value(families, "sluice_runs_active", status="executing") == 0
     assert 300 <= value(families, "sluice_oldest_ready_run_age_seconds") < 360
+    assert value(families, "sluice_runs_active", status="delayed") == 2
+    assert 120 <= value(families, "sluice_oldest_overdue_delayed_run_seconds") < 180
     assert value(families, "sluice_job_slots_in_use", job_id=job["id"]) == 2
 
     limits.release("r-1", job["id"], None)
