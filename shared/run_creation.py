@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -170,7 +170,8 @@ def create_cron_run(session: Session, job: Job, tick: datetime, now: datetime, e
     row = build_run_row(job, inputs, initial_status(verdict.holds, tick, now), now, expiry_start=tick)
     dialect = session.get_bind().dialect.name
     insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert_fn(Run).values(**_column_values(row)).on_conflict_do_nothing().returning(Run.id)
+    table = cast(sa.Table, Run.__table__)  # Core insert: the column is "metadata", not the ORM attribute
+    statement = insert_fn(table).values(**_column_values(row)).on_conflict_do_nothing().returning(table.c.id)
     if session.execute(statement).scalar() is None:
         return None
     insert_events(session, [creation_event(row)])
