@@ -2,7 +2,7 @@
 
 Three parts, wired here:
 
-- an APScheduler 3 ``BackgroundScheduler`` whose in-memory *entries* (one per scheduled job) carry a
+- an APScheduler 3 background scheduler (``TimerScheduler``) whose in-memory *entries* (one per scheduled job) carry a
   ``CronTickTrigger``; its only executor, ``TickExecutor``, hands each due tick to the firing queue;
 - ``TickFiring`` (``scheduler.fire``): one thread that turns ticks into runs, batched per instant;
 - ``ScheduleSync`` (``scheduler.sync``): reconciles entries with the jobs table and fires or skips missed
@@ -37,24 +37,48 @@ EXECUTOR = "cron-ticks"
 
 
 class TickExecutor(BaseExecutor):
-    """An APScheduler executor that runs nothing: it passes the entry's latest due tick to ``on_tick``.
+    """An APScheduler executor that runs nothing: it collects each due entry's latest tick, and ``flush``
+    hands everything collected in one timer pass to ``on_ticks`` as one batch.
 
     APScheduler coalesces a backlog into the latest tick (``coalesce=True``); whether a late tick still
     fires is decided by ``scheduler.fire`` with the §6.4 grace, not by APScheduler's misfire check.
     """
 
-    def __init__(self, on_tick: Callable[[TickRequest], None]) -> None:
+    def __init__(self, on_ticks: Callable[[list[TickRequest]], None]) -> None:
         super().__init__()
-        self._on_tick = on_tick
+        self._on_ticks = on_ticks
+        self._collected: list[TickRequest] = []
+        self._collected_lock = threading.Lock()
 
     def submit_job(self, job: Any, run_times: list[datetime]) -> None:  # `job` is an APScheduler entry
         trigger = job.trigger
         if not isinstance(trigger, CronTickTrigger) or not run_times:
             return
-        self._on_tick(TickRequest(job.id, run_times[-1].astimezone(UTC), trigger.cron, trigger.timezone))
+        request = TickRequest(job.id, run_times[-1].astimezone(UTC), trigger.cron, trigger.timezone)
+        with self._collected_lock:
+            self._collected.append(request)
+
+    def flush(self) -> None:
+        with self._collected_lock:
+            collected, self._collected = self._collected, []
+        if collected:
+            self._on_ticks(collected)
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         raise NotImplementedError("submit_job is overridden")
+
+
+class TimerScheduler(BackgroundScheduler):
+    """APScheduler's background scheduler, flushing the tick executors after each pass over due entries,
+    so that entries due on the same instant reach the firing thread as one batch (one transaction)."""
+
+    def _process_jobs(self) -> float | None:
+        try:
+            return super()._process_jobs()  # type: ignore[no-any-return]
+        finally:
+            for executor in list(self._executors.values()):
+                if isinstance(executor, TickExecutor):
+                    executor.flush()
 
 
 class CronService:
@@ -65,7 +89,7 @@ class CronService:
         self.settings = settings
         self._clock = clock
         self.firing = TickFiring(session_factory, broker, grace_secs=settings.cron_misfire_grace_secs, clock=clock)
-        self.entries = BackgroundScheduler(timezone=UTC, executors={EXECUTOR: TickExecutor(self.firing.submit)})
+        self.entries = TimerScheduler(timezone=UTC, executors={EXECUTOR: TickExecutor(self.firing.submit)})
         self.sync = ScheduleSync(self.entries, session_factory, submit=self.firing.submit,
                                  take_failed_jobs=self.firing.take_failed_jobs, executor=EXECUTOR,
                                  grace_secs=settings.cron_misfire_grace_secs)
@@ -93,8 +117,39 @@ class CronService:
         while not stop.wait(self.settings.scheduler_sync_secs) and not self._stop.is_set():
             self.reconcile()
 
+    def serve(self, stop: threading.Event) -> None:
+        """Start, reconcile until ``stop`` is set, then stop: the body of the scheduler's cron thread."""
+        self.start()
+        try:
+            self.run(stop)
+        finally:
+            self.stop()
+
     def stop(self) -> None:
         self._stop.set()
         if self.entries.running:
             self.entries.shutdown(wait=False)
         self.firing.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m scheduler.cron``: the cron part alone, without the maintenance loops (benchmarks,
+    debugging). Production runs ``sluice scheduler``, which includes it."""
+    import signal
+
+    from shared.db import make_engine, make_session_factory
+    from shared.logs import configure_logging
+    from shared.messages import make_broker
+
+    settings = Settings.from_env()
+    configure_logging(settings, process="scheduler")
+    service = CronService(settings, make_session_factory(make_engine(settings.database_url)), make_broker(settings))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service.serve(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

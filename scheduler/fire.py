@@ -1,7 +1,8 @@
 """Turning ticks into runs: one transaction per tick instant, however many jobs share it (§6.3, §6.6).
 
-Ticks arrive on a queue (from the timer and from catch-up, see ``scheduler.cron``) and are fired by one
-thread. It gathers what arrives together, groups it by tick instant and, per instant, re-reads the jobs,
+Ticks arrive on a queue in batches (all entries the timer found due in one pass; the catch-ups of one
+reconciliation, see ``scheduler.cron``) and are fired by one thread. It groups them by tick instant and,
+per instant, re-reads the jobs,
 creates their runs with one bulk insert (``shared.cron_runs``), commits, and enqueues every queued run in
 one Redis round trip. That keeps 1,000 jobs due on the same minute within a fraction of a second.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,10 +41,6 @@ log = logging.getLogger("sluice.scheduler")
 # A timer tick is on time while it is younger than the grace, and never counts as late below this
 # (so SLUICE_CRON_MISFIRE_GRACE_SECS=0 disables catch-up, not cron).
 MIN_ON_TIME_SECS = 5.0
-# After the first tick arrives, wait until the queue has been quiet this long (or the cap below) so that
-# entries due on the same instant, which the timer hands over one by one, are fired together.
-GATHER_QUIET_SECS = 0.02
-GATHER_MAX_SECS = 0.25
 
 
 @dataclass(frozen=True)
@@ -141,10 +137,12 @@ def group_by_tick(requests: Iterable[TickRequest]) -> list[tuple[datetime, list[
 
 
 class TickFiring:
-    """The firing thread: ``submit`` from any thread; ticks are gathered and fired per instant.
+    """The firing thread: ``submit`` batches from any thread; they are fired per tick instant.
 
-    A tick whose firing failed (database or Redis down) is remembered in ``failed_jobs``; the next
-    reconciliation runs the missed-tick check for those jobs, so the tick is retried within the grace.
+    The timer hands over all entries due in one pass as one batch, so jobs due on the same instant arrive
+    together; whatever else is already queued is merged in before grouping. A tick whose firing failed
+    (database or Redis down) is remembered in ``failed_jobs``; the next reconciliation runs the missed-tick
+    check for those jobs, so the tick is retried within the grace.
     """
 
     def __init__(self, session_factory: sessionmaker[Session], broker: Any, *, grace_secs: float,
@@ -153,7 +151,7 @@ class TickFiring:
         self._broker = broker
         self._grace_secs = grace_secs
         self._clock = clock
-        self._queue: queue.Queue[TickRequest | None] = queue.Queue()
+        self._queue: queue.Queue[list[TickRequest] | None] = queue.Queue()
         self._failed: set[str] = set()
         self._failed_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sluice-cron-fire", daemon=True)
@@ -167,10 +165,12 @@ class TickFiring:
         self._queue.put(None)
         self._thread.join(timeout_secs)
 
-    def submit(self, request: TickRequest) -> None:
+    def submit(self, requests: Sequence[TickRequest]) -> None:
+        if not requests:
+            return
         with self._pending_changed:
-            self._pending += 1
-        self._queue.put(request)
+            self._pending += len(requests)
+        self._queue.put(list(requests))
 
     def wait_idle(self, timeout_secs: float) -> bool:
         """Block until every submitted tick has been fired (tests and benchmarks)."""
@@ -182,26 +182,23 @@ class TickFiring:
             failed, self._failed = self._failed, set()
         return failed
 
-    def _gather(self, first: TickRequest) -> tuple[list[TickRequest], bool]:
-        batch, stopping = [first], False
-        deadline = time.monotonic() + GATHER_MAX_SECS
-        while (remaining := deadline - time.monotonic()) > 0:
+    def _drain(self, batch: list[TickRequest]) -> bool:
+        """Merge batches already queued into ``batch``; ``True`` if a stop was queued among them."""
+        while True:
             try:
-                item = self._queue.get(timeout=min(GATHER_QUIET_SECS, remaining))
+                item = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return False
             if item is None:
-                stopping = True
-                break
-            batch.append(item)
-        return batch, stopping
+                return True
+            batch.extend(item)
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
+            batch = self._queue.get()
+            if batch is None:
                 return
-            batch, stopping = self._gather(first)
+            stopping = self._drain(batch)
             for tick, requests in group_by_tick(batch):
                 self._fire(tick, requests)
             with self._pending_changed:

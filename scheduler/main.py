@@ -14,6 +14,7 @@ from types import FrameType
 
 import redis
 
+from scheduler.cron import CronService
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
@@ -38,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    services = [threading.Thread(target=MaintenanceLoop(ctx).run, args=(stop,), name="maintenance")]
+    cron = CronService(settings, ctx.session_factory, ctx.broker)
+    services = [threading.Thread(target=MaintenanceLoop(ctx).run, args=(stop,), name="maintenance"),
+                threading.Thread(target=cron.serve, args=(stop,), name="cron")]
     for thread in services:
         thread.start()
     log.info("scheduler started", extra={"sweep_interval_secs": settings.sweep_interval_secs})

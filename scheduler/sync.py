@@ -114,9 +114,9 @@ def load_last_cron_ticks(session: Session, job_ids: Sequence[str]) -> dict[str, 
 class ScheduleSync:
     """Owns the entries of one APScheduler scheduler; ``reconcile`` is called periodically from one thread."""
 
-    def __init__(self, entries: Any, session_factory: sessionmaker[Session], *, submit: Callable[[TickRequest], None],
-                 take_failed_jobs: Callable[[], set[str]], executor: str, grace_secs: float,
-                 full_sync_secs: float = FULL_SYNC_SECS) -> None:
+    def __init__(self, entries: Any, session_factory: sessionmaker[Session], *,
+                 submit: Callable[[list[TickRequest]], None], take_failed_jobs: Callable[[], set[str]],
+                 executor: str, grace_secs: float, full_sync_secs: float = FULL_SYNC_SECS) -> None:
         self._entries = entries  # apscheduler BaseScheduler; entries only, never our Job
         self._session_factory = session_factory
         self._submit = submit
@@ -191,6 +191,7 @@ class ScheduleSync:
     def _catch_up(self, session: Session, rows: Iterable[ScheduleRow], now: datetime) -> None:
         rows = list(rows)
         last_ticks = load_last_cron_ticks(session, [row.job_id for row in rows])
+        due: list[TickRequest] = []
         for row in rows:
             trigger = self._triggers[row.job_id]
             floor = floor_of(row.created_at, row.schedule_changed_at, last_ticks.get(row.job_id))
@@ -203,12 +204,13 @@ class ScheduleSync:
                     "job_id": row.job_id, "skipped": missed.older, "after": format_ts(floor),
                     "before": format_ts(missed.tick)})
             if missed.fire:
-                self._submit(TickRequest(row.job_id, missed.tick, row.cron, row.timezone, catch_up=True))
+                due.append(TickRequest(row.job_id, missed.tick, row.cron, row.timezone, catch_up=True))
             else:
                 TICKS_SKIPPED.labels(reason="beyond_grace").inc()
                 log.warning("missed cron tick skipped: older than the misfire grace", extra={
                     "job_id": row.job_id, "tick": format_ts(missed.tick),
                     "late_secs": round((now - missed.tick).total_seconds(), 3), "grace_secs": self._grace_secs})
+        self._submit(due)
 
 
 def _timing_only() -> None:

@@ -113,8 +113,8 @@ def test_firing_thread_batches_and_reports_failures(session_factory, broker) -> 
     firing = TickFiring(session_factory, broker, grace_secs=60, clock=_clock(TICK + timedelta(seconds=1)))
     firing.start()
     try:
-        for job in jobs:
-            firing.submit(TickRequest(job.id, TICK, "0 9 * * *", "UTC"))
+        for job in jobs:  # one by one: queued batches are merged before firing
+            firing.submit([TickRequest(job.id, TICK, "0 9 * * *", "UTC")])
         assert firing.wait_idle(10)
     finally:
         firing.stop()
@@ -127,8 +127,8 @@ class Recorder:
         self.submitted: list[TickRequest] = []
         self.failed: set[str] = set()
 
-    def submit(self, request: TickRequest) -> None:
-        self.submitted.append(request)
+    def submit(self, requests: list[TickRequest]) -> None:
+        self.submitted.extend(requests)
 
     def take_failed(self) -> set[str]:
         failed, self.failed = self.failed, set()

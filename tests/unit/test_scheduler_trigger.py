@@ -7,9 +7,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from apscheduler.schedulers.background import BackgroundScheduler
 
-from scheduler.cron import TickExecutor
+from scheduler.cron import TickExecutor, TimerScheduler
 from scheduler.fire import TickRequest
 from scheduler.trigger import CronTickTrigger
 
@@ -69,21 +68,26 @@ def test_pickles_by_expression_and_zone() -> None:
     assert trigger.get_next_fire_time(None, utc(2025, 6, 1, 0, 1)) == utc(2025, 6, 1, 0, 5)
 
 
-def test_tick_executor_hands_the_due_tick_to_the_firing_queue() -> None:
-    received: list[TickRequest] = []
+def test_entries_due_on_one_instant_reach_the_firing_queue_as_one_batch() -> None:
+    received: list[list[TickRequest]] = []
     got = threading.Event()
 
-    def on_tick(request: TickRequest) -> None:
-        received.append(request)
+    def on_ticks(requests: list[TickRequest]) -> None:
+        received.append(requests)
         got.set()
 
-    entries = BackgroundScheduler(timezone=UTC, executors={"ticks": TickExecutor(on_tick)})
-    due = datetime.now(UTC) + timedelta(milliseconds=200)
-    entries.add_job(print, trigger=CronTickTrigger("0 0 1 1 *", "UTC"), id="job-1", executor="ticks",
-                    next_run_time=due, coalesce=True)
+    entries = TimerScheduler(timezone=UTC, executors={"ticks": TickExecutor(on_ticks)})
+    due = datetime.now(UTC) + timedelta(milliseconds=300)
+    for i in range(200):
+        entries.add_job(print, trigger=CronTickTrigger("0 0 1 1 *", "UTC"), id=f"job-{i}", executor="ticks",
+                        next_run_time=due, coalesce=True)
     entries.start()
     try:
         assert got.wait(5)
+        # The entries moved on to their trigger's next tick instead of running anything.
+        assert entries.get_job("job-0").next_run_time.year > due.year
     finally:
         entries.shutdown(wait=False)
-    assert received == [TickRequest("job-1", due, "0 0 1 1 *", "UTC")]
+    assert len(received) == 1
+    assert sorted(r.job_id for r in received[0]) == sorted(f"job-{i}" for i in range(200))
+    assert received[0][0] == TickRequest(received[0][0].job_id, due, "0 0 1 1 *", "UTC")

@@ -1,0 +1,186 @@
+"""The scheduler as real processes, in real time (slow: about 5.5 minutes in all).
+
+Run with ``SLUICE_TEST_DB_NAME=sluice_sched SLUICE_TEST_REDIS_DB=8 .venv/bin/pytest -m slow
+tests/integration/test_scheduler_processes.py``. Jobs are written to the database directly (the jobs API
+sets ``schedule_changed_at`` the same way). The reconcile interval is 2 s here to keep waits short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from shared.models import Job, Run
+from tests.conftest import pg_url, redis_url
+from tests.factories import make_job
+
+ROOT = Path(__file__).resolve().parents[2]
+SYNC_SECS = 2
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+
+def scheduler_command() -> list[str]:
+    """``sluice scheduler`` when the full process exists, else the cron part alone."""
+    if (ROOT / "scheduler" / "main.py").exists():
+        return [str(ROOT / ".venv" / "bin" / "sluice"), "scheduler"]
+    return [sys.executable, "-m", "scheduler.cron"]
+
+
+class SchedulerProcess:
+    def __init__(self, log_path: Path, grace_secs: int) -> None:
+        self.log_path = log_path
+        self.grace_secs = grace_secs
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "DATABASE_URL": pg_url(), "REDIS_URL": redis_url(), "SLUICE_LOG_JSON": "true",
+               "SLUICE_SCHEDULER_SYNC_SECS": str(SYNC_SECS), "SLUICE_CRON_MISFIRE_GRACE_SECS": str(self.grace_secs),
+               "SLUICE_METRICS_PORT": "0"}
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.proc = subprocess.Popen(scheduler_command(), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=self.log_path.open("ab"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(e.get("event") == "cron scheduler started" for e in self.events(offset)):
+                return
+            assert self.proc.poll() is None, self.log_path.read_text()
+            time.sleep(0.05)
+        raise AssertionError(f"scheduler did not start: {self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def events(self, offset: int = 0) -> list[dict[str, object]]:
+        if not self.log_path.exists():
+            return []
+        found = []
+        with self.log_path.open("rb") as handle:
+            handle.seek(offset)
+            for raw in handle:
+                try:
+                    found.append(json.loads(raw))
+                except ValueError:
+                    continue
+        return found
+
+
+@pytest.fixture()
+def spawn(tmp_path: Path, settings) -> Iterator:  # type: ignore[no-untyped-def,type-arg]
+    started: list[SchedulerProcess] = []
+
+    def _spawn(name: str, grace_secs: int = 60) -> SchedulerProcess:
+        process = SchedulerProcess(tmp_path / f"{name}.log", grace_secs)
+        started.append(process)
+        return process
+
+    yield _spawn
+    for process in started:
+        process.stop()
+
+
+def next_minute(after: datetime) -> datetime:
+    return after.replace(second=0, microsecond=0) + timedelta(minutes=1)
+
+
+def sleep_until(instant: datetime) -> None:
+    delay = (instant - datetime.now(UTC)).total_seconds()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def cron_runs(session_factory, job_id: str) -> list[Run]:  # type: ignore[no-untyped-def]
+    with session_factory() as s:
+        return list(s.scalars(sa.select(Run).where(Run.job_id == job_id).order_by(Run.scheduled_at)))
+
+
+def set_job(session_factory, job_id: str, **values: object) -> None:  # type: ignore[no-untyped-def]
+    now = datetime.now(UTC)
+    with session_factory() as s:
+        s.execute(sa.update(Job).where(Job.id == job_id).values(updated_at=now, schedule_changed_at=now, **values))
+        s.commit()
+
+
+def test_two_replicas_one_run_per_tick_and_changes_apply_within_a_sync(session_factory, spawn) -> None:
+    with session_factory() as s:
+        steady = make_job(s, cron="* * * * *")
+        patched = make_job(s, cron="0 0 1 1 *")
+        toggled = make_job(s, cron="* * * * *")
+        s.commit()
+    replicas = [spawn("a"), spawn("b")]
+    for replica in replicas:
+        replica.start()
+    t1 = next_minute(datetime.now(UTC) + timedelta(seconds=1))
+    t2, t3 = t1 + timedelta(minutes=1), t1 + timedelta(minutes=2)
+    sleep_until(t1 + timedelta(seconds=5))
+    set_job(session_factory, patched.id, cron="* * * * *")  # a PATCH of cron
+    set_job(session_factory, toggled.id, enabled=False)
+    sleep_until(t2 + timedelta(seconds=5))
+    set_job(session_factory, toggled.id, enabled=True)
+    sleep_until(t3 + timedelta(seconds=5))
+
+    runs = [r for r in cron_runs(session_factory, steady.id) if t1 <= r.scheduled_at <= t3]
+    assert [r.scheduled_at for r in runs] == [t1, t2, t3]
+    for run in runs:
+        assert run.created_at - run.scheduled_at < timedelta(seconds=2)
+    every = cron_runs(session_factory, steady.id)
+    assert len({r.scheduled_at for r in every}) == len(every)  # never two runs for one tick
+    for run in every:
+        assert (run.triggered_by, run.created_by, run.payload) == ("cron", "system:cron", "{}")
+        assert run.scheduled_at.second == 0 and run.scheduled_at.microsecond == 0
+        assert run.idempotency_key == f"cron:{steady.id}:{run.scheduled_at:%Y-%m-%dT%H:%M:%SZ}"
+    # Both replicas fired; each tick's run was created by exactly one of them.
+    created = [e for r in replicas for e in r.events()
+               if e.get("event") == "cron run created" and e.get("job_id") == steady.id]
+    assert sorted(str(e["tick"]) for e in created) == sorted(
+        f"{r.scheduled_at:%Y-%m-%dT%H:%M:%S}.000000Z" for r in every)
+
+    assert [r.scheduled_at for r in cron_runs(session_factory, patched.id)] == [t2, t3]
+    assert [r.scheduled_at for r in cron_runs(session_factory, toggled.id) if r.scheduled_at >= t1] == [t1, t3]
+
+
+def test_restart_within_the_grace_catches_up_once_and_beyond_it_skips(session_factory, spawn) -> None:
+    with session_factory() as s:
+        job = make_job(s, cron="* * * * *")
+        s.commit()
+    scheduler = spawn("restart", grace_secs=5)
+    scheduler.start()
+    tick = next_minute(datetime.now(UTC) + timedelta(seconds=6))
+    sleep_until(tick - timedelta(seconds=3))
+    scheduler.stop()
+    sleep_until(tick + timedelta(seconds=1))
+    scheduler.start()  # ready about a second later: within the 5 s grace
+    deadline = time.monotonic() + 3
+    while not (caught := [r for r in cron_runs(session_factory, job.id) if r.scheduled_at == tick]):
+        assert time.monotonic() < deadline, "no catch-up run"
+        time.sleep(0.1)
+    assert len(caught) == 1
+    assert caught[0].created_at > tick + timedelta(seconds=1)  # made by the restarted process
+    assert any(e.get("event") == "cron run created" and e.get("catch_up") is True for e in scheduler.events())
+
+    later = tick + timedelta(minutes=1)
+    sleep_until(later - timedelta(seconds=3))
+    scheduler.stop()
+    sleep_until(later + timedelta(seconds=7))
+    scheduler.start()  # 8 s after the tick: beyond the grace
+    time.sleep(1)
+    assert [r.scheduled_at for r in cron_runs(session_factory, job.id) if r.scheduled_at >= tick] == [tick]
+    skipped = [e for e in scheduler.events()
+               if e.get("event") == "missed cron tick skipped: older than the misfire grace"]
+    assert [e["tick"] for e in skipped] == [f"{later:%Y-%m-%dT%H:%M:%S}.000000Z"]
