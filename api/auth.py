@@ -34,7 +34,9 @@ def authenticate_request(scope: str | None) -> Principal:
         raise Unauthorized("Missing or malformed Authorization header; send 'Bearer sk_…'")
     session = get_session()
     principal = authenticate(session, token.strip(), utcnow())
-    session.commit()  # persists a throttled last_used_at; ends the read transaction early
+    if session.info.pop("wrote_last_used_at", False):
+        session.commit()  # persist the throttled last_used_at even if the view fails
+    # Otherwise the view continues on the same connection: no commit, no second pool checkout + ping.
     if principal is None:
         raise Unauthorized("Unknown, malformed or revoked API key")
     g.principal = principal

@@ -95,4 +95,5 @@ def authenticate(session: Session, plaintext: str, now: datetime) -> Principal |
         return None
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         session.execute(sa.update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+        session.info["wrote_last_used_at"] = True  # the caller commits it (api.auth)
     return Principal(key_id=row.id, project_id=row.project_id, scopes=frozenset(row.scopes))

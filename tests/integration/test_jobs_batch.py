@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from shared.messages import ready_messages
 from shared.models import Job, JobVersion, Run
 from tests.factories import make_run
-from tests.integration.jobs_support import JOB_FIELDS, assert_error, create, job_body
+from tests.integration.jobs_support import JOB_FIELDS, assert_error, create, job_body, private_broker
 
 
 def _count(session, model):
@@ -82,12 +82,12 @@ def test_batch_enable_disable_by_id_slug_and_alias(client, auth, other_auth, ses
     assert _count(session, JobVersion) == 3  # no versions written by enable/disable
 
 
-def test_batch_enable_releases_held_runs(client, auth, session, app):
+def test_batch_enable_releases_held_runs(client, auth, session, app, redis_client):
     job = create(client, auth, "h", enabled=False)
     orm_job = session.get(Job, job["id"])
     runs = [make_run(session, orm_job, status="queued", held_at=orm_job.created_at) for _ in range(3)]
     session.commit()
-    broker = app.extensions["sluice"].broker
+    broker = private_broker(app, redis_client)
     before = ready_messages(broker)
     assert client.post("/v1/jobs/batch-enable", json={"ids": ["h"]}, headers=auth).json == {"updated": 1}
     assert ready_messages(broker) == before + 3

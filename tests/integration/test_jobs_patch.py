@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from shared.messages import ready_messages
 from shared.models import Job, JobVersion, Run
 from tests.factories import make_run
-from tests.integration.jobs_support import SECRET, assert_error, create
+from tests.integration.jobs_support import SECRET, assert_error, create, private_broker
 
 
 def _patch(client, auth, ref, body):
@@ -126,13 +126,13 @@ def test_schedule_changed_at_moves_only_for_schedule_fields(client, auth, sessio
         assert changed_at() > before
 
 
-def test_enabling_releases_held_runs(client, auth, session, app):
+def test_enabling_releases_held_runs(client, auth, session, app, redis_client):
     job = create(client, auth, "held", enabled=False)
     orm_job = session.get(Job, job["id"])
     held = make_run(session, orm_job, status="queued", held_at=orm_job.created_at)
     other = make_run(session, orm_job, status="delayed")
     session.commit()
-    broker = app.extensions["sluice"].broker
+    broker = private_broker(app, redis_client)
     before = ready_messages(broker)
     updated = _patch(client, auth, "held", {"enabled": True}).json
     assert updated["enabled"] is True and updated["version"] == 2

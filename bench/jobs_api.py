@@ -1,0 +1,241 @@
+"""Benchmark of the jobs API: create, get, list (page of 50) and PATCH under 32 concurrent clients.
+
+Starts the API under gunicorn (2 workers × 8 threads, gthread) against a dedicated PostgreSQL database,
+seeds 10,000 jobs in one project, then drives each operation for ``--secs`` seconds and prints a table.
+
+    .venv/bin/python bench/jobs_api.py --secs 5
+
+Targets (issue "Control plane"): get ≥ 1,500 req/s, list ≥ 500 req/s with p99 ≤ 60 ms, create ≥ 600 req/s.
+The client is deliberately cheap (one ``http.client`` keep-alive connection per thread, pre-encoded
+bodies) because on a small machine it shares the CPU with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sqlalchemy as sa  # noqa: E402
+
+from shared.apikeys import create_key, parse_scopes  # noqa: E402
+from shared.clock import utcnow  # noqa: E402
+from shared.db import make_engine, make_session_factory, transaction  # noqa: E402
+from shared.ids import new_version_id, uuid7  # noqa: E402
+from shared.job_config import config_for_create  # noqa: E402
+from shared.job_store import JOBS, new_job_record  # noqa: E402
+from shared.job_versions import VERSIONS, version_record  # noqa: E402
+from shared.migrate import upgrade  # noqa: E402
+
+PROJECT = "bench"
+ENDPOINT = "http://127.0.0.1:9/endpoint"
+
+
+@dataclass
+class OpStats:
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+
+    def row(self, name: str) -> str:
+        done = sorted(self.latencies_ms)
+        rate = len(done) / self.elapsed if self.elapsed else 0.0
+
+        def pct(p: float) -> float:
+            return done[min(len(done) - 1, int(p * len(done)))] if done else 0.0
+
+        return f"| {name:<7} | {rate:>9.0f} | {pct(0.50):>7.1f} | {pct(0.99):>7.1f} | {self.errors:>6} |"
+
+
+def prepare_database(admin_url: str, db_name: str) -> str:
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": db_name})
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
+    admin.dispose()
+    url = admin_url.rsplit("/", 1)[0] + "/" + db_name
+    upgrade(url)
+    return url
+
+
+def seed(url: str, count: int) -> tuple[str, list[str]]:
+    """A key of the bench project and ``count`` jobs (bulk-inserted with their version 1)."""
+    engine = make_engine(url, single_use=True)
+    factory = make_session_factory(engine)
+    with transaction(factory) as session:
+        _, key = create_key(session, project_id=PROJECT, scopes=parse_scopes("*"), name="bench", now=utcnow())
+    ids: list[str] = []
+    base = utcnow() - timedelta(days=1)
+    for start in range(0, count, 1000):
+        jobs, versions = [], []
+        for i in range(start, min(count, start + 1000)):
+            config = config_for_create({"name": f"Seed {i}", "slug": f"seed-{i:05d}", "endpoint_url": ENDPOINT,
+                                        "tags": {"team": f"t{i % 10}"}, "cron": "*/5 * * * *" if i % 3 else None})
+            job_id, version_id = uuid7(), new_version_id()
+            now = base + timedelta(milliseconds=i)
+            jobs.append(new_job_record(job_id=job_id, project_id=PROJECT, config=config, version_id=version_id,
+                                       actor="apikey:bench", now=now))
+            versions.append(version_record(version_id=version_id, job_id=job_id, version=1, config=config,
+                                           actor="apikey:bench", now=now))
+            ids.append(job_id)
+        with transaction(factory) as session:
+            session.execute(sa.insert(JOBS), jobs)
+            session.execute(sa.insert(VERSIONS), versions)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("ANALYZE"))  # fresh statistics, as autovacuum would give a long-lived database
+    engine.dispose()
+    return key, ids
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(url: str, redis_url: str, port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, DATABASE_URL=url, REDIS_URL=redis_url, SLUICE_ALLOW_PRIVATE_ENDPOINTS="true",
+               SLUICE_LOG_LEVEL="WARNING", SLUICE_WORKER_THREADS=str(threads),
+               PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(prefix="sluice-bench-metrics-"))
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+               "--threads", str(threads), "--worker-class", "gthread", "--keep-alive", "30",
+               "--log-level", "warning", "api.wsgi:app"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit("the API did not start")
+
+
+Request = tuple[str, str, bytes | None]  # method, path, body
+
+
+def drive(port: int, headers: dict[str, str], make_request: Callable[[random.Random, int], Request],
+          expected: int, clients: int, secs: float) -> OpStats:
+    """``clients`` threads, each on its own keep-alive connection, issuing requests until the deadline."""
+    stats = OpStats()
+    lock = threading.Lock()
+    start_at = time.monotonic() + 0.2
+    stop_at = start_at + secs
+
+    def client(n: int) -> None:
+        rng = random.Random(n)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        latencies: list[float] = []
+        errors = seq = 0
+        while time.monotonic() < start_at:
+            time.sleep(0.001)
+        while True:
+            now = time.monotonic()
+            if now >= stop_at:
+                break
+            method, path, body = make_request(rng, n * 10_000_000 + seq)
+            seq += 1
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                if response.status != expected:
+                    errors += 1
+                else:
+                    latencies.append((time.monotonic() - now) * 1000)
+            except (OSError, http.client.HTTPException):
+                errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.close()
+        with lock:
+            stats.latencies_ms.extend(latencies)
+            stats.errors += errors
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats.elapsed = secs
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--secs", type=float, default=20.0, help="seconds per operation (default 20)")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs seeded before measuring")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--pg-admin-url", default=os.environ.get(
+        "SLUICE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--db-name", default="sluice_bench_jobs")
+    parser.add_argument("--redis-url", default=os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
+    parser.add_argument("--ops", default="get,list,create,patch")
+    args = parser.parse_args(argv)
+
+    url = prepare_database(args.pg_admin_url, args.db_name)
+    key, ids = seed(url, args.jobs)
+    port = free_port()
+    server = start_server(url, args.redis_url, port, args.workers, args.threads)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Connection": "keep-alive"}
+    patch_bodies = [json.dumps({"description": f"rev {i}"}).encode() for i in range(64)]
+
+    def create(rng: random.Random, seq: int) -> Request:
+        body = {"name": f"Bench {seq}", "slug": f"bench-{seq}", "endpoint_url": ENDPOINT, "cron": "0 * * * *",
+                "tags": {"team": "bench"}}
+        return "POST", "/v1/jobs", json.dumps(body).encode()
+
+    def get(rng: random.Random, seq: int) -> Request:
+        return "GET", f"/v1/jobs/{ids[rng.randrange(len(ids))]}", None
+
+    def list_page(rng: random.Random, seq: int) -> Request:
+        return "GET", "/v1/jobs?limit=50", None
+
+    def patch(rng: random.Random, seq: int) -> Request:
+        return "PATCH", f"/v1/jobs/{ids[rng.randrange(len(ids))]}", patch_bodies[seq % len(patch_bodies)]
+
+    ops: dict[str, tuple[Callable[[random.Random, int], Request], int]] = {
+        "get": (get, 200), "list": (list_page, 200), "create": (create, 201), "patch": (patch, 200)}
+    results: dict[str, OpStats] = {}
+    try:
+        drive(port, headers, get, 200, args.clients, 1.0)  # warm up connections and caches
+        for name in args.ops.split(","):
+            make_request, expected = ops[name]
+            results[name] = drive(port, headers, make_request, expected, args.clients, args.secs)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    print(f"\njobs API: gunicorn {args.workers} workers x {args.threads} threads (gthread), {args.clients} clients, "
+          f"{args.jobs} seeded jobs, {args.secs:g} s per operation, {os.cpu_count()} CPUs\n")
+    print("| op      |     req/s |  p50 ms |  p99 ms | errors |")
+    print("|---------|-----------|---------|---------|--------|")
+    for name, stats in results.items():
+        print(stats.row(name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
