@@ -20,6 +20,7 @@ from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.logs import configure_logging
 from shared.messages import make_broker
+from shared.metrics import SCHEDULER_METRICS_PORT, expose_process_metrics
 
 log = logging.getLogger("sluice.scheduler")
 
@@ -27,6 +28,7 @@ log = logging.getLogger("sluice.scheduler")
 def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     configure_logging(settings, process="scheduler")
+    expose_process_metrics(SCHEDULER_METRICS_PORT)
     engine = make_engine(settings.database_url, pool_size=4)
     client = redis.Redis.from_url(settings.redis_url)
     ctx = MaintenanceContext(settings=settings, session_factory=make_session_factory(engine),

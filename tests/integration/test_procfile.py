@@ -23,6 +23,7 @@ from tests.integration.process_support import (
     call,
     descendants,
     free_port,
+    is_listening,
     is_running,
     listener_pids,
     sink_fixture,  # noqa: F401  (fixture)
@@ -65,6 +66,7 @@ def test_procfile_processes_complete_500_runs(tmp_path: Path, sink: Sink, settin
                         "SLUICE_LOG_LEVEL=WARNING\n")
     log_path = tmp_path / "honcho.log"
     base_port = free_port()
+    metrics_ports_free = not is_listening(WORKER_METRICS_PORT) and not is_listening(SCHEDULER_METRICS_PORT)
 
     release = honcho(["release"], env_file, log_path, base_port)
     assert release.wait(120) == 0, log_path.read_text()[-3000:]
@@ -106,7 +108,8 @@ def test_procfile_processes_complete_500_runs(tmp_path: Path, sink: Sink, settin
         processes = descendants(manager.pid)
         assert len(processes) >= 4
         ours = {port for port in (WORKER_METRICS_PORT, SCHEDULER_METRICS_PORT) if listener_pids(port) & processes}
-        if ours == {WORKER_METRICS_PORT, SCHEDULER_METRICS_PORT}:  # else another program on this host has one
+        if metrics_ports_free:  # else another program on this host holds one of the default ports
+            assert ours == {WORKER_METRICS_PORT, SCHEDULER_METRICS_PORT}, ours
             # One worker instance serves 9101 (the other finds it taken and logs it); the scheduler 9102.
             status, worker_text = call("GET", f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics")
             assert status == 200
