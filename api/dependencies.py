@@ -24,7 +24,7 @@ blp = Blueprint("dependencies", __name__, url_prefix="/v1", description="Job dep
 
 @blp.route("/jobs/<job>/dependencies", methods=["GET"])
 @requires_scope("jobs:read")
-@blp.arguments(PageQuerySchema, location="query", as_kwargs=True)
+@blp.arguments(PageQuerySchema(), location="query", as_kwargs=True)
 @blp.response(200, DependencySchema(many=True))
 def list_dependencies_view(job: str, limit: int | None = None, cursor: str | None = None) -> Response:
     """Edges whose dependent is this job, newest first."""
@@ -42,7 +42,7 @@ def list_dependencies_view(job: str, limit: int | None = None, cursor: str | Non
 
 @blp.route("/jobs/<job>/dependencies", methods=["POST"])
 @requires_scope("jobs:write")
-@blp.arguments(DependencyCreateSchema)
+@blp.arguments(DependencyCreateSchema())
 @blp.response(201, DependencySchema)
 def create_dependency_view(body: dict[str, Any], job: str) -> Response:
     """Make this job's new runs wait for another job (§3.9, §5.14)."""

@@ -30,7 +30,7 @@ def _cursor_version(cursor: str | None) -> int | None:
 
 @blp.route("/jobs/<job>/versions", methods=["GET"])
 @requires_scope("jobs:read")
-@blp.arguments(PageQuerySchema, location="query", as_kwargs=True)
+@blp.arguments(PageQuerySchema(), location="query", as_kwargs=True)
 @blp.response(200, JobVersionSchema(many=True))
 def list_versions_view(job: str, limit: int | None = None, cursor: str | None = None) -> Response:
     """All versions of the job, current first (§3.7, §1.6)."""

@@ -49,7 +49,7 @@ blp.record_once(lambda state: state.app.url_map.converters.setdefault("jobref", 
 
 @blp.route("/jobs", methods=["GET"])
 @requires_scope("jobs:read")
-@blp.arguments(JobListQuerySchema, location="query", as_kwargs=True)
+@blp.arguments(JobListQuerySchema(), location="query", as_kwargs=True)
 @blp.response(200, JobSchema(many=True))
 def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_id: str | None = None,
                    slug: str | None = None, tag_key: str | None = None, tag_value: str | None = None,
@@ -69,7 +69,7 @@ def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_
 
 @blp.route("/jobs", methods=["POST"])
 @requires_scope("jobs:write")
-@blp.arguments(JobCreateSchema)
+@blp.arguments(JobCreateSchema())
 @blp.response(201, JobSchema)
 def create_job_view(body: dict[str, Any]) -> Response:
     """Create a job (§3.2)."""
@@ -135,7 +135,7 @@ def _toggle(body: dict[str, Any], enabled: bool) -> Response:
 
 @blp.route("/jobs/batch-enable", methods=["POST"])
 @requires_scope("jobs:write")
-@blp.arguments(JobBatchToggleSchema)
+@blp.arguments(JobBatchToggleSchema())
 @blp.response(200, BatchToggleResultSchema)
 def batch_enable_view(body: dict[str, Any]) -> Response:
     """Enable jobs by id or slug (§3.4); held runs are enqueued again (§5.12)."""
@@ -144,7 +144,7 @@ def batch_enable_view(body: dict[str, Any]) -> Response:
 
 @blp.route("/jobs/batch-disable", methods=["POST"])
 @requires_scope("jobs:write")
-@blp.arguments(JobBatchToggleSchema)
+@blp.arguments(JobBatchToggleSchema())
 @blp.response(200, BatchToggleResultSchema)
 def batch_disable_view(body: dict[str, Any]) -> Response:
     """Disable jobs by id or slug (§3.4): cron stops, ready runs are held (§5.12)."""
@@ -164,7 +164,7 @@ def get_job_view(job: str) -> Response:
 
 @blp.route("/jobs/<jobref:job>", methods=["PATCH"])
 @requires_scope("jobs:write")
-@blp.arguments(JobPatchSchema)
+@blp.arguments(JobPatchSchema())
 @blp.response(200, JobSchema)
 def patch_job_view(body: dict[str, Any], job: str) -> Response:
     """Partial update (§3.5); a change writes a new version, no change writes nothing."""
@@ -179,7 +179,7 @@ def patch_job_view(body: dict[str, Any], job: str) -> Response:
 
 @blp.route("/jobs/<jobref:job>", methods=["DELETE"])
 @requires_scope("jobs:write")
-@blp.arguments(DeleteQuerySchema, location="query", as_kwargs=True)
+@blp.arguments(DeleteQuerySchema(), location="query", as_kwargs=True)
 @blp.response(204)
 def delete_job_view(job: str, force: bool = False) -> Response:
     """Hard delete (§3.6); 409 with active runs unless ``?force=true``."""
@@ -191,7 +191,7 @@ def delete_job_view(job: str, force: bool = False) -> Response:
 
 @blp.route("/jobs/<job>/clone", methods=["POST"])
 @requires_scope("jobs:write")
-@blp.arguments(JobCloneSchema)
+@blp.arguments(JobCloneSchema())
 @blp.response(201, JobSchema)
 def clone_job_view(body: dict[str, Any], job: str) -> Response:
     """Copy a job's configuration under a new name and slug (§3.8)."""
