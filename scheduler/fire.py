@@ -110,7 +110,12 @@ def fire_tick(session_factory: sessionmaker[Session], broker: Any, tick: datetim
         log.info("cron run created", extra={
             "job_id": row["job_id"], "run_id": row["id"], "tick": format_ts(tick), "status": row["status"],
             "lag_secs": round(lag_secs, 3), "catch_up": row["job_id"] in catch_up})
-    return FireResult(created=created, unwanted=len(timely) - len(created), skipped_late=skipped)
+    result = FireResult(created=created, unwanted=len(timely) - len(created), skipped_late=skipped)
+    log.info("cron tick fired", extra={
+        "tick": format_ts(tick), "jobs": len(requests), "created": len(created), "not_created": result.unwanted,
+        "skipped_late": skipped, "lag_secs": round(lag_secs, 3),
+        "duration_secs": round((enqueued_at - now).total_seconds(), 3)})
+    return result
 
 
 def _skip_late(session: Session, late: Sequence[TickRequest], now: datetime) -> int:
