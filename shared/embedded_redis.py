@@ -91,8 +91,9 @@ class FakeRedisServer:
         import fakeredis
 
         server_class = getattr(fakeredis, "TcpFakeServer", None)
-        if server_class is None:  # added in fakeredis 2.24
-            raise RuntimeError(f"fakeredis {fakeredis.__version__} has no TcpFakeServer; install fakeredis>=2.24")
+        if server_class is None:  # tested with 2.41; 2.31.1 fixed its thread shutdown and Lua lock scripts
+            raise RuntimeError(f"fakeredis {fakeredis.__version__} has no TcpFakeServer; "
+                               "install fakeredis[lua]>=2.31.1")
         self._server = server_class(("127.0.0.1", 0))
         self.url = f"redis://127.0.0.1:{self._server.server_address[1]}/0"
         self._thread = threading.Thread(target=self._server.serve_forever, name="fakeredis", daemon=True)
