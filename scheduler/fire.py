@@ -112,7 +112,7 @@ def fire_tick(session_factory: sessionmaker[Session], broker: Any, tick: datetim
             "lag_secs": round(lag_secs, 3), "catch_up": row["job_id"] in catch_up})
     result = FireResult(created=created, unwanted=len(timely) - len(created), skipped_late=skipped)
     log.info("cron tick fired", extra={
-        "tick": format_ts(tick), "jobs": len(requests), "created": len(created), "not_created": result.unwanted,
+        "tick": format_ts(tick), "jobs": len(requests), "runs_created": len(created), "not_created": result.unwanted,
         "skipped_late": skipped, "lag_secs": round(lag_secs, 3),
         "duration_secs": round((enqueued_at - now).total_seconds(), 3)})
     return result

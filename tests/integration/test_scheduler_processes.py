@@ -151,6 +151,8 @@ def test_two_replicas_one_run_per_tick_and_changes_apply_within_a_sync(session_f
     assert sorted(str(e["tick"]) for e in created) == sorted(
         f"{r.scheduled_at:%Y-%m-%dT%H:%M:%S}.000000Z" for r in every)
 
+    assert not [e for r in replicas for e in r.events() if e.get("level") == "error"]
+
     assert [r.scheduled_at for r in cron_runs(session_factory, patched.id)] == [t2, t3]
     assert [r.scheduled_at for r in cron_runs(session_factory, toggled.id) if r.scheduled_at >= t1] == [t1, t3]
 
@@ -184,3 +186,4 @@ def test_restart_within_the_grace_catches_up_once_and_beyond_it_skips(session_fa
     skipped = [e for e in scheduler.events()
                if e.get("event") == "missed cron tick skipped: older than the misfire grace"]
     assert [e["tick"] for e in skipped] == [f"{later:%Y-%m-%dT%H:%M:%S}.000000Z"]
+    assert not [e for e in scheduler.events() if e.get("level") == "error"]
