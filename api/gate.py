@@ -20,6 +20,7 @@ from shared.ids import uuid7
 MAX_BODY_BYTES = 1 << 20
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = {"POST", "PATCH", "PUT"}
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
 class PayloadTooLarge(SluiceError):
@@ -44,19 +45,28 @@ def _assign_request_id() -> None:
     g.started = time.perf_counter()
 
 
-def _find_nul(value: Any, path: str) -> str | None:
+def _has_nul(text: str) -> bool:
+    return "\x00" in text
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def _find_nul(value: Any, path: str, bad: Any = _has_nul) -> str | None:
+    """The path of the first string (key or value) for which ``bad`` holds, or ``None``."""
     if isinstance(value, str):
-        return path if "\x00" in value else None
+        return path if bad(value) else None
     if isinstance(value, dict):
         for key, item in value.items():
-            if "\x00" in key:
+            if bad(key):
                 return f"{path}.{key}" if path else key
-            found = _find_nul(item, f"{path}.{key}" if path else key)
+            found = _find_nul(item, f"{path}.{key}" if path else key, bad)
             if found:
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found = _find_nul(item, f"{path}.{index}" if path else str(index))
+            found = _find_nul(item, f"{path}.{index}" if path else str(index), bad)
             if found:
                 return found
     return None
@@ -94,12 +104,17 @@ def _read_body(view: Any) -> None:
     try:
         g.body = json.loads(raw)
         bad = _find_nul(g.body, "")
+        # A lone surrogate can only arrive as a \uD800-\uDFFF escape (raw surrogate bytes are not UTF-8);
+        # it cannot be stored or re-encoded, so refuse it like NUL. The byte scan keeps the walk rare.
+        lone = _find_nul(g.body, "", _has_lone_surrogate) if _SURROGATE_ESCAPE.search(raw) else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("Malformed JSON body") from exc
     except RecursionError:  # a body nested deeper than the interpreter's stack allows
         raise BadRequest("Malformed JSON body: nested too deeply") from None
     if bad is not None:
         raise ValidationFailed(_nested_error(bad, "Must not contain the NUL character (U+0000)."))
+    if lone is not None:
+        raise ValidationFailed(_nested_error(lone, "Must be valid Unicode (no unpaired surrogate escapes)."))
 
 
 def before_request() -> None:

@@ -26,11 +26,12 @@ from shared.effects import commit_and_apply
 from shared.errors import ValidationFailed
 from shared.job_lookup import get_job
 from shared.runstate import Effects
-from shared.triggering import ensure_enabled, idempotency_key_error, trigger_run
+from shared.triggering import ensure_enabled, find_trigger_job, idempotency_key_error, trigger_run
 
 blp = Blueprint("triggers", __name__, url_prefix="/v1", description="Trigger runs of a job")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _item_schema = TriggerItemSchema()
+_PAYLOAD_ONLY = frozenset({"payload"})
 
 
 def _header_key() -> str | None:
@@ -55,9 +56,10 @@ def trigger_view(body: dict[str, Any], job: str) -> Response:
         body["idempotency_key"] = header_key
     session = get_session()
     principal = current_principal()
-    found = get_job(session, principal.project_id, job)
+    found, has_edges = find_trigger_job(session, principal.project_id, job)
     effects = Effects()
-    outcome = trigger_run(session, found, body, actor=principal.actor, now=utcnow(), effects=effects)
+    outcome = trigger_run(session, found, body, actor=principal.actor, now=utcnow(), effects=effects,
+                          has_edges=has_edges)
     if not outcome.created:
         session.commit()  # ends the transaction (and its advisory locks) early
         return json_response(render_trigger(outcome), 200)
@@ -73,6 +75,9 @@ def _validate_items(raw_items: list[Any]) -> tuple[list[dict[str, Any]], dict[st
         if not isinstance(raw, dict):
             errors[str(index)] = {"_schema": ["Each item must be an object."]}
             items.append({})
+            continue
+        if raw.keys() <= _PAYLOAD_ONLY:  # the common item: nothing to check but the payload (later)
+            items.append({"payload": raw.get("payload")})
             continue
         try:
             item = _item_schema.load(raw)

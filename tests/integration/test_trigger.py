@@ -221,3 +221,17 @@ def test_job_ttl_applies(client, auth, session):
     assert parse_ts(body["expires_at"]) - parse_ts(body["created_at"]) == timedelta(seconds=100)
     body = trigger(client, auth, "ttl", {"ttl_secs": 0}).get_json()
     assert parse_ts(body["expires_at"]) - parse_ts(body["created_at"]) == timedelta(seconds=100)
+
+
+def test_unpaired_surrogates_are_422_and_pairs_fine(client, auth, job):
+    for raw in ['{"payload": {"a": "\\ud800"}}', '{"tags": {"a": "\\udc00"}}', '{"idempotency_key": "\\uDBFFx"}']:
+        assert trigger(client, auth, "hello", raw=raw).status_code == 422
+    ok = trigger(client, auth, "hello", raw='{"payload": {"a": "\\ud83d\\ude00"}}')
+    assert ok.status_code == 201 and ok.get_json()["payload"] == {"a": "\U0001F600"}
+
+
+def test_uuid_ref_prefers_id_over_slug(client, auth, session):
+    first = make_job(session, slug="first")
+    make_job(session, slug=first.id)  # another job whose slug is the first job's id
+    session.commit()
+    assert trigger(client, auth, first.id, {}).get_json()["job_id"] == first.id
