@@ -89,11 +89,12 @@ def test_concurrent_bulk_with_shared_keys_creates_one_run_per_key(base_url, auth
 
 def test_no_lost_wakeup_when_upstream_finishes_during_creation(base_url, auth, session_factory, session):
     """Upstream runs finish while dependent runs are being triggered: none may stay waiting."""
+    PAIRS = 10  # 2 connections per pair: the database server is shared with other suites
     up = make_job(session, slug="up")
     down = make_job(session, slug="down")
     make_dependency(session, down, up)
     upstream = [make_run(session, up, status="executing", attempt=1, started_at=utcnow(), idempotency_key=f"k{i}")
-                for i in range(CONCURRENCY)]
+                for i in range(PAIRS)]
     session.commit()
 
     def finish(run_id: str) -> None:
@@ -101,7 +102,7 @@ def test_no_lost_wakeup_when_upstream_finishes_during_creation(base_url, auth, s
             transition(s, run_id, RunStatus.COMPLETED, now=utcnow(), effects=Effects())
             s.commit()
 
-    barrier = threading.Barrier(2 * CONCURRENCY)
+    barrier = threading.Barrier(2 * PAIRS)
 
     def trigger(i: int) -> None:
         with httpx.Client(timeout=30) as http:
@@ -112,14 +113,14 @@ def test_no_lost_wakeup_when_upstream_finishes_during_creation(base_url, auth, s
         barrier.wait()
         finish(upstream[i].id)
 
-    threads = [threading.Thread(target=trigger, args=(i,)) for i in range(CONCURRENCY)]
-    threads += [threading.Thread(target=complete, args=(i,)) for i in range(CONCURRENCY)]
+    threads = [threading.Thread(target=trigger, args=(i,)) for i in range(PAIRS)]
+    threads += [threading.Thread(target=complete, args=(i,)) for i in range(PAIRS)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     statuses = [r.status for r in runs_of(session, down.id)]
-    assert len(statuses) == CONCURRENCY and set(statuses) == {"queued"}
+    assert len(statuses) == PAIRS and set(statuses) == {"queued"}
     assert release_dependents(session, up.id, now=utcnow(), effects=Effects()) == 0
 
 
