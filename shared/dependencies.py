@@ -125,12 +125,14 @@ def evaluate_many(session: Session, edges: Sequence[JobDependency],
     return verdicts
 
 
-def gate_new_runs(session: Session, job_id: str, correlations: Sequence[Correlation]) -> list[Verdict]:
+def gate_new_runs(session: Session, job_id: str, correlations: Sequence[Correlation], *,
+                  has_edges: bool | None = None) -> list[Verdict]:
     """Creation-side gate: lock the job's dependency key (see module doc), then evaluate its edges.
 
-    Jobs without edges take no lock (their runs never wait). Call in the creating transaction.
+    Jobs without edges take no lock (their runs never wait). ``has_edges=False`` (known from the job
+    lookup, same transaction) skips the edges query. Call in the creating transaction.
     """
-    edges = edges_of(session, job_id)
+    edges = edges_of(session, job_id) if has_edges is not False else []
     if not edges:
         return [Verdict(True, []) for _ in correlations]
     lock_key(session, "deps", job_id)

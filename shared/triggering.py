@@ -20,9 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.dependencies import edges_of, evaluate_many
-from shared.errors import Conflict, ValidationFailed
+from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.ids import canonical_uuid
 from shared.locks import lock_key
-from shared.models import Job, Run
+from shared.models import Job, JobDependency, Run
 from shared.payloads import canonical_payload, payload_hash, payload_size_error, schema_errors
 from shared.run_creation import (
     RunInputs,
@@ -150,10 +151,38 @@ def preview_run(session: Session, job: Job, inputs: RunInputs, now: datetime) ->
     return row_to_run(row)
 
 
+def _job_with_edges_query(by_id: bool) -> sa.Select[tuple[Job, bool]]:
+    has_edges = sa.exists().where(JobDependency.job_id == Job.id).label("has_edges")
+    query = sa.select(Job, has_edges).where(Job.project_id == sa.bindparam("project_id"))
+    if not by_id:
+        return query.where(Job.slug == sa.bindparam("ref")).limit(1)
+    as_id: sa.BindParameter[str] = sa.bindparam("as_id")
+    return (query.where(sa.or_(Job.id == as_id, Job.slug == sa.bindparam("ref")))
+            .order_by(sa.case((Job.id == as_id, 0), else_=1)).limit(1))
+
+
+# Built once (compiled once, then only bound): this lookup runs on every trigger.
+_JOB_BY_SLUG, _JOB_BY_ID_OR_SLUG = _job_with_edges_query(False), _job_with_edges_query(True)
+
+
+def find_trigger_job(session: Session, project_id: str, ref: str) -> tuple[Job, bool]:
+    """The job named by ``ref`` (id first, then slug; §1.2) and whether it has dependency edges, in one
+    query (the trigger hot path); 404 if none."""
+    as_id = canonical_uuid(ref)
+    if as_id is None:
+        row = session.execute(_JOB_BY_SLUG, {"project_id": project_id, "ref": ref}).first()
+    else:
+        row = session.execute(_JOB_BY_ID_OR_SLUG, {"project_id": project_id, "ref": ref, "as_id": as_id}).first()
+    if row is None:
+        raise NotFound("job not found")
+    return row[0], bool(row[1])
+
+
 def trigger_run(session: Session, job: Job, body: dict[str, Any], *, actor: str, now: datetime,
-                effects: Effects) -> TriggerOutcome:
+                effects: Effects, has_edges: bool | None = None) -> TriggerOutcome:
     """Run §4.2 steps 3–10 (before the commit) for one request; ``body`` is schema-validated and carries
-    the effective ``idempotency_key`` (header already applied)."""
+    the effective ``idempotency_key`` (header already applied). ``has_edges`` comes from
+    ``find_trigger_job`` (``None`` = look it up)."""
     ensure_enabled(job)
     inputs, errors = prepare_inputs(job, body, actor=actor, now=now)
     if errors:
@@ -172,6 +201,6 @@ def trigger_run(session: Session, job: Job, body: dict[str, Any], *, actor: str,
         dup = find_dedup_runs(session, job, {inputs.payload_hash: inputs.payload}, now).get(inputs.payload_hash)
         if dup is not None:
             return TriggerOutcome(dup, created=False)
-    row = create_runs(session, job, [inputs], now=now, effects=effects)[0]
+    row = create_runs(session, job, [inputs], now=now, effects=effects, has_edges=has_edges)[0]
     return TriggerOutcome(row_to_run(row), created=True)
 
