@@ -106,4 +106,4 @@ def finish_attempt(session: Session, run_id: str, end: AttemptEnd, *, policy: Re
         else:
             to = RunStatus.FAILED
     return transition(session, run_id, to, now=now, effects=effects, expected=_EXECUTING, values=values,
-                      events=events)
+                      events=events, locked_status=RunStatus.EXECUTING)

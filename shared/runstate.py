@@ -99,13 +99,16 @@ def transition(
     values: dict[str, Any] | None = None,
     events: list[tuple[str, dict[str, Any]]] | None = None,
     message: str | None = None,
+    locked_status: RunStatus | None = None,
 ) -> Run | None:
     """Move a run to ``to`` if its current status allows it; return the updated run or ``None``.
 
     ``expected`` narrows the allowed from-statuses (e.g. only ``executing``); ``values`` are extra
     columns to set in the same UPDATE; ``events`` are extra (type, data) events written after the
     ``state_change`` event. Status bookkeeping (``finished_at``, ``queued_at``, ``due_at``) is derived
-    here so no caller can forget it.
+    here so no caller can forget it. ``locked_status``: the caller already holds the row lock (``SELECT …
+    FOR UPDATE`` in this transaction) and read this status, so the locking read is skipped (the worker's
+    hot path); the UPDATE stays conditional on it.
     """
     allowed = ALLOWED_FROM[to]
     if expected is not None:
@@ -125,11 +128,14 @@ def transition(
         updates["due_at"] = max(due_parts) if due_parts else now
     # Lock the row and read its status: the from-status goes into the event, and a racing writer
     # that changed it first makes this return None (PostgreSQL re-checks the WHERE after the lock).
-    old_status = session.execute(
-        sa.select(Run.status)
-        .where(Run.id == run_id, Run.status.in_([s.value for s in allowed]))
-        .with_for_update()
-    ).scalar()
+    if locked_status is not None:
+        old_status = locked_status.value if locked_status in allowed else None
+    else:
+        old_status = session.execute(
+            sa.select(Run.status)
+            .where(Run.id == run_id, Run.status.in_([s.value for s in allowed]))
+            .with_for_update()
+        ).scalar()
     if old_status is None:
         return None
     result = session.execute(

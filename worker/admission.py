@@ -37,6 +37,8 @@ from shared.schedules import CronError, CronSpec, is_minute_open, next_open_minu
 log = logging.getLogger("sluice.worker")
 
 _QUEUED = frozenset({RunStatus.QUEUED})
+# The claim holds the row lock and read status `queued`: transitions skip their own locking read.
+_FROM_CLAIM: dict[str, Any] = {"expected": _QUEUED, "locked_status": RunStatus.QUEUED}
 EXPIRED_ERROR = "expired: not started before expires_at"
 
 
@@ -69,7 +71,7 @@ def admit(session: Session, run: Run, job: Job, *, now: datetime, settings: Sett
           effects: Effects, rng: random.Random) -> Started | NotStarted:
     """Apply §5.1 steps 3–8 to the locked ``run``; the caller commits (and applies ``effects``)."""
     if run.attempt == 0 and run.expires_at is not None and run.expires_at <= now:
-        transition(session, run.id, RunStatus.EXPIRED, now=now, effects=effects, expected=_QUEUED,
+        transition(session, run.id, RunStatus.EXPIRED, now=now, effects=effects, **_FROM_CLAIM,
                    values={"error": EXPIRED_ERROR, "error_class": None})
         return NotStarted("expired")
     try:
@@ -77,7 +79,7 @@ def admit(session: Session, run: Run, job: Job, *, now: datetime, settings: Sett
         window_until = _window_closed_until(job, now)
     except (SettingsUnresolvable, CronError, ValueError) as exc:
         reason = f"internal: cannot resolve execution settings: {exc}"
-        transition(session, run.id, RunStatus.SYSTEM_FAILED, now=now, effects=effects, expected=_QUEUED,
+        transition(session, run.id, RunStatus.SYSTEM_FAILED, now=now, effects=effects, **_FROM_CLAIM,
                    values={"error": reason, "error_class": "internal"})
         return NotStarted("system_failed", reason)
     if window_until is not None:
@@ -95,7 +97,7 @@ def admit(session: Session, run: Run, job: Job, *, now: datetime, settings: Sett
 
     attempt = run.attempt + 1
     started = transition(
-        session, run.id, RunStatus.EXECUTING, now=now, effects=effects, expected=_QUEUED,
+        session, run.id, RunStatus.EXECUTING, now=now, effects=effects, **_FROM_CLAIM,
         values={"attempt": attempt, "started_at": now, "heartbeat_at": now, "next_retry_at": None},
         events=[("attempt_started", {"attempt": attempt, "job_version": resolved.version,
                                      "endpoint_url": strip_userinfo(resolved.endpoint_url)})],
@@ -140,7 +142,7 @@ def _retry_at(decision: LimitDecision, now: datetime, settings: Settings, rng: r
 def _redelay(session: Session, run: Run, reason: str, until: datetime, limit: dict[str, Any], *,
              now: datetime, effects: Effects) -> NotStarted:
     """``queued → delayed`` with ``scheduled_at`` = ``until`` and event ``redelayed``; no attempt used."""
-    transition(session, run.id, RunStatus.DELAYED, now=now, effects=effects, expected=_QUEUED,
+    transition(session, run.id, RunStatus.DELAYED, now=now, effects=effects, **_FROM_CLAIM,
                values={"scheduled_at": until},
                events=[("redelayed", {"reason": reason, "until": format_ts(until), "limit": limit})])
     observe_redelay(reason)
