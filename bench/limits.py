@@ -1,0 +1,412 @@
+"""Flow-control benchmark: the cost of limit checks, and how exactly limits hold, on a real worker fleet.
+
+``sluice worker --processes 2`` against the fast local sink (``bench/sink.py``), the scheduler's
+maintenance loop in a thread (delayed promotion), real PostgreSQL and Redis.
+
+* **overhead**: drain runs/s of ``--runs`` queued runs of a job without limits vs a job whose limits are
+  checked but never bind (``max_concurrency`` 10 000, ``rate_limit_max`` 100 000 per 1 s), alternating
+  rounds, medians; target: limited ≤ 10 % slower.
+* **accuracy**: for each case, the most concurrent calls seen at the sink (interval = arrival + the sink's
+  ``--delay-secs``) vs the cap and the utilisation (busy slot-time / (cap × span)); for rate limits the most
+  admitted starts in any window, from the limiter's own start log in Redis (ZSET marks, server clock, polled
+  every 0.2 s) vs the limit, the most calls in any window as the sink saw them, and the fraction of the
+  allowed rate achieved.
+
+``python bench/limits.py`` (20 000 runs × 3 rounds each) or ``--runs 2000 --rounds 1`` for a smoke check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scheduler.maintenance import MaintenanceContext, MaintenanceLoop  # noqa: E402
+from shared import redis_keys  # noqa: E402
+from shared.apikeys import Principal  # noqa: E402
+from shared.config import Settings  # noqa: E402
+from shared.db import make_engine, make_session_factory  # noqa: E402
+from shared.effects import apply_after_commit  # noqa: E402
+from shared.jobs import create_job  # noqa: E402
+from shared.messages import make_broker  # noqa: E402
+from shared.migrate import upgrade  # noqa: E402
+from shared.models import Job, Run  # noqa: E402
+from shared.run_creation import RunInputs, create_runs  # noqa: E402
+from shared.runstate import TERMINAL, Effects  # noqa: E402
+
+PYTHON = sys.executable
+SLUICE = str(Path(PYTHON).parent / "sluice")
+CHUNK = 2000
+TERMINAL_VALUES = [s.value for s in TERMINAL]
+NEVER_BINDING = {"max_concurrency": 10_000, "rate_limit_max": 100_000, "rate_limit_window_secs": 1}
+
+
+class Sink:
+    """``bench/sink.py`` in its own process; ``--delay-secs`` makes every answer slow."""
+
+    def __init__(self, delay_secs: float = 0.0) -> None:
+        ready = Path(tempfile.mkdtemp()) / "port"
+        self.delay_secs = delay_secs
+        self.proc = subprocess.Popen([PYTHON, str(ROOT / "bench" / "sink.py"), "--ready-file", str(ready),
+                                      "--delay-secs", str(delay_secs)])
+        deadline = time.monotonic() + 15
+        while not ready.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("sink did not start")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{int(ready.read_text())}/hook"
+
+    def records(self) -> list[tuple[str, str, float]]:
+        """``(run id, attempt, arrival unix time)`` since the last call."""
+        with urllib.request.urlopen(self.url.replace("/hook", "/records"), timeout=30) as response:
+            return [tuple(r) for r in json.loads(response.read())]  # type: ignore[misc]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Bench:
+    """Database, broker, worker fleet and maintenance loop shared by every measurement."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.settings = Settings.from_env({}).with_overrides(database_url=args.dsn, redis_url=args.redis_url,
+                                                             allow_private_endpoints=True, log_json=False)
+        self.engine = make_engine(args.dsn, pool_size=4)
+        self.factory = make_session_factory(self.engine)
+        self.redis = redis.Redis.from_url(args.redis_url)
+        self.broker = make_broker(self.settings)
+        self.stop_maintenance = threading.Event()
+        loop = MaintenanceLoop(MaintenanceContext(settings=self.settings, session_factory=self.factory,
+                                                  broker=self.broker, redis=redis.Redis.from_url(args.redis_url)))
+        self.maintenance = threading.Thread(target=loop.run, args=(self.stop_maintenance,), daemon=True)
+        env = {**os.environ, "DATABASE_URL": args.dsn, "REDIS_URL": args.redis_url,
+               "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true", "SLUICE_METRICS_PORT": "0",
+               "SLUICE_LOG_LEVEL": os.environ.get("SLUICE_BENCH_LOG_LEVEL", "WARNING")}
+        self.workers = subprocess.Popen([SLUICE, "worker", "--processes", str(args.processes), "--threads",
+                                         str(args.threads), "--queues", "sluice.runs"], env=env,
+                                        start_new_session=True)
+        self.maintenance.start()
+
+    def close(self) -> None:
+        self.stop_maintenance.set()
+        self.workers.send_signal(signal.SIGTERM)
+        try:
+            self.workers.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.workers.pid, signal.SIGKILL)
+            self.workers.wait(10)
+        self.maintenance.join(10)
+        self.engine.dispose()
+
+    def new_job(self, url: str, **fields: Any) -> Job:
+        with self.factory() as s:
+            record = create_job(s, Principal("bench", "bench", frozenset({"*"})),
+                                {"name": "bench", "slug": f"limits-{time.time_ns()}", "endpoint_url": url, **fields},
+                                now=datetime.now(UTC), allow_private=True)
+            s.commit()
+            job = s.get(Job, record["id"])
+            assert job is not None
+            s.expunge(job)
+            return job
+
+    def seed(self, job: Job, inputs: list[RunInputs]) -> Callable[[], None]:
+        """Commit the runs now; the returned function enqueues their messages (the timed part)."""
+        effects = Effects()
+        with self.factory() as s:
+            live = s.get(Job, job.id)
+            assert live is not None
+            for start in range(0, len(inputs), CHUNK):
+                create_runs(s, live, inputs[start:start + CHUNK], now=datetime.now(UTC), effects=effects)
+            s.commit()
+        return lambda: apply_after_commit(effects, self.broker)
+
+    def wait_terminal(self, job: Job, n: int, timeout: float = 900) -> float:
+        """Wait until ``n`` runs of ``job`` are terminal; return the last ``finished_at`` (unix seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.factory() as s:
+                done, last = s.execute(sa.select(sa.func.count(), sa.func.max(Run.finished_at)).where(
+                    Run.job_id == job.id, Run.status.in_(TERMINAL_VALUES))).one()
+            if done >= n:
+                return float(last.timestamp())
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {done} of {n} runs finished")
+            time.sleep(0.1)
+
+    def attempts(self, job: Job) -> tuple[int, int]:
+        """``(runs not completed on attempt 1, attempt_started events beyond one per run)``."""
+        with self.factory() as s:
+            bad = s.scalar(sa.select(sa.func.count()).select_from(Run).where(
+                Run.job_id == job.id, sa.or_(Run.status != "completed", Run.attempt != 1))) or 0
+            extra = s.execute(sa.text(
+                "SELECT count(*) - count(DISTINCT e.run_id) FROM run_events e JOIN runs r ON r.id = e.run_id "
+                "WHERE r.job_id = :job AND e.type = 'attempt_started'"), {"job": job.id}).scalar() or 0
+        return int(bad), int(extra)
+
+
+# ---------------------------------------------------------------------------------------------- overhead
+
+def drain_rps(bench: Bench, sink: Sink, fields: dict[str, Any], n: int) -> float:
+    job = bench.new_job(sink.url, **fields)
+    go = bench.seed(job, [RunInputs(created_by="apikey:bench") for _ in range(n)])
+    started = time.time()
+    go()
+    last = bench.wait_terminal(job, n)
+    sink.records()
+    bad, extra = bench.attempts(job)
+    if bad or extra:
+        raise RuntimeError(f"{bad} runs not completed on attempt 1, {extra} extra attempt starts")
+    return n / (last - started)
+
+
+def overhead(bench: Bench, args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    sink = Sink()
+    plain: list[float] = []
+    limited: list[float] = []
+    try:
+        drain_rps(bench, sink, {}, min(500, args.runs))  # warm-up: workers connected, caches filled
+        for round_no in range(args.rounds):
+            order = [("plain", {}), ("limited", NEVER_BINDING)]
+            if round_no % 2:
+                order.reverse()  # alternate which side goes first, so drift over time hits both
+            for name, fields in order:
+                rps = drain_rps(bench, sink, fields, args.runs)
+                (plain if name == "plain" else limited).append(rps)
+                print(f"  round {round_no + 1} {name}: {rps:,.0f} runs/s", flush=True)
+    finally:
+        sink.stop()
+    return plain, limited
+
+
+# ---------------------------------------------------------------------------------------------- accuracy
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    points = sorted([(a, 1) for a, _ in intervals] + [(d, -1) for _, d in intervals])
+    best = current = 0
+    for _, step in points:
+        current += step
+        best = max(best, current)
+    return best
+
+
+def utilisation(intervals: list[tuple[float, float]], slots: int) -> float:
+    span = max(d for _, d in intervals) - min(a for a, _ in intervals)
+    return sum(d - a for a, d in intervals) / (slots * span)
+
+
+def max_in_window(starts: list[float], window: float) -> int:
+    ordered = sorted(starts)
+    best, j = 0, 0
+    for i, t in enumerate(ordered):
+        while j < len(ordered) and ordered[j] < t + window:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+def rate_fraction(starts: list[float], limit: int, window: float) -> float:
+    return (len(starts) / (max(starts) - min(starts) + window)) / (limit / window)
+
+
+class MarkLog:
+    """Polls rate-limit ZSETs: every admitted start's mark (kept ≥ one window) on the Redis clock."""
+
+    def __init__(self, client: redis.Redis, keys: list[str]) -> None:
+        self.seen: dict[str, dict[bytes, float]] = {k: {} for k in keys}
+        self.client = client
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.done.wait(0.2):
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        for key, seen in self.seen.items():
+            seen.update({m: s / 1000 for m, s in self.client.zrange(key, 0, -1, withscores=True)})
+
+    def stop(self) -> dict[str, list[float]]:
+        self.done.set()
+        self.thread.join(5)
+        self._snapshot()
+        return {k: sorted(v.values()) for k, v in self.seen.items()}
+
+
+@dataclass
+class Row:
+    case: str
+    limit: str
+    observed: str
+    sink_view: str
+    efficiency: float
+    seconds: float
+    attempts_ok: bool
+
+
+def accuracy(bench: Bench, args: argparse.Namespace) -> list[Row]:
+    sink = Sink(delay_secs=args.call_secs)
+    rows: list[Row] = []
+    try:
+        rows.append(concurrency_case(bench, sink, "max_concurrency", {"max_concurrency": 3},
+                                     [RunInputs(created_by="b") for _ in range(args.backlog)], 3, None))
+        keyed = [RunInputs(created_by="b", concurrency_key=f"k{i % 5}") for i in range(5 * args.per_key_runs)]
+        rows.append(concurrency_case(bench, sink, "max_concurrency_per_key (5 keys)",
+                                     {"max_concurrency_per_key": 1}, keyed, 1, 5))
+        rows.append(rate_case(bench, sink, "rate_limit (job)", {"rate_limit_max": 20, "rate_limit_window_secs": 2},
+                              {"job": args.rate_runs}))
+        rows.append(rate_case(bench, sink, "rate_limit_keys customer (3)",
+                              {"rate_limit_keys": [{"name": "customer", "max": 20, "window_secs": 2}]},
+                              {c: args.rate_runs // 2 for c in ("acme", "globex", "initech")}))
+    finally:
+        sink.stop()
+    return rows
+
+
+def concurrency_case(bench: Bench, sink: Sink, name: str, fields: dict[str, Any], inputs: list[RunInputs],
+                     cap: int, keys: int | None) -> Row:
+    job = bench.new_job(sink.url, **fields)
+    go = bench.seed(job, inputs)
+    sink.records()
+    started = time.time()
+    go()
+    bench.wait_terminal(job, len(inputs))
+    records = sink.records()
+    with bench.factory() as s:
+        rows = s.execute(sa.select(Run.id, Run.concurrency_key).where(Run.job_id == job.id))
+        key_of: dict[str, str | None] = {run_id: key for run_id, key in rows}
+    groups: dict[str | None, list[tuple[float, float]]] = {}
+    for run_id, _, arrived in records:
+        groups.setdefault(key_of[run_id] if keys else None, []).append((arrived, arrived + sink.delay_secs))
+    worst_overlap = max(max_overlap(iv) for iv in groups.values())
+    worst_use = min(utilisation(iv, cap) for iv in groups.values())
+    bad, extra = bench.attempts(job)
+    scope = "per key" if keys else "job"
+    return Row(name, f"{cap} {scope}", f"max {worst_overlap} concurrent", f"{len(records)} calls", worst_use,
+               time.time() - started, not (bad or extra))
+
+
+def rate_case(bench: Bench, sink: Sink, name: str, fields: dict[str, Any], per_value: dict[str, int]) -> Row:
+    job = bench.new_job(sink.url, **fields)
+    inputs: list[RunInputs] = []
+    keys: dict[str, str] = {}
+    for value, n in per_value.items():
+        meta = {} if value == "job" else {"customer": value}
+        inputs += [RunInputs(created_by="b", metadata=meta) for _ in range(n)]
+        keys[value] = redis_keys.rate_job(job.id) if value == "job" else redis_keys.rate_key(job.id, "customer", value)
+    log = MarkLog(bench.redis, list(keys.values()))
+    go = bench.seed(job, inputs)
+    sink.records()
+    started = time.time()
+    go()
+    bench.wait_terminal(job, len(inputs))
+    marks = log.stop()
+    records = sink.records()
+    with bench.factory() as s:
+        value_of = {run_id: (meta or {}).get("customer", "job") for run_id, meta in s.execute(
+            sa.select(Run.id, Run.run_metadata).where(Run.job_id == job.id)).all()}
+    admitted = max(max_in_window(m, 2.0) for m in marks.values())
+    at_sink = max(max_in_window([a for rid, _, a in records if value_of[rid] == v], 2.0) for v in per_value)
+    fraction = min(rate_fraction(m, 20, 2.0) for m in marks.values())
+    complete = all(len(marks[keys[v]]) == n for v, n in per_value.items())
+    bad, extra = bench.attempts(job)
+    return Row(name, "20 / 2 s" + (" per value" if len(per_value) > 1 else ""),
+               f"max {admitted} starts/2 s" + ("" if complete else " (log incomplete)"),
+               f"max {at_sink} calls/2 s", fraction, time.time() - started, not (bad or extra))
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def prepare_database(admin_url: str, name: str) -> str:
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
+                             "AND pid <> pg_backend_pid()"), {"d": name})
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    dsn = admin_url.rsplit("/", 1)[0] + "/" + name
+    upgrade(dsn)
+    return dsn
+
+
+def report(plain: list[float], limited: list[float], rows: list[Row], args: argparse.Namespace) -> None:
+    print()
+    print(f"runs={args.runs} rounds={args.rounds} processes={args.processes} threads={args.threads} "
+          f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+    if plain and limited:
+        p, lim = statistics.median(plain), statistics.median(limited)
+        print(f"{'drain runs/s (median)':<28}{'no limits':>12}{'limits checked':>16}{'slower by':>12}   target")
+        print("-" * 80)
+        print(f"{'':<28}{p:>12,.0f}{lim:>16,.0f}{(p - lim) / p:>12.1%}   ≤ 10 %")
+        print(f"rounds no limits: {[round(x) for x in plain]}  limits checked: {[round(x) for x in limited]}")
+    if rows:
+        print()
+        print(f"{'case':<34}{'limit':<20}{'limiter (Redis)':<26}{'sink':<20}{'efficiency':>11}{'secs':>7}  attempts=1")
+        print("-" * 125)
+        for r in rows:
+            print(f"{r.case:<34}{r.limit:<20}{r.observed:<26}{r.sink_view:<20}{r.efficiency:>11.1%}"
+                  f"{r.seconds:>7.1f}  {'yes' if r.attempts_ok else 'NO'}")
+        print("efficiency: concurrency = busy slot-time / (cap × span) (worst key); rate = achieved / allowed rate "
+              "(worst value); target ≥ 90 %")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20_000, help="runs per overhead round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per side (alternating)")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--backlog", type=int, default=300, help="runs behind max_concurrency 3")
+    parser.add_argument("--per-key-runs", type=int, default=20, help="runs per key (5 keys, cap 1 each)")
+    parser.add_argument("--rate-runs", type=int, default=100, help="runs behind the 20 / 2 s job rate limit")
+    parser.add_argument("--call-secs", type=float, default=0.1, help="sink answer delay in the accuracy cases")
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--pg-admin-url", default=os.environ.get(
+        "SLUICE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--db-name", default="sluice_bench_limits")
+    parser.add_argument("--redis-url", default=os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/6"))
+    args = parser.parse_args(argv)
+    args.dsn = prepare_database(args.pg_admin_url, args.db_name)
+    redis.Redis.from_url(args.redis_url).flushdb()
+    bench = Bench(args)
+    plain: list[float] = []
+    limited: list[float] = []
+    rows: list[Row] = []
+    try:
+        if not args.skip_overhead:
+            print("overhead ...", flush=True)
+            plain, limited = overhead(bench, args)
+        if not args.skip_accuracy:
+            print("accuracy ...", flush=True)
+            rows = accuracy(bench, args)
+    finally:
+        bench.close()
+    report(plain, limited, rows, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
