@@ -8,7 +8,9 @@ lies inside the worker's lease interval (acquire → call → record → release
 the endpoint's log can only under-state what the leases held: "never exceeded" is proven, not sampled.
 
 Run with ``SLUICE_TEST_DB_NAME=sluice_flow SLUICE_TEST_REDIS_DB=6 .venv/bin/pytest -m slow
-tests/integration/test_flow_control.py``. Whole file: about two to three minutes on two cores.
+tests/integration/test_flow_control.py``. Whole file: about 3.5 minutes on two cores, most of it the
+300-run backlog behind ``max_concurrency: 3``, which drains at ~3 runs/s because of the utilisation gap
+that ``check_efficiency`` reports (docs/flow-control.md, "Measured").
 """
 
 from __future__ import annotations
