@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.clock import format_ts
@@ -65,14 +64,10 @@ def finish_attempt(session: Session, run_id: str, end: AttemptEnd, *, policy: Re
                    effects: Effects, rng: random.Random | None = None) -> Run | None:
     """Record ``end`` if ``run_id`` is still ``executing`` attempt ``end.attempt``; else return ``None``.
 
-    The row is locked first (``SELECT … FOR UPDATE``) so the attempt check and the transition see the same
-    row. The caller owns the transaction (and releases the attempt's slots after committing).
+    One conditional UPDATE (status ``executing`` and ``attempt`` = ``end.attempt``; PostgreSQL re-checks both
+    after taking the row lock) decides. The caller owns the transaction (and releases the attempt's slots
+    after committing).
     """
-    current = session.execute(
-        sa.select(Run.status, Run.attempt).where(Run.id == run_id).with_for_update()
-    ).first()
-    if current is None or current.status != RunStatus.EXECUTING.value or current.attempt != end.attempt:
-        return None
     outcome = end.outcome
     error = clean_text(outcome.error)
     finished = {
@@ -106,4 +101,4 @@ def finish_attempt(session: Session, run_id: str, end: AttemptEnd, *, policy: Re
         else:
             to = RunStatus.FAILED
     return transition(session, run_id, to, now=now, effects=effects, expected=_EXECUTING, values=values,
-                      events=events, locked_status=RunStatus.EXECUTING)
+                      events=events, locked_status=RunStatus.EXECUTING, where=(Run.attempt == end.attempt,))

@@ -100,15 +100,17 @@ def transition(
     events: list[tuple[str, dict[str, Any]]] | None = None,
     message: str | None = None,
     locked_status: RunStatus | None = None,
+    where: tuple[sa.ColumnElement[bool], ...] = (),
 ) -> Run | None:
     """Move a run to ``to`` if its current status allows it; return the updated run or ``None``.
 
     ``expected`` narrows the allowed from-statuses (e.g. only ``executing``); ``values`` are extra
     columns to set in the same UPDATE; ``events`` are extra (type, data) events written after the
     ``state_change`` event. Status bookkeeping (``finished_at``, ``queued_at``, ``due_at``) is derived
-    here so no caller can forget it. ``locked_status``: the caller already holds the row lock (``SELECT …
-    FOR UPDATE`` in this transaction) and read this status, so the locking read is skipped (the worker's
-    hot path); the UPDATE stays conditional on it.
+    here so no caller can forget it. ``locked_status``: the caller knows the current status (it holds the
+    row lock, or ``where`` pins the row state it expects), so the locking read is skipped (the worker's hot
+    path); the UPDATE stays conditional on it and PostgreSQL re-checks its WHERE after taking the lock.
+    ``where``: extra conditions of the UPDATE (e.g. ``Run.attempt == n``), ``None`` if they do not hold.
     """
     allowed = ALLOWED_FROM[to]
     if expected is not None:
@@ -140,7 +142,7 @@ def transition(
         return None
     result = session.execute(
         sa.update(Run)
-        .where(Run.id == run_id, Run.status == old_status)
+        .where(Run.id == run_id, Run.status == old_status, *where)
         .values(**updates)
         .returning(Run)
         .execution_options(synchronize_session=False, populate_existing=True)
