@@ -74,7 +74,7 @@ def _page_of_runs(query: dict[str, Any], kind: str, *, job_ref: str | None = Non
 
 @blp.route("/runs", methods=["GET"])
 @requires_scope("runs:read")
-@blp.arguments(RunListQuerySchema, location="query")
+@blp.arguments(RunListQuerySchema(), location="query")
 @blp.response(200, RunSchema(many=True))
 def list_runs_view(query: dict[str, Any]) -> Response:
     return _page_of_runs(query, "runs")
@@ -82,7 +82,7 @@ def list_runs_view(query: dict[str, Any]) -> Response:
 
 @blp.route("/runs/dlq", methods=["GET"])
 @requires_scope("runs:read")
-@blp.arguments(RunListQuerySchema, location="query")
+@blp.arguments(RunListQuerySchema(), location="query")
 @blp.response(200, RunSchema(many=True))
 def list_dlq_view(query: dict[str, Any]) -> Response:
     return _page_of_runs(query, "dlq", dlq=True)
@@ -90,7 +90,7 @@ def list_dlq_view(query: dict[str, Any]) -> Response:
 
 @blp.route("/jobs/<job>/runs", methods=["GET"])
 @requires_scope("runs:read")
-@blp.arguments(RunFilterQuerySchema, location="query")
+@blp.arguments(RunFilterQuerySchema(), location="query")
 @blp.response(200, RunSchema(many=True))
 def list_job_runs_view(query: dict[str, Any], job: str) -> Response:
     return _page_of_runs(query, "job-runs", job_ref=job)
@@ -112,7 +112,7 @@ def get_run_view(run_id: str) -> Response:
 
 @blp.route("/runs/<run_id:run_id>/events", methods=["GET"])
 @requires_scope("runs:read")
-@blp.arguments(PageQuerySchema, location="query")
+@blp.arguments(PageQuerySchema(), location="query")
 @blp.response(200, RunEventSchema(many=True))
 def list_events_view(query: dict[str, Any], run_id: str) -> Response:
     run = _run_or_404(run_id)
@@ -152,7 +152,7 @@ def delete_run_view(run_id: str) -> Response:
 
 @blp.route("/runs/bulk-cancel", methods=["POST"])
 @requires_scope("runs:write")
-@blp.arguments(RunIdsSchema)
+@blp.arguments(RunIdsSchema())
 @blp.response(200, BulkCancelResultSchema)
 def bulk_cancel_view(body: dict[str, Any]) -> Response:
     session = get_session()
@@ -181,7 +181,7 @@ def replay_run_view(run_id: str) -> Response:
 
 @blp.route("/runs/bulk-replay", methods=["POST"])
 @requires_scope("runs:write")
-@blp.arguments(RunIdsSchema)
+@blp.arguments(RunIdsSchema())
 @blp.response(200, BulkReplayResultSchema)
 def bulk_replay_view(body: dict[str, Any]) -> Response:
     session = get_session()

@@ -48,7 +48,7 @@ def _header_key() -> str | None:
 @blp.route("/jobs/<job>/trigger", methods=["POST"])
 @optional_body
 @requires_scope("jobs:trigger")
-@blp.arguments(TriggerSchema)
+@blp.arguments(TriggerSchema())
 @blp.response(201, TriggerResultSchema)
 def trigger_view(body: dict[str, Any], job: str) -> Response:
     header_key = _header_key()
@@ -92,7 +92,7 @@ def _validate_items(raw_items: list[Any]) -> tuple[list[dict[str, Any]], dict[st
 
 @blp.route("/jobs/<job>/trigger/bulk", methods=["POST"])
 @requires_scope("jobs:trigger")
-@blp.arguments(BulkTriggerSchema)
+@blp.arguments(BulkTriggerSchema())
 @blp.response(201, BulkTriggerResultSchema)
 def bulk_trigger_view(body: dict[str, Any], job: str) -> Response:
     session = get_session()
