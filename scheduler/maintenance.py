@@ -36,6 +36,7 @@ from shared.sweeper import (
     expire_unstarted,
     promote_due_delayed,
     recover_lost_messages,
+    seconds_until_next_due,
 )
 from shared.webhook_sweeper import BATCH_SIZE as WEBHOOK_BATCH
 from shared.webhook_sweeper import enqueue_due_webhooks
@@ -63,6 +64,12 @@ class PeriodicTask:
     every_secs: float
     run: Callable[[MaintenanceContext, datetime], int]
     batch: int | None = None  # a run that handles this many rows is followed at once by another
+    # Optional: seconds until this task has work again (e.g. the next delayed run's due time), so the
+    # loop can wake earlier than ``every_secs``; never earlier than MIN_WAKE_SECS.
+    next_work_in: Callable[[MaintenanceContext, datetime], float | None] | None = None
+
+
+MIN_WAKE_SECS = 0.02
 
 
 def _with_effects(ctx: MaintenanceContext, work: Callable[[Session, Effects], int]) -> int:
@@ -71,6 +78,11 @@ def _with_effects(ctx: MaintenanceContext, work: Callable[[Session, Effects], in
         handled = work(session, effects)
         commit_and_apply(session, effects, ctx.broker)
         return handled
+
+
+def next_due_in(ctx: MaintenanceContext, now: datetime) -> float | None:
+    with ctx.session_factory() as session:
+        return seconds_until_next_due(session, now)
 
 
 def expire_task(ctx: MaintenanceContext, now: datetime) -> int:
@@ -102,7 +114,7 @@ def default_tasks(settings: Settings) -> list[PeriodicTask]:
     every = settings.sweep_interval_secs
     return [
         PeriodicTask("expire_unstarted", every, expire_task, EXPIRE_BATCH),
-        PeriodicTask("promote_delayed", every, promote_task, PROMOTE_BATCH),
+        PeriodicTask("promote_delayed", every, promote_task, PROMOTE_BATCH, next_work_in=next_due_in),
         PeriodicTask("recover_lost_messages", every, recover_task, RECOVER_MAX),
         PeriodicTask("reap_stale_attempts", every, reap_task, REAP_BATCH),
         PeriodicTask("enqueue_due_webhooks", every, webhooks_task, WEBHOOK_BATCH),
@@ -126,8 +138,20 @@ class MaintenanceLoop:
                 continue
             handled = self._run_task(task)
             full = task.batch is not None and handled >= task.batch
-            self._next_at[task.name] = time.monotonic() + (0.0 if full else task.every_secs)
+            self._next_at[task.name] = time.monotonic() + (0.0 if full else self._wait_for(task))
         return max(0.0, min(self._next_at.values()) - time.monotonic())
+
+    def _wait_for(self, task: PeriodicTask) -> float:
+        if task.next_work_in is None:
+            return task.every_secs
+        try:
+            hint = task.next_work_in(self.ctx, self._clock())
+        except Exception:
+            log.exception("maintenance wake-up hint failed", extra={"task": task.name})
+            return task.every_secs
+        if hint is None:
+            return task.every_secs
+        return min(task.every_secs, max(MIN_WAKE_SECS, hint))
 
     def _run_task(self, task: PeriodicTask) -> int:
         try:

@@ -64,6 +64,16 @@ def promote_due_delayed(session: Session, now: datetime, effects: Effects, *, ba
     return len(moved)
 
 
+def seconds_until_next_due(session: Session, now: datetime) -> float | None:
+    """Seconds until the earliest ``delayed`` run falls due (≤ 0 if one already is); ``None`` if none waits.
+
+    One index lookup (``ix_runs_delayed_due``): lets the promotion loop wake exactly when the next run
+    is due instead of polling, so a run refused by a rate limit starts when the window has room.
+    """
+    due = session.execute(sa.select(sa.func.min(Run.due_at)).where(Run.status == _DELAYED)).scalar()
+    return None if due is None else (due - now).total_seconds()
+
+
 def expire_unstarted(session: Session, now: datetime, effects: Effects, *, batch: int = EXPIRE_BATCH) -> int:
     """Expire up to ``batch`` unstarted runs whose ``expires_at`` has passed; return how many.
 

@@ -174,3 +174,19 @@ def test_scheduler_process_stops_on_sigterm(settings):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_loop_wakes_at_the_next_due_time(session, session_factory, loop):
+    """Promotion follows the earliest due_at, not a 1 s poll: once the loop knows a delayed run, it wakes
+    when that run falls due (rate-limited runs start when their window has room, §5.9)."""
+    job = make_job(session, slug="soon")
+    first_due = utcnow() + timedelta(seconds=1.2)
+    second_due = first_due + timedelta(seconds=0.5)
+    first = make_run(session, job, status="delayed", scheduled_at=first_due, due_at=first_due)
+    second = make_run(session, job, status="delayed", scheduled_at=second_due, due_at=second_due)
+    session.commit()
+    assert wait_for(lambda: status_of(session_factory, second.id) == "queued", timeout=4)
+    with session_factory() as s:
+        first_at, second_at = s.get(Run, first.id).queued_at, s.get(Run, second.id).queued_at
+    assert first_at >= first_due and second_at >= second_due
+    assert (second_at - second_due).total_seconds() < 0.3  # a 1 s poll would give up to 1 s
