@@ -53,6 +53,7 @@ DEFAULT_IDLE_POLL_MS = 10
 # decides otherwise, and the reaper recovers what a kill interrupts).
 GRACEFUL_STOP_MS = (86_400 + 600) * 1000
 RESTART_DELAY_SECS = 1.0
+BROKER_HEARTBEAT_TIMEOUT_MS = 15_000
 
 
 def _parser(settings: Settings) -> argparse.ArgumentParser:
@@ -181,6 +182,11 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     redis_client = redis.Redis.from_url(settings.redis_url)
     limits = Limits(redis_client)
     broker = make_broker(settings)
+    # Other workers requeue a dead worker's unacknowledged messages once its broker heartbeat is this old
+    # (dramatiq's default: 60 s). Messages are interchangeable wake-up tokens, so an early requeue of a live
+    # but busy worker's messages only costs idle wake-ups, while a short timeout gets the prefetched
+    # messages of a SIGKILLed worker back into play quickly.
+    broker.heartbeat_timeout = BROKER_HEARTBEAT_TIMEOUT_MS
     monitor = AttemptMonitor(session_factory, redis_client, limits, clock=utcnow,
                              heartbeat_interval_secs=settings.heartbeat_interval_secs).start()
     runner = Runner(session_factory=session_factory, limits=limits, broker=broker, settings=settings,

@@ -1,0 +1,476 @@
+"""Dispatch benchmark: Sluice's worker against a bare dramatiq reference, side by side, in one run.
+
+For each system (``sluice worker`` vs ``bench/reference_worker.py``, both 2 processes × ``--threads``
+threads with the same idle poll), against one fast local sink process (``bench/sink.py``):
+
+* **drain**: ``--runs`` queued runs committed first, then their messages enqueued in pipelined batches;
+  runs/s from the first enqueue to the last ``finished_at``; median of ``--rounds`` rounds;
+* **paced**: ``--paced-rate`` triggers per second for ``--paced-secs``; trigger-to-endpoint latency
+  (trigger call start → sink receives the request) p50/p99;
+* **idle**: one trigger into an idle system, ``--idle-samples`` times; p50/p99 trigger-to-endpoint;
+* **idle CPU**: CPU seconds per second used by the worker processes while idle;
+* **lost / duplicate attempts**: runs not completed; (run, attempt) pairs the sink saw twice, and for
+  Sluice runs with more than one ``attempt_started`` event.
+
+A Sluice trigger is ``shared.triggering.trigger_run`` + commit + enqueue (the API's path without HTTP);
+a reference trigger is one INSERT + commit + enqueue. Targets (issue): drain ≥ 0.85× reference; paced
+p99 ≤ 50 ms; idle p50 ≤ 20 ms; 0 lost, 0 duplicates.
+
+``python bench/dispatch.py`` (full: 20 000 runs × 3 rounds) or ``--runs 2000 --rounds 1`` for a smoke check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import reference_worker  # noqa: E402
+from shared.apikeys import Principal  # noqa: E402
+from shared.clock import utcnow  # noqa: E402
+from shared.config import Settings  # noqa: E402
+from shared.db import make_engine, make_session_factory  # noqa: E402
+from shared.effects import commit_and_apply  # noqa: E402
+from shared.jobs import create_job  # noqa: E402
+from shared.messages import enqueue_many, enqueue_runs, make_broker  # noqa: E402
+from shared.migrate import upgrade  # noqa: E402
+from shared.models import Job, Run  # noqa: E402
+from shared.run_creation import RunInputs, create_runs  # noqa: E402
+from shared.runstate import TERMINAL, Effects  # noqa: E402
+from shared.triggering import trigger_run  # noqa: E402
+
+PYTHON = sys.executable
+SLUICE = str(Path(PYTHON).parent / "sluice")
+CHUNK = 2000
+TERMINAL_VALUES = [s.value for s in TERMINAL]
+
+
+# ---------------------------------------------------------------------------------------------- plumbing
+
+class SinkProcess:
+    def __init__(self) -> None:
+        ready = Path(tempfile.mkdtemp()) / "port"
+        self.proc = subprocess.Popen([PYTHON, str(ROOT / "bench" / "sink.py"), "--ready-file", str(ready)])
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("sink did not start")
+            time.sleep(0.05)
+        self.port = int(ready.read_text())
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def records(self) -> list[tuple[str, str, float]]:
+        return [tuple(r) for r in self._get("/records")]  # type: ignore[misc]
+
+    def count(self) -> int:
+        return int(self._get("/count")["count"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _cpu_secs(pgid: int) -> float:
+    """utime + stime of every process in the process group, in seconds."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 (pgrp) is index 2 after the comm field
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class Result:
+    drain_rps: list[float] = field(default_factory=list)
+    paced_ms: list[float] = field(default_factory=list)
+    idle_ms: list[float] = field(default_factory=list)
+    idle_cpu: float = float("nan")
+    lost: int = 0
+    duplicates: int = 0
+
+
+class System:
+    """One side of the comparison. Subclasses start workers, seed runs and trigger one run."""
+
+    name = ""
+
+    def __init__(self, args: argparse.Namespace, sink: SinkProcess) -> None:
+        self.args = args
+        self.sink = sink
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start_workers(self) -> None: ...
+    def new_batch(self) -> None: ...
+    def seed(self, n: int) -> Callable[[], None]: ...
+    def trigger(self) -> str: ...
+    def terminal_count(self) -> int: ...
+    def last_finish(self) -> float: ...
+    def not_completed(self) -> int: ...
+    def duplicate_starts(self) -> int: return 0
+
+    def stop_workers(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def wait_terminal(self, n: int, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while self.terminal_count() < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: only {self.terminal_count()} of {n} runs finished")
+            time.sleep(0.1)
+
+
+class Sluice(System):
+    name = "sluice"
+
+    def __init__(self, args: argparse.Namespace, sink: SinkProcess) -> None:
+        super().__init__(args, sink)
+        self.settings = Settings.from_env({}).with_overrides(database_url=args.dsn, redis_url=args.redis_url,
+                                                             allow_private_endpoints=True)
+        self.engine = make_engine(args.dsn, pool_size=4)
+        self.factory = make_session_factory(self.engine)
+        self.broker = make_broker(self.settings)
+        self.job: Job | None = None
+
+    def start_workers(self) -> None:
+        env = {**os.environ, "DATABASE_URL": self.args.dsn, "REDIS_URL": self.args.redis_url,
+               "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true",
+               "SLUICE_LOG_LEVEL": os.environ.get("SLUICE_BENCH_LOG_LEVEL", "WARNING")}
+        self.proc = subprocess.Popen([SLUICE, "worker", "--processes", str(self.args.processes), "--threads",
+                                      str(self.args.threads), "--idle-poll-ms", str(self.args.idle_poll_ms),
+                                      "--queues", "sluice.runs"], env=env, start_new_session=True)
+
+    def new_batch(self) -> None:
+        with self.factory() as s:
+            record = create_job(s, Principal("bench", "bench", frozenset({"*"})),
+                                {"name": "bench", "slug": f"bench-{time.time_ns()}", "endpoint_url": self.sink.url},
+                                now=utcnow(), allow_private=True)
+            s.commit()
+            self.job = s.get(Job, record["id"])
+
+    def seed(self, n: int) -> Callable[[], None]:
+        assert self.job is not None
+        ids: list[str] = []
+        with self.factory() as s:
+            for start in range(0, n, CHUNK):
+                effects = Effects()
+                inputs = [RunInputs(created_by="apikey:bench") for _ in range(min(CHUNK, n - start))]
+                create_runs(s, self.job, inputs, now=utcnow(), effects=effects)
+                ids.extend(effects.enqueue)
+            s.commit()
+
+        def go() -> None:
+            for start in range(0, len(ids), CHUNK):
+                enqueue_runs(self.broker, ids[start:start + CHUNK])
+        return go
+
+    def trigger(self) -> str:
+        assert self.job is not None
+        with self.factory() as s:
+            effects = Effects()
+            outcome = trigger_run(s, self.job, {}, actor="apikey:bench", now=utcnow(), effects=effects)
+            commit_and_apply(s, effects, self.broker)
+            return str(outcome.run.id)
+
+    def _scalar(self, query: sa.Select[Any]) -> Any:
+        with self.factory() as s:
+            return s.execute(query).scalar()
+
+    def terminal_count(self) -> int:
+        assert self.job is not None
+        return int(self._scalar(sa.select(sa.func.count()).where(Run.job_id == self.job.id,
+                                                                 Run.status.in_(TERMINAL_VALUES))))
+
+    def last_finish(self) -> float:
+        assert self.job is not None
+        return float(self._scalar(sa.select(sa.func.max(Run.finished_at)).where(
+            Run.job_id == self.job.id)).timestamp())
+
+    def not_completed(self) -> int:
+        assert self.job is not None
+        return int(self._scalar(sa.select(sa.func.count()).where(Run.job_id == self.job.id,
+                                                                 Run.status != "completed")))
+
+    def duplicate_starts(self) -> int:
+        assert self.job is not None
+        with self.factory() as s:
+            return int(s.execute(sa.text(
+                "SELECT count(*) FROM (SELECT e.run_id FROM run_events e JOIN runs r ON r.id = e.run_id "
+                "WHERE r.job_id = :job AND e.type = 'attempt_started' GROUP BY e.run_id, e.data->>'attempt' "
+                "HAVING count(*) > 1) d"), {"job": self.job.id}).scalar())
+
+
+class Reference(System):
+    name = "reference"
+
+    def __init__(self, args: argparse.Namespace, sink: SinkProcess) -> None:
+        super().__init__(args, sink)
+        self.conn = psycopg2.connect(args.dsn)
+        with self.conn.cursor() as cur:
+            cur.execute(reference_worker.SCHEMA)
+        self.conn.commit()
+        self.broker = reference_worker.make_broker(args.redis_url)
+        self.batch = ""
+
+    def start_workers(self) -> None:
+        self.proc = subprocess.Popen([PYTHON, str(ROOT / "bench" / "reference_worker.py"), "--dsn", self.args.dsn,
+                                      "--redis-url", self.args.redis_url, "--processes", str(self.args.processes),
+                                      "--threads", str(self.args.threads), "--idle-poll-ms",
+                                      str(self.args.idle_poll_ms)], start_new_session=True)
+
+    def new_batch(self) -> None:
+        self.batch = f"b{time.time_ns()}-"
+
+    def _ids(self, n: int) -> list[str]:
+        base = time.time_ns()
+        return [f"{self.batch}{base}-{i}" for i in range(n)]
+
+    def seed(self, n: int) -> Callable[[], None]:
+        ids = self._ids(n)
+        with self.conn.cursor() as cur:
+            psycopg2.extras.execute_values(cur, "INSERT INTO bench_reference_runs (id, status, url) VALUES %s",
+                                           [(i, "queued", self.sink.url) for i in ids], page_size=CHUNK)
+        self.conn.commit()
+
+        def go() -> None:
+            for start in range(0, len(ids), CHUNK):
+                enqueue_many(self.broker, reference_worker.QUEUE, reference_worker.ACTOR, ids[start:start + CHUNK])
+        return go
+
+    def trigger(self) -> str:
+        run_id = self._ids(1)[0]
+        with self.conn.cursor() as cur:
+            cur.execute("INSERT INTO bench_reference_runs (id, status, url) VALUES (%s, 'queued', %s)",
+                        (run_id, self.sink.url))
+        self.conn.commit()
+        enqueue_many(self.broker, reference_worker.QUEUE, reference_worker.ACTOR, [run_id])
+        return run_id
+
+    def _scalar(self, sql: str) -> Any:
+        with self.conn.cursor() as cur:
+            cur.execute(sql, (self.batch + "%",))
+            value = cur.fetchone()[0]  # type: ignore[index]
+        self.conn.commit()
+        return value
+
+    def terminal_count(self) -> int:
+        return int(self._scalar("SELECT count(*) FROM bench_reference_runs WHERE id LIKE %s AND status = 'completed'"))
+
+    def last_finish(self) -> float:
+        return float(self._scalar("SELECT max(finished_at) FROM bench_reference_runs WHERE id LIKE %s").timestamp())
+
+    def not_completed(self) -> int:
+        return int(self._scalar("SELECT count(*) FROM bench_reference_runs WHERE id LIKE %s AND status <> 'completed'"))
+
+
+# ---------------------------------------------------------------------------------------------- phases
+
+def _sink_duplicates(records: list[tuple[str, str, float]]) -> int:
+    return sum(1 for count in Counter((r[0], r[1]) for r in records).values() if count > 1)
+
+
+def warm_up(system: System) -> None:
+    system.new_batch()
+    for _ in range(4 * system.args.threads):
+        system.trigger()
+    system.wait_terminal(4 * system.args.threads, timeout=60)
+    system.sink.records()
+
+
+def drain(system: System, n: int, result: Result) -> None:
+    system.new_batch()
+    go = system.seed(n)
+    system.sink.records()
+    started = time.time()
+    go()
+    system.wait_terminal(n)
+    elapsed = system.last_finish() - started
+    result.drain_rps.append(n / elapsed)
+    records = system.sink.records()
+    result.lost += system.not_completed() + max(0, n - len({r[0] for r in records}))
+    result.duplicates += _sink_duplicates(records) + system.duplicate_starts()
+
+
+def paced(system: System, rate: int, secs: float, result: Result) -> None:
+    system.new_batch()
+    system.sink.records()
+    triggered: dict[str, float] = {}
+    total = int(rate * secs)
+    begin = time.monotonic()
+    for i in range(total):
+        delay = begin + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        at = time.time()
+        triggered[system.trigger()] = at
+    system.wait_terminal(total)
+    records = system.sink.records()
+    result.paced_ms += [(arrived - triggered[run_id]) * 1000 for run_id, _, arrived in records if run_id in triggered]
+    result.lost += system.not_completed()
+    result.duplicates += _sink_duplicates(records) + system.duplicate_starts()
+
+
+def idle(system: System, samples: int, result: Result) -> None:
+    system.new_batch()
+    system.sink.records()
+    time.sleep(2)
+    cpu_before, wall_before = _cpu_secs(system.proc.pid), time.monotonic()  # type: ignore[union-attr]
+    time.sleep(5)
+    result.idle_cpu = (_cpu_secs(system.proc.pid) - cpu_before) / (time.monotonic() - wall_before)  # type: ignore[union-attr]
+    for _ in range(samples):
+        time.sleep(0.5)  # let every consumer back off to its longest idle poll
+        at = time.time()
+        run_id = system.trigger()
+        deadline = time.monotonic() + 10
+        while system.sink.count() < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{system.name}: idle run {run_id} never reached the sink")
+            time.sleep(0.005)
+        records = system.sink.records()
+        result.idle_ms += [(arrived - at) * 1000 for rid, _, arrived in records if rid == run_id]
+    system.wait_terminal(samples)
+    result.lost += system.not_completed()
+    result.duplicates += system.duplicate_starts()
+
+
+def measure(systems: list[System], args: argparse.Namespace) -> dict[str, Result]:
+    """Interleave the systems round by round (workers restarted each round), so background load on a shared
+    host hits both alike; the last round also runs the paced and idle phases."""
+    results = {system.name: Result() for system in systems}
+    for round_no in range(args.rounds):
+        for system in systems:
+            result = results[system.name]
+            system.start_workers()
+            try:
+                warm_up(system)
+                drain(system, args.runs, result)
+                print(f"  round {round_no + 1} {system.name}: drain {result.drain_rps[-1]:.0f} runs/s", flush=True)
+                if round_no == args.rounds - 1:
+                    paced(system, args.paced_rate, args.paced_secs, result)
+                    idle(system, args.idle_samples, result)
+            finally:
+                system.stop_workers()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def prepare_database(admin_url: str, name: str) -> str:
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
+                             "AND pid <> pg_backend_pid()"), {"d": name})
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    dsn = admin_url.rsplit("/", 1)[0] + "/" + name
+    upgrade(dsn)
+    return dsn
+
+
+def _fmt(value: float) -> str:
+    return "-" if value != value else f"{value:,.1f}"
+
+
+def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -> None:
+    ref = reference or Result()
+    s_drain = statistics.median(sluice.drain_rps)
+    r_drain = statistics.median(ref.drain_rps) if ref.drain_rps else float("nan")
+    rows = [
+        ("drain runs/s (median)", s_drain, r_drain, f"≥ 0.85× ref: {s_drain / r_drain:.2f}×" if r_drain else ""),
+        ("paced p50 ms", _percentile(sluice.paced_ms, 50), _percentile(ref.paced_ms, 50), ""),
+        ("paced p99 ms", _percentile(sluice.paced_ms, 99), _percentile(ref.paced_ms, 99), "≤ 50"),
+        ("idle p50 ms", _percentile(sluice.idle_ms, 50), _percentile(ref.idle_ms, 50), "≤ 20"),
+        ("idle p99 ms", _percentile(sluice.idle_ms, 99), _percentile(ref.idle_ms, 99), ""),
+        ("idle worker CPU (cores)", sluice.idle_cpu, ref.idle_cpu, ""),
+        ("lost runs", sluice.lost, ref.lost if reference else float("nan"), "0"),
+        ("duplicate attempts", sluice.duplicates, ref.duplicates if reference else float("nan"), "0"),
+    ]
+    print()
+    print(f"runs={args.runs} rounds={args.rounds} processes={args.processes} threads={args.threads} "
+          f"idle_poll_ms={args.idle_poll_ms} paced={args.paced_rate}/s×{args.paced_secs}s "
+          f"idle_samples={args.idle_samples} cpus={os.cpu_count()}")
+    print(f"{'metric':<26}{'sluice':>12}{'reference':>12}   target")
+    print("-" * 72)
+    for label, s_value, r_value, target in rows:
+        print(f"{label:<26}{_fmt(float(s_value)):>12}{_fmt(float(r_value)):>12}   {target}")
+    print(f"drain rounds sluice: {[round(x) for x in sluice.drain_rps]}  "
+          f"reference: {[round(x) for x in ref.drain_rps]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--paced-rate", type=int, default=100)
+    parser.add_argument("--paced-secs", type=float, default=10.0)
+    parser.add_argument("--idle-samples", type=int, default=30)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--idle-poll-ms", type=int, default=10)
+    parser.add_argument("--pg-admin-url", default=os.environ.get(
+        "SLUICE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--db-name", default="sluice_bench")
+    parser.add_argument("--redis-url", default=os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args(argv)
+    args.dsn = prepare_database(args.pg_admin_url, args.db_name)
+    import redis
+
+    redis.Redis.from_url(args.redis_url).flushdb()
+    sink = SinkProcess()
+    try:
+        systems: list[System] = [Sluice(args, sink)]
+        if not args.skip_reference:
+            systems.append(Reference(args, sink))
+        results = measure(systems, args)
+    finally:
+        sink.stop()
+    report(results["sluice"], results.get("reference"), args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
