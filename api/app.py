@@ -56,7 +56,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
     app = Flask("sluice")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     if services is None:
-        engine = make_engine(settings.database_url, pool_size=settings.worker_threads + 2)
+        # No pre-ping: a dead pooled connection fails one request with 503 and SQLAlchemy then
+        # invalidates the pool; pinging would cost a round trip on every request.
+        engine = make_engine(settings.database_url, pool_size=settings.worker_threads + 2, pre_ping=False)
         client = redis.Redis.from_url(settings.redis_url)
         services = Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),
                             redis=client, broker=make_broker(settings))

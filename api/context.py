@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from flask import current_app, g
+from flask import current_app, g, request
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,6 +20,15 @@ class Services:
     session_factory: sessionmaker[Session]
     redis: redis.Redis
     broker: Any  # a dramatiq broker: runs are enqueued by actor name through shared.messages
+    # GET requests only read (plus a throttled last_used_at write that may commit on its own): on
+    # PostgreSQL they run in autocommit, which saves the BEGIN and ROLLBACK round trips per request.
+    read_session_factory: sessionmaker[Session] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.read_session_factory is None and self.engine.dialect.name == "postgresql":
+            self.read_session_factory = sessionmaker(
+                bind=self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False, autoflush=False)
 
 
 def services() -> Services:
@@ -30,7 +39,9 @@ def get_session() -> Session:
     """The request's session, opened on first use and closed at teardown."""
     session = g.get("db_session")
     if session is None:
-        session = services().session_factory()
+        svc = services()
+        reading = request.method in ("GET", "HEAD") and svc.read_session_factory is not None
+        session = (svc.read_session_factory if reading else svc.session_factory)()  # type: ignore[misc]
         g.db_session = session
     return session
 
