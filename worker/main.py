@@ -11,8 +11,9 @@ Sluice uses 10 ms (``--idle-poll-ms``): a message reaches an idle worker within 
 hundred cheap Redis calls per second per process (measured in docs/execution.md).
 
 Shutdown: SIGTERM/SIGINT → stop fetching, requeue prefetched messages, let in-flight attempts finish
-(heartbeats continue meanwhile), exit 0. A second signal exits at once. SIGKILL recovery is the reaper's
-job (``shared.reaper``).
+(heartbeats continue meanwhile), exit 0. Further SIGTERMs are ignored (a process manager signals the whole
+process group, so each child also gets the supervisor's forwarded copy); a SIGINT or SIGQUIT while stopping
+exits at once. SIGKILL recovery is the reaper's job (``shared.reaper``).
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def _supervise(processes: int, threads: int, idle_poll_ms: int, queues: frozense
         return child
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stopping.is_set():  # second signal: stop waiting for in-flight attempts
+        if stopping.is_set():
+            if signum not in FORCE_SIGNALS:  # the same SIGTERM again (process group + sender): keep waiting
+                return
             for child in children:
                 if child.pid is not None and child.is_alive():
                     os.kill(child.pid, signal.SIGKILL)
@@ -113,8 +116,8 @@ def _supervise(processes: int, threads: int, idle_poll_ms: int, queues: frozense
                 os.kill(child.pid, signal.SIGTERM)
 
     children = [spawn() for _ in range(processes)]
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, on_signal)
     log.info("worker supervisor started", extra={"processes": processes, "threads": threads,
                                                  "pids": [c.pid for c in children]})
     while not stopping.is_set():
@@ -150,6 +153,29 @@ def steer_claim_plans(engine: Engine) -> None:
     sa.event.listen(engine, "connect", on_connect)
 
 
+# A repeated SIGTERM is never a "force" request: under a process manager (honcho, foreman) SIGTERM goes to
+# the whole process group, so a child gets it directly *and* forwarded by the supervisor.
+FORCE_SIGNALS = frozenset({signal.SIGINT, signal.SIGQUIT})
+
+
+def install_stop_handlers(stop: threading.Event, signals: Sequence[signal.Signals]) -> None:
+    """Make each of ``signals`` (and SIGQUIT) ask for a graceful stop by setting ``stop``.
+
+    Once stopping, SIGTERM is ignored (it is the same request again, typically delivered twice: by the
+    process group and by the supervisor); SIGINT or SIGQUIT exits at once (``os._exit(1)``, a human pressing
+    Ctrl-C twice or asking for it) and abandons in-flight attempts to the reaper.
+    """
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            if signum in FORCE_SIGNALS:
+                os._exit(1)  # give up on in-flight attempts; the reaper recovers them
+            return
+        stop.set()
+
+    for signum in (*signals, signal.SIGQUIT):
+        signal.signal(signum, on_signal)
+
+
 class _Worker(dramatiq.Worker):
     """``dramatiq.Worker`` without delay-queue consumers: Sluice never enqueues with a dramatiq delay (long
     delays live in PostgreSQL), so polling ``<queue>.DQ`` would only double the idle Redis traffic."""
@@ -166,13 +192,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     """One worker process: build dependencies, declare actors, consume until SIGTERM/SIGINT (or ``stop``)."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
-        def on_signal(_signum: int, _frame: FrameType | None) -> None:
-            if stop.is_set():
-                os._exit(1)  # second signal: give up on in-flight attempts; the reaper recovers them
-            stop.set()
-
-        for signum in signals:
-            signal.signal(signum, on_signal)
+        install_stop_handlers(stop, signals)
 
     # No pre-ping: it costs a round trip per checkout (two per attempt); a dead pooled connection fails
     # one message, which the sweeper re-creates, and SQLAlchemy then recycles the pool.
