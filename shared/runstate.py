@@ -68,6 +68,7 @@ class Effects:
 
     enqueue: list[str] = field(default_factory=list)
     webhooks: list[str] = field(default_factory=list)
+    wake_slots: list[tuple[str, str | None]] = field(default_factory=list)  # (job, key): shared.slot_waiters
     terminal_runs: list[Run] = field(default_factory=list)
     # Forced job delete cancels runs without webhooks (§3.6).
     suppress_webhooks: bool = False
