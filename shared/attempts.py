@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from shared.clock import format_ts
 from shared.models import Run
 from shared.retries import Outcome, final_status_for, retry_delay_secs
+from shared.run_moves import move_run, supports_moves
 from shared.runstate import Effects, RunStatus, transition
 
 _EXECUTING = frozenset({RunStatus.EXECUTING})
@@ -61,8 +62,9 @@ def clean_text(text: str | None) -> str | None:
 
 
 def finish_attempt(session: Session, run_id: str, end: AttemptEnd, *, policy: RetryPolicy, now: datetime,
-                   effects: Effects, rng: random.Random | None = None) -> Run | None:
-    """Record ``end`` if ``run_id`` is still ``executing`` attempt ``end.attempt``; else return ``None``.
+                   effects: Effects, rng: random.Random | None = None) -> RunStatus | None:
+    """Record ``end`` if ``run_id`` is still ``executing`` attempt ``end.attempt`` and return the run's new
+    status; else return ``None`` (the outcome is discarded).
 
     One conditional UPDATE (status ``executing`` and ``attempt`` = ``end.attempt``; PostgreSQL re-checks both
     after taking the row lock) decides. The caller owns the transaction (and releases the attempt's slots
@@ -100,5 +102,10 @@ def finish_attempt(session: Session, run_id: str, end: AttemptEnd, *, policy: Re
             to = RunStatus.SYSTEM_FAILED
         else:
             to = RunStatus.FAILED
-    return transition(session, run_id, to, now=now, effects=effects, expected=_EXECUTING, values=values,
-                      events=events, locked_status=RunStatus.EXECUTING, where=(Run.attempt == end.attempt,))
+    if supports_moves(session):  # PostgreSQL: UPDATE, events and the terminal hooks' facts in one statement
+        moved = move_run(session, run_id, from_status=RunStatus.EXECUTING, to=to, now=now, effects=effects,
+                         values=values, events=events, where_equal={"attempt": end.attempt})
+        return None if moved is None else to
+    run = transition(session, run_id, to, now=now, effects=effects, expected=_EXECUTING, values=values,
+                     events=events, locked_status=RunStatus.EXECUTING, where=(Run.attempt == end.attempt,))
+    return None if run is None else to

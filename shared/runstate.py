@@ -89,6 +89,23 @@ def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
         session.execute(sa.insert(RunEvent), rows)
 
 
+def status_columns(to: RunStatus, values: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """``values`` plus the columns every move to ``to`` sets: ``status`` and the derived bookkeeping
+    (``finished_at``, ``queued_at``, ``due_at``), so no writer can forget it."""
+    updates = dict(values)
+    updates["status"] = to.value
+    if to in TERMINAL:
+        updates["finished_at"] = now
+        updates["due_at"] = None
+    elif to is RunStatus.QUEUED:
+        updates["queued_at"] = now
+        updates["due_at"] = None
+    elif to is RunStatus.DELAYED:
+        due_parts = [v for v in (updates.get("scheduled_at"), updates.get("next_retry_at")) if v is not None]
+        updates["due_at"] = max(due_parts) if due_parts else now
+    return updates
+
+
 def transition(
     session: Session,
     run_id: str,
@@ -118,17 +135,7 @@ def transition(
         if not set(expected) <= allowed:
             raise InvalidTransition(f"{sorted(expected)} -> {to} is not a valid run transition")
         allowed = frozenset(expected)
-    updates: dict[str, Any] = dict(values or {})
-    updates["status"] = to.value
-    if to in TERMINAL:
-        updates["finished_at"] = now
-        updates["due_at"] = None
-    elif to is RunStatus.QUEUED:
-        updates["queued_at"] = now
-        updates["due_at"] = None
-    elif to is RunStatus.DELAYED:
-        due_parts = [v for v in (updates.get("scheduled_at"), updates.get("next_retry_at")) if v is not None]
-        updates["due_at"] = max(due_parts) if due_parts else now
+    updates = status_columns(to, values or {}, now)
     # Lock the row and read its status: the from-status goes into the event, and a racing writer
     # that changed it first makes this return None (PostgreSQL re-checks the WHERE after the lock).
     if locked_status is not None:

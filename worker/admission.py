@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.addresses import strip_userinfo
 from shared.clock import format_ts
@@ -31,7 +32,8 @@ from shared.execution_settings import (
 from shared.limits import LimitDecision, LimitRequest, Limits, rate_rules_for
 from shared.metrics import observe_redelay
 from shared.models import Job, Run
-from shared.runstate import Effects, RunStatus, transition
+from shared.run_moves import move_run, supports_moves
+from shared.runstate import Effects, RunStatus, status_columns, transition
 from shared.schedules import CronError, CronSpec, is_minute_open, next_open_minute, parse_cron
 
 log = logging.getLogger("sluice.worker")
@@ -95,13 +97,7 @@ def admit(session: Session, run: Run, job: Job, *, now: datetime, settings: Sett
         return _redelay(session, run, decision.reason or "concurrency", until, decision.limit, now=now,
                         effects=effects)
 
-    attempt = run.attempt + 1
-    started = transition(
-        session, run.id, RunStatus.EXECUTING, now=now, effects=effects, **_FROM_CLAIM,
-        values={"attempt": attempt, "started_at": now, "heartbeat_at": now, "next_retry_at": None},
-        events=[("attempt_started", {"attempt": attempt, "job_version": resolved.version,
-                                     "endpoint_url": strip_userinfo(resolved.endpoint_url)})],
-    )
+    started = _start(session, run, resolved, now=now, effects=effects)
     if started is None:
         # Someone else moved the run first (only possible if the row lock was bypassed). The lease is
         # keyed by run id and may be the winner's: leave it (shared.limits caveat), it expires anyway.
@@ -109,6 +105,28 @@ def admit(session: Session, run: Run, job: Job, *, now: datetime, settings: Sett
         return NotStarted("lost")
     return Started(run=started, settings=resolved, max_attempts=effective_max_attempts(run, resolved),
                    timeout_secs=timeout_secs, lease_ms=lease_ms, webhook_secret=job.webhook_secret)
+
+
+def _start(session: Session, run: Run, resolved: ExecutionSettings, *, now: datetime,
+           effects: Effects) -> Run | None:
+    """``queued → executing`` with the next attempt number and its ``attempt_started`` event.
+
+    On PostgreSQL one statement (``shared.run_moves``) moves the row and writes both events; the claimed
+    ``run`` object then gets the new column values as loaded state, so the commit flushes nothing.
+    """
+    attempt = run.attempt + 1
+    values = {"attempt": attempt, "started_at": now, "heartbeat_at": now, "next_retry_at": None}
+    events = [("attempt_started", {"attempt": attempt, "job_version": resolved.version,
+                                   "endpoint_url": strip_userinfo(resolved.endpoint_url)})]
+    if not supports_moves(session):
+        return transition(session, run.id, RunStatus.EXECUTING, now=now, effects=effects, **_FROM_CLAIM,
+                          values=values, events=events)
+    if move_run(session, run.id, from_status=RunStatus.QUEUED, to=RunStatus.EXECUTING, now=now,
+                effects=effects, values=values, events=events) is None:
+        return None
+    for name, value in status_columns(RunStatus.EXECUTING, values, now).items():
+        set_committed_value(run, name, value)
+    return run
 
 
 def _window_closed_until(job: Job, now: datetime) -> datetime | None:

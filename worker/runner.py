@@ -164,7 +164,7 @@ class Runner:
         finally:
             session.close()
         outcome = end.outcome
-        status = updated.status if updated is not None else "discarded"
+        status = updated.value if updated is not None else "discarded"
         observe_attempt(outcome.error_class or outcome.kind, (end.duration_ms or 0) / 1000)
         log.info("attempt finished", extra={
             "run_id": run.id, "job_id": run.job_id, "attempt": run.attempt, "status": status,
