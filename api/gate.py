@@ -123,7 +123,7 @@ def before_request() -> None:
         raise request.routing_exception
     view = current_app.view_functions.get(request.endpoint or "")
     if request.path.startswith("/v1/"):
-        authenticate_request(getattr(view, "required_scope", None))
+        authenticate_request(getattr(view, "required_scope", None), view)
     _read_body(view)
 
 

@@ -8,7 +8,7 @@ import marshmallow as ma
 from flask import Response, request
 from flask_smorest import Blueprint
 
-from api.auth import current_principal, requires_scope
+from api.auth import authenticated_with, current_principal, prefetched_row, requires_scope
 from api.context import get_session, services
 from api.gate import optional_body
 from api.pagination import json_response
@@ -26,7 +26,13 @@ from shared.effects import commit_and_apply
 from shared.errors import ValidationFailed
 from shared.job_lookup import get_job
 from shared.runstate import Effects
-from shared.triggering import ensure_enabled, find_trigger_job, idempotency_key_error, trigger_run
+from shared.triggering import (
+    ensure_enabled,
+    find_key_and_trigger_job,
+    idempotency_key_error,
+    trigger_job_of,
+    trigger_run,
+)
 
 blp = Blueprint("triggers", __name__, url_prefix="/v1", description="Trigger runs of a job")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -48,6 +54,7 @@ def _header_key() -> str | None:
 @blp.route("/jobs/<job>/trigger", methods=["POST"])
 @optional_body
 @requires_scope("jobs:trigger")
+@authenticated_with(find_key_and_trigger_job)
 @blp.arguments(TriggerSchema())
 @blp.response(201, TriggerResultSchema)
 def trigger_view(body: dict[str, Any], job: str) -> Response:
@@ -56,7 +63,7 @@ def trigger_view(body: dict[str, Any], job: str) -> Response:
         body["idempotency_key"] = header_key
     session = get_session()
     principal = current_principal()
-    found, has_edges = find_trigger_job(session, principal.project_id, job)
+    found, has_edges = trigger_job_of(prefetched_row())  # read with the API key (api.auth)
     effects = Effects()
     outcome = trigger_run(session, found, body, actor=principal.actor, now=utcnow(), effects=effects,
                           has_edges=has_edges)

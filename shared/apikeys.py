@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -83,17 +85,45 @@ def revoke_key(session: Session, key_id: str, now: datetime) -> ApiKey:
     return key
 
 
+# The key columns every authentication reads, labelled so that they can share a row with other tables'
+# columns (``shared.job_store.find_key_and_job`` answers the key and the job in one statement).
+KEYS: sa.Table = ApiKey.__table__  # type: ignore[assignment]
+KEY_FIELDS = (KEYS.c.id.label("key_id"), KEYS.c.project_id.label("key_project_id"),
+              KEYS.c.scopes.label("key_scopes"), KEYS.c.revoked_at.label("key_revoked_at"),
+              KEYS.c.last_used_at.label("key_last_used_at"))
+# Built once: a statement built per request costs more than binding values into a prepared one.
+_BY_DIGEST = sa.select(*KEY_FIELDS).where(KEYS.c.key_hash == sa.bindparam("digest"))
+_TOUCH = sa.update(KEYS).where(KEYS.c.id == sa.bindparam("key_id")).values(last_used_at=sa.bindparam("now"))
+
+
+def key_digest(plaintext: str) -> str | None:
+    """The stored digest of a presented key, or ``None`` when it is not even shaped like a key."""
+    return hash_key(plaintext) if KEY_RE.match(plaintext) else None
+
+
+def principal_from_row(session: Session, row: Mapping[Any, Any] | None, now: datetime) -> Principal | None:
+    """The principal of a row mapping holding ``KEY_FIELDS`` (``None``/NULL key id = unknown key), or ``None`` when
+    unknown or revoked. Writes the throttled ``last_used_at`` and flags it in ``session.info`` so that the
+    caller commits it (``api.auth``)."""
+    if row is None or row["key_id"] is None or row["key_revoked_at"] is not None:
+        return None
+    last_used = row["key_last_used_at"]
+    if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+        session.execute(_TOUCH, {"key_id": row["key_id"], "now": now})
+        session.info["wrote_last_used_at"] = True
+    return Principal(key_id=row["key_id"], project_id=row["key_project_id"], scopes=frozenset(row["key_scopes"]))
+
+
 def authenticate(session: Session, plaintext: str, now: datetime) -> Principal | None:
-    """The principal for a presented key, or ``None`` if malformed, unknown or revoked."""
-    if not KEY_RE.match(plaintext):
-        return None
-    row = session.execute(
-        sa.select(ApiKey.id, ApiKey.project_id, ApiKey.scopes, ApiKey.revoked_at, ApiKey.last_used_at)
-        .where(ApiKey.key_hash == hash_key(plaintext))
-    ).first()
-    if row is None or row.revoked_at is not None:
-        return None
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-        session.execute(sa.update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-        session.info["wrote_last_used_at"] = True  # the caller commits it (api.auth)
-    return Principal(key_id=row.id, project_id=row.project_id, scopes=frozenset(row.scopes))
+    """The principal for a presented key, or ``None`` if malformed, unknown or revoked.
+
+    Every call reads the key row: revocation (``revoked_at``) is effective for every request that starts
+    after ``revoke_key`` commits (CONTRACT §9.1), with no cache to invalidate.
+    """
+    digest = key_digest(plaintext)
+    return None if digest is None else authenticate_digest(session, digest, now)
+
+
+def authenticate_digest(session: Session, digest: str, now: datetime) -> Principal | None:
+    """``authenticate`` for a key already hashed by ``key_digest``."""
+    return principal_from_row(session, session.execute(_BY_DIGEST, {"digest": digest}).mappings().first(), now)

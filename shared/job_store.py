@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from shared.apikeys import KEY_FIELDS, KEYS
 from shared.ids import canonical_uuid
 from shared.models import Job
 
@@ -43,11 +44,48 @@ def find_job_record(session: Session, project_id: str, ref: str, *, for_update: 
 
     One query: a UUID that is both some job's id and another job's slug resolves to the id.
     """
-    if "\x00" in ref or len(ref) > 255:
-        return None  # cannot be an id or a slug (and PostgreSQL refuses NUL in text parameters)
+    if usable_ref(ref) is None:
+        return None
     as_id = canonical_uuid(ref) if len(ref) <= 40 else None
     statement = _LOOKUPS[(as_id is not None, for_update)]
     return session.execute(statement, {"project_id": project_id, "ref": ref, "as_id": as_id}).mappings().first()
+
+
+def usable_ref(ref: str) -> str | None:
+    """``ref`` if it could name a job, else ``None`` (PostgreSQL refuses NUL in text parameters)."""
+    return None if "\x00" in ref or len(ref) > 255 else ref
+
+
+def job_match(ref_as_id: bool, project_id: Any) -> sa.ScalarSelect[Any]:
+    """The id of the job that ``:ref`` names in ``project_id`` (§1.2: the id wins over a slug), as a scalar
+    subquery; ``project_id`` may be a column of an enclosing query (correlated)."""
+    match = JOBS.alias("match")
+    query = sa.select(match.c.id).where(match.c.project_id == project_id)
+    if not ref_as_id:
+        return query.where(match.c.slug == sa.bindparam("ref")).limit(1).scalar_subquery()
+    as_id: sa.BindParameter[str] = sa.bindparam("as_id")
+    return (query.where(sa.or_(match.c.id == as_id, match.c.slug == sa.bindparam("ref")))
+            .order_by(sa.case((match.c.id == as_id, 0), else_=1)).limit(1).scalar_subquery())
+
+
+def _key_and_job_statement(by_id: bool) -> sa.Select[Any]:
+    match = job_match(by_id, KEYS.c.project_id)
+    return (sa.select(*KEY_FIELDS, JOBS).select_from(KEYS.outerjoin(JOBS, JOBS.c.id == match.correlate(KEYS)))
+            .where(KEYS.c.key_hash == sa.bindparam("digest")))
+
+
+_KEY_AND_JOB = {by_id: _key_and_job_statement(by_id) for by_id in (False, True)}
+
+
+def find_key_and_job(session: Session, digest: str, ref: str) -> sa.RowMapping | None:
+    """The API key with this digest and, in the same row, the job ``ref`` names in the key's project: one
+    round trip for authentication and the lookup of job-scoped reads. ``None`` = unknown key; the job
+    columns are all NULL when the project has no such job. Key columns are ``shared.apikeys.KEY_FIELDS``.
+    """
+    usable = usable_ref(ref)
+    as_id = canonical_uuid(usable) if usable is not None and len(usable) <= 40 else None
+    return session.execute(_KEY_AND_JOB[as_id is not None],
+                           {"digest": digest, "ref": usable, "as_id": as_id}).mappings().first()
 
 
 def slug_taken(session: Session, project_id: str, slug: str) -> bool:

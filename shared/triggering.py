@@ -17,11 +17,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
+from shared.apikeys import KEY_FIELDS, KEYS
 from shared.dependencies import edges_of, evaluate_many
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.ids import canonical_uuid
+from shared.job_store import job_match, usable_ref
 from shared.locks import lock_key
 from shared.models import Job, JobDependency, Run
 from shared.payloads import canonical_payload, payload_hash, payload_size_error, schema_errors
@@ -161,21 +164,49 @@ def _job_with_edges_query(by_id: bool) -> sa.Select[tuple[Job, bool]]:
             .order_by(sa.case((Job.id == as_id, 0), else_=1)).limit(1))
 
 
-# Built once (compiled once, then only bound): this lookup runs on every trigger.
+def _key_and_job_query(by_id: bool) -> sa.Select[Any]:
+    has_edges = sa.exists().where(JobDependency.job_id == Job.id).label("has_edges")
+    match = job_match(by_id, KEYS.c.project_id).correlate(KEYS)
+    return (sa.select(*KEY_FIELDS, Job, has_edges).select_from(KEYS).outerjoin(Job, Job.id == match)
+            .where(KEYS.c.key_hash == sa.bindparam("digest")))
+
+
+# Built once (compiled once, then only bound): these lookups run on every trigger.
 _JOB_BY_SLUG, _JOB_BY_ID_OR_SLUG = _job_with_edges_query(False), _job_with_edges_query(True)
+_KEY_AND_JOB = {by_id: _key_and_job_query(by_id) for by_id in (False, True)}
+
+
+def _ref_params(ref: str) -> dict[str, Any]:
+    usable = usable_ref(ref)
+    return {"ref": usable, "as_id": canonical_uuid(usable) if usable is not None else None}
 
 
 def find_trigger_job(session: Session, project_id: str, ref: str) -> tuple[Job, bool]:
     """The job named by ``ref`` (id first, then slug; §1.2) and whether it has dependency edges, in one
     query (the trigger hot path); 404 if none."""
-    as_id = canonical_uuid(ref)
-    if as_id is None:
-        row = session.execute(_JOB_BY_SLUG, {"project_id": project_id, "ref": ref}).first()
-    else:
-        row = session.execute(_JOB_BY_ID_OR_SLUG, {"project_id": project_id, "ref": ref, "as_id": as_id}).first()
+    params = _ref_params(ref)
+    params["project_id"] = project_id
+    row = session.execute(_JOB_BY_SLUG if params["as_id"] is None else _JOB_BY_ID_OR_SLUG, params).first()
     if row is None:
         raise NotFound("job not found")
     return row[0], bool(row[1])
+
+
+def find_key_and_trigger_job(session: Session, digest: str, ref: str) -> Row[Any] | None:
+    """Authentication and ``find_trigger_job`` in one round trip: the key with this digest (columns
+    ``shared.apikeys.KEY_FIELDS``), the ``Job`` that ``ref`` names in the key's project (``None`` if none)
+    and ``has_edges``. ``None`` = unknown key."""
+    params = _ref_params(ref)
+    params["digest"] = digest
+    return session.execute(_KEY_AND_JOB[params["as_id"] is not None], params).first()
+
+
+def trigger_job_of(row: Row[Any]) -> tuple[Job, bool]:
+    """The job and ``has_edges`` of a ``find_key_and_trigger_job`` row; 404 if the project has no such job."""
+    job = row.Job
+    if job is None:
+        raise NotFound("job not found")
+    return job, bool(row.has_edges)
 
 
 def trigger_run(session: Session, job: Job, body: dict[str, Any], *, actor: str, now: datetime,
