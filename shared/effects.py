@@ -8,6 +8,7 @@ sweeper (``shared.sweeper``) re-creates its message (§4.2 step 10, §5.1).
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 import redis
@@ -22,6 +23,17 @@ log = logging.getLogger("sluice.effects")
 def commit_and_apply(session: Session, effects: Effects, broker: Any) -> None:
     session.commit()
     apply_after_commit(effects, broker)
+    if effects.wake_slots:  # released slots (reaper, cancel): hand them to waiting runs (shared.slot_waiters)
+        wake_slots(session, effects, broker)
+
+
+def wake_slots(session: Session, effects: Effects, broker: Any) -> None:
+    """Promote the best waiter of each freed slot, in a new short transaction on ``session`` (committed),
+    through the broker's Redis client (the one holding leases and waiter sets). Never raises."""
+    from shared.slot_waiters import SlotWaiters  # it commits through this module
+
+    slots, effects.wake_slots = list(effects.wake_slots), []
+    SlotWaiters(broker.client).wake(slots, open_session=lambda: nullcontext(session), broker=broker)
 
 
 def apply_after_commit(effects: Effects, broker: Any) -> None:

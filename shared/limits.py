@@ -101,6 +101,11 @@ class Limits:
         self._extend = redis.register_script(EXTEND_SCRIPT)
         self._count = redis.register_script(COUNT_SCRIPT)
 
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client holding the leases (slot waiters live next to them, ``shared.slot_waiters``)."""
+        return self._redis
+
     def acquire(self, req: LimitRequest, now_ms: int | None = None) -> LimitDecision:
         """Take the run's leases and record one start mark per rate rule — all of it, or nothing.
 

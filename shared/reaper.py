@@ -60,6 +60,7 @@ def reap_stale_attempts(session: Session, now: datetime, settings: Settings, lim
         reaped.append(run.id)
         log.warning("attempt reaped: worker lost", extra={"run_id": run.id, "job_id": run.job_id,
                                                            "attempt": run.attempt, "silent_secs": silent_secs})
+        effects.wake_slots.append((run.job_id, run.concurrency_key))  # woken after the commit
         try:
             limits.release(run.id, run.job_id, run.concurrency_key)
         except (redis.exceptions.RedisError, OSError) as exc:

@@ -56,3 +56,19 @@ def scheduler_leader() -> str:
 def api_rate(key_id: str, window_start: int) -> str:
     """Counter of API requests for one key in one fixed window (``SLUICE_API_RATE_LIMIT``)."""
     return f"{PREFIX}api-rate:{key_id}:{window_start}"
+
+
+def slot_waiters_job(job_id: str) -> str:
+    """ZSET run_id -> waiter score: runs re-delayed because the job's ``max_concurrency`` was full.
+
+    Score = ``-priority * 1e13 + refusal time (server ms)``, so ZPOPMIN yields the highest priority, then
+    the longest waiting (``shared.slot_waiters``). Members are removed when popped by a slot release.
+    TTL: refreshed to 1 day on every add (a job whose slots are never released again leaves no litter).
+    """
+    return f"{PREFIX}waiters:job:{job_id}"
+
+
+def slot_waiters_key(job_id: str, key: str) -> str:
+    """ZSET like ``slot_waiters_job``, for runs refused by ``max_concurrency_per_key`` on one
+    ``concurrency_key``. Same score, removal and TTL (1 day, refreshed on every add)."""
+    return f"{PREFIX}waiters:key:{job_id}:{key}"

@@ -46,6 +46,7 @@ def _cancel(session: Session, run: Run, *, now: datetime, effects: Effects, resu
         result.canceled.append(moved)
         if was == RunStatus.EXECUTING.value:
             result.executing.append(moved)
+            effects.wake_slots.append((moved.job_id, moved.concurrency_key))  # a waiter gets its slot
     return moved
 
 

@@ -35,6 +35,7 @@ from shared.models import Job, Run
 from shared.run_moves import move_run, supports_moves
 from shared.runstate import Effects, RunStatus, status_columns, transition
 from shared.schedules import CronError, CronSpec, is_minute_open, next_open_minute, parse_cron
+from shared.slot_waiters import register_waiter
 
 log = logging.getLogger("sluice.worker")
 
@@ -94,6 +95,7 @@ def admit(session: Session, run: Run, job: Job, *, now: datetime, settings: Sett
     decision = limits.acquire(_limit_request(run, job, lease_ms))
     if not decision.admitted:
         until = _retry_at(decision, now, settings, rng)
+        register_waiter(limits.client, run, decision, now)  # no slot: a release wakes it (shared.slot_waiters)
         return _redelay(session, run, decision.reason or "concurrency", until, decision.limit, now=now,
                         effects=effects)
 

@@ -34,6 +34,7 @@ from shared.metrics import observe_attempt
 from shared.models import Run
 from shared.retries import NON_RETRYABLE, Outcome
 from shared.runstate import Effects
+from shared.slot_waiters import SlotWaiters
 from worker.admission import NotStarted, Started, admit
 from worker.call import AttemptCall, CallPlan, PostFunction, perform_call
 from worker.claim import claim_ready_run, hold_if_disabled
@@ -193,6 +194,8 @@ class Runner:
         except (redis.exceptions.RedisError, OSError) as exc:
             log.warning("lease release failed; it will expire", extra={
                 "run_id": run.id, "job_id": run.job_id, "error": type(exc).__name__})
+        SlotWaiters(self._limits.client).wake([(run.job_id, run.concurrency_key)],  # after the outcome commit
+                                              open_session=self._session_factory, broker=self._broker)
 
 
 def _ms(start: float | None, end: float | None) -> int | None:
