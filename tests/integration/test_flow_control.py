@@ -8,9 +8,9 @@ lies inside the worker's lease interval (acquire → call → record → release
 the endpoint's log can only under-state what the leases held: "never exceeded" is proven, not sampled.
 
 Run with ``SLUICE_TEST_DB_NAME=sluice_flow SLUICE_TEST_REDIS_DB=6 .venv/bin/pytest -m slow
-tests/integration/test_flow_control.py``. Whole file: about 3.5 minutes on two cores, most of it the
-300-run backlog behind ``max_concurrency: 3``, which drains at ~3 runs/s because of the utilisation gap
-that ``check_efficiency`` reports (docs/flow-control.md, "Measured").
+tests/integration/test_flow_control.py``. Whole file: about 2 minutes on two cores (the 300-run backlog
+behind ``max_concurrency: 3`` drains in 10–20 s now that a released slot wakes a waiting run at once;
+``check_efficiency`` reports the utilisation still missing, docs/flow-control.md, "Measured").
 """
 
 from __future__ import annotations
@@ -349,17 +349,49 @@ def achieved_rate_fraction(starts: list[float], limit: int, window_secs: float) 
 TARGET = 0.90  # utilisation of a concurrency cap / fraction of a rate limit achieved under a backlog
 
 
-def check_efficiency(case: str, measured: float, detail: str) -> None:
-    """The efficiency target, checked after every safety assertion of the test has passed.
+def check_efficiency(case: str, measured: float, detail: str, *, known_gap: bool = False) -> None:
+    """The efficiency target (≥ 90 %), checked after every safety assertion of the test has passed.
 
-    Known gap (docs/flow-control.md, "Measured"): refused runs wait as ``delayed`` and the maintenance loop
-    promotes every due run once per ``sweep_interval_secs`` (1 s), so a whole backlog is retried in one
-    burst and refused within the first admitted call; a slot freed later stays idle until the next burst.
-    Below target the test is reported as XFAIL with the measured value instead of failing the safety proof.
+    Rate limits meet it (the promotion loop wakes at each run's due instant): a miss FAILS. Concurrency
+    caps do not yet (docs/flow-control.md, "Measured"): a released slot wakes the best waiting run at once
+    (``shared.slot_waiters``), but the hand-off — record, release, promote, fetch, claim, start — costs
+    tens of ms on this shared two-core machine against 0.1 s calls. For those (``known_gap``) a miss is
+    reported as XFAIL with the measured value and the hand-off breakdown, never as a pass.
     """
     print(f"\n{case}: {measured:.1%} — {detail}")
-    if measured < TARGET:
-        pytest.xfail(f"{case}: {measured:.1%} < {TARGET:.0%} target ({detail}); see docs/flow-control.md")
+    if measured >= TARGET:
+        return
+    message = f"{case}: {measured:.1%} < {TARGET:.0%} target ({detail}); see docs/flow-control.md"
+    if known_gap:
+        pytest.xfail(message)
+    pytest.fail(message)
+
+
+def handoff_gaps(intervals: list[tuple[float, float]], slots: int) -> str:
+    """Median / p90 of the idle time a slot sees between one call's departure and the next arrival:
+    with ``slots`` slots the n-th arrival takes the slot the (n - slots)-th departure freed."""
+    arrivals = sorted(a for a, _ in intervals)
+    departures = sorted(d for _, d in intervals)
+    gaps = sorted(max(0.0, a - d) for a, d in zip(arrivals[slots:], departures, strict=False))
+    if not gaps:
+        return "no hand-offs"
+    return f"hand-off gap median {gaps[len(gaps) // 2] * 1000:.0f} ms, p90 {gaps[len(gaps) * 9 // 10] * 1000:.0f} ms"
+
+
+def wake_stats(rig: Rig, job: Job) -> str:
+    """How the runs became ready again: by a slot release (``shared.slot_waiters``) or by the sweeper."""
+    with rig.factory() as s:
+        rows = s.execute(sa.select(RunEvent.message, sa.func.count()).join(Run, Run.id == RunEvent.run_id)
+                         .where(Run.job_id == job.id, RunEvent.type == "state_change",
+                                RunEvent.data["to"].as_string() == "queued",
+                                RunEvent.data["from"].as_string() == "delayed")
+                         .group_by(RunEvent.message)).all()
+        waits = sorted(int(r.execution_trace["queue_wait_ms"]) for r in s.scalars(
+            sa.select(Run).where(Run.job_id == job.id)) if r.execution_trace
+            and r.execution_trace.get("queue_wait_ms") is not None)
+    by = {str(message or "sweeper"): int(count) for message, count in rows}
+    wait = f"queue wait median {waits[len(waits) // 2]} ms, p90 {waits[len(waits) * 9 // 10]} ms" if waits else ""
+    return f"promotions {by}; {wait}"
 
 
 def test_max_concurrency_is_never_exceeded_and_fully_used(rig: Rig) -> None:
@@ -374,7 +406,8 @@ def test_max_concurrency_is_never_exceeded_and_fully_used(rig: Rig) -> None:
     assert_no_attempt_consumed(rig, job, runs)
     assert set(redelay_reasons(rig, job)) == {"concurrency"}
     check_efficiency("max_concurrency=3 utilisation", utilisation(intervals, 3),
-                     f"{BACKLOG} runs x {CALL_SECS} s, redelays {redelay_reasons(rig, job)}")
+                     f"{BACKLOG} runs x {CALL_SECS} s, redelays {redelay_reasons(rig, job)}; "
+                     f"{handoff_gaps(intervals, 3)}; {wake_stats(rig, job)}", known_gap=True)
 
 
 def test_max_concurrency_per_key_holds_for_each_key(rig: Rig) -> None:
@@ -394,7 +427,9 @@ def test_max_concurrency_per_key_holds_for_each_key(rig: Rig) -> None:
     assert_no_attempt_consumed(rig, job, runs)
     worst = min(utilisation(iv, 1) for iv in by_key.values())
     check_efficiency("max_concurrency_per_key=1 utilisation (worst of 5 keys)", worst,
-                     f"{per_key} runs per key x {CALL_SECS} s")
+                     f"{per_key} runs per key x {CALL_SECS} s; "
+                     f"{min((handoff_gaps(iv, 1) for iv in by_key.values()), key=len)}; {wake_stats(rig, job)}",
+                     known_gap=True)
 
 
 def call_latency(calls: list[Call], marks: list[float]) -> float:
