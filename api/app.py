@@ -11,7 +11,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser
 
 from api import gate, metrics, request_log, service
-from api.context import Services, close_session
+from api.context import Services, autocommit_read_factory, close_session
 from api.errors import ErrorSchema, handle_http_exception, register_error_handlers
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
@@ -58,10 +58,14 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
     if services is None:
         # No pre-ping: a dead pooled connection fails one request with 503 and SQLAlchemy then
         # invalidates the pool; pinging would cost a round trip on every request.
-        engine = make_engine(settings.database_url, pool_size=settings.worker_threads + 2, pre_ping=False)
+        pool = settings.worker_threads + 2
+        engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
+        reads = None
+        if engine.dialect.name == "postgresql":  # GETs get a pool of connections that stay in autocommit
+            reads = autocommit_read_factory(make_engine(settings.database_url, pool_size=pool, pre_ping=False))
         client = redis.Redis.from_url(settings.redis_url)
         services = Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),
-                            redis=client, broker=make_broker(settings))
+                            redis=client, broker=make_broker(settings), read_session_factory=reads)
     app.extensions["sluice"] = services
     _openapi_config(app)
     api = SluiceApi(app)

@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 from flask import current_app, g, request
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,10 +26,23 @@ class Services:
     read_session_factory: sessionmaker[Session] | None = field(default=None)
 
     def __post_init__(self) -> None:
+        # Tests pass one engine: reads switch its connections to autocommit per checkout. ``create_app``
+        # passes a factory over a second engine whose connections are autocommit for good (no switching).
         if self.read_session_factory is None and self.engine.dialect.name == "postgresql":
             self.read_session_factory = sessionmaker(
                 bind=self.engine.execution_options(isolation_level="AUTOCOMMIT"),
                 expire_on_commit=False, autoflush=False)
+
+
+def autocommit_read_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions over ``engine`` (a PostgreSQL engine of its own) whose connections are put in autocommit
+    once, when they are opened: a GET then costs no BEGIN/ROLLBACK and no isolation switch per request."""
+    event.listen(engine, "connect", _set_autocommit)
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+def _set_autocommit(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.autocommit = True
 
 
 def services() -> Services:
