@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,7 +32,7 @@ from shared.job_store import (
     taken_slugs,
     update_job,
 )
-from shared.job_versions import insert_versions, version_record
+from shared.job_versions import VERSIONS, insert_versions, version_record
 from shared.models import JobDependency, Run
 from shared.runstate import ACTIVE, Effects, RunStatus, transition
 from shared.signing import is_masked_value, mask_secret
@@ -69,7 +70,11 @@ def _insert_new_jobs(session: Session, principal: Principal, configs: Sequence[M
         versions.append(version_record(version_id=version_id, job_id=job_id, version=1, config=config,
                                        actor=principal.actor, now=now))
     try:
-        insert_jobs(session, records)
+        if len(records) == 1 and session.get_bind().dialect.name == "postgresql":
+            _insert_job_with_version(session, records[0], versions[0])
+            versions = []  # written by the same statement
+        else:
+            insert_jobs(session, records)
     except IntegrityError:
         if len(configs) == 1:
             raise slug_conflict(configs[0]["slug"]) from None
@@ -78,6 +83,24 @@ def _insert_new_jobs(session: Session, principal: Principal, configs: Sequence[M
     for record in records:
         log.info("job created", extra={"job_id": record["id"], "project_id": record["project_id"]})
     return records
+
+
+@lru_cache(maxsize=8)
+def _job_with_version_statement(job_columns: tuple[str, ...]) -> sa.Insert:
+    """``WITH new_job AS (INSERT INTO jobs … RETURNING id) INSERT INTO job_versions … SELECT … FROM new_job``:
+    a job and its version 1 in one round trip. Built once per column set, then only bound."""
+    values = {name: sa.bindparam(f"j_{name}", type_=JOBS.c[name].type) for name in job_columns}
+    new_job = sa.insert(JOBS).values(values).returning(JOBS.c.id).cte("new_job")
+    columns = ["id", "job_id", "version", "config", "created_by", "created_at"]
+    source = sa.select(*[new_job.c.id if name == "job_id" else sa.bindparam(f"v_{name}", type_=VERSIONS.c[name].type)
+                         for name in columns])
+    return sa.insert(VERSIONS).from_select(columns, source)
+
+
+def _insert_job_with_version(session: Session, record: Mapping[str, Any], version: Mapping[str, Any]) -> None:
+    params = {f"j_{name}": value for name, value in record.items()}
+    params.update({f"v_{name}": value for name, value in version.items() if name != "job_id"})
+    session.execute(_job_with_version_statement(tuple(record)), params)
 
 
 def create_job(session: Session, principal: Principal, body: Mapping[str, Any], *, now: datetime,
