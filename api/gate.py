@@ -21,6 +21,7 @@ MAX_BODY_BYTES = 1 << 20
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = {"POST", "PATCH", "PUT"}
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_NUL_ESCAPE = b"\\u0000"
 
 
 class PayloadTooLarge(SluiceError):
@@ -103,10 +104,13 @@ def _read_body(view: Any) -> None:
         raise UnsupportedMediaType()
     try:
         g.body = json.loads(raw)
-        bad = _find_nul(g.body, "")
+        # UTF-8 JSON can only carry NUL as the escape \u0000 (a raw control byte is a syntax error), so the
+        # walk runs only for bodies holding that sequence, or any 0x00 byte (UTF-16/32, which json accepts).
+        wide = b"\x00" in raw
+        bad = _find_nul(g.body, "") if wide or _NUL_ESCAPE in raw else None
         # A lone surrogate can only arrive as a \uD800-\uDFFF escape (raw surrogate bytes are not UTF-8);
         # it cannot be stored or re-encoded, so refuse it like NUL. The byte scan keeps the walk rare.
-        lone = _find_nul(g.body, "", _has_lone_surrogate) if _SURROGATE_ESCAPE.search(raw) else None
+        lone = _find_nul(g.body, "", _has_lone_surrogate) if wide or _SURROGATE_ESCAPE.search(raw) else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("Malformed JSON body") from exc
     except RecursionError:  # a body nested deeper than the interpreter's stack allows

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
@@ -24,7 +24,7 @@ from shared.apikeys import KEY_FIELDS, KEYS
 from shared.dependencies import edges_of, evaluate_many
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.ids import canonical_uuid
-from shared.job_store import job_match, usable_ref
+from shared.job_store import JOBS, job_match, usable_ref
 from shared.locks import lock_key
 from shared.models import Job, JobDependency, Run
 from shared.payloads import canonical_payload, payload_hash, payload_size_error, schema_errors
@@ -165,9 +165,10 @@ def _job_with_edges_query(by_id: bool) -> sa.Select[tuple[Job, bool]]:
 
 
 def _key_and_job_query(by_id: bool) -> sa.Select[Any]:
-    has_edges = sa.exists().where(JobDependency.job_id == Job.id).label("has_edges")
+    """Core, not ORM: loading a ``Job`` entity costs more CPU than the statement's round trip."""
+    has_edges = sa.exists().where(JobDependency.job_id == JOBS.c.id).label("has_edges")
     match = job_match(by_id, KEYS.c.project_id).correlate(KEYS)
-    return (sa.select(*KEY_FIELDS, Job, has_edges).select_from(KEYS).outerjoin(Job, Job.id == match)
+    return (sa.select(*KEY_FIELDS, JOBS, has_edges).select_from(KEYS.outerjoin(JOBS, JOBS.c.id == match))
             .where(KEYS.c.key_hash == sa.bindparam("digest")))
 
 
@@ -194,19 +195,22 @@ def find_trigger_job(session: Session, project_id: str, ref: str) -> tuple[Job, 
 
 def find_key_and_trigger_job(session: Session, digest: str, ref: str) -> Row[Any] | None:
     """Authentication and ``find_trigger_job`` in one round trip: the key with this digest (columns
-    ``shared.apikeys.KEY_FIELDS``), the ``Job`` that ``ref`` names in the key's project (``None`` if none)
-    and ``has_edges``. ``None`` = unknown key."""
+    ``shared.apikeys.KEY_FIELDS``), every column of the job that ``ref`` names in the key's project (all
+    NULL if none) and ``has_edges``. ``None`` = unknown key."""
     params = _ref_params(ref)
     params["digest"] = digest
     return session.execute(_KEY_AND_JOB[params["as_id"] is not None], params).first()
 
 
 def trigger_job_of(row: Row[Any]) -> tuple[Job, bool]:
-    """The job and ``has_edges`` of a ``find_key_and_trigger_job`` row; 404 if the project has no such job."""
-    job = row.Job
-    if job is None:
+    """The job and ``has_edges`` of a ``find_key_and_trigger_job`` row; 404 if the project has no such job.
+
+    The job is the row itself: a Core row of every ``jobs`` column reads exactly like a detached ``Job``
+    (attribute per column), which is all the trigger pipeline does with it (read, never flush).
+    """
+    if row.id is None:
         raise NotFound("job not found")
-    return job, bool(row.has_edges)
+    return cast(Job, row), bool(row.has_edges)
 
 
 def trigger_run(session: Session, job: Job, body: dict[str, Any], *, actor: str, now: datetime,
