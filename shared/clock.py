@@ -17,9 +17,10 @@ def format_ts(value: datetime | None) -> str | None:
     """RFC 3339, UTC, ``Z``, exactly six fractional digits."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not UTC:  # values read from the database are already UTC: skip the conversion
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    # isoformat is about twice as fast as strftime (every list page formats ~100 timestamps).
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_ts(text: str) -> datetime:
