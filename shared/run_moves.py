@@ -18,12 +18,14 @@ reads the live job's ``webhook_url`` and whether any job depends on it, so the t
 run only when there is something to do — read in the same transaction as the outcome, never cached.
 
 Statement text is built once per shape (columns set, number of events, extra WHERE columns) and cached;
-textual SQL skips SQLAlchemy's per-statement cache-key and ORM work, which dominated the worker's CPU.
+textual SQL skips SQLAlchemy's per-statement cache-key and ORM work, which dominated the worker's CPU, and
+where the engine allows it the statement is prepared once per connection (``shared.prepared``).
 PostgreSQL only (data-modifying CTEs): callers keep ``transition`` for other dialects.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +38,7 @@ from sqlalchemy.orm import Session
 from shared.ids import uuid7
 from shared.metrics import observe_run_finished
 from shared.models import Run
+from shared.prepared import HotStatement, execute_hot
 from shared.runstate import TERMINAL, Effects, RunStatus, status_columns
 
 # runs columns stored as JSONB: their values are sent as JSON text and cast.
@@ -84,12 +87,15 @@ def move_run(session: Session, run_id: str, *, from_status: RunStatus, to: RunSt
         params[f"v_{name}"] = json.dumps(value) if _COLUMN_OF.get(name, name) in _JSONB_COLUMNS else value
     for name in conditions:
         params[f"w_{name}"] = (where_equal or {})[name]
+    # uuid7 is random within a millisecond: sorted ids keep the events in write order (created_at, id).
+    event_ids = sorted(uuid7() for _ in all_events)
     for index, (type_, data, text) in enumerate(all_events):
-        params[f"e{index}_id"] = uuid7()
+        params[f"e{index}_id"] = event_ids[index]
         params[f"e{index}_type"] = type_
         params[f"e{index}_message"] = text
         params[f"e{index}_data"] = json.dumps(data)
-    row = session.connection().execute(_statement(columns, conditions, len(all_events), terminal), params).first()
+    statement = _statement(columns, conditions, len(all_events), terminal)
+    row = execute_hot(session.connection(), statement, params).first()
     if row is None:
         return None
     if not terminal:
@@ -120,7 +126,7 @@ def _after_terminal(session: Session, run_id: str, moved: Moved, *, now: datetim
 
 @lru_cache(maxsize=256)
 def _statement(columns: tuple[str, ...], conditions: tuple[str, ...], n_events: int,
-               terminal: bool) -> sa.TextClause:
+               terminal: bool) -> HotStatement:
     def assign(name: str) -> str:
         column = _COLUMN_OF.get(name, name)
         value = f"CAST(:v_{name} AS jsonb)" if column in _JSONB_COLUMNS else f":v_{name}"
@@ -135,9 +141,10 @@ def _statement(columns: tuple[str, ...], conditions: tuple[str, ...], n_events: 
         hooks = (", (SELECT jobs.webhook_url FROM jobs WHERE jobs.id = moved.job_id) AS webhook_url, "
                  "EXISTS (SELECT 1 FROM job_dependencies d WHERE d.depends_on_job_id = moved.job_id) "
                  "AS has_dependents")
-    return sa.text(
+    sql = (
         f"WITH moved AS (UPDATE runs SET {', '.join(assign(c) for c in columns)} "
         f"WHERE {' AND '.join(where)} RETURNING runs.id, runs.status, runs.job_id), "
         f"logged AS (INSERT INTO run_events (id, run_id, type, message, data, created_at) {logged}) "
         f"SELECT moved.status, moved.job_id{hooks} FROM moved"
     )
+    return HotStatement.build(f"sluice_move_{hashlib.sha1(sql.encode()).hexdigest()[:16]}", sql)

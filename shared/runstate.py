@@ -160,6 +160,9 @@ def transition(
         return None
     rows = [event(run_id, "state_change", {"from": old_status, "to": to.value}, now, message)]
     rows += [event(run_id, type_, data, now) for type_, data in (events or [])]
+    # uuid7 is random within a millisecond: sorted ids keep the events in write order (created_at, id).
+    for row, event_id in zip(rows, sorted(row["id"] for row in rows), strict=True):
+        row["id"] = event_id
     insert_events(session, rows)
     if to is RunStatus.QUEUED:
         effects.enqueue.append(run_id)

@@ -41,6 +41,7 @@ from shared.limits import Limits
 from shared.logs import configure_logging
 from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, make_broker
 from shared.metrics import WORKER_METRICS_PORT, expose_process_metrics
+from shared.prepared import enable_prepared_statements
 from worker.actors import declare_dispatch_actor
 from worker.heartbeat import AttemptMonitor
 from worker.runner import Runner
@@ -198,6 +199,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     # one message, which the sweeper re-creates, and SQLAlchemy then recycles the pool.
     engine = make_engine(settings.database_url, pool_size=threads + 2, pre_ping=False)
     steer_claim_plans(engine)
+    enable_prepared_statements(engine)  # the per-attempt statements are planned once per connection
     session_factory = make_session_factory(engine)
     redis_client = redis.Redis.from_url(settings.redis_url)
     limits = Limits(redis_client)

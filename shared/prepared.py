@@ -1,0 +1,82 @@
+"""Server-side prepared statements for the worker's hot statements (PostgreSQL, opt-in per engine).
+
+psycopg2 sends every statement as text, so PostgreSQL parses and plans it on every execution. For the
+worker's per-attempt statements against ``runs`` (14 indexes, a join for the claim) planning costs more
+server CPU than executing (measured: claim 0.13 ms planning vs 0.05 ms executing, warm). A process that
+calls ``enable_prepared_statements(engine)`` gets each hot statement ``PREPARE``d once per connection and
+then ``EXECUTE``d; any other engine (API, tests, SQLite) runs the same statements as plain text.
+
+A prepared statement lives in the database session: the names prepared on a connection are remembered in
+the pool's per-connection ``info`` dict, which SQLAlchemy clears when a connection is replaced. ``PREPARE``
+is not transactional, so a rolled-back transaction keeps it. Not for a transaction-pooling PgBouncer in
+front of the workers (connections there are not sessions); point the workers at PostgreSQL or a
+session-pooling bouncer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, CursorResult, Engine
+
+_INFO_KEY = "sluice_prepared"
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
+
+
+@dataclass(frozen=True)
+class HotStatement:
+    """One statement written with ``:name`` parameters, runnable as text or as a prepared statement."""
+
+    name: str  # unique per statement text: the prepared statement's name
+    text: sa.TextClause
+    positional_sql: str  # the same SQL with $1..$n
+    order: tuple[str, ...]  # parameter names in $n order
+
+    @classmethod
+    def build(cls, name: str, sql: str) -> HotStatement:
+        order: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match.group(1) not in order:
+                order.append(match.group(1))
+            return f"${order.index(match.group(1)) + 1}"
+
+        return cls(name, sa.text(sql), _PARAM.sub(number, sql), tuple(order))
+
+
+def enable_prepared_statements(engine: Engine) -> None:
+    """Make ``execute_hot`` prepare statements on this engine's connections (PostgreSQL only)."""
+    if engine.dialect.name != "postgresql":
+        return
+
+    def on_connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_INFO_KEY] = set()
+
+    sa.event.listen(engine, "connect", on_connect)
+
+
+def prepare_once(connection: Connection, statement: HotStatement) -> bool:
+    """Prepare ``statement`` on this connection unless it already is; ``False`` where not enabled (then
+    run the plain text). For callers that ``EXECUTE`` it themselves (e.g. through an ORM ``from_statement``)."""
+    prepared: set[str] | None = connection.info.get(_INFO_KEY)
+    if prepared is None:
+        return False
+    if statement.name not in prepared:
+        connection.exec_driver_sql(f"PREPARE {statement.name} AS {statement.positional_sql}")
+        prepared.add(statement.name)
+    return True
+
+
+def execute_hot(connection: Connection, statement: HotStatement, params: dict[str, Any]) -> CursorResult[Any]:
+    """Run ``statement``: ``EXECUTE`` of its prepared form where enabled (preparing it on first use on this
+    connection), else the plain text."""
+    if not prepare_once(connection, statement):
+        return connection.execute(statement.text, params)
+    if not statement.order:
+        return connection.exec_driver_sql(f"EXECUTE {statement.name}")
+    placeholders = ", ".join(["%s"] * len(statement.order))
+    return connection.exec_driver_sql(f"EXECUTE {statement.name}({placeholders})",
+                                      tuple(params[key] for key in statement.order))

@@ -1,0 +1,88 @@
+"""The worker's hot path on prepared statements (shared.prepared), as `sluice worker` runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis as redis_lib
+import sqlalchemy as sa
+from pytest_httpserver import HTTPServer
+from sqlalchemy.engine import Engine
+
+from shared.attempts import AttemptEnd, RetryPolicy, finish_attempt
+from shared.clock import utcnow
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory
+from shared.models import RunEvent, WebhookDelivery
+from shared.prepared import enable_prepared_statements
+from shared.retries import SUCCESS, Outcome
+from shared.runstate import Effects
+from tests.integration.runner_harness import Harness, make_harness
+from worker.main import steer_claim_plans
+
+
+@pytest.fixture(name="prepared_harness")
+def prepared_harness_fixture(settings: Settings, db_engine: Engine,
+                             redis_client: redis_lib.Redis) -> Iterator[Harness]:
+    engine = make_engine(db_engine.url.render_as_string(hide_password=False), pool_size=2, pre_ping=False)
+    steer_claim_plans(engine)
+    enable_prepared_statements(engine)
+    harness = make_harness(settings, make_session_factory(engine), redis_client)
+    harness.monitor.start()
+    try:
+        yield harness
+    finally:
+        harness.monitor.stop()
+        engine.dispose()
+
+
+def _prepared_names(harness: Harness) -> set[str]:
+    with harness.session_factory() as s:
+        return set(s.execute(sa.text("SELECT name FROM pg_prepared_statements")).scalars())
+
+
+def test_attempts_run_on_prepared_statements(prepared_harness: Harness, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/ok").respond_with_json({"ok": True})
+    httpserver.expect_request("/hook").respond_with_data("")
+    job = prepared_harness.job(endpoint_url=httpserver.url_for("/ok"), webhook_url=httpserver.url_for("/hook"))
+    runs = [prepared_harness.run(job) for _ in range(3)]
+    for run in runs:
+        assert prepared_harness.handle(run.id).action == "completed"
+    assert prepared_harness.handle(runs[0].id).action == "idle"
+    for run in runs:
+        got = prepared_harness.get(run.id)
+        assert (got.status, got.attempt, got.result) == ("completed", 1, {"ok": True})
+        types = [e.type for e in prepared_harness.events(run.id)]
+        assert types == ["state_change", "attempt_started", "state_change", "attempt_finished"]
+    with prepared_harness.session_factory() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(WebhookDelivery)) == 3
+        changes = s.execute(sa.select(RunEvent.data).where(RunEvent.type == "state_change",
+                                                           RunEvent.run_id == runs[0].id)).scalars().all()
+    assert sorted(c["to"] for c in changes) == ["completed", "executing"]
+    assert "sluice_claim" in _prepared_names(prepared_harness)  # the pool keeps the worker's connections
+
+
+def test_retry_is_scheduled_with_prepared_statements(prepared_harness: Harness, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/fail").respond_with_data("no", status=503)
+    job = prepared_harness.job(endpoint_url=httpserver.url_for("/fail"), max_attempts=3)
+    run = prepared_harness.run(job)
+    assert prepared_harness.handle(run.id).action == "delayed"
+    got = prepared_harness.get(run.id)
+    assert (got.status, got.attempt, got.error_class) == ("delayed", 1, "server")
+    assert got.next_retry_at is not None and got.due_at == got.next_retry_at
+    assert [e.type for e in prepared_harness.events(run.id)][-1] == "retry_scheduled"
+
+
+def test_late_outcome_writes_nothing(prepared_harness: Harness) -> None:
+    """The move's events select FROM the UPDATE: an outcome for a superseded attempt leaves no trace."""
+    run = prepared_harness.run(prepared_harness.job())
+    prepared_harness.update_run(run.id, status="executing", attempt=2)
+    with prepared_harness.session_factory() as s:
+        end = AttemptEnd(attempt=1, outcome=Outcome(SUCCESS, None, None, http_status=200))
+        assert finish_attempt(s, run.id, end, policy=RetryPolicy(3, "exponential", ()), now=utcnow(),
+                              effects=Effects()) is None
+        s.commit()
+    got = prepared_harness.get(run.id)
+    assert (got.status, got.attempt, got.finished_at) == ("executing", 2, None)
+    assert prepared_harness.events(run.id) == []
