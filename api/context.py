@@ -49,19 +49,50 @@ def services() -> Services:
     return current_app.extensions["sluice"]  # type: ignore[no-any-return]
 
 
+def autocommit_first(view: Any) -> Any:
+    """Mark a write view whose session starts in autocommit (like a GET's) because its common path is one
+    atomic statement: no BEGIN/COMMIT round trips. Steps that need a transaction (advisory locks, several
+    writes) call ``transactional_session()`` first. Put it under the route decorator."""
+    view.autocommit_first = True
+    return view
+
+
+def _starts_in_autocommit(svc: Services) -> bool:
+    if svc.read_session_factory is None:
+        return False
+    if request.method in ("GET", "HEAD"):
+        return True
+    view = current_app.view_functions.get(request.endpoint or "")
+    return bool(getattr(view, "autocommit_first", False))
+
+
 def get_session() -> Session:
     """The request's session, opened on first use and closed at teardown."""
     session = g.get("db_session")
     if session is None:
         svc = services()
-        reading = request.method in ("GET", "HEAD") and svc.read_session_factory is not None
-        session = (svc.read_session_factory if reading else svc.session_factory)()  # type: ignore[misc]
+        autocommit = _starts_in_autocommit(svc)
+        session = (svc.read_session_factory if autocommit else svc.session_factory)()  # type: ignore[misc]
         g.db_session = session
+        g.db_session_autocommit = autocommit
     return session
 
 
+def transactional_session() -> Session:
+    """The request's session inside a transaction: ``get_session()`` unless that one is in autocommit, in
+    which case a transactional session replaces it for the rest of the request (both close at teardown)."""
+    session = get_session()
+    if not g.get("db_session_autocommit"):
+        return session
+    g.db_session_idle = session  # whatever it wrote is already committed
+    g.db_session = services().session_factory()
+    g.db_session_autocommit = False
+    return g.db_session  # type: ignore[no-any-return]
+
+
 def close_session(_exc: BaseException | None = None) -> None:
-    session = g.pop("db_session", None)
-    if session is not None:
-        session.rollback()
-        session.close()
+    for name in ("db_session", "db_session_idle"):
+        session = g.pop(name, None)
+        if session is not None:
+            session.rollback()
+            session.close()

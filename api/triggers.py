@@ -9,7 +9,7 @@ from flask import Response, request
 from flask_smorest import Blueprint
 
 from api.auth import authenticated_with, current_principal, prefetched_row, requires_scope
-from api.context import get_session, services
+from api.context import autocommit_first, get_session, services, transactional_session
 from api.gate import optional_body
 from api.pagination import json_response
 from api.run_render import render_trigger
@@ -30,6 +30,7 @@ from shared.triggering import (
     ensure_enabled,
     find_key_and_trigger_job,
     idempotency_key_error,
+    needs_transaction,
     trigger_job_of,
     trigger_run,
 )
@@ -53,6 +54,7 @@ def _header_key() -> str | None:
 
 @blp.route("/jobs/<job>/trigger", methods=["POST"])
 @optional_body
+@autocommit_first
 @requires_scope("jobs:trigger")
 @authenticated_with(find_key_and_trigger_job)
 @blp.arguments(TriggerSchema())
@@ -61,9 +63,10 @@ def trigger_view(body: dict[str, Any], job: str) -> Response:
     header_key = _header_key()
     if header_key is not None:
         body["idempotency_key"] = header_key
-    session = get_session()
     principal = current_principal()
     found, has_edges = trigger_job_of(prefetched_row())  # read with the API key (api.auth)
+    # The common trigger is one atomic INSERT: it runs in autocommit (@autocommit_first) unless locks are needed.
+    session = transactional_session() if needs_transaction(found, body, has_edges) else get_session()
     effects = Effects()
     outcome = trigger_run(session, found, body, actor=principal.actor, now=utcnow(), effects=effects,
                           has_edges=has_edges)

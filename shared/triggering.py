@@ -213,6 +213,13 @@ def trigger_job_of(row: Row[Any]) -> tuple[Job, bool]:
     return cast(Job, row), bool(row.has_edges)
 
 
+def needs_transaction(job: Job, body: dict[str, Any], has_edges: bool) -> bool:
+    """Whether ``trigger_run`` may take advisory locks (idempotency key, dedup window, dependency edges)
+    and so must run inside a transaction. Otherwise its only write is one atomic INSERT (run + creation
+    event, ``shared.run_creation.insert_run_rows``), which autocommit runs without BEGIN/COMMIT."""
+    return bool(has_edges or body.get("idempotency_key") or job.dedup_window_secs)
+
+
 def trigger_run(session: Session, job: Job, body: dict[str, Any], *, actor: str, now: datetime,
                 effects: Effects, has_edges: bool | None = None) -> TriggerOutcome:
     """Run §4.2 steps 3–10 (before the commit) for one request; ``body`` is schema-validated and carries
