@@ -13,7 +13,7 @@ from flask_smorest import Blueprint
 from werkzeug.routing import BaseConverter
 
 from api.auth import authenticated_with, check_project, current_principal, prefetched_row, requires_scope
-from api.context import get_session, services
+from api.context import autocommit_first, get_session, services
 from api.job_render import render_job
 from api.pagination import clamp_limit, decode_time_cursor, encode_cursor, json_response, paged_response
 from api.schemas.jobs import (
@@ -68,11 +68,12 @@ def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_
 
 
 @blp.route("/jobs", methods=["POST"])
+@autocommit_first
 @requires_scope("jobs:write")
 @blp.arguments(JobCreateSchema())
 @blp.response(201, JobSchema)
 def create_job_view(body: dict[str, Any]) -> Response:
-    """Create a job (§3.2)."""
+    """Create a job (§3.2). Autocommit: on PostgreSQL the job and its version are one statement."""
     session = get_session()
     job = create_job(session, current_principal(), body, now=utcnow(),
                      allow_private=services().settings.allow_private_endpoints)

@@ -105,7 +105,8 @@ def _insert_job_with_version(session: Session, record: Mapping[str, Any], versio
 
 def create_job(session: Session, principal: Principal, body: Mapping[str, Any], *, now: datetime,
                allow_private: bool) -> dict[str, Any]:
-    """§3.2: the new job's record (version 1 stored alongside)."""
+    """§3.2: the new job's record (version 1 stored alongside). On PostgreSQL its only write is one
+    statement, so the API may run it in autocommit (``api.jobs``): keep it that way."""
     check_project_id(body.get("project_id"), principal)
     config = config_for_create(body)
     check_config(config, allow_private=allow_private)
