@@ -35,6 +35,7 @@ from shared.run_creation import (
     initial_status,
     job_ttl,
     row_to_run,
+    row_view,
 )
 from shared.runstate import ACTIVE, Effects
 
@@ -244,5 +245,5 @@ def trigger_run(session: Session, job: Job, body: dict[str, Any], *, actor: str,
         if dup is not None:
             return TriggerOutcome(dup, created=False)
     row = create_runs(session, job, [inputs], now=now, effects=effects, has_edges=has_edges)[0]
-    return TriggerOutcome(row_to_run(row), created=True)
+    return TriggerOutcome(row_view(row), created=True)  # rendered, never flushed
 
