@@ -4,6 +4,7 @@ Starts the API under gunicorn (2 workers × 8 threads, gthread) against a dedica
 seeds 10,000 jobs in one project, then drives each operation for ``--secs`` seconds and prints a table.
 
     .venv/bin/python bench/jobs_api.py --secs 5
+    .venv/bin/python bench/jobs_api.py --in-process 3000   # CPU per request, no server
 
 Targets (issue "Control plane"): get ≥ 1,500 req/s, list ≥ 500 req/s with p99 ≤ 60 ms, create ≥ 600 req/s.
 The client is deliberately cheap (one ``http.client`` keep-alive connection per thread, pre-encoded
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -182,6 +184,41 @@ def drive(port: int, headers: dict[str, str], make_request: Callable[[random.Ran
     return stats
 
 
+def cpu_per_request(url: str, redis_url: str, headers: dict[str, str], ids: list[str], ops: list[str],
+                    requests: int) -> None:
+    """In-process CPU per request of each operation (Flask test client, no server, no load generator):
+    robust to a noisy machine, unlike req/s. The test client's own overhead (~0.15 ms) is included."""
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sluice-bench-metrics-"))
+    from api.app import create_app
+    from shared.config import Settings
+
+    settings = Settings.from_env({"DATABASE_URL": url, "REDIS_URL": redis_url, "SLUICE_LOG_LEVEL": "WARNING",
+                                  "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true"})
+    client = create_app(settings).test_client()
+    rng = random.Random(7)
+    calls: dict[str, Callable[[int], Any]] = {
+        "get": lambda seq: client.get(f"/v1/jobs/{ids[rng.randrange(len(ids))]}", headers=headers),
+        "list": lambda seq: client.get("/v1/jobs?limit=50", headers=headers),
+        "create": lambda seq: client.post("/v1/jobs", headers=headers, data=json.dumps(
+            {"name": f"CPU {seq}", "slug": f"cpu-{seq}", "endpoint_url": ENDPOINT, "cron": "0 * * * *",
+             "tags": {"team": "bench"}})),
+        "patch": lambda seq: client.patch(f"/v1/jobs/{ids[rng.randrange(len(ids))]}", headers=headers,
+                                          data=json.dumps({"description": f"cpu {seq}"})),
+    }
+    print(f"\nIn-process CPU per request ({requests} requests each, after {requests // 10} warm-up):")
+    seq = 0
+    for name in ops:
+        for timed in (False, True):
+            began = time.process_time()
+            count = requests if timed else requests // 10
+            for _ in range(count):
+                seq += 1
+                response = calls[name](seq)
+                if response.status_code >= 300:
+                    raise SystemExit(f"{name}: HTTP {response.status_code} {response.data[:200]!r}")
+        print(f"  {name:<7} {(time.process_time() - began) / requests * 1000:.3f} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--secs", type=float, default=20.0, help="seconds per operation (default 20)")
@@ -194,10 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-name", default="sluice_bench_jobs")
     parser.add_argument("--redis-url", default=os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     parser.add_argument("--ops", default="get,list,create,patch")
+    parser.add_argument("--in-process", type=int, default=0, metavar="N",
+                        help="instead of the server, measure CPU per request in-process over N requests per op")
     args = parser.parse_args(argv)
 
     url = prepare_database(args.pg_admin_url, args.db_name)
     key, ids = seed(url, args.jobs)
+    if args.in_process:
+        cpu_per_request(url, args.redis_url, {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                        ids, args.ops.split(","), args.in_process)
+        return 0
     port = free_port()
     server = start_server(url, args.redis_url, port, args.workers, args.threads)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Connection": "keep-alive"}

@@ -12,6 +12,7 @@ Runs, events and queued messages are wiped before every measurement so each star
 The table shows the median of the rounds and the ratio Sluice / reference.
 
     .venv/bin/python bench/trigger.py --secs 20 --rounds 3
+    .venv/bin/python bench/trigger.py --in-process 5000   # CPU per request, Sluice vs reference
 
 Targets (issue "Triggering and the runs API"): single ≥ 1,000 req/s and ≥ 0.8 × reference with p99 ≤ 60 ms;
 bulk ≥ 10,000 runs/s. The client (one keep-alive ``http.client`` connection per thread, pre-encoded
@@ -209,6 +210,36 @@ def bulk_body(seq: int) -> bytes:
     return json.dumps({"items": items}, separators=(",", ":")).encode()
 
 
+def cpu_per_request(url: str, redis_url: str, headers: dict[str, str], requests: int, chunks: int = 10) -> None:
+    """In-process CPU per single trigger (Flask test client, no server, no load generator): Sluice and the
+    reference alternate in ``chunks`` chunks and the medians are printed. Robust to a noisy machine,
+    unlike req/s; the test client's own overhead (~0.15 ms) is in both numbers."""
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sluice-bench-metrics-"))
+    from api.app import create_app
+    from shared.config import Settings
+
+    settings = Settings.from_env({"DATABASE_URL": url, "REDIS_URL": redis_url, "SLUICE_LOG_LEVEL": "WARNING",
+                                  "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true"})
+    os.environ.update(REF_DATABASE_URL=url, REF_REDIS_URL=redis_url)
+    from bench.reference_app import create_app as create_reference
+
+    clients = {"sluice": create_app(settings).test_client(), "reference": create_reference().test_client()}
+    samples: dict[str, list[float]] = {name: [] for name in clients}
+    per_chunk = max(requests // chunks, 1)
+    for chunk in range(chunks + 1):  # chunk 0 warms up and is discarded
+        for name, client in clients.items():
+            began = time.process_time()
+            for seq in range(per_chunk):
+                response = client.post(f"/v1/jobs/{SLUG}/trigger", data=single_body(seq), headers=headers)
+                if response.status_code != 201:
+                    raise SystemExit(f"{name}: HTTP {response.status_code} {response.data[:200]!r}")
+            if chunk:
+                samples[name].append((time.process_time() - began) / per_chunk * 1000)
+    sluice, reference = statistics.median(samples["sluice"]), statistics.median(samples["reference"])
+    print(f"\nIn-process CPU per single trigger (median of {chunks} chunks of {per_chunk}): sluice {sluice:.3f} ms, "
+          f"reference {reference:.3f} ms, reference/sluice {reference / sluice:.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--secs", type=float, default=20.0, help="seconds per measurement (default 20)")
@@ -222,11 +253,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-name", default="sluice_bench_trigger")
     parser.add_argument("--redis-url", default=os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
     parser.add_argument("--only", choices=["single", "bulk"], default=None)
+    parser.add_argument("--in-process", type=int, default=0, metavar="N",
+                        help="instead of the servers, measure CPU per single trigger in-process over N requests")
     args = parser.parse_args(argv)
 
     url = prepare_database(args.pg_admin_url, args.db_name)
     key = seed(url)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if args.in_process:
+        cpu_per_request(url, args.redis_url, headers, args.in_process)
+        return 0
     base_env = dict(os.environ, SLUICE_ALLOW_PRIVATE_ENDPOINTS="true", SLUICE_LOG_LEVEL="WARNING",
                     SLUICE_WORKER_THREADS=str(args.threads), _BENCH_HEADERS_JSON=json.dumps(headers),
                     PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(prefix="sluice-bench-metrics-"))
