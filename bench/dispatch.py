@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-poll-ms", type=int, default=10)
     parser.add_argument("--pg-admin-url", default=os.environ.get(
         "SLUICE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    parser.add_argument("--db-name", default="sluice_bench")
+    parser.add_argument("--db-name", default="sluice_bench_dispatch")
     parser.add_argument("--redis-url", default=os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
     parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args(argv)
