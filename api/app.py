@@ -16,6 +16,7 @@ from api.errors import ErrorSchema, handle_http_exception, register_error_handle
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.messages import make_broker
+from shared.prepared import enable_prepared_statements
 
 
 class _BodyParser(FlaskParser):
@@ -62,7 +63,10 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
         engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
         reads = None
         if engine.dialect.name == "postgresql":  # GETs get a pool of connections that stay in autocommit
-            reads = autocommit_read_factory(make_engine(settings.database_url, pool_size=pool, pre_ping=False))
+            read_engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
+            reads = autocommit_read_factory(read_engine)
+            enable_prepared_statements(read_engine)  # the trigger's key + job lookup (shared.triggering)
+        enable_prepared_statements(engine)
         client = redis.Redis.from_url(settings.redis_url)
         services = Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),
                             redis=client, broker=make_broker(settings), read_session_factory=reads)

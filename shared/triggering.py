@@ -20,14 +20,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from shared.apikeys import KEY_FIELDS, KEYS
 from shared.dependencies import edges_of, evaluate_many
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.ids import canonical_uuid
-from shared.job_store import JOBS, job_match, usable_ref
+from shared.job_store import JOBS, usable_ref
 from shared.locks import lock_key
 from shared.models import Job, JobDependency, Run
 from shared.payloads import canonical_payload, payload_hash, payload_size_error, schema_errors
+from shared.prepared import HotStatement, execute_hot
 from shared.run_creation import (
     RunInputs,
     build_run_row,
@@ -165,17 +165,25 @@ def _job_with_edges_query(by_id: bool) -> sa.Select[tuple[Job, bool]]:
             .order_by(sa.case((Job.id == as_id, 0), else_=1)).limit(1))
 
 
-def _key_and_job_query(by_id: bool) -> sa.Select[Any]:
-    """Core, not ORM: loading a ``Job`` entity costs more CPU than the statement's round trip."""
-    has_edges = sa.exists().where(JobDependency.job_id == JOBS.c.id).label("has_edges")
-    match = job_match(by_id, KEYS.c.project_id).correlate(KEYS)
-    return (sa.select(*KEY_FIELDS, JOBS, has_edges).select_from(KEYS.outerjoin(JOBS, JOBS.c.id == match))
-            .where(KEYS.c.key_hash == sa.bindparam("digest")))
+def _key_and_job_statement(by_id: bool) -> HotStatement:
+    """Written as SQL text so that it can be a server-side prepared statement (``shared.prepared``):
+    PostgreSQL plans it in ~0.13 ms and runs it in ~0.035 ms, and it runs on every trigger. The columns
+    are listed (no ``j.*``) so that a migration adding a column does not change a prepared plan's result
+    type. Results are driver values: JSONB decoded by psycopg2, timestamps aware."""
+    match = "(m.id = :as_id OR m.slug = :ref)" if by_id else "m.slug = :ref"
+    order = " ORDER BY CASE WHEN m.id = :as_id THEN 0 ELSE 1 END" if by_id else ""
+    sql = ("SELECT k.id AS key_id, k.project_id AS key_project_id, k.scopes AS key_scopes, "
+           "k.revoked_at AS key_revoked_at, k.last_used_at AS key_last_used_at, "
+           + ", ".join(f"j.{column.name}" for column in JOBS.c)
+           + ", EXISTS (SELECT 1 FROM job_dependencies d WHERE d.job_id = j.id) AS has_edges "
+           "FROM api_keys k LEFT JOIN jobs j ON j.id = (SELECT m.id FROM jobs m WHERE m.project_id = "
+           f"k.project_id AND {match}{order} LIMIT 1) WHERE k.key_hash = :digest")
+    return HotStatement.build(f"sluice_trigger_key_job_{'id' if by_id else 'slug'}", sql)
 
 
 # Built once (compiled once, then only bound): these lookups run on every trigger.
 _JOB_BY_SLUG, _JOB_BY_ID_OR_SLUG = _job_with_edges_query(False), _job_with_edges_query(True)
-_KEY_AND_JOB = {by_id: _key_and_job_query(by_id) for by_id in (False, True)}
+_KEY_AND_JOB = {by_id: _key_and_job_statement(by_id) for by_id in (False, True)}
 
 
 def _ref_params(ref: str) -> dict[str, Any]:
@@ -200,7 +208,8 @@ def find_key_and_trigger_job(session: Session, digest: str, ref: str) -> Row[Any
     NULL if none) and ``has_edges``. ``None`` = unknown key."""
     params = _ref_params(ref)
     params["digest"] = digest
-    return session.execute(_KEY_AND_JOB[params["as_id"] is not None], params).first()
+    statement = _KEY_AND_JOB[params["as_id"] is not None]
+    return execute_hot(session.connection(), statement, params).first()
 
 
 def trigger_job_of(row: Row[Any]) -> tuple[Job, bool]:

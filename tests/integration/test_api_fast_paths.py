@@ -74,3 +74,29 @@ def test_nul_and_surrogates_are_refused_in_every_encoding(client, auth) -> None:
     response = client.post(path, data=b'{"payload": {"a": "\\ud800"}}', headers=headers)
     assert response.status_code == 422
     assert client.post(path, data=b'{"payload": {"a": "\\\\u0000"}}', headers=headers).status_code == 201
+
+
+def test_production_app_triggers_through_prepared_statements(settings, session_factory) -> None:  # type: ignore[no-untyped-def]
+    """``create_app`` without injected services: its engines prepare the trigger's key + job lookup."""
+    from api.app import create_app
+
+    app = create_app(settings)
+    services = app.extensions["sluice"]
+    try:
+        client = app.test_client()
+        auth = {"Authorization": f"Bearer {make_key(session_factory)}"}
+        job = _create(client, auth)
+        for ref in (job["id"], "fast", job["id"], "fast"):  # the second of each EXECUTEs the prepared plan
+            response = client.post(f"/v1/jobs/{ref}/trigger", json={"payload": {"n": 1}}, headers=auth)
+            assert response.status_code == 201, response.get_json()
+            assert response.get_json()["job_id"] == job["id"]
+        assert client.post("/v1/jobs/nope/trigger", headers=auth).status_code == 404
+        other = {"Authorization": f"Bearer {make_key(session_factory, 'proj-b')}"}
+        assert client.post("/v1/jobs/fast/trigger", headers=other).status_code == 404
+        keyed = client.post("/v1/jobs/fast/trigger", json={}, headers={**auth, "Idempotency-Key": "k1"})
+        again = client.post("/v1/jobs/fast/trigger", json={}, headers={**auth, "Idempotency-Key": "k1"})
+        assert (keyed.status_code, again.status_code) == (201, 200)
+        assert again.get_json()["idempotency_hit"] is True
+    finally:
+        services.engine.dispose()
+        services.read_session_factory.kw["bind"].dispose()
