@@ -22,8 +22,7 @@ from sqlalchemy.orm import Session
 
 from shared.dependencies import edges_of, evaluate_many
 from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.ids import canonical_uuid
-from shared.job_store import JOBS, usable_ref
+from shared.job_store import key_and_job_sql, ref_params
 from shared.locks import lock_key
 from shared.models import Job, JobDependency, Run
 from shared.payloads import canonical_payload, payload_hash, payload_size_error, schema_errors
@@ -166,19 +165,11 @@ def _job_with_edges_query(by_id: bool) -> sa.Select[tuple[Job, bool]]:
 
 
 def _key_and_job_statement(by_id: bool) -> HotStatement:
-    """Written as SQL text so that it can be a server-side prepared statement (``shared.prepared``):
-    PostgreSQL plans it in ~0.13 ms and runs it in ~0.035 ms, and it runs on every trigger. The columns
-    are listed (no ``j.*``) so that a migration adding a column does not change a prepared plan's result
-    type. Results are driver values: JSONB decoded by psycopg2, timestamps aware."""
-    match = "(m.id = :as_id OR m.slug = :ref)" if by_id else "m.slug = :ref"
-    order = " ORDER BY CASE WHEN m.id = :as_id THEN 0 ELSE 1 END" if by_id else ""
-    sql = ("SELECT k.id AS key_id, k.project_id AS key_project_id, k.scopes AS key_scopes, "
-           "k.revoked_at AS key_revoked_at, k.last_used_at AS key_last_used_at, "
-           + ", ".join(f"j.{column.name}" for column in JOBS.c)
-           + ", EXISTS (SELECT 1 FROM job_dependencies d WHERE d.job_id = j.id) AS has_edges "
-           "FROM api_keys k LEFT JOIN jobs j ON j.id = (SELECT m.id FROM jobs m WHERE m.project_id = "
-           f"k.project_id AND {match}{order} LIMIT 1) WHERE k.key_hash = :digest")
-    return HotStatement.build(f"sluice_trigger_key_job_{'id' if by_id else 'slug'}", sql)
+    """``shared.job_store.key_and_job_sql`` plus ``has_edges``, as a prepared statement: it runs on every
+    trigger. Results are driver values (JSONB decoded by psycopg2, timestamps aware)."""
+    has_edges = ", EXISTS (SELECT 1 FROM job_dependencies d WHERE d.job_id = j.id) AS has_edges"
+    return HotStatement.build(f"sluice_trigger_key_job_{'id' if by_id else 'slug'}",
+                              key_and_job_sql(by_id, has_edges))
 
 
 # Built once (compiled once, then only bound): these lookups run on every trigger.
@@ -186,15 +177,10 @@ _JOB_BY_SLUG, _JOB_BY_ID_OR_SLUG = _job_with_edges_query(False), _job_with_edges
 _KEY_AND_JOB = {by_id: _key_and_job_statement(by_id) for by_id in (False, True)}
 
 
-def _ref_params(ref: str) -> dict[str, Any]:
-    usable = usable_ref(ref)
-    return {"ref": usable, "as_id": canonical_uuid(usable) if usable is not None else None}
-
-
 def find_trigger_job(session: Session, project_id: str, ref: str) -> tuple[Job, bool]:
     """The job named by ``ref`` (id first, then slug; §1.2) and whether it has dependency edges, in one
     query (the trigger hot path); 404 if none."""
-    params = _ref_params(ref)
+    params = ref_params(ref)
     params["project_id"] = project_id
     row = session.execute(_JOB_BY_SLUG if params["as_id"] is None else _JOB_BY_ID_OR_SLUG, params).first()
     if row is None:
@@ -206,7 +192,7 @@ def find_key_and_trigger_job(session: Session, digest: str, ref: str) -> Row[Any
     """Authentication and ``find_trigger_job`` in one round trip: the key with this digest (columns
     ``shared.apikeys.KEY_FIELDS``), every column of the job that ``ref`` names in the key's project (all
     NULL if none) and ``has_edges``. ``None`` = unknown key."""
-    params = _ref_params(ref)
+    params = ref_params(ref)
     params["digest"] = digest
     statement = _KEY_AND_JOB[params["as_id"] is not None]
     return execute_hot(session.connection(), statement, params).first()

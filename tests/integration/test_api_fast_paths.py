@@ -76,8 +76,8 @@ def test_nul_and_surrogates_are_refused_in_every_encoding(client, auth) -> None:
     assert client.post(path, data=b'{"payload": {"a": "\\\\u0000"}}', headers=headers).status_code == 201
 
 
-def test_production_app_triggers_through_prepared_statements(settings, session_factory) -> None:  # type: ignore[no-untyped-def]
-    """``create_app`` without injected services: its engines prepare the trigger's key + job lookup."""
+def test_production_app_reads_and_triggers_through_prepared_statements(settings, session_factory) -> None:  # type: ignore[no-untyped-def]
+    """``create_app`` without injected services: its engines prepare the key + job lookups."""
     from api.app import create_app
 
     app = create_app(settings)
@@ -90,6 +90,11 @@ def test_production_app_triggers_through_prepared_statements(settings, session_f
             response = client.post(f"/v1/jobs/{ref}/trigger", json={"payload": {"n": 1}}, headers=auth)
             assert response.status_code == 201, response.get_json()
             assert response.get_json()["job_id"] == job["id"]
+        for ref in (job["id"], "fast", job["id"], "fast"):  # GET job: the same lookup without has_edges
+            response = client.get(f"/v1/jobs/{ref}", headers=auth)
+            assert response.status_code == 200 and response.get_json()["id"] == job["id"]
+            assert response.get_json()["created_at"] == job["created_at"]
+        assert client.get("/v1/jobs/nope", headers=auth).status_code == 404
         assert client.post("/v1/jobs/nope/trigger", headers=auth).status_code == 404
         other = {"Authorization": f"Bearer {make_key(session_factory, 'proj-b')}"}
         assert client.post("/v1/jobs/fast/trigger", headers=other).status_code == 404
