@@ -24,6 +24,7 @@ from shared.ids import uuid7
 from shared.metrics import observe_runs_created, observe_runs_created_by
 from shared.models import Job, Run, RunEvent
 from shared.payloads import EMPTY_PAYLOAD, EMPTY_PAYLOAD_HASH
+from shared.prepared import HotStatement, execute_hot
 from shared.retries import retry_summary
 from shared.runstate import Effects, RunStatus, event, insert_events
 from shared.schedules import tick_key
@@ -146,15 +147,18 @@ def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effec
     Many rows: one INSERT for the runs and one for the events. On PostgreSQL each is a single parameter,
     the rows as one JSON array expanded by ``jsonb_populate_recordset`` (a 1,000-run bulk trigger would
     otherwise bind ~45,000 parameters through SQLAlchemy, which costs more than the insert). One row on
-    PostgreSQL (the single-trigger hot path): one prebuilt statement, ``WITH new_run AS (INSERT …
-    RETURNING id) INSERT INTO run_events … SELECT … FROM new_run``, saving a round trip.
+    PostgreSQL (the single-trigger hot path): one statement for both rows, each passed as one JSON
+    parameter (``_RUN_WITH_EVENT_AS_JSON``), so that it can be a server-side prepared statement
+    (``shared.prepared``, planned once per connection where the engine enables it) and binds two values
+    instead of ~50 through SQLAlchemy's type processors.
     """
     if not rows:
         return
     events = [creation_event(row) for row in rows]
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres and len(rows) == 1:
-        session.execute(_RUN_WITH_EVENT, _run_with_event_params(_column_values(rows[0]), events[0]))
+        execute_hot(session.connection(), _RUN_WITH_EVENT_AS_JSON,
+                    {"run": _as_json(_column_values(rows[0])), "event": _as_json(events[0])})
     elif postgres:
         _insert_as_json(session, "runs", [_column_values(row) for row in rows])
         _insert_as_json(session, "run_events", events)
@@ -174,31 +178,24 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def _as_json(value: Any) -> str:
+    return json.dumps(value, default=_json_value, separators=(",", ":"), ensure_ascii=False)
+
+
 def _insert_as_json(session: Session, table: str, rows: list[dict[str, Any]]) -> None:
     """PostgreSQL: insert ``rows`` (column name → value, every column present) with one JSON parameter."""
     statement = sa.text(f"INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, "
                         "CAST(:rows AS jsonb))")
-    session.execute(statement, {"rows": json.dumps(rows, default=_json_value, separators=(",", ":"),
-                                                   ensure_ascii=False)})
+    session.execute(statement, {"rows": _as_json(rows)})
 
 
-def _build_run_with_event() -> sa.Insert:
-    """Built once: the statement is compiled once and every call only binds values."""
-    new_run = (sa.insert(RUNS).values({c.name: sa.bindparam(f"r_{c.name}", type_=c.type) for c in RUNS.c})
-               .returning(RUNS.c.id).cte("new_run"))
-    columns = ["id", "run_id", "type", "message", "data", "created_at"]
-    source = sa.select(*[new_run.c.id if name == "run_id" else sa.bindparam(f"e_{name}", type_=EVENTS.c[name].type)
-                         for name in columns])
-    return sa.insert(EVENTS).from_select(columns, source)
-
-
-_RUN_WITH_EVENT = _build_run_with_event()
-
-
-def _run_with_event_params(values: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
-    params = {f"r_{name}": value for name, value in values.items()}
-    params.update({f"e_{name}": value for name, value in ev.items() if name != "run_id"})
-    return params
+# One run and its creation event (column name → value, every column present, as for ``_insert_as_json``).
+# The event names the run's id itself, so the two inserts need no RETURNING; PostgreSQL checks the
+# event's foreign key at the end of the statement, after the run is in.
+_RUN_WITH_EVENT_AS_JSON = HotStatement.build(
+    "sluice_insert_run_with_event",
+    "WITH new_run AS (INSERT INTO runs SELECT * FROM jsonb_populate_record(NULL::runs, CAST(:run AS jsonb))) "
+    "INSERT INTO run_events SELECT * FROM jsonb_populate_record(NULL::run_events, CAST(:event AS jsonb))")
 
 
 def create_runs(session: Session, job: Job, inputs: list[RunInputs], *, now: datetime, effects: Effects,

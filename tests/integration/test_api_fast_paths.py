@@ -89,7 +89,10 @@ def test_production_app_reads_and_triggers_through_prepared_statements(settings,
         for ref in (job["id"], "fast", job["id"], "fast"):  # the second of each EXECUTEs the prepared plan
             response = client.post(f"/v1/jobs/{ref}/trigger", json={"payload": {"n": 1}}, headers=auth)
             assert response.status_code == 201, response.get_json()
-            assert response.get_json()["job_id"] == job["id"]
+            created = response.get_json()
+            assert created["job_id"] == job["id"]
+            stored = client.get(f"/v1/runs/{created['id']}", headers=auth).get_json()
+            assert stored == {k: v for k, v in created.items() if k not in ("payload_hash", "idempotency_hit")}
         for ref in (job["id"], "fast", job["id"], "fast"):  # GET job: the same lookup without has_edges
             response = client.get(f"/v1/jobs/{ref}", headers=auth)
             assert response.status_code == 200 and response.get_json()["id"] == job["id"]
