@@ -7,6 +7,7 @@ inserted); renderers and domain functions read it by key.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -14,9 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from shared.apikeys import KEY_FIELDS
 from shared.ids import canonical_uuid
 from shared.models import Job
-from shared.prepared import HotStatement, execute_hot
+from shared.prepared import HotStatement, execute_hot, prepare_once
 
 JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
 
@@ -70,7 +72,29 @@ def key_and_job_sql(by_id: bool, extra_columns: str = "") -> str:
             f"k.project_id AND {match}{order} LIMIT 1) WHERE k.key_hash = :digest")
 
 
-_KEY_AND_JOB = {by_id: HotStatement.build(f"sluice_key_job_{'id' if by_id else 'slug'}", key_and_job_sql(by_id))
+@dataclass(frozen=True)
+class KeyLookup:
+    """A key + job lookup: the prepared form where the engine enables prepared statements (driver values:
+    psycopg2 decodes JSONB and returns aware timestamps), else the same SQL with typed result columns (so
+    that SQLite and plain engines decode JSON and timestamps through the models' types)."""
+
+    hot: HotStatement
+    typed: sa.TextClause
+
+    @classmethod
+    def build(cls, name: str, sql: str, **extra_types: Any) -> KeyLookup:
+        types = {field.name: field.type for field in KEY_FIELDS}
+        types.update({column.name: column.type for column in JOBS.c}, **extra_types)
+        return cls(HotStatement.build(name, sql), sa.text(sql).columns(**types))  # type: ignore[arg-type]
+
+    def first(self, session: Session, params: dict[str, Any]) -> Any:
+        connection = session.connection()
+        if prepare_once(connection, self.hot):
+            return execute_hot(connection, self.hot, params).first()
+        return connection.execute(self.typed, params).first()
+
+
+_KEY_AND_JOB = {by_id: KeyLookup.build(f"sluice_key_job_{'id' if by_id else 'slug'}", key_and_job_sql(by_id))
                 for by_id in (False, True)}
 
 
@@ -83,11 +107,11 @@ def ref_params(ref: str) -> dict[str, Any]:
 def find_key_and_job(session: Session, digest: str, ref: str) -> sa.RowMapping | None:
     """The API key with this digest and, in the same row, the job ``ref`` names in the key's project: one
     round trip for authentication and the lookup of job-scoped reads. ``None`` = unknown key; the job
-    columns are all NULL when the project has no such job. Key columns are named as in ``shared.apikeys.KEY_FIELDS``.
+    columns are all NULL when the project has no such job. Key columns as in ``shared.apikeys.KEY_FIELDS``.
     """
     params = ref_params(ref)
     params["digest"] = digest
-    row = execute_hot(session.connection(), _KEY_AND_JOB[params["as_id"] is not None], params).first()
+    row = _KEY_AND_JOB[params["as_id"] is not None].first(session, params)
     return None if row is None else row._mapping
 
 

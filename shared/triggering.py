@@ -22,11 +22,10 @@ from sqlalchemy.orm import Session
 
 from shared.dependencies import edges_of, evaluate_many
 from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.job_store import key_and_job_sql, ref_params
+from shared.job_store import KeyLookup, key_and_job_sql, ref_params
 from shared.locks import lock_key
 from shared.models import Job, JobDependency, Run
 from shared.payloads import canonical_payload, payload_hash, payload_size_error, schema_errors
-from shared.prepared import HotStatement, execute_hot
 from shared.run_creation import (
     RunInputs,
     build_run_row,
@@ -164,12 +163,12 @@ def _job_with_edges_query(by_id: bool) -> sa.Select[tuple[Job, bool]]:
             .order_by(sa.case((Job.id == as_id, 0), else_=1)).limit(1))
 
 
-def _key_and_job_statement(by_id: bool) -> HotStatement:
-    """``shared.job_store.key_and_job_sql`` plus ``has_edges``, as a prepared statement: it runs on every
-    trigger. Results are driver values (JSONB decoded by psycopg2, timestamps aware)."""
+def _key_and_job_statement(by_id: bool) -> KeyLookup:
+    """``shared.job_store.key_and_job_sql`` plus ``has_edges``: it runs on every trigger, prepared where
+    the engine allows (``shared.job_store.KeyLookup``)."""
     has_edges = ", EXISTS (SELECT 1 FROM job_dependencies d WHERE d.job_id = j.id) AS has_edges"
-    return HotStatement.build(f"sluice_trigger_key_job_{'id' if by_id else 'slug'}",
-                              key_and_job_sql(by_id, has_edges))
+    return KeyLookup.build(f"sluice_trigger_key_job_{'id' if by_id else 'slug'}", key_and_job_sql(by_id, has_edges),
+                           has_edges=sa.Boolean())
 
 
 # Built once (compiled once, then only bound): these lookups run on every trigger.
@@ -194,8 +193,7 @@ def find_key_and_trigger_job(session: Session, digest: str, ref: str) -> Row[Any
     NULL if none) and ``has_edges``. ``None`` = unknown key."""
     params = ref_params(ref)
     params["digest"] = digest
-    statement = _KEY_AND_JOB[params["as_id"] is not None]
-    return execute_hot(session.connection(), statement, params).first()
+    return _KEY_AND_JOB[params["as_id"] is not None].first(session, params)  # type: ignore[no-any-return]
 
 
 def trigger_job_of(row: Row[Any]) -> tuple[Job, bool]:
