@@ -108,3 +108,32 @@ def test_production_app_reads_and_triggers_through_prepared_statements(settings,
     finally:
         services.engine.dispose()
         services.read_session_factory.kw["bind"].dispose()
+
+
+def test_key_and_job_lookups_on_sqlite(tmp_path, settings, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """SQLite runs the same lookups as typed text: timestamps and JSON decode as on PostgreSQL."""
+    from api.app import create_app
+    from api.context import Services
+    from shared.db import make_engine, make_session_factory
+    from shared.messages import make_broker
+    from shared.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'sluice.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        lite = settings.with_overrides(database_url=url)
+        factory = make_session_factory(engine)
+        app = create_app(lite, services=Services(settings=lite, engine=engine, session_factory=factory,
+                                                 redis=redis_client, broker=make_broker(lite, client=redis_client)))
+        client = app.test_client()
+        auth = {"Authorization": f"Bearer {make_key(factory)}"}
+        job = _create(client, auth)
+        for _ in range(2):  # the second request sees a stored last_used_at (a timestamp, not text)
+            got = client.get("/v1/jobs/fast", headers=auth)
+            assert got.status_code == 200 and got.get_json() == job
+            triggered = client.post("/v1/jobs/fast/trigger", json={"payload": {"a": 1}}, headers=auth)
+            assert triggered.status_code == 201 and triggered.get_json()["payload"] == {"a": 1}
+        assert client.get("/v1/jobs/nope", headers=auth).status_code == 404
+    finally:
+        engine.dispose()
