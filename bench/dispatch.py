@@ -7,30 +7,25 @@ threads with the same idle poll), against one fast local sink process (``bench/s
   runs/s from the first enqueue to the last ``finished_at``; median of ``--rounds`` rounds;
 * **paced**: ``--paced-rate`` triggers per second for ``--paced-secs``; trigger-to-endpoint latency
   (trigger call start → sink receives the request) p50/p99;
-* **idle**: one trigger into an idle system, ``--idle-samples`` times; p50/p99 trigger-to-endpoint;
-* **idle CPU**: CPU seconds per second used by the worker processes while idle;
+* **idle**: one trigger into an idle system, ``--idle-samples`` times; p50/p99 trigger-to-endpoint; and
+  the CPU seconds per second the worker processes use while idle;
 * **lost / duplicate attempts**: runs not completed; (run, attempt) pairs the sink saw twice, and for
   Sluice runs with more than one ``attempt_started`` event.
 
-A Sluice trigger is ``shared.triggering.trigger_run`` + commit + enqueue (the API's path without HTTP);
-a reference trigger is one INSERT + commit + enqueue. Targets (issue): drain ≥ 0.85× reference; paced
-p99 ≤ 50 ms; idle p50 ≤ 20 ms; 0 lost, 0 duplicates.
-
-``python bench/dispatch.py`` (full: 20 000 runs × 3 rounds) or ``--runs 2000 --rounds 1`` for a smoke check.
+A Sluice trigger is ``shared.triggering.trigger_run`` + commit + enqueue (the API's path without HTTP); a
+reference trigger is one INSERT + commit + enqueue. Targets (issue): drain ≥ 0.85× reference; paced p99 ≤ 50 ms;
+idle p50 ≤ 20 ms; 0 lost, 0 duplicates. Full: 20 000 runs × 3 rounds; smoke: ``--runs 2000 --rounds 1``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,12 +34,14 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
+import redis
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import reference_worker  # noqa: E402
+from bench.support import SinkProcess, cpu_secs_of_group, fmt_number, percentile, prepare_database  # noqa: E402
 from shared.apikeys import Principal  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
 from shared.config import Settings  # noqa: E402
@@ -52,7 +49,6 @@ from shared.db import make_engine, make_session_factory  # noqa: E402
 from shared.effects import commit_and_apply  # noqa: E402
 from shared.jobs import create_job  # noqa: E402
 from shared.messages import enqueue_many, enqueue_runs, make_broker  # noqa: E402
-from shared.migrate import upgrade  # noqa: E402
 from shared.models import Job, Run  # noqa: E402
 from shared.run_creation import RunInputs, create_runs  # noqa: E402
 from shared.runstate import TERMINAL, Effects  # noqa: E402
@@ -62,58 +58,6 @@ PYTHON = sys.executable
 SLUICE = str(Path(PYTHON).parent / "sluice")
 CHUNK = 2000
 TERMINAL_VALUES = [s.value for s in TERMINAL]
-
-
-# ---------------------------------------------------------------------------------------------- plumbing
-
-class SinkProcess:
-    def __init__(self) -> None:
-        ready = Path(tempfile.mkdtemp()) / "port"
-        self.proc = subprocess.Popen([PYTHON, str(ROOT / "bench" / "sink.py"), "--ready-file", str(ready)])
-        deadline = time.monotonic() + 10
-        while not ready.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError("sink did not start")
-            time.sleep(0.05)
-        self.port = int(ready.read_text())
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-
-    def _get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
-            return json.loads(response.read())
-
-    def records(self) -> list[tuple[str, str, float]]:
-        return [tuple(r) for r in self._get("/records")]  # type: ignore[misc]
-
-    def count(self) -> int:
-        return int(self._get("/count")["count"])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def _cpu_secs(pgid: int) -> float:
-    """utime + stime of every process in the process group, in seconds."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # field 5 (pgrp) is index 2 after the comm field
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 @dataclass
@@ -305,8 +249,6 @@ class Reference(System):
         return int(self._scalar("SELECT count(*) FROM bench_reference_runs WHERE id LIKE %s AND status <> 'completed'"))
 
 
-# ---------------------------------------------------------------------------------------------- phases
-
 def _sink_duplicates(records: list[tuple[str, str, float]]) -> int:
     return sum(1 for count in Counter((r[0], r[1]) for r in records).values() if count > 1)
 
@@ -356,9 +298,9 @@ def idle(system: System, samples: int, result: Result) -> None:
     system.new_batch()
     system.sink.records()
     time.sleep(2)
-    cpu_before, wall_before = _cpu_secs(system.proc.pid), time.monotonic()  # type: ignore[union-attr]
+    cpu_before, wall_before = cpu_secs_of_group(system.proc.pid), time.monotonic()  # type: ignore[union-attr]
     time.sleep(5)
-    result.idle_cpu = (_cpu_secs(system.proc.pid) - cpu_before) / (time.monotonic() - wall_before)  # type: ignore[union-attr]
+    result.idle_cpu = (cpu_secs_of_group(system.proc.pid) - cpu_before) / (time.monotonic() - wall_before)  # type: ignore[union-attr]
     for _ in range(samples):
         time.sleep(0.5)  # let every consumer back off to its longest idle poll
         at = time.time()
@@ -395,35 +337,16 @@ def measure(systems: list[System], args: argparse.Namespace) -> dict[str, Result
     return results
 
 
-# ---------------------------------------------------------------------------------------------- main
-
-def prepare_database(admin_url: str, name: str) -> str:
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
-                             "AND pid <> pg_backend_pid()"), {"d": name})
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    dsn = admin_url.rsplit("/", 1)[0] + "/" + name
-    upgrade(dsn)
-    return dsn
-
-
-def _fmt(value: float) -> str:
-    return "-" if value != value else f"{value:,.1f}"
-
-
 def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -> None:
     ref = reference or Result()
     s_drain = statistics.median(sluice.drain_rps)
     r_drain = statistics.median(ref.drain_rps) if ref.drain_rps else float("nan")
     rows = [
         ("drain runs/s (median)", s_drain, r_drain, f"≥ 0.85× ref: {s_drain / r_drain:.2f}×" if r_drain else ""),
-        ("paced p50 ms", _percentile(sluice.paced_ms, 50), _percentile(ref.paced_ms, 50), ""),
-        ("paced p99 ms", _percentile(sluice.paced_ms, 99), _percentile(ref.paced_ms, 99), "≤ 50"),
-        ("idle p50 ms", _percentile(sluice.idle_ms, 50), _percentile(ref.idle_ms, 50), "≤ 20"),
-        ("idle p99 ms", _percentile(sluice.idle_ms, 99), _percentile(ref.idle_ms, 99), ""),
+        ("paced p50 ms", percentile(sluice.paced_ms, 50), percentile(ref.paced_ms, 50), ""),
+        ("paced p99 ms", percentile(sluice.paced_ms, 99), percentile(ref.paced_ms, 99), "≤ 50"),
+        ("idle p50 ms", percentile(sluice.idle_ms, 50), percentile(ref.idle_ms, 50), "≤ 20"),
+        ("idle p99 ms", percentile(sluice.idle_ms, 99), percentile(ref.idle_ms, 99), ""),
         ("idle worker CPU (cores)", sluice.idle_cpu, ref.idle_cpu, ""),
         ("lost runs", sluice.lost, ref.lost if reference else float("nan"), "0"),
         ("duplicate attempts", sluice.duplicates, ref.duplicates if reference else float("nan"), "0"),
@@ -435,7 +358,7 @@ def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -
     print(f"{'metric':<26}{'sluice':>12}{'reference':>12}   target")
     print("-" * 72)
     for label, s_value, r_value, target in rows:
-        print(f"{label:<26}{_fmt(float(s_value)):>12}{_fmt(float(r_value)):>12}   {target}")
+        print(f"{label:<26}{fmt_number(float(s_value)):>12}{fmt_number(float(r_value)):>12}   {target}")
     print(f"drain rounds sluice: {[round(x) for x in sluice.drain_rps]}  "
           f"reference: {[round(x) for x in ref.drain_rps]}")
 
@@ -457,8 +380,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args(argv)
     args.dsn = prepare_database(args.pg_admin_url, args.db_name)
-    import redis
-
     redis.Redis.from_url(args.redis_url).flushdb()
     sink = SinkProcess()
     try:

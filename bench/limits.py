@@ -18,16 +18,13 @@ maintenance loop in a thread (delayed promotion), real PostgreSQL and Redis.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +37,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.support import SinkProcess, prepare_database  # noqa: E402
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop  # noqa: E402
 from shared import redis_keys  # noqa: E402
 from shared.apikeys import Principal  # noqa: E402
@@ -48,7 +46,6 @@ from shared.db import make_engine, make_session_factory  # noqa: E402
 from shared.effects import apply_after_commit  # noqa: E402
 from shared.jobs import create_job  # noqa: E402
 from shared.messages import make_broker  # noqa: E402
-from shared.migrate import upgrade  # noqa: E402
 from shared.models import Job, Run  # noqa: E402
 from shared.run_creation import RunInputs, create_runs  # noqa: E402
 from shared.runstate import TERMINAL, Effects  # noqa: E402
@@ -58,31 +55,6 @@ SLUICE = str(Path(PYTHON).parent / "sluice")
 CHUNK = 2000
 TERMINAL_VALUES = [s.value for s in TERMINAL]
 NEVER_BINDING = {"max_concurrency": 10_000, "rate_limit_max": 100_000, "rate_limit_window_secs": 1}
-
-
-class Sink:
-    """``bench/sink.py`` in its own process; ``--delay-secs`` makes every answer slow."""
-
-    def __init__(self, delay_secs: float = 0.0) -> None:
-        ready = Path(tempfile.mkdtemp()) / "port"
-        self.delay_secs = delay_secs
-        self.proc = subprocess.Popen([PYTHON, str(ROOT / "bench" / "sink.py"), "--ready-file", str(ready),
-                                      "--delay-secs", str(delay_secs)])
-        deadline = time.monotonic() + 15
-        while not ready.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError("sink did not start")
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{int(ready.read_text())}/hook"
-
-    def records(self) -> list[tuple[str, str, float]]:
-        """``(run id, attempt, arrival unix time)`` since the last call."""
-        with urllib.request.urlopen(self.url.replace("/hook", "/records"), timeout=30) as response:
-            return [tuple(r) for r in json.loads(response.read())]  # type: ignore[misc]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 class Bench:
@@ -167,7 +139,7 @@ class Bench:
 
 # ---------------------------------------------------------------------------------------------- overhead
 
-def drain_rps(bench: Bench, sink: Sink, fields: dict[str, Any], n: int) -> float:
+def drain_rps(bench: Bench, sink: SinkProcess, fields: dict[str, Any], n: int) -> float:
     job = bench.new_job(sink.url, **fields)
     go = bench.seed(job, [RunInputs(created_by="apikey:bench") for _ in range(n)])
     started = time.time()
@@ -181,7 +153,7 @@ def drain_rps(bench: Bench, sink: Sink, fields: dict[str, Any], n: int) -> float
 
 
 def overhead(bench: Bench, args: argparse.Namespace) -> tuple[list[float], list[float]]:
-    sink = Sink()
+    sink = SinkProcess()
     plain: list[float] = []
     limited: list[float] = []
     try:
@@ -266,7 +238,7 @@ class Row:
 
 
 def accuracy(bench: Bench, args: argparse.Namespace) -> list[Row]:
-    sink = Sink(delay_secs=args.call_secs)
+    sink = SinkProcess(delay_secs=args.call_secs)
     rows: list[Row] = []
     try:
         rows.append(concurrency_case(bench, sink, "max_concurrency", {"max_concurrency": 3},
@@ -285,7 +257,7 @@ def accuracy(bench: Bench, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def concurrency_case(bench: Bench, sink: Sink, name: str, fields: dict[str, Any], inputs: list[RunInputs],
+def concurrency_case(bench: Bench, sink: SinkProcess, name: str, fields: dict[str, Any], inputs: list[RunInputs],
                      cap: int, keys: int | None) -> Row:
     job = bench.new_job(sink.url, **fields)
     go = bench.seed(job, inputs)
@@ -308,7 +280,7 @@ def concurrency_case(bench: Bench, sink: Sink, name: str, fields: dict[str, Any]
                time.time() - started, not (bad or extra))
 
 
-def rate_case(bench: Bench, sink: Sink, name: str, fields: dict[str, Any], per_value: dict[str, int]) -> Row:
+def rate_case(bench: Bench, sink: SinkProcess, name: str, fields: dict[str, Any], per_value: dict[str, int]) -> Row:
     job = bench.new_job(sink.url, **fields)
     inputs: list[RunInputs] = []
     keys: dict[str, str] = {}
@@ -338,19 +310,6 @@ def rate_case(bench: Bench, sink: Sink, name: str, fields: dict[str, Any], per_v
 
 
 # ---------------------------------------------------------------------------------------------- main
-
-def prepare_database(admin_url: str, name: str) -> str:
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
-                             "AND pid <> pg_backend_pid()"), {"d": name})
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    dsn = admin_url.rsplit("/", 1)[0] + "/" + name
-    upgrade(dsn)
-    return dsn
-
 
 def report(plain: list[float], limited: list[float], rows: list[Row], args: argparse.Namespace) -> None:
     print()

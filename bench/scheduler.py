@@ -39,9 +39,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.support import prepare_database  # noqa: E402
 from shared.db import make_engine  # noqa: E402
 from shared.ids import new_version_id, uuid7  # noqa: E402
-from shared.migrate import upgrade  # noqa: E402
 from shared.models import Job, JobVersion, Run  # noqa: E402
 from tests.factories import JOB_DEFAULTS  # noqa: E402
 
@@ -82,19 +82,6 @@ class SinkHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
-
-
-def recreate_database(name: str) -> str:
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
-                             "AND pid <> pg_backend_pid()"), {"d": name})
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    upgrade(url)
-    return url
 
 
 def insert_jobs(engine: sa.Engine, count: int, cron: str, endpoint: str, now: datetime) -> list[str]:
@@ -275,7 +262,7 @@ def main() -> None:
     parser.add_argument("--keep-logs", type=Path, default=None, help="write process logs here (kept)")
     args = parser.parse_args()
 
-    url = recreate_database(args.db_name)
+    url = prepare_database(PG_ADMIN_URL, args.db_name)
     redis_url = f"{REDIS_BASE_URL}/{args.redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true",

@@ -43,11 +43,11 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
+from bench.support import prepare_database  # noqa: E402
 from shared.apikeys import create_key, parse_scopes  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
 from shared.db import make_engine, make_session_factory, transaction  # noqa: E402
 from shared.ids import new_version_id, uuid7  # noqa: E402
-from shared.migrate import upgrade  # noqa: E402
 from shared.models import Job, JobVersion  # noqa: E402
 
 PROJECT = "bench"
@@ -69,19 +69,6 @@ class Measure:
     def pct(self, p: float) -> float:
         done = sorted(self.latencies_ms)
         return done[min(len(done) - 1, int(p * len(done)))] if done else 0.0
-
-
-def prepare_database(admin_url: str, db_name: str) -> str:
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": db_name})
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
-    admin.dispose()
-    url = admin_url.rsplit("/", 1)[0] + "/" + db_name
-    upgrade(url)
-    return url
 
 
 def seed(url: str) -> str:

@@ -517,13 +517,17 @@ def test_priority_runs_overtake_the_backlog(rig: Rig) -> None:
     while len(rig.endpoint.calls()) < 40:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    low_started_before = len(rig.endpoint.calls())
+    high_queued_at = datetime.now(UTC)
     high = set(queue_runs(rig, job, runs_of(20, priority=10)))
     runs = wait_terminal(rig, job, 520, timeout=120)
-    order = [c.run_id for c in rig.endpoint.calls()]
-    last_high = max(order.index(run_id) for run_id in high)
-    low_before_last_high = sum(1 for run_id in order[:last_high] if run_id in low)
-    # Low runs already claimed when the high ones were committed may start first: at most one per thread.
+    # "Starts" are attempt starts (started_at, set when the worker moves the run to executing), not
+    # arrivals at the endpoint: on a loaded 2-core machine a thread that started a run can be descheduled
+    # for a while before its request reaches the endpoint.
+    started = {run.id: run.started_at for run in runs}
+    last_high = max(started[run_id] for run_id in high)
+    low_started_before = sum(1 for run_id in low if started[run_id] < high_queued_at)
+    low_before_last_high = sum(1 for run_id in low if started[run_id] < last_high)
+    # Low runs already being claimed when the high ones were committed may start first: one per thread.
     overtaken_by = low_before_last_high - low_started_before
     print(f"\npriority: {low_started_before} low started before the high runs were queued; "
           f"{overtaken_by} more low ones started before the last high one; {500 - low_before_last_high} after")
