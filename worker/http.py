@@ -10,6 +10,7 @@ escaping is a Sluice-side bug for the caller to record as ``internal``.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import ipaddress
 import math
 import re
@@ -55,6 +56,15 @@ _OWN_HEADERS = frozenset({"host", "content-length", "connection", "transfer-enco
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@]*@")
 _UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
+
+
+@functools.cache
+def user_agent() -> str:
+    """``sluice/<installed package version>`` (§5.2, §5.15); ``sluice/0+unknown`` from an uninstalled tree."""
+    try:
+        return f"sluice/{importlib.metadata.version('sluice')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "sluice/0+unknown"
 
 @dataclass(frozen=True)
 class CallTimings:

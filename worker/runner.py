@@ -12,7 +12,6 @@ outcome (canceled or reaped run) and a Sluice-side failure.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import random
 import time
@@ -39,19 +38,13 @@ from worker.admission import NotStarted, Started, admit
 from worker.call import AttemptCall, CallPlan, PostFunction, perform_call
 from worker.claim import claim_ready_run, hold_if_disabled
 from worker.heartbeat import AttemptMonitor, InFlight
-from worker.http import CallAborted, Resolver, post
+from worker.http import CallAborted, Resolver, post, user_agent
 from worker.outcome import result_of
 from worker.trace import TraceClock
 
 log = logging.getLogger("sluice.worker")
 
 
-def sluice_user_agent() -> str:
-    """``sluice/<installed package version>`` (§5.2)."""
-    try:
-        return f"sluice/{importlib.metadata.version('sluice')}"
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
-        return "sluice/0+unknown"
 
 
 @dataclass(frozen=True)
@@ -81,7 +74,7 @@ class Runner:
         self._post = post_function
         self._resolve: Resolver = resolve or self._checked_resolver
         self._rng = rng or random.Random()
-        self._user_agent = sluice_user_agent()
+        self._user_agent = user_agent()
 
     def _checked_resolver(self, url: str) -> tuple[str, int, list[str]]:
         return resolve_checked(url, allow_private=self._settings.allow_private_endpoints)

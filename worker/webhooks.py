@@ -19,7 +19,6 @@ Retries are not dramatiq's (the actor has ``max_retries=0``): the sweeper enqueu
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import logging
 import random
 import time
@@ -39,7 +38,7 @@ from shared.models import Job, WebhookDelivery
 from shared.retries import RETRYABLE, Outcome
 from shared.runstate import event, insert_events
 from shared.signing import signature_headers
-from worker.http import CallResult, post
+from worker.http import CallResult, post, user_agent
 
 log = logging.getLogger("sluice.webhooks")
 
@@ -56,12 +55,6 @@ HttpPost = Callable[..., CallResult]
 
 
 @functools.cache
-def user_agent() -> str:
-    """``sluice/<installed package version>`` (``sluice/unknown`` when run from an uninstalled tree)."""
-    try:
-        return f"sluice/{importlib.metadata.version('sluice')}"
-    except importlib.metadata.PackageNotFoundError:
-        return "sluice/unknown"
 
 
 def retry_delay_secs(attempt: int, rng: random.Random | None = None) -> float:

@@ -16,7 +16,7 @@ from shared.models import JobVersion
 from tests.factories import JOB_DEFAULTS
 from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
 from tests.integration.servers import RawServer, never_answer
-from worker.runner import sluice_user_agent
+from worker.http import user_agent as sluice_user_agent
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 

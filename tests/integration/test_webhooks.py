@@ -31,8 +31,9 @@ from shared.run_view import run_to_dict
 from shared.runstate import Effects, RunStatus, transition
 from shared.webhook_sweeper import RESEND_AFTER_SECS, enqueue_due_webhooks
 from tests.factories import make_job, make_run
+from worker.http import user_agent
 from worker.webhook_actor import register_webhook_actor
-from worker.webhooks import MAX_ATTEMPTS, RETRY_DELAYS_SECS, deliver, user_agent
+from worker.webhooks import MAX_ATTEMPTS, RETRY_DELAYS_SECS, deliver
 
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 PLAIN_SECRET = "a-plain-secret-of-some-length"
