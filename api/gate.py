@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, current_app, g, request
 
 from api.auth import authenticate_request
-from shared.errors import BadRequest, SluiceError, ValidationFailed
+from shared.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from shared.ids import uuid7
 
 MAX_BODY_BYTES = 1 << 20
@@ -22,16 +22,6 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = {"POST", "PATCH", "PUT"}
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _NUL_ESCAPE = b"\\u0000"
-
-
-class PayloadTooLarge(SluiceError):
-    status_code = 413
-    default_message = "Request body exceeds 1 MiB"
-
-
-class UnsupportedMediaType(SluiceError):
-    status_code = 415
-    default_message = "Content-Type must be application/json"
 
 
 def optional_body(view: Any) -> Any:

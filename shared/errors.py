@@ -51,6 +51,20 @@ class Conflict(SluiceError):
     default_message = "Conflict"
 
 
+class PayloadTooLarge(SluiceError):
+    """413: a request body over 1 MiB (CONTRACT §1.7)."""
+
+    status_code = 413
+    default_message = "Request body exceeds 1 MiB"
+
+
+class UnsupportedMediaType(SluiceError):
+    """415: a body that is not ``application/json``."""
+
+    status_code = 415
+    default_message = "Content-Type must be application/json"
+
+
 class ValidationFailed(SluiceError):
     """422 with per-field messages mirroring the request body."""
 
