@@ -37,6 +37,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.interval_stats import achieved_rate_fraction, max_overlap, max_starts_in_window, utilisation  # noqa: E402
 from bench.support import SinkProcess, prepare_database  # noqa: E402
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop  # noqa: E402
 from shared import redis_keys  # noqa: E402
@@ -173,34 +174,6 @@ def overhead(bench: Bench, args: argparse.Namespace) -> tuple[list[float], list[
 
 # ---------------------------------------------------------------------------------------------- accuracy
 
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    points = sorted([(a, 1) for a, _ in intervals] + [(d, -1) for _, d in intervals])
-    best = current = 0
-    for _, step in points:
-        current += step
-        best = max(best, current)
-    return best
-
-
-def utilisation(intervals: list[tuple[float, float]], slots: int) -> float:
-    span = max(d for _, d in intervals) - min(a for a, _ in intervals)
-    return sum(d - a for a, d in intervals) / (slots * span)
-
-
-def max_in_window(starts: list[float], window: float) -> int:
-    ordered = sorted(starts)
-    best, j = 0, 0
-    for i, t in enumerate(ordered):
-        while j < len(ordered) and ordered[j] < t + window:
-            j += 1
-        best = max(best, j - i)
-    return best
-
-
-def rate_fraction(starts: list[float], limit: int, window: float) -> float:
-    return (len(starts) / (max(starts) - min(starts) + window)) / (limit / window)
-
-
 class MarkLog:
     """Polls rate-limit ZSETs: every admitted start's mark (kept ≥ one window) on the Redis clock."""
 
@@ -299,9 +272,9 @@ def rate_case(bench: Bench, sink: SinkProcess, name: str, fields: dict[str, Any]
     with bench.factory() as s:
         value_of = {run_id: (meta or {}).get("customer", "job") for run_id, meta in s.execute(
             sa.select(Run.id, Run.run_metadata).where(Run.job_id == job.id)).all()}
-    admitted = max(max_in_window(m, 2.0) for m in marks.values())
-    at_sink = max(max_in_window([a for rid, _, a in records if value_of[rid] == v], 2.0) for v in per_value)
-    fraction = min(rate_fraction(m, 20, 2.0) for m in marks.values())
+    admitted = max(max_starts_in_window(m, 2.0) for m in marks.values())
+    at_sink = max(max_starts_in_window([a for rid, _, a in records if value_of[rid] == v], 2.0) for v in per_value)
+    fraction = min(achieved_rate_fraction(m, 20, 2.0) for m in marks.values())
     complete = all(len(marks[keys[v]]) == n for v, n in per_value.items())
     bad, extra = bench.attempts(job)
     return Row(name, "20 / 2 s" + (" per value" if len(per_value) > 1 else ""),

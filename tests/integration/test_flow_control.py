@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.interval_stats import achieved_rate_fraction, max_overlap, max_starts_in_window, utilisation
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop
 from shared import redis_keys
 from shared.clock import format_ts
@@ -305,43 +306,6 @@ def assert_no_attempt_consumed(rig: Rig, job: Job, runs: list[Run]) -> None:
     assert {r.status for r in runs} == {"completed"}
     assert {r.attempt for r in runs} == {1}
     assert event_counts(rig, job).get("attempt_started", 0) == len(runs)
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    """Most intervals open at one instant (a departure at t frees the slot before an arrival at t)."""
-    points = sorted([(a, 1) for a, _ in intervals] + [(d, -1) for _, d in intervals], key=lambda p: (p[0], p[1]))
-    best = current = 0
-    for _, step in points:
-        current += step
-        best = max(best, current)
-    return best
-
-
-def utilisation(intervals: list[tuple[float, float]], slots: int) -> float:
-    """Busy slot-time / (slots × span), span = first arrival → last departure."""
-    span = max(d for _, d in intervals) - min(a for a, _ in intervals)
-    return sum(d - a for a, d in intervals) / (slots * span)
-
-
-def max_starts_in_window(starts: list[float], window_secs: float) -> int:
-    """Most starts in any half-open interval [t, t + window) with t at a recorded start (where maxima lie)."""
-    ordered = sorted(starts)
-    best, j = 0, 0
-    for i, t in enumerate(ordered):
-        j = max(j, i)
-        while j < len(ordered) and ordered[j] < t + window_secs:
-            j += 1
-        best = max(best, j - i)
-    return best
-
-
-def achieved_rate_fraction(starts: list[float], limit: int, window_secs: float) -> float:
-    """Starts per second over (first start → last start + one window), as a fraction of limit / window.
-
-    A perfectly packed log of ``k × limit`` starts (bursts of ``limit`` every ``window``) scores 1.0.
-    """
-    span = max(starts) - min(starts) + window_secs
-    return (len(starts) / span) / (limit / window_secs)
 
 
 # ---------------------------------------------------------------------------------------------- tests
