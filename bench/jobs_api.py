@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
 
+from bench import wrk  # noqa: E402
 from bench.support import prepare_database  # noqa: E402
 from shared.apikeys import create_key, parse_scopes  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
@@ -54,12 +55,18 @@ class OpStats:
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
     elapsed: float = 0.0
+    measured: wrk.WrkResult | None = None  # when wrk drove the operation
 
     def row(self, name: str) -> str:
         done = sorted(self.latencies_ms)
         rate = len(done) / self.elapsed if self.elapsed else 0.0
+        known = {0.50: self.measured.p50_ms, 0.99: self.measured.p99_ms} if self.measured else {}
+        if self.measured:
+            rate, self.errors = self.measured.rate, self.measured.errors
 
         def pct(p: float) -> float:
+            if p in known:
+                return known[p]
             return done[min(len(done) - 1, int(p * len(done)))] if done else 0.0
 
         return f"| {name:<7} | {rate:>9.0f} | {pct(0.50):>7.1f} | {pct(0.99):>7.1f} | {self.errors:>6} |"
@@ -206,6 +213,23 @@ def cpu_per_request(url: str, redis_url: str, headers: dict[str, str], ids: list
         print(f"  {name:<7} {(time.process_time() - began) / requests * 1000:.3f} ms")
 
 
+# The same four requests built by wrk (bench/wrk.py): ``ids`` is read from a file by ``wrk_init``.
+WRK_REQUESTS = {
+    "get": "return wrk.format('GET', '/v1/jobs/' .. ids[math.random(#ids)], nil, nil)",
+    "list": "return wrk.format('GET', '/v1/jobs?limit=50', nil, nil)",
+    "create": ("local slug = 'bench-' .. tid .. '-' .. n\n"
+               "  return wrk.format('POST', '/v1/jobs', nil, '{\"name\":\"Bench ' .. slug .. '\",\"slug\":\"' .. slug"
+               f" .. '\",\"endpoint_url\":\"{ENDPOINT}\",\"cron\":\"0 * * * *\",\"tags\":{{\"team\":\"bench\"}}}}')"),
+    "patch": ("return wrk.format('PATCH', '/v1/jobs/' .. ids[math.random(#ids)], nil, "
+              "'{\"description\":\"rev ' .. (n % 64) .. '\"}')"),
+}
+
+
+def wrk_init(ids_file: Path) -> str:
+    return (f"ids = {{}}\n  for line in io.lines('{ids_file}') do table.insert(ids, line) end\n"
+            "  math.randomseed(os.time() * 100 + tid)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--secs", type=float, default=20.0, help="seconds per operation (default 20)")
@@ -218,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-name", default="sluice_bench_jobs")
     parser.add_argument("--redis-url", default=os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     parser.add_argument("--ops", default="get,list,create,patch")
+    parser.add_argument("--client", choices=("wrk", "python"), default="wrk" if wrk.available() else "python",
+                        help="load generator (default: wrk when installed, see bench/wrk.py)")
     parser.add_argument("--in-process", type=int, default=0, metavar="N",
                         help="instead of the server, measure CPU per request in-process over N requests per op")
     args = parser.parse_args(argv)
@@ -250,15 +276,22 @@ def main(argv: list[str] | None = None) -> int:
     ops: dict[str, tuple[Callable[[random.Random, int], Request], int]] = {
         "get": (get, 200), "list": (list_page, 200), "create": (create, 201), "patch": (patch, 200)}
     results: dict[str, OpStats] = {}
+    ids_file = Path(tempfile.mkdtemp(prefix="sluice-bench-")) / "ids.txt"
+    ids_file.write_text("\n".join(ids) + "\n")
     try:
         drive(port, headers, get, 200, args.clients, 1.0)  # warm up connections and caches
         for name in args.ops.split(","):
             make_request, expected = ops[name]
-            results[name] = drive(port, headers, make_request, expected, args.clients, args.secs)
+            if args.client == "wrk":
+                results[name] = OpStats(measured=wrk.run(port, headers, WRK_REQUESTS[name], clients=args.clients,
+                                                         secs=args.secs, init_lua=wrk_init(ids_file)))
+            else:
+                results[name] = drive(port, headers, make_request, expected, args.clients, args.secs)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    print(f"\njobs API: gunicorn {args.workers} workers x {args.threads} threads (gthread), {args.clients} clients, "
+    print(f"\njobs API: gunicorn {args.workers} workers x {args.threads} threads (gthread), {args.clients} clients "
+          f"({args.client}), "
           f"{args.jobs} seeded jobs, {args.secs:g} s per operation, {os.cpu_count()} CPUs\n")
     print("| op      |     req/s |  p50 ms |  p99 ms | errors |")
     print("|---------|-----------|---------|---------|--------|")

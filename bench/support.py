@@ -91,3 +91,21 @@ def percentile(values: list[float], pct: float) -> float:
 def fmt_number(value: float) -> str:
     """``-`` for NaN, else thousands-separated with one decimal."""
     return "-" if value != value else f"{value:,.1f}"
+
+
+def cpu_secs_of_database_backends(database: str) -> float:
+    """utime + stime of the PostgreSQL backends connected to ``database`` (their process titles name it):
+    the server-side CPU one benchmarked system costs, apart from other databases on the same server."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not title.startswith("postgres: ") or f" {database} " not in title:
+                continue
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")

@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from bench.support import prepare_database  # noqa: E402
+from bench import wrk  # noqa: E402
+from bench.support import cpu_secs_of_database_backends, cpu_secs_of_group, prepare_database  # noqa: E402
 from shared.apikeys import create_key, parse_scopes  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
 from shared.db import make_engine, make_session_factory, transaction  # noqa: E402
@@ -61,12 +62,20 @@ class Measure:
     requests: int = 0
     errors: int = 0
     secs: float = 0.0
+    known_pcts: dict[float, float] = field(default_factory=dict)  # from wrk's histogram
+    cpu_secs: float = 0.0  # server processes + their PostgreSQL backends (robust to a noisy machine)
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.cpu_secs * 1000 / self.requests if self.requests else 0.0
 
     @property
     def rate(self) -> float:
         return self.requests / self.secs if self.secs else 0.0
 
     def pct(self, p: float) -> float:
+        if p in self.known_pcts:
+            return self.known_pcts[p]
         done = sorted(self.latencies_ms)
         return done[min(len(done) - 1, int(p * len(done)))] if done else 0.0
 
@@ -188,6 +197,21 @@ def drive(port: int, headers: dict[str, str], path: str, body: Callable[[int], b
     return result
 
 
+# The same body as ``single_body``, built by wrk (``bench/wrk.py``): unique order ids per wrk thread.
+SINGLE_BODY_LUA = (
+    "local body = string.format('{\"payload\":{\"order_id\":%d,\"customer\":\"c-%d\",\"items\":[1,2,3]},"
+    "\"tags\":{\"src\":\"bench\"}}', tid * 10000000 + n, n % 97)\n"
+    f"  return wrk.format('POST', '/v1/jobs/{SLUG}/trigger', nil, body)")
+
+
+def drive_single(port: int, headers: dict[str, str], clients: int, secs: float, client: str) -> Measure:
+    if client == "python":
+        return drive(port, headers, f"/v1/jobs/{SLUG}/trigger", single_body, clients, secs)
+    result = wrk.run(port, headers, SINGLE_BODY_LUA, clients=clients, secs=secs)
+    return Measure(requests=result.ok, errors=result.errors, secs=result.secs,
+                   known_pcts={0.5: result.p50_ms, 0.99: result.p99_ms})
+
+
 def single_body(seq: int) -> bytes:
     return b'{"payload":{"order_id":%d,"customer":"c-%d","items":[1,2,3]},"tags":{"src":"bench"}}' % (seq, seq % 97)
 
@@ -233,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating reference/Sluice rounds (default 3)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--bulk-clients", type=int, default=4)
+    parser.add_argument("--client", choices=("wrk", "python"), default="wrk" if wrk.available() else "python",
+                        help="load generator of the single-trigger measurement (default: wrk when installed)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--pg-admin-url", default=os.environ.get(
@@ -268,14 +294,20 @@ def main(argv: list[str] | None = None) -> int:
                 for name in ("reference", "sluice"):
                     wipe(url, args.redis_url)
                     port = servers[name][0]
+                    app_before = cpu_secs_of_group(processes[name].pid)
+                    db_before = cpu_secs_of_database_backends(args.db_name)
                     if kind == "single":
-                        m = drive(port, headers, f"/v1/jobs/{SLUG}/trigger", single_body, args.clients, args.secs)
+                        m = drive_single(port, headers, args.clients, args.secs, args.client)
                     else:
                         m = drive(port, headers, f"/v1/jobs/{SLUG}/trigger/bulk", bulk_body, args.bulk_clients,
                                   args.secs, weight=BULK_ITEMS)
+                    app_secs = cpu_secs_of_group(processes[name].pid) - app_before
+                    m.cpu_secs = app_secs + cpu_secs_of_database_backends(args.db_name) - db_before
                     results.setdefault((kind, name), []).append(m)
                     print(f"round {round_no} {kind:<6} {name:<9} {m.rate:>9.0f}/s  p50 {m.pct(0.5):6.1f} ms  "
-                          f"p99 {m.pct(0.99):6.1f} ms  errors {m.errors}", flush=True)
+                          f"p99 {m.pct(0.99):6.1f} ms  errors {m.errors}  server+db CPU "
+                          f"{m.cpu_ms_per_request * (BULK_ITEMS if kind == 'bulk' else 1):.3f} ms/req "
+                          f"(app {app_secs / m.cpu_secs:.0%})", flush=True)
     finally:
         for process in processes.values():
             stop_server(process)
@@ -289,6 +321,7 @@ def print_table(results: dict[tuple[str, str], list[Measure]], args: argparse.Na
 
     print(f"\nTrigger benchmark: {args.workers} workers × {args.threads} threads, {args.clients} clients (bulk "
           f"{args.bulk_clients} × {BULK_ITEMS} items), {args.secs:g} s × {args.rounds} rounds, "
+          f"{args.client} client, "
           f"{os.cpu_count()} CPUs shared by client, servers, PostgreSQL and Redis. Medians of the rounds.\n")
     print("| measurement            | reference | sluice | ratio | sluice p50 ms | sluice p99 ms | ref p99 ms "
           "| errors |")
@@ -303,6 +336,15 @@ def print_table(results: dict[tuple[str, str], list[Measure]], args: argparse.Na
         label = f"{kind} trigger ({unit})"
         print(f"| {label:<22} | {ref:>9.0f} | {slu:>6.0f} | {slu / ref if ref else 0:>5.2f} | {p50:>13.1f} "
               f"| {p99:>13.1f} | {ref_p99:>10.1f} | {errors:>6} |")
+    print("\nCPU per accepted run (ms): the server's processes plus its PostgreSQL backends, same rounds — the\n"
+          "measure least disturbed by other load on the machine.\n")
+    print("| measurement            | reference | sluice | reference / sluice |")
+    print("|------------------------|-----------|--------|--------------------|")
+    for kind in kinds:
+        ref_cpu = med(kind, "reference", lambda m: m.cpu_ms_per_request)
+        slu_cpu = med(kind, "sluice", lambda m: m.cpu_ms_per_request)
+        print(f"| {kind + ' trigger':<22} | {ref_cpu:>9.3f} | {slu_cpu:>6.3f} | "
+              f"{ref_cpu / slu_cpu if slu_cpu else 0:>18.2f} |")
 
 
 if __name__ == "__main__":
