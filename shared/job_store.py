@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from shared.apikeys import KEY_FIELDS
 from shared.ids import canonical_uuid
 from shared.models import Job
-from shared.prepared import HotStatement, execute_hot, prepare_once
+from shared.prepared import HotStatement, first_hot, prepare_once
 
 JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
 
@@ -90,7 +90,7 @@ class KeyLookup:
     def first(self, session: Session, params: dict[str, Any]) -> Any:
         connection = session.connection()
         if prepare_once(connection, self.hot):
-            return execute_hot(connection, self.hot, params).first()
+            return first_hot(connection, self.hot, params)
         return connection.execute(self.typed, params).first()
 
 

@@ -24,7 +24,7 @@ from shared.ids import uuid7
 from shared.metrics import observe_runs_created, observe_runs_created_by
 from shared.models import Job, Run, RunEvent
 from shared.payloads import EMPTY_PAYLOAD, EMPTY_PAYLOAD_HASH
-from shared.prepared import HotStatement, execute_hot
+from shared.prepared import HotStatement, run_hot
 from shared.retries import retry_summary
 from shared.runstate import Effects, RunStatus, event, insert_events
 from shared.schedules import tick_key
@@ -157,7 +157,7 @@ def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effec
     events = [creation_event(row) for row in rows]
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres and len(rows) == 1:
-        execute_hot(session.connection(), _RUN_WITH_EVENT_AS_JSON,
+        run_hot(session.connection(), _RUN_WITH_EVENT_AS_JSON,
                     {"run": _as_json(_column_values(rows[0])), "event": _as_json(events[0])})
     elif postgres:
         _insert_as_json(session, "runs", [_column_values(row) for row in rows])
