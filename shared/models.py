@@ -151,10 +151,15 @@ class Run(Base):
     __table_args__ = (
         sa.Index("ix_runs_project_created", "project_id", "created_at", "id"),
         sa.Index("ix_runs_job_created", "job_id", "created_at", "id"),
-        sa.Index("ix_runs_job_finished", "job_id", "finished_at"),
-        sa.Index("ix_runs_job_idempotency", "job_id", "idempotency_key"),
+        # Partial where most runs hold NULL (migration 0002): a plain run skips them on INSERT.
+        sa.Index("ix_runs_job_finished", "job_id", "finished_at",
+                 postgresql_where=sa.text("finished_at IS NOT NULL"), sqlite_where=sa.text("finished_at IS NOT NULL")),
+        sa.Index("ix_runs_job_idempotency", "job_id", "idempotency_key",
+                 postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+                 sqlite_where=sa.text("idempotency_key IS NOT NULL")),
         sa.Index("ix_runs_job_payload_hash", "job_id", "payload_hash", "created_at"),
-        sa.Index("ix_runs_batch", "batch_id"),
+        sa.Index("ix_runs_batch", "batch_id",
+                 postgresql_where=sa.text("batch_id IS NOT NULL"), sqlite_where=sa.text("batch_id IS NOT NULL")),
         sa.Index("ix_runs_status_created", "project_id", "status", "created_at"),
         # The ready set, best first (§5.11): what a worker claims and the sweeper counts.
         # (an expression index, created by hand in migration 0001: autogenerate cannot compare it)
