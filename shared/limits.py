@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import redis
 
 from shared import redis_keys
-from shared.limits_lua import ACQUIRE_SCRIPT, COUNT_SCRIPT, EXTEND_SCRIPT
+from shared.limits_lua import ACQUIRE_SCRIPT, COUNT_SCRIPT, EXTEND_SCRIPT, RELEASE_SCRIPT
 
 # Key values longer than this (payload strings can be up to 1 MiB) are hashed so Redis keys stay small.
 MAX_KEY_VALUE_CHARS = 256
@@ -58,7 +58,10 @@ class LimitRequest:
     """Everything one attempt start is checked against. ``None`` or ``0`` maxima mean unlimited.
 
     ``lease_ms`` is the effective timeout + ``SLUICE_LEASE_MARGIN_SECS``, in ms: a dead worker's lease
-    frees itself after that.
+    frees itself after that. ``waiter_priority``: on a concurrency refusal, register the run as a slot
+    waiter with this priority (``shared.slot_waiters``), in the same script. ``hand_over``: (run id,
+    concurrency key) of an attempt of the same job that has just ended and still holds its leases; they
+    are dropped first, atomically, so its slot passes to this run (admitted or not, they are gone after).
     """
 
     run_id: str
@@ -68,6 +71,8 @@ class LimitRequest:
     max_concurrency_per_key: int | None
     lease_ms: int
     rate_rules: tuple[RateRule, ...] = ()
+    waiter_priority: int | None = None
+    hand_over: tuple[str, str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.lease_ms < 1:
@@ -100,6 +105,7 @@ class Limits:
         self._acquire = redis.register_script(ACQUIRE_SCRIPT)
         self._extend = redis.register_script(EXTEND_SCRIPT)
         self._count = redis.register_script(COUNT_SCRIPT)
+        self._release = redis.register_script(RELEASE_SCRIPT)
 
     @property
     def client(self) -> redis.Redis:
@@ -114,12 +120,16 @@ class Limits:
         server clock (tests only).
         """
         key = req.concurrency_key or None  # "" is normalised to null by the API; be lenient anyway
-        keys = [redis_keys.concurrency_job(req.job_id)]
+        keys = [redis_keys.concurrency_job(req.job_id), redis_keys.slot_waiters_job(req.job_id)]
         if key is not None:
-            keys.append(redis_keys.concurrency_key(req.job_id, key))
+            keys += [redis_keys.concurrency_key(req.job_id, key), redis_keys.slot_waiters_key(req.job_id, key)]
+        released_id, released_key = req.hand_over or ("", None)
+        if released_key:
+            keys.append(redis_keys.concurrency_key(req.job_id, released_key))
         args: list[str | int] = [
             _now_arg(now_ms), req.run_id, req.lease_ms, req.max_concurrency or 0,
             1 if key is not None else 0, req.max_concurrency_per_key or 0, uuid.uuid4().hex[:12],
+            "" if req.waiter_priority is None else req.waiter_priority, released_id, 1 if released_key else 0,
         ]
         # Rules sharing a ZSET trim by their largest window so one never drops marks another still counts.
         trim_ms: dict[str, int] = {}
@@ -144,6 +154,19 @@ class Limits:
         limit = {"kind": "rate_limit", "name": rule.name, "max": rule.max,
                  "window_secs": _secs(rule.window_ms)}
         return LimitDecision(False, "rate_limit", value, limit, server_now)
+
+    def end_attempt(self, run_id: str, job_id: str, concurrency_key: str | None, *,
+                    hand_over: bool) -> str | None:
+        """The end of an attempt, in one round trip: with ``hand_over`` and a run waiting for one of the
+        slots it frees, pop the best such waiter and return its id, KEEPING the leases (the caller passes
+        them on with ``LimitRequest.hand_over``, or calls ``release``); otherwise drop the leases and
+        return ``None``."""
+        keys = [redis_keys.concurrency_job(job_id), redis_keys.slot_waiters_job(job_id)]
+        if concurrency_key:
+            keys += [redis_keys.concurrency_key(job_id, concurrency_key),
+                     redis_keys.slot_waiters_key(job_id, concurrency_key)]
+        reply = self._release(keys=keys, args=[run_id, 1 if hand_over else 0])
+        return reply[0].decode() if reply else None
 
     def release(self, run_id: str, job_id: str, concurrency_key: str | None) -> None:
         """Drop the run's job and per-key leases. Idempotent; rate marks stay (the start happened)."""

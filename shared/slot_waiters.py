@@ -35,14 +35,13 @@ from sqlalchemy.orm import Session
 
 from shared import redis_keys
 from shared.limits import LimitDecision
+from shared.limits_lua import PRIORITY_WEIGHT, WAITER_TTL_SECS
 from shared.models import Run
 from shared.runstate import Effects, RunStatus, transition
 
 log = logging.getLogger("sluice.limits")
 
-WAITER_TTL_SECS = 86_400
 MAX_POPS = 8  # popped ids tried per set and release before giving up (stale ids are dropped)
-PRIORITY_WEIGHT = 10**13  # > any unix ms until the year 2286: priority dominates the refusal time
 WAKE_MESSAGE = "slot released"
 _DELAYED = frozenset({RunStatus.DELAYED})
 

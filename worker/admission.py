@@ -35,7 +35,6 @@ from shared.models import Job, Run
 from shared.run_moves import move_run, supports_moves
 from shared.runstate import Effects, RunStatus, status_columns, transition
 from shared.schedules import CronError, CronSpec, is_minute_open, next_open_minute, parse_cron
-from shared.slot_waiters import register_waiter
 
 log = logging.getLogger("sluice.worker")
 
@@ -71,8 +70,14 @@ def _window_spec(expression: str) -> CronSpec:
 
 
 def admit(session: Session, run: Run, job: Job, *, now: datetime, settings: Settings, limits: Limits,
-          effects: Effects, rng: random.Random) -> Started | NotStarted:
-    """Apply §5.1 steps 3–8 to the locked ``run``; the caller commits (and applies ``effects``)."""
+          effects: Effects, rng: random.Random,
+          hand_over: tuple[str, str | None] | None = None) -> Started | NotStarted:
+    """Apply §5.1 steps 3–8 to the locked ``run``; the caller commits (and applies ``effects``).
+
+    ``hand_over``: (run id, concurrency key) of an ended attempt of the same job whose leases pass to this
+    run (``worker.handoff``); they are dropped by the limit script whatever its decision. A refusal before
+    the limit check (expiry, window, settings) leaves them to the caller.
+    """
     if run.attempt == 0 and run.expires_at is not None and run.expires_at <= now:
         transition(session, run.id, RunStatus.EXPIRED, now=now, effects=effects, **_FROM_CLAIM,
                    values={"error": EXPIRED_ERROR, "error_class": None})
@@ -92,10 +97,10 @@ def admit(session: Session, run: Run, job: Job, *, now: datetime, settings: Sett
 
     timeout_secs = effective_timeout_secs(run, resolved)
     lease_ms = (timeout_secs + settings.lease_margin_secs) * 1000
-    decision = limits.acquire(_limit_request(run, job, lease_ms))
+    # A concurrency refusal also registers the run as a slot waiter, in the same script: a release wakes it.
+    decision = limits.acquire(_limit_request(run, job, lease_ms, hand_over))
     if not decision.admitted:
         until = _retry_at(decision, now, settings, rng)
-        register_waiter(limits.client, run, decision, now)  # no slot: a release wakes it (shared.slot_waiters)
         return _redelay(session, run, decision.reason or "concurrency", until, decision.limit, now=now,
                         effects=effects)
 
@@ -141,7 +146,7 @@ def _window_closed_until(job: Job, now: datetime) -> datetime | None:
     return next_open_minute(spec, job.timezone, now)
 
 
-def _limit_request(run: Run, job: Job, lease_ms: int) -> LimitRequest:
+def _limit_request(run: Run, job: Job, lease_ms: int, hand_over: tuple[str, str | None] | None) -> LimitRequest:
     payload: Any = None
     if job.rate_limit_keys:  # the payload is parsed only when a key may be looked up in it
         payload = json.loads(run.payload)
@@ -149,7 +154,7 @@ def _limit_request(run: Run, job: Job, lease_ms: int) -> LimitRequest:
                            run.run_metadata or {}, run.tags or {}, payload)
     return LimitRequest(run_id=run.id, job_id=job.id, max_concurrency=job.max_concurrency,
                         concurrency_key=run.concurrency_key, max_concurrency_per_key=job.max_concurrency_per_key,
-                        lease_ms=lease_ms, rate_rules=rules)
+                        lease_ms=lease_ms, rate_rules=rules, waiter_priority=run.priority, hand_over=hand_over)
 
 
 def _retry_at(decision: LimitDecision, now: datetime, settings: Settings, rng: random.Random) -> datetime:
@@ -161,9 +166,18 @@ def _retry_at(decision: LimitDecision, now: datetime, settings: Settings, rng: r
 
 def _redelay(session: Session, run: Run, reason: str, until: datetime, limit: dict[str, Any], *,
              now: datetime, effects: Effects) -> NotStarted:
-    """``queued → delayed`` with ``scheduled_at`` = ``until`` and event ``redelayed``; no attempt used."""
-    transition(session, run.id, RunStatus.DELAYED, now=now, effects=effects, **_FROM_CLAIM,
-               values={"scheduled_at": until},
-               events=[("redelayed", {"reason": reason, "until": format_ts(until), "limit": limit})])
+    """``queued → delayed`` with ``scheduled_at`` = ``until`` and event ``redelayed``; no attempt used.
+
+    One statement on PostgreSQL (``shared.run_moves``): under a backlog behind a cap most claims end here,
+    every ``SLUICE_SLOT_RETRY_SECS`` for every waiting run (§5.8), so this path's cost is the backlog's.
+    """
+    values = {"scheduled_at": until}
+    events = [("redelayed", {"reason": reason, "until": format_ts(until), "limit": limit})]
+    if supports_moves(session):
+        move_run(session, run.id, from_status=RunStatus.QUEUED, to=RunStatus.DELAYED, now=now, effects=effects,
+                 values=values, events=events)
+    else:
+        transition(session, run.id, RunStatus.DELAYED, now=now, effects=effects, **_FROM_CLAIM, values=values,
+                   events=events)
     observe_redelay(reason)
     return NotStarted("redelayed", reason)

@@ -292,3 +292,57 @@ def test_sixteen_threads_never_exceed_max_concurrency(limits: Limits) -> None:
     assert 1 <= peak <= 3
     assert admitted >= 3
     assert limits.slots_in_use(JOB) == 0
+
+
+# --- slot waiters and hand-over ------------------------------------------------------------------------
+
+def test_concurrency_refusal_registers_a_waiter_in_the_same_script(limits: Limits,
+                                                                   redis_client: redis_lib.Redis) -> None:
+    assert limits.acquire(req("a", max_concurrency=1, key="k", per_key=1), now_ms=T0).admitted
+    job_full = LimitRequest(run_id="b", job_id=JOB, max_concurrency=1, concurrency_key=None,
+                            max_concurrency_per_key=None, lease_ms=60_000, waiter_priority=3)
+    assert not limits.acquire(job_full, now_ms=T0 + 10).admitted
+    assert redis_client.zscore(redis_keys.slot_waiters_job(JOB), "b") == -3 * 10**13 + T0 + 10
+    assert not limits.acquire(job_full, now_ms=T0 + 99).admitted  # refused again: keeps its place
+    assert redis_client.zscore(redis_keys.slot_waiters_job(JOB), "b") == -3 * 10**13 + T0 + 10
+    assert 86_000 < redis_client.ttl(redis_keys.slot_waiters_job(JOB)) <= 86_400
+    key_full = LimitRequest(run_id="c", job_id=JOB, max_concurrency=5, concurrency_key="k",
+                            max_concurrency_per_key=1, lease_ms=60_000, waiter_priority=0)
+    assert not limits.acquire(key_full, now_ms=T0 + 20).admitted
+    assert redis_client.zrange(redis_keys.slot_waiters_key(JOB, "k"), 0, -1) == [b"c"]
+    no_register = req("d", max_concurrency=1)
+    assert not limits.acquire(no_register, now_ms=T0 + 30).admitted
+    assert redis_client.zcard(redis_keys.slot_waiters_job(JOB)) == 1
+    limits.release("a", JOB, "k")
+    assert limits.acquire(job_full, now_ms=T0 + 40).admitted  # admission removes it from the waiters
+    assert redis_client.zcard(redis_keys.slot_waiters_job(JOB)) == 0
+
+
+def test_end_attempt_pops_the_best_waiter_and_keeps_the_leases(limits: Limits) -> None:
+    assert limits.acquire(req("a", max_concurrency=1, key="k", per_key=1)).admitted
+    for run_id, key, priority in (("w-job", None, 0), ("w-key", "k", 5)):
+        waiting = LimitRequest(run_id=run_id, job_id=JOB, max_concurrency=1, concurrency_key=key,
+                               max_concurrency_per_key=1, lease_ms=60_000, waiter_priority=priority)
+        assert not limits.acquire(waiting).admitted
+    assert limits.end_attempt("a", JOB, "k", hand_over=True) == "w-key"  # higher priority, either set
+    assert limits.slots_in_use(JOB) == 1 and limits.slots_in_use(JOB, "k") == 1  # kept for the hand-over
+    assert limits.end_attempt("a", JOB, "k", hand_over=False) is None  # release: leases dropped
+    assert limits.slots_in_use(JOB) == 0 and limits.slots_in_use(JOB, "k") == 0
+    assert limits.end_attempt("x", JOB, None, hand_over=True) == "w-job"
+    assert limits.end_attempt("x", JOB, None, hand_over=True) is None  # nobody waits: released
+
+
+def test_hand_over_passes_the_slot_without_it_ever_being_free(limits: Limits) -> None:
+    assert limits.acquire(req("a", max_concurrency=1, key="k1", per_key=1)).admitted
+    assert not limits.acquire(req("w", max_concurrency=1, key="k1", per_key=1)).admitted
+    handed = LimitRequest(run_id="w", job_id=JOB, max_concurrency=1, concurrency_key="k1",
+                          max_concurrency_per_key=1, lease_ms=60_000, hand_over=("a", "k1"))
+    assert limits.acquire(handed).admitted
+    assert limits.slots_in_use(JOB) == 1 and limits.slots_in_use(JOB, "k1") == 1
+    assert not limits.acquire(req("z", max_concurrency=1)).admitted  # the slot never went back to the pool
+    # A hand-over the receiver's own limits refuse still drops the ended attempt's leases.
+    assert limits.acquire(req("b", max_concurrency=3, key="k2", per_key=1)).admitted
+    refused = LimitRequest(run_id="v", job_id=JOB, max_concurrency=3, concurrency_key="k2",
+                           max_concurrency_per_key=1, lease_ms=60_000, hand_over=("w", "k1"))
+    assert not limits.acquire(refused).admitted
+    assert limits.slots_in_use(JOB) == 1 and limits.slots_in_use(JOB, "k1") == 0

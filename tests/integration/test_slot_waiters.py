@@ -172,17 +172,20 @@ def test_redis_failure_is_swallowed(harness: Harness) -> None:
 
 # ---------------------------------------------------------------------------------------------- call sites
 
-def test_worker_refusal_registers_and_its_release_wakes_the_waiter(harness: Harness, httpserver: HTTPServer) -> None:
+def test_worker_refusal_registers_and_the_holder_thread_starts_the_waiter(harness: Harness,
+                                                                          httpserver: HTTPServer) -> None:
     release = threading.Event()
+    arrivals: list[str] = []
 
     def slow(request: Request) -> Response:
+        arrivals.append(request.headers["X-Sluice-Run-Id"])
         release.wait(5)
         return Response("{}", 200, content_type="application/json")
 
     httpserver.expect_request("/slow").respond_with_handler(slow)
     job = harness.job(endpoint_url=httpserver.url_for("/slow"), max_concurrency=1)
     holder = harness.run(job, priority=5)
-    waiter = harness.run(job)
+    waiter = harness.run(job, priority=2)
     results: list[str] = []
     thread = threading.Thread(target=lambda: results.append(harness.handle(holder.id).action))
     thread.start()
@@ -192,14 +195,22 @@ def test_worker_refusal_registers_and_its_release_wakes_the_waiter(harness: Harn
         time.sleep(0.02)
     assert harness.handle(waiter.id).action == "redelayed"
     assert harness.get(waiter.id).status == "delayed"
-    assert harness.redis.zrange(redis_keys.slot_waiters_job(job.id), 0, -1) == [waiter.id.encode()]
+    # Registered by the limit script itself, with the Redis clock of the refusal.
+    [(member, score)] = harness.redis.zrange(redis_keys.slot_waiters_job(job.id), 0, -1, withscores=True)
+    assert member == waiter.id.encode() and -2 * 10**13 < score < -2 * 10**13 + time.time() * 1000 + 5000
     release.set()
     thread.join(10)
-    assert results == ["completed"]
+    assert results == ["completed"]  # what the holder's own message did
+    # ... and then the same thread took the slot over for the waiter and ran it, long before its retry time.
     woken = harness.get(waiter.id)
-    assert woken.status == "queued" and woken.scheduled_at is not None and woken.scheduled_at > utcnow()
-    assert harness.events(waiter.id, "state_change")[-1].message == WAKE_MESSAGE
-    assert harness.handle(waiter.id).action == "completed"
+    assert woken.status == "completed" and woken.attempt == 1
+    assert woken.scheduled_at is not None and woken.scheduled_at > woken.started_at
+    assert arrivals == [holder.id, waiter.id]
+    changes = [(e.data["from"], e.data["to"], e.message) for e in harness.events(waiter.id, "state_change")]
+    assert ("delayed", "queued", WAKE_MESSAGE) in changes and changes[-2][:2] == ("queued", "executing")
+    assert len(harness.events(waiter.id, "attempt_started")) == 1
+    assert harness.limits.slots_in_use(job.id) == 0
+    assert not harness.redis.exists(redis_keys.slot_waiters_job(job.id))
 
 
 def _holding_lease(harness: Harness, job_fields: dict[str, object], **run_fields: object) -> Run:

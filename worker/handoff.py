@@ -1,0 +1,144 @@
+"""In-worker slot hand-off: the thread whose attempt just ended starts the best waiting run itself.
+
+A run refused for a concurrency slot is registered as a waiter by the limit script itself
+(``shared.limits``, ``shared.slot_waiters``). When an attempt ends (its outcome committed), one script
+either drops its leases (nobody waits) or pops the best waiter and keeps them. The worker thread then
+locks that run, moves it ``delayed → queued`` (event message ``slot released``) and admits it in the same
+transaction with the ended attempt's leases *handed over* — dropped inside the admission script, so the
+slot is never seen free by anyone else and the cap is never exceeded — and runs its attempt right away,
+in the same thread. No promotion transaction, no message, no fetch by another thread: that hop cost
+15–40 ms of every 0.1 s slot (docs/flow-control.md, "Measured").
+
+Everything §5.1 checks still applies: the woken run goes through ``worker.admission.admit`` (expiry,
+version policy, window, every limit). A popped run that is not waiting any more (started, canceled, in a
+retry back-off, its job disabled) is skipped and the next waiter popped; after ``MAX_POPS`` or on any
+error the leases are released and waiters are woken the ordinary way (``SlotWaiters.wake``: promote and
+enqueue), and every waiter keeps its ``scheduled_at`` retry (§5.8) as the safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
+
+from shared.config import Settings
+from shared.effects import commit_and_apply
+from shared.limits import Limits
+from shared.models import Job, Run
+from shared.run_moves import move_run, supports_moves
+from shared.runstate import Effects, RunStatus, status_columns
+from shared.slot_waiters import MAX_POPS, WAKE_MESSAGE, SlotWaiters, promote_waiter
+from worker.admission import Started, admit
+from worker.trace import TraceClock
+
+log = logging.getLogger("sluice.worker")
+
+# A chain of hand-offs runs inside one dispatch message: stop chaining after this long so the message's
+# time limit (worker.actors.DISPATCH_TIME_LIMIT_MS = longest attempt + 1 h) is never reached.
+CHAIN_SECS = 1800
+
+Successor = tuple[Started, TraceClock]
+
+
+class SlotHandOff:
+    """Ends attempts and hands their slots over; thread-safe (one per runner)."""
+
+    def __init__(self, *, session_factory: sessionmaker[Session], limits: Limits, broker: Any,
+                 settings: Settings, clock: Callable[[], datetime], rng: random.Random) -> None:
+        self._session_factory = session_factory
+        self._limits = limits
+        self._broker = broker
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng
+
+    def end_attempt(self, run: Run, *, chain: bool) -> Successor | None:
+        """After ``run``'s outcome is committed: with ``chain``, start the best run waiting for its slot
+        and return it for this thread to execute; otherwise (or if none could start) release the slot and
+        wake waiters the ordinary way. Never raises."""
+        try:
+            if chain:
+                for _ in range(MAX_POPS):
+                    waiter = self._limits.end_attempt(run.id, run.job_id, run.concurrency_key, hand_over=True)
+                    if waiter is None:
+                        return None  # leases dropped, and nobody was waiting for them
+                    successor = self._start(waiter, run)
+                    if successor is not None:
+                        return successor
+            self._limits.release(run.id, run.job_id, run.concurrency_key)
+        except (redis.exceptions.RedisError, OSError, SQLAlchemyError) as exc:
+            log.warning("slot hand-off failed; the lease is released or expires, waiters retry", extra={
+                "run_id": run.id, "job_id": run.job_id, "error": type(exc).__name__})
+            try:
+                self._limits.release(run.id, run.job_id, run.concurrency_key)
+            except (redis.exceptions.RedisError, OSError):
+                return None  # the lease expires (timeout + margin); waiters retry at scheduled_at
+        SlotWaiters(self._limits.client).wake([(run.job_id, run.concurrency_key)],
+                                              open_session=self._session_factory, broker=self._broker)
+        return None
+
+    def _start(self, waiter_id: str, ended: Run) -> Successor | None:
+        """Lock ``waiter_id``; if it still waits for a slot, wake and admit it with ``ended``'s leases."""
+        picked = time.monotonic()
+        session = self._session_factory()
+        try:
+            # Blocking lock: a worker refusing this run right now holds it only until its re-delay commits.
+            row = session.execute(sa.select(Run, Job).join(Job, Job.id == Run.job_id)
+                                  .where(Run.id == waiter_id).with_for_update(of=Run)).first()
+            now = self._clock()
+            if row is None or not _waiting(row[0], row[1], now) or not _wake(session, row[0], now):
+                session.rollback()
+                return None
+            run, job = row
+            effects = Effects()
+            admission = admit(session, run, job, now=now, settings=self._settings, limits=self._limits,
+                              effects=effects, rng=self._rng, hand_over=(ended.id, ended.concurrency_key))
+            acquired = time.monotonic()
+            effects.enqueue = [i for i in effects.enqueue if i != run.id]  # it starts here, or waits again
+            commit_and_apply(session, effects, self._broker)
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        if not isinstance(admission, Started):
+            log.info("handed-over run not started", extra={"run_id": waiter_id, "job_id": ended.job_id,
+                                                           "action": admission.action, "reason": admission.detail})
+            return None
+        return admission, TraceClock(picked=picked, picked_wall=now, queued_at=run.queued_at, acquired=acquired)
+
+
+def _waiting(run: Run, job: Job, now: datetime) -> bool:
+    """Still waiting for a slot: ``delayed`` with no retry back-off ahead, or ``queued`` and not held; job
+    enabled (a disabled job's runs are held by the ordinary claim, §5.12)."""
+    if not job.enabled:
+        return False
+    if run.status == RunStatus.QUEUED.value:
+        return run.held_at is None
+    return run.status == RunStatus.DELAYED.value and (run.next_retry_at is None or run.next_retry_at <= now)
+
+
+def _wake(session: Session, run: Run, now: datetime) -> bool:
+    """``delayed → queued`` (message ``slot released``) on the locked row; a queued run stays as it is."""
+    if run.status == RunStatus.QUEUED.value:
+        return True
+    if supports_moves(session):
+        moved = move_run(session, run.id, from_status=RunStatus.DELAYED, to=RunStatus.QUEUED, now=now,
+                         effects=Effects(), message=WAKE_MESSAGE) is not None
+    else:
+        moved = promote_waiter(session, run.id, now=now, effects=Effects())
+    if not moved:
+        return False
+    for name, value in status_columns(RunStatus.QUEUED, {}, now).items():
+        set_committed_value(run, name, value)
+    return True
