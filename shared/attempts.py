@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from shared.clock import format_ts
 from shared.models import Run
 from shared.retries import Outcome, final_status_for, retry_delay_secs
-from shared.run_moves import move_run, supports_moves
+from shared.run_moves import StatementRunner, move_run, move_run_unhooked, supports_moves
 from shared.runstate import Effects, RunStatus, transition
 
 _EXECUTING = frozenset({RunStatus.EXECUTING})
@@ -61,15 +61,19 @@ def clean_text(text: str | None) -> str | None:
     return None if text is None else text.replace("\x00", "\ufffd")
 
 
-def finish_attempt(session: Session, run_id: str, end: AttemptEnd, *, policy: RetryPolicy, now: datetime,
-                   effects: Effects, rng: random.Random | None = None) -> RunStatus | None:
-    """Record ``end`` if ``run_id`` is still ``executing`` attempt ``end.attempt`` and return the run's new
-    status; else return ``None`` (the outcome is discarded).
+@dataclass(frozen=True)
+class PlannedEnd:
+    """Where an attempt's end takes the run: status, columns and events (``plan_end``)."""
 
-    One conditional UPDATE (status ``executing`` and ``attempt`` = ``end.attempt``; PostgreSQL re-checks both
-    after taking the row lock) decides. The caller owns the transaction (and releases the attempt's slots
-    after committing).
-    """
+    attempt: int
+    to: RunStatus
+    values: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]]
+
+
+def plan_end(end: AttemptEnd, *, policy: RetryPolicy, now: datetime,
+             rng: random.Random | None = None) -> PlannedEnd:
+    """Apply §5.3–5.4 to ``end``: the new status, the columns to set and the events to write."""
     outcome = end.outcome
     error = clean_text(outcome.error)
     finished = {
@@ -102,10 +106,38 @@ def finish_attempt(session: Session, run_id: str, end: AttemptEnd, *, policy: Re
             to = RunStatus.SYSTEM_FAILED
         else:
             to = RunStatus.FAILED
+    return PlannedEnd(end.attempt, to, values, events)
+
+
+def finish_attempt(session: Session, run_id: str, end: AttemptEnd, *, policy: RetryPolicy, now: datetime,
+                   effects: Effects, rng: random.Random | None = None) -> RunStatus | None:
+    """Record ``end`` if ``run_id`` is still ``executing`` attempt ``end.attempt`` and return the run's new
+    status; else return ``None`` (the outcome is discarded).
+
+    One conditional UPDATE (status ``executing`` and ``attempt`` = ``end.attempt``; PostgreSQL re-checks both
+    after taking the row lock) decides. The caller owns the transaction (and releases the attempt's slots
+    after committing).
+    """
+    return record_end(session, run_id, plan_end(end, policy=policy, now=now, rng=rng), now=now, effects=effects)
+
+
+def record_end(session: Session, run_id: str, plan: PlannedEnd, *, now: datetime,
+               effects: Effects) -> RunStatus | None:
+    """``finish_attempt`` for an end already planned (``plan_end``)."""
+    to, values, events = plan.to, plan.values, plan.events
     if supports_moves(session):  # PostgreSQL: UPDATE, events and the terminal hooks' facts in one statement
         moved = move_run(session, run_id, from_status=RunStatus.EXECUTING, to=to, now=now, effects=effects,
-                         values=values, events=events, where_equal={"attempt": end.attempt})
+                         values=values, events=events, where_equal={"attempt": plan.attempt})
         return None if moved is None else to
     run = transition(session, run_id, to, now=now, effects=effects, expected=_EXECUTING, values=values,
-                     events=events, locked_status=RunStatus.EXECUTING, where=(Run.attempt == end.attempt,))
+                     events=events, locked_status=RunStatus.EXECUTING, where=(Run.attempt == plan.attempt,))
     return None if run is None else to
+
+
+def record_end_alone(execute: StatementRunner, run_id: str, plan: PlannedEnd, *, now: datetime) -> RunStatus | None:
+    """Record ``plan`` as one self-contained statement (PostgreSQL; ``shared.run_moves.move_run_unhooked``):
+    the run's new status, or ``None`` when nothing was written — the attempt no longer matches, or a
+    terminal hook (webhook, dependents) is due — and ``record_end`` in a transaction must decide."""
+    moved = move_run_unhooked(execute, run_id, from_status=RunStatus.EXECUTING, to=plan.to, now=now,
+                              values=plan.values, events=plan.events, where_equal={"attempt": plan.attempt})
+    return None if moved is None else plan.to

@@ -82,6 +82,12 @@ def effective_timeout_secs(run: Run, settings: ExecutionSettings) -> int:
     return run.timeout_secs_override or settings.timeout_secs
 
 
+def live_settings(config: Mapping[str, Any], version: int, version_id: str) -> ExecutionSettings:
+    """The settings from the live job's six fields (``config``), validated like any snapshot: for callers
+    that read those fields themselves (the worker's one-statement start, ``worker.fast_start``)."""
+    return _from_config(config, version, version_id)
+
+
 def _live_config(job: Job) -> dict[str, Any]:
     return {
         "endpoint_url": job.endpoint_url, "fallback_endpoint_url": job.fallback_endpoint_url,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -75,12 +76,53 @@ def move_run(session: Session, run_id: str, *, from_status: RunStatus, to: RunSt
     move this runs the terminal hooks exactly like ``transition`` (webhook unless suppressed, dependents),
     skipping each one's queries when the statement says there is nothing to do.
     """
+    terminal = to in TERMINAL
+    shape, params = _move_params(run_id, from_status, to, now, values, events, where_equal, message)
+    row = execute_hot(session.connection(), _statement(*shape, terminal, False), params).first()
+    if row is None:
+        return None
+    if not terminal:
+        return Moved(row.status, row.job_id)
+    moved = Moved(row.status, row.job_id, row.webhook_url, bool(row.has_dependents))
+    _after_terminal(session, run_id, moved, now=now, effects=effects)
+    return moved
+
+
+StatementRunner = Callable[[HotStatement, dict[str, Any]], "tuple[Any, ...] | None"]
+
+
+def move_run_unhooked(execute: StatementRunner, run_id: str, *, from_status: RunStatus, to: RunStatus,
+                      now: datetime, values: dict[str, Any] | None = None,
+                      events: list[tuple[str, dict[str, Any]]] | None = None,
+                      where_equal: dict[str, Any] | None = None) -> Moved | None:
+    """``move_run`` as one self-contained statement, for a caller that runs it as its own transaction
+    (``execute``: e.g. an autocommit connection, ``worker.direct``).
+
+    A terminal move here also requires that it has no terminal hooks to run — the live job has no
+    ``webhook_url`` and no job depends on it — since those need further statements in the same
+    transaction. ``None`` means nothing was written: the row did not match *or* hooks are due, and the
+    caller goes on with ``move_run`` in a transaction (which tells the two apart).
+    """
+    terminal = to in TERMINAL
+    shape, params = _move_params(run_id, from_status, to, now, values, events, where_equal, None)
+    row = execute(_statement(*shape, terminal, True), params)
+    if row is None:
+        return None
+    if terminal:
+        observe_run_finished(str(row[0]))
+    return Moved(str(row[0]), str(row[1]))
+
+
+def _move_params(run_id: str, from_status: RunStatus, to: RunStatus, now: datetime,
+                 values: dict[str, Any] | None, events: list[tuple[str, dict[str, Any]]] | None,
+                 where_equal: dict[str, Any] | None,
+                 message: str | None) -> tuple[tuple[tuple[str, ...], tuple[str, ...], int], dict[str, Any]]:
+    """The statement shape (columns set, extra WHERE columns, number of events) and its parameters."""
     updates = status_columns(to, values or {}, now)
     columns = tuple(sorted(updates))
     conditions = tuple(sorted(where_equal or {}))
     all_events = [("state_change", {"from": from_status.value, "to": to.value}, message)]
     all_events += [(type_, data, None) for type_, data in (events or [])]
-    terminal = to in TERMINAL
     params: dict[str, Any] = {"run_id": run_id, "from_status": from_status.value, "now": now}
     for name in columns:
         value = updates[name]
@@ -94,15 +136,7 @@ def move_run(session: Session, run_id: str, *, from_status: RunStatus, to: RunSt
         params[f"e{index}_type"] = type_
         params[f"e{index}_message"] = text
         params[f"e{index}_data"] = json.dumps(data)
-    statement = _statement(columns, conditions, len(all_events), terminal)
-    row = execute_hot(session.connection(), statement, params).first()
-    if row is None:
-        return None
-    if not terminal:
-        return Moved(row.status, row.job_id)
-    moved = Moved(row.status, row.job_id, row.webhook_url, bool(row.has_dependents))
-    _after_terminal(session, run_id, moved, now=now, effects=effects)
-    return moved
+    return (columns, conditions, len(all_events)), params
 
 
 def _after_terminal(session: Session, run_id: str, moved: Moved, *, now: datetime, effects: Effects) -> None:
@@ -126,7 +160,7 @@ def _after_terminal(session: Session, run_id: str, moved: Moved, *, now: datetim
 
 @lru_cache(maxsize=256)
 def _statement(columns: tuple[str, ...], conditions: tuple[str, ...], n_events: int,
-               terminal: bool) -> HotStatement:
+               terminal: bool, unhooked: bool) -> HotStatement:
     def assign(name: str) -> str:
         column = _COLUMN_OF.get(name, name)
         value = f"CAST(:v_{name} AS jsonb)" if column in _JSONB_COLUMNS else f":v_{name}"
@@ -137,7 +171,11 @@ def _statement(columns: tuple[str, ...], conditions: tuple[str, ...], n_events: 
         f"SELECT :e{i}_id, moved.id, :e{i}_type, :e{i}_message, CAST(:e{i}_data AS jsonb), "
         f"CAST(:now AS timestamptz) FROM moved" for i in range(n_events))
     hooks = ""
-    if terminal:
+    if terminal and unhooked:  # only where no hook is due (move_run_unhooked)
+        where += ["NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = runs.job_id "
+                  "AND COALESCE(jobs.webhook_url, '') <> '')",
+                  "NOT EXISTS (SELECT 1 FROM job_dependencies d WHERE d.depends_on_job_id = runs.job_id)"]
+    elif terminal:
         hooks = (", (SELECT jobs.webhook_url FROM jobs WHERE jobs.id = moved.job_id) AS webhook_url, "
                  "EXISTS (SELECT 1 FROM job_dependencies d WHERE d.depends_on_job_id = moved.job_id) "
                  "AS has_dependents")

@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -186,6 +187,13 @@ class _Worker(dramatiq.Worker):
             super()._add_consumer(queue_name, delay=delay)
 
 
+# A worker thread is I/O-bound: each attempt is a dozen short round trips (PostgreSQL, Redis, HTTP), and after
+# each one it waits for the GIL. With CPython's default 5 ms switch interval a thread busy in Python (another
+# attempt's claim or record) can hold it up to 5 ms per wait; at 1 ms the slot hand-off path (worker.handoff)
+# stays within a few ms on a loaded machine. The cost is more frequent GIL hand-overs between busy threads.
+GIL_SWITCH_SECS = 0.001
+
+
 def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = DEFAULT_IDLE_POLL_MS,
                        queues: frozenset[str] = frozenset({DISPATCH_QUEUE, WEBHOOK_QUEUE}),
                        stop: threading.Event | None = None,
@@ -194,6 +202,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_stop_handlers(stop, signals)
+        sys.setswitchinterval(GIL_SWITCH_SECS)
 
     # No pre-ping: it costs a round trip per checkout (two per attempt); a dead pooled connection fails
     # one message, which the sweeper re-creates, and SQLAlchemy then recycles the pool.
@@ -212,7 +221,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     monitor = AttemptMonitor(session_factory, redis_client, limits, clock=utcnow,
                              heartbeat_interval_secs=settings.heartbeat_interval_secs).start()
     runner = Runner(session_factory=session_factory, limits=limits, broker=broker, settings=settings,
-                    monitor=monitor)
+                    monitor=monitor, stopping=stop.is_set)
     consumed = {DISPATCH_QUEUE} & queues
     if consumed:
         declare_dispatch_actor(broker, runner)

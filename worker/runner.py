@@ -8,6 +8,12 @@ Transactions per attempt: (1) claim + admission + start, committed before the ca
 ``executing`` and nothing is locked while the endpoint works; (2) the outcome, conditional on status and
 attempt. Slots are released after (2) commits — on every exit from ``executing``, including a discarded
 outcome (canceled or reaped run) and a Sluice-side failure.
+
+On PostgreSQL each of the two is, in the common case, a single statement run as its own transaction
+(``worker.direct``): (1) ``worker.fast_start`` when no check can refuse the best ready run, (2)
+``shared.attempts.record_end_alone`` when no terminal hook is due. Otherwise — limits, a window, a pinned
+older version, expiry, a webhook or dependents — the same steps run in a ``Session`` (``claim_ready_run``
++ ``admit``; ``record_end``).
 """
 
 from __future__ import annotations
@@ -24,27 +30,28 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.addresses import resolve_checked
-from shared.attempts import AttemptEnd, RetryPolicy, finish_attempt
+from shared.attempts import AttemptEnd, PlannedEnd, RetryPolicy, plan_end, record_end, record_end_alone
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.effects import commit_and_apply
-from shared.limits import Limits
+from shared.execution_settings import ExecutionSettings, SettingsUnresolvable, live_settings
+from shared.limits import LimitRequest, Limits
 from shared.metrics import observe_attempt
 from shared.models import Run
 from shared.retries import NON_RETRYABLE, Outcome
-from shared.runstate import Effects
-from shared.slot_waiters import SlotWaiters
+from shared.runstate import Effects, RunStatus
 from worker.admission import NotStarted, Started, admit
 from worker.call import AttemptCall, CallPlan, PostFunction, perform_call
 from worker.claim import claim_ready_run, hold_if_disabled
+from worker.direct import DirectStatements
+from worker.fast_start import FastClaim, claim_and_start
+from worker.handoff import CHAIN_SECS, SlotHandOff, Successor
 from worker.heartbeat import AttemptMonitor, InFlight
 from worker.http import CallAborted, Resolver, post, user_agent
 from worker.outcome import result_of
 from worker.trace import TraceClock
 
 log = logging.getLogger("sluice.worker")
-
-
 
 
 @dataclass(frozen=True)
@@ -58,13 +65,39 @@ class Handled:
     attempt: int | None = None
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """A started attempt: what the call, the record step and the release need (from either start path)."""
+
+    run_id: str
+    job_id: str
+    attempt: int
+    concurrency_key: str | None
+    payload: str
+    debug_mode: bool
+    settings: ExecutionSettings
+    max_attempts: int
+    timeout_secs: int
+    webhook_secret: str | None  # always the live job's (§5.13)
+    # The checked path's row: its end may hand the slot to a waiting run (worker.handoff). ``None`` for a
+    # run of a job without limits (worker.fast_start): nobody can be waiting for its slot.
+    run: Run | None = None
+
+    @classmethod
+    def of(cls, started: Started) -> Attempt:
+        run = started.run
+        return cls(run.id, run.job_id, run.attempt, run.concurrency_key, run.payload, run.debug_mode,
+                   started.settings, started.max_attempts, started.timeout_secs, started.webhook_secret, run)
+
+
 class Runner:
     """Handles ``dispatch_run`` messages; thread-safe (one per worker process, shared by its threads)."""
 
     def __init__(self, *, session_factory: sessionmaker[Session], limits: Limits, broker: Any,
                  settings: Settings, monitor: AttemptMonitor, clock: Callable[[], datetime] = utcnow,
                  post_function: PostFunction = post, resolve: Resolver | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, stopping: Callable[[], bool] = lambda: False,
+                 direct: DirectStatements | bool | None = True) -> None:
         self._session_factory = session_factory
         self._limits = limits
         self._broker = broker
@@ -75,6 +108,12 @@ class Runner:
         self._resolve: Resolver = resolve or self._checked_resolver
         self._rng = rng or random.Random()
         self._user_agent = user_agent()
+        # True: single-statement transactions where the session factory's database allows them.
+        self._direct = (DirectStatements.for_engine(session_factory.kw.get("bind")) if direct is True
+                        else direct or None)
+        self._stopping = stopping  # no more hand-offs once the worker is stopping (worker.handoff)
+        self._handoff = SlotHandOff(session_factory=session_factory, limits=limits, broker=broker, settings=settings,
+                                    clock=clock, rng=self._rng)
 
     def _checked_resolver(self, url: str) -> tuple[str, int, list[str]]:
         return resolve_checked(url, allow_private=self._settings.allow_private_endpoints)
@@ -83,6 +122,28 @@ class Runner:
         """Claim the best ready run (not necessarily ``run_id``) and run one attempt of it."""
         picked = time.monotonic()
         now = self._clock()
+        if self._direct is not None:
+            fast = claim_and_start(self._direct, now)
+            if fast is None:
+                return self._nothing_claimable(run_id, now)
+            if fast.attempt is not None:
+                return self._fast_started(fast, TraceClock(picked=picked, picked_wall=now, queued_at=fast.queued_at))
+        return self._checked(run_id, picked, now)
+
+    def _nothing_claimable(self, run_id: str, now: datetime) -> Handled:
+        session = self._session_factory()
+        try:
+            held = hold_if_disabled(session, run_id, now)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        return Handled("held" if held else "idle", run_id)
+
+    def _checked(self, run_id: str, picked: float, now: datetime) -> Handled:
+        """§5.1 steps 1–8 in one transaction: claim, admission (limits in Redis), start."""
         effects = Effects()
         session = self._session_factory()
         try:
@@ -107,88 +168,153 @@ class Runner:
                 log.info("run not started", extra={"run_id": run.id, "job_id": run.job_id,
                                                    "action": admission.action, "reason": admission.detail})
             return Handled(admission.action, run.id, run.attempt)
-        return self._execute(admission, trace)
+        return self._execute(Attempt.of(admission), trace)
 
-    def _execute(self, started: Started, trace: TraceClock) -> Handled:
-        run = started.run
-        flight = InFlight(run_id=run.id, job_id=run.job_id, attempt=run.attempt,
-                          concurrency_key=run.concurrency_key,
-                          deadline=(trace.acquired or time.monotonic()) + started.timeout_secs,
+    def _fast_started(self, fast: FastClaim, trace: TraceClock) -> Handled:
+        """After ``claim_and_start``: the run is ``executing``. Its job has no limits, so the lease recorded
+        here only keeps ``slots_in_use`` true (a limit added later counts this attempt); it cannot refuse."""
+        assert fast.attempt is not None
+        try:
+            settings = live_settings(fast.live, fast.version, fast.version_id)
+        except SettingsUnresolvable as exc:  # only for job rows the API did not write: fail the attempt
+            return self._fast_unresolvable(fast, trace, f"internal: cannot resolve execution settings: {exc}")
+        timeout_secs = fast.timeout_secs_override or settings.timeout_secs
+        attempt = Attempt(fast.run_id, fast.job_id, fast.attempt, fast.concurrency_key, fast.payload,
+                          fast.debug_mode, settings, fast.max_attempts_override or settings.max_attempts,
+                          timeout_secs, fast.webhook_secret)
+        lease_ms = (timeout_secs + self._settings.lease_margin_secs) * 1000
+        try:
+            self._limits.acquire(LimitRequest(run_id=fast.run_id, job_id=fast.job_id, max_concurrency=None,
+                                              concurrency_key=fast.concurrency_key, max_concurrency_per_key=None,
+                                              lease_ms=lease_ms))
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("lease not recorded (the job has no limits)", extra={
+                "run_id": fast.run_id, "job_id": fast.job_id, "error": type(exc).__name__})
+        trace.acquired = time.monotonic()
+        return self._execute(attempt, trace)
+
+    def _fast_unresolvable(self, fast: FastClaim, trace: TraceClock, reason: str) -> Handled:
+        assert fast.attempt is not None
+        end = AttemptEnd(attempt=fast.attempt, outcome=Outcome(NON_RETRYABLE, "internal", reason),
+                         execution_trace=trace.trace(None, time.monotonic()))
+        status = self._store(fast.run_id, plan_end(end, policy=RetryPolicy(1, "fixed", ()), now=self._clock()))
+        log.error("run failed: settings unresolvable", extra={"run_id": fast.run_id, "job_id": fast.job_id,
+                                                              "reason": reason})
+        self._release_lease(fast.run_id, fast.job_id, fast.concurrency_key)
+        return Handled(status.value if status is not None else "discarded", fast.run_id, fast.attempt)
+
+    def _execute(self, attempt: Attempt, trace: TraceClock) -> Handled:
+        """Run ``attempt``; while its end hands the slot straight to a waiting run (``worker.handoff``), run
+        that one too, in this thread, for at most ``CHAIN_SECS``."""
+        chain_until = time.monotonic() + CHAIN_SECS
+        while True:
+            handled, successor = self._run_attempt(attempt, trace, chain_until)
+            if successor is None:
+                return handled
+            started, trace = successor
+            attempt = Attempt.of(started)
+
+    def _run_attempt(self, attempt: Attempt, trace: TraceClock,
+                     chain_until: float) -> tuple[Handled, Successor | None]:
+        flight = InFlight(run_id=attempt.run_id, job_id=attempt.job_id, attempt=attempt.attempt,
+                          concurrency_key=attempt.concurrency_key,
+                          deadline=(trace.acquired or time.monotonic()) + attempt.timeout_secs,
                           lease_margin_secs=self._settings.lease_margin_secs)
         self._monitor.register(flight)
+        recorded = False
         try:
-            try:
-                call = perform_call(self._plan(started, flight.deadline), post=self._post, resolve=self._resolve,
-                                    clock=self._clock, should_abort=flight.aborted.is_set)
-            except CallAborted:
-                log.info("attempt aborted: run canceled or reaped", extra={
-                    "run_id": run.id, "job_id": run.job_id, "attempt": run.attempt})
-                return Handled("discarded", run.id, run.attempt)
-            except Exception:  # a Sluice-side bug in the call path: the run cannot be processed
-                log.exception("attempt failed inside Sluice", extra={"run_id": run.id, "job_id": run.job_id})
-                call = None
-            trace.responded = call.responded_at if call is not None else time.monotonic()
-            return self._record(started, call, trace)
+            handled = self._call_and_record(attempt, trace, flight)
+            recorded = True
         finally:
-            self._monitor.unregister(run.id)
-            self._release(run)
+            self._monitor.unregister(attempt.run_id)
+            # Hand the slot on only after a normal end (never while an exception is on its way out).
+            chain = recorded and not self._stopping() and time.monotonic() < chain_until
+            successor = self._end(attempt, chain=chain)
+        return handled, successor
 
-    def _plan(self, started: Started, deadline: float) -> CallPlan:
-        run = started.run
-        return CallPlan(run_id=run.id, job_id=run.job_id, attempt=run.attempt, body=run.payload.encode("utf-8"),
-                        endpoint_url=started.settings.endpoint_url,
-                        fallback_endpoint_url=started.settings.fallback_endpoint_url,
-                        webhook_secret=started.webhook_secret, deadline=deadline,
-                        timeout_secs=started.timeout_secs, user_agent=self._user_agent, debug=run.debug_mode)
+    def _call_and_record(self, attempt: Attempt, trace: TraceClock, flight: InFlight) -> Handled:
+        try:
+            call = perform_call(self._plan(attempt, flight.deadline), post=self._post, resolve=self._resolve,
+                                clock=self._clock, should_abort=flight.aborted.is_set)
+        except CallAborted:
+            log.info("attempt aborted: run canceled or reaped", extra={
+                "run_id": attempt.run_id, "job_id": attempt.job_id, "attempt": attempt.attempt})
+            return Handled("discarded", attempt.run_id, attempt.attempt)
+        except Exception:  # a Sluice-side bug in the call path: the run cannot be processed
+            log.exception("attempt failed inside Sluice", extra={"run_id": attempt.run_id, "job_id": attempt.job_id})
+            call = None
+        trace.responded = call.responded_at if call is not None else time.monotonic()
+        return self._record(attempt, call, trace)
 
-    def _record(self, started: Started, call: AttemptCall | None, trace: TraceClock) -> Handled:
-        run = started.run
-        end = self._attempt_end(run, call, trace)
+    def _end(self, attempt: Attempt, *, chain: bool) -> Successor | None:
+        """Slots are released after the outcome commit: handed over / waiters woken for a checked-path run,
+        the plain lease dropped for a job without limits."""
+        if attempt.run is not None:
+            return self._handoff.end_attempt(attempt.run, chain=chain)
+        self._release_lease(attempt.run_id, attempt.job_id, attempt.concurrency_key)
+        return None
+
+    def _plan(self, attempt: Attempt, deadline: float) -> CallPlan:
+        return CallPlan(run_id=attempt.run_id, job_id=attempt.job_id, attempt=attempt.attempt,
+                        body=attempt.payload.encode("utf-8"), endpoint_url=attempt.settings.endpoint_url,
+                        fallback_endpoint_url=attempt.settings.fallback_endpoint_url,
+                        webhook_secret=attempt.webhook_secret, deadline=deadline,
+                        timeout_secs=attempt.timeout_secs, user_agent=self._user_agent, debug=attempt.debug_mode)
+
+    def _record(self, attempt: Attempt, call: AttemptCall | None, trace: TraceClock) -> Handled:
+        end = self._attempt_end(attempt, call, trace)
+        policy = RetryPolicy(attempt.max_attempts, attempt.settings.retry_strategy,
+                             attempt.settings.retry_delays_secs)
+        updated = self._store(attempt.run_id, plan_end(end, policy=policy, now=self._clock(), rng=self._rng))
+        outcome = end.outcome
+        status = updated.value if updated is not None else "discarded"
+        observe_attempt(outcome.error_class or outcome.kind, (end.duration_ms or 0) / 1000)
+        log.info("attempt finished", extra={
+            "run_id": attempt.run_id, "job_id": attempt.job_id, "attempt": attempt.attempt, "status": status,
+            "outcome": outcome.kind, "error_class": outcome.error_class, "http_status": outcome.http_status,
+            "used_fallback": end.used_fallback, "duration_ms": end.duration_ms})
+        return Handled(status, attempt.run_id, attempt.attempt)
+
+    def _store(self, run_id: str, plan: PlannedEnd) -> RunStatus | None:
+        """Record the planned end: one statement when nothing else is due, else in a transaction."""
+        now = self._clock()
+        if self._direct is not None:
+            stored = record_end_alone(self._direct.first, run_id, plan, now=now)
+            if stored is not None:
+                return stored
         effects = Effects()
         session = self._session_factory()
         try:
-            policy = RetryPolicy(started.max_attempts, started.settings.retry_strategy,
-                                 started.settings.retry_delays_secs)
-            updated = finish_attempt(session, run.id, end, policy=policy, now=self._clock(), effects=effects,
-                                     rng=self._rng)
+            updated = record_end(session, run_id, plan, now=now, effects=effects)
             commit_and_apply(session, effects, self._broker)
         except BaseException:
             session.rollback()
             raise
         finally:
             session.close()
-        outcome = end.outcome
-        status = updated.value if updated is not None else "discarded"
-        observe_attempt(outcome.error_class or outcome.kind, (end.duration_ms or 0) / 1000)
-        log.info("attempt finished", extra={
-            "run_id": run.id, "job_id": run.job_id, "attempt": run.attempt, "status": status,
-            "outcome": outcome.kind, "error_class": outcome.error_class, "http_status": outcome.http_status,
-            "used_fallback": end.used_fallback, "duration_ms": end.duration_ms})
-        return Handled(status, run.id, run.attempt)
+        return updated
 
-    def _attempt_end(self, run: Run, call: AttemptCall | None, trace: TraceClock) -> AttemptEnd:
+    def _attempt_end(self, attempt: Attempt, call: AttemptCall | None, trace: TraceClock) -> AttemptEnd:
         recorded = time.monotonic()
         if call is None:
             outcome = Outcome(NON_RETRYABLE, "internal", "internal: unexpected error while calling the endpoint")
-            return AttemptEnd(attempt=run.attempt, outcome=outcome,
+            return AttemptEnd(attempt=attempt.attempt, outcome=outcome,
                               duration_ms=_ms(trace.acquired, trace.responded),
                               execution_trace=trace.trace(None, recorded))
         result, truncated = result_of(call.result) if call.outcome.is_success else (None, False)
         return AttemptEnd(
-            attempt=run.attempt, outcome=call.outcome, used_fallback=call.used_fallback,
+            attempt=attempt.attempt, outcome=call.outcome, used_fallback=call.used_fallback,
             duration_ms=_ms(trace.acquired, trace.responded), result=result, result_truncated=truncated,
             retry_after_secs=call.result.retry_after_secs, execution_trace=trace.trace(call.result.timings, recorded),
             extra_events=call.debug_events,
         )
 
-    def _release(self, run: Run) -> None:
+    def _release_lease(self, run_id: str, job_id: str, concurrency_key: str | None) -> None:
         try:
-            self._limits.release(run.id, run.job_id, run.concurrency_key)
+            self._limits.release(run_id, job_id, concurrency_key)
         except (redis.exceptions.RedisError, OSError) as exc:
             log.warning("lease release failed; it will expire", extra={
-                "run_id": run.id, "job_id": run.job_id, "error": type(exc).__name__})
-        SlotWaiters(self._limits.client).wake([(run.job_id, run.concurrency_key)],  # after the outcome commit
-                                              open_session=self._session_factory, broker=self._broker)
+                "run_id": run_id, "job_id": job_id, "error": type(exc).__name__})
 
 
 def _ms(start: float | None, end: float | None) -> int | None:

@@ -60,7 +60,9 @@ def test_attempts_run_on_prepared_statements(prepared_harness: Harness, httpserv
         changes = s.execute(sa.select(RunEvent.data).where(RunEvent.type == "state_change",
                                                            RunEvent.run_id == runs[0].id)).scalars().all()
     assert sorted(c["to"] for c in changes) == ["completed", "executing"]
-    assert "sluice_claim" in _prepared_names(prepared_harness)  # the pool keeps the worker's connections
+    # A webhook is due, so the outcome is recorded in a transaction on the pool's connections, which keep
+    # their prepared statements (the claim and start ran as one statement: tests/integration/test_worker_direct.py).
+    assert any(name.startswith("sluice_move_") for name in _prepared_names(prepared_harness))
 
 
 def test_retry_is_scheduled_with_prepared_statements(prepared_harness: Harness, httpserver: HTTPServer) -> None:

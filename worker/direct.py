@@ -1,0 +1,96 @@
+"""Single-statement transactions for the attempt hot path: one autocommit DBAPI connection per thread.
+
+The common attempt is two writes, each of them one statement that is a whole transaction by itself: the
+claim that also starts the attempt (``worker.fast_start``) and the outcome (``shared.run_moves``). Run on
+an autocommit connection, each is one round trip — no ``BEGIN``/``COMMIT`` of its own, no session, no ORM
+— and PostgreSQL still applies it atomically (a statement is its own transaction; its row locks live
+until it ends). Anything that needs more than one statement (admission with limits, terminal hooks,
+holding a run) keeps using a ``Session``.
+
+Each worker thread keeps one pooled connection checked out for its lifetime (the engine's ``connect``
+hooks, e.g. ``steer_claim_plans``, have run on it) and prepares each statement once on it. A connection
+error invalidates the connection (the next call checks out a fresh one) and is re-raised: the statement
+either committed or did not, exactly like a failed ``COMMIT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from shared.prepared import HotStatement
+
+_PREPARED_KEY = "sluice_direct_prepared"
+
+
+class _Held:
+    def __init__(self, engine: Engine) -> None:
+        self.proxy = engine.raw_connection()
+        self.dbapi: Any = cast(Any, self.proxy.dbapi_connection)  # psycopg2's (never None while held)
+        self.dbapi.autocommit = True
+        # Per DBAPI connection (the pool clears ``info`` when it replaces one): prepared statements live in
+        # the database session, which outlives this holder if the connection goes back to the pool.
+        self.prepared: set[str] = self.proxy.info.setdefault(_PREPARED_KEY, set())
+
+
+def _autocommit_off(dbapi_connection: Any, _record: Any) -> None:
+    """Pool check-in: a connection handed back (e.g. a holder garbage-collected) is transactional again."""
+    if getattr(dbapi_connection, "autocommit", False):
+        dbapi_connection.autocommit = False
+
+
+class DirectStatements:
+    """Runs ``HotStatement``s as single-statement transactions (PostgreSQL only); thread-safe."""
+
+    def __init__(self, engine: Engine) -> None:
+        if engine.dialect.name != "postgresql":
+            raise ValueError("direct statements need PostgreSQL")
+        self._engine = engine
+        self._local = threading.local()
+        if not sa.event.contains(engine, "checkin", _autocommit_off):
+            sa.event.listen(engine, "checkin", _autocommit_off)
+
+    @classmethod
+    def for_engine(cls, engine: Engine | None) -> DirectStatements | None:
+        """``None`` where the database is not PostgreSQL (SQLite dev mode keeps the session path)."""
+        return cls(engine) if engine is not None and engine.dialect.name == "postgresql" else None
+
+    def first(self, statement: HotStatement, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Execute ``statement`` (prepared on first use on this thread's connection); its first row."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = _Held(self._engine)
+        try:
+            with held.dbapi.cursor() as cursor:
+                if statement.name not in held.prepared:
+                    cursor.execute(f"PREPARE {statement.name} AS {statement.positional_sql}")
+                    held.prepared.add(statement.name)
+                if statement.order:
+                    placeholders = ", ".join(["%s"] * len(statement.order))
+                    cursor.execute(f"EXECUTE {statement.name}({placeholders})",
+                                   tuple(params[key] for key in statement.order))
+                else:
+                    cursor.execute(f"EXECUTE {statement.name}")
+                row = cursor.fetchone() if cursor.description is not None else None
+                return None if row is None else tuple(row)
+        except self._engine.dialect.loaded_dbapi.Error as exc:
+            if isinstance(exc, self._engine.dialect.loaded_dbapi.OperationalError) or held.dbapi.closed:
+                self._drop(held)
+            raise
+
+    def _drop(self, held: _Held) -> None:
+        self._local.held = None
+        with contextlib.suppress(Exception):  # the connection is being thrown away anyway
+            held.proxy.invalidate()
+
+    def close(self) -> None:
+        """Give this thread's connection back (tests; worker threads just end with the process)."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None:
+            self._local.held = None
+            held.dbapi.autocommit = False
+            held.proxy.close()

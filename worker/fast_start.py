@@ -1,0 +1,125 @@
+"""Claim the best ready run and start its attempt in one statement, when nothing can stop the start.
+
+``worker.claim`` + ``worker.admission`` take the best ready run (CONTRACT §5.1 step 1, §5.11) and then
+check expiry, execution settings, window and limits before ``queued → executing`` (steps 3–8). Most runs
+pass every check without any of them being able to refuse: a run that cannot have expired, of a job with no
+window, no concurrency or rate limit, whose settings come from the live job. For those, the checks are
+plain column tests, so one statement does it all — as one autocommit transaction (``worker.direct``)::
+
+    WITH picked AS (SELECT <run and job columns>, <nothing can refuse> AS fast
+                    FROM runs JOIN jobs … <the claim's WHERE and ORDER BY> LIMIT 1
+                    FOR UPDATE OF runs SKIP LOCKED),
+         moved  AS (UPDATE runs SET status = 'executing', attempt = attempt + 1, …
+                    FROM picked WHERE runs.id = picked.id AND picked.fast AND runs.status = 'queued'
+                    RETURNING …),
+         logged AS (INSERT INTO run_events … state_change, attempt_started … FROM moved)
+    SELECT picked.*, moved.attempt FROM picked LEFT JOIN moved …
+
+The guarantees are the claim's: ``SKIP LOCKED`` plus the conditional update mean a duplicate message never
+starts a second attempt; the events are written by the same statement (§4.7). The best run is picked
+whatever its job, so priority order holds across fast and checked runs; when the best run is *not* fast,
+nothing is written and its lock ends with the statement, and the caller claims again on the checked path
+(``claim_ready_run`` + ``admit``), which may find that run or a better one.
+
+The job's execution settings are validated again in Python (``live_settings``, the checked path's rules);
+the SQL conditions only make that validation the formality it is for rows the API wrote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.ids import uuid7
+from shared.prepared import HotStatement
+from shared.retries import STRATEGIES
+from worker.direct import DirectStatements
+
+_STRATEGIES = ", ".join(f"'{s}'" for s in (*STRATEGIES, ""))
+# shared.addresses.strip_userinfo, as a PostgreSQL regular expression (first match only, like count=1).
+_STRIP_USERINFO = r"regexp_replace(picked.endpoint_url, '^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@', '\1//')"
+
+# Every check of admission.admit that could refuse or re-delay, as "it cannot" (§5.10, §5.13, §5.7–5.9).
+_FAST = f"""(
+    (r.attempt > 0 OR r.expires_at IS NULL OR r.expires_at > CAST(:now AS timestamptz))
+    AND (j.version_policy = 'latest' OR (j.version_policy = 'minor' AND j.backwards_compatible)
+         OR (j.version_policy IN ('pin', 'minor') AND r.job_version_id = j.version_id))
+    AND COALESCE(j.execution_window_cron, '') = ''
+    AND COALESCE(j.max_concurrency, 0) = 0
+    AND (COALESCE(j.max_concurrency_per_key, 0) = 0 OR COALESCE(r.concurrency_key, '') = '')
+    AND (COALESCE(j.rate_limit_max, 0) = 0 OR COALESCE(j.rate_limit_window_secs, 0) = 0)
+    AND (j.rate_limit_keys IS NULL OR j.rate_limit_keys IN ('[]'::jsonb, 'null'::jsonb))
+    AND COALESCE(j.endpoint_url, '') <> '' AND j.timeout_secs BETWEEN 1 AND 86400
+    AND j.max_attempts BETWEEN 1 AND 100 AND COALESCE(j.retry_strategy, '') IN ({_STRATEGIES})
+)"""
+
+_COLUMNS = ("id", "job_id", "payload", "concurrency_key", "debug_mode", "queued_at", "max_attempts_override",
+            "timeout_secs_override", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts",
+            "retry_strategy", "retry_delays_secs", "version", "version_id", "webhook_secret")
+
+_SQL = f"""
+WITH picked AS (
+    SELECT r.id, r.job_id, r.payload, r.concurrency_key, r.debug_mode, r.queued_at, r.max_attempts_override,
+           r.timeout_secs_override, j.endpoint_url, j.fallback_endpoint_url, j.timeout_secs, j.max_attempts,
+           j.retry_strategy, j.retry_delays_secs, j.version, j.version_id, j.webhook_secret, {_FAST} AS fast
+    FROM runs r JOIN jobs j ON j.id = r.job_id
+    WHERE r.status = 'queued' AND r.held_at IS NULL AND j.enabled IS true
+    ORDER BY r.priority DESC, r.queued_at, r.id
+    LIMIT 1
+    FOR UPDATE OF r SKIP LOCKED
+), moved AS (
+    UPDATE runs SET status = 'executing', attempt = runs.attempt + 1, started_at = CAST(:now AS timestamptz),
+                    heartbeat_at = CAST(:now AS timestamptz), next_retry_at = NULL
+    FROM picked WHERE runs.id = picked.id AND picked.fast AND runs.status = 'queued'
+    RETURNING runs.id, runs.attempt
+), logged AS (
+    INSERT INTO run_events (id, run_id, type, message, data, created_at)
+    SELECT :e0_id, moved.id, 'state_change', NULL, CAST('{{"from": "queued", "to": "executing"}}' AS jsonb),
+           CAST(:now AS timestamptz) FROM moved
+    UNION ALL
+    SELECT :e1_id, moved.id, 'attempt_started', NULL,
+           jsonb_build_object('attempt', moved.attempt, 'job_version', picked.version,
+                              'endpoint_url', {_STRIP_USERINFO}),
+           CAST(:now AS timestamptz) FROM moved JOIN picked ON picked.id = moved.id
+)
+SELECT {", ".join(f"picked.{c}" for c in _COLUMNS)}, moved.attempt FROM picked LEFT JOIN moved ON moved.id = picked.id
+"""
+
+CLAIM_AND_START = HotStatement.build("sluice_claim_and_start_v1", _SQL)
+
+
+@dataclass(frozen=True)
+class FastClaim:
+    """The best ready run as the statement saw it; ``attempt`` is ``None`` when it was not started (the
+    checked path must handle it)."""
+
+    run_id: str
+    job_id: str
+    payload: str
+    concurrency_key: str | None
+    debug_mode: bool
+    queued_at: datetime | None
+    max_attempts_override: int | None
+    timeout_secs_override: int | None
+    live: dict[str, Any]  # the live job's six execution settings (shared.execution_settings)
+    version: int
+    version_id: str
+    webhook_secret: str | None
+    attempt: int | None
+
+
+def claim_and_start(direct: DirectStatements, now: datetime) -> FastClaim | None:
+    """Claim the best ready run and start it if nothing could refuse it; ``None`` if nothing is claimable."""
+    first, second = sorted((uuid7(), uuid7()))  # ids sort in write order (created_at, id)
+    row = direct.first(CLAIM_AND_START, {"now": now, "e0_id": first, "e1_id": second})
+    if row is None:
+        return None
+    (run_id, job_id, payload, key, debug, queued_at, max_override, timeout_override, endpoint, fallback,
+     timeout, max_attempts, strategy, delays, version, version_id, secret, attempt) = row
+    live = {"endpoint_url": endpoint, "fallback_endpoint_url": fallback, "timeout_secs": timeout,
+            "max_attempts": max_attempts, "retry_strategy": strategy, "retry_delays_secs": delays}
+    return FastClaim(run_id=run_id, job_id=job_id, payload=payload, concurrency_key=key, debug_mode=bool(debug),
+                     queued_at=queued_at, max_attempts_override=max_override,
+                     timeout_secs_override=timeout_override, live=live, version=version, version_id=version_id,
+                     webhook_secret=secret, attempt=attempt)
