@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from flask import Response, request
 
+from shared import json_codec
 from shared.clock import format_ts, parse_ts
 from shared.errors import BadRequest
 
@@ -61,7 +62,7 @@ def decode_time_cursor(kind: str, cursor: str | None) -> tuple[datetime, str] | 
 
 def paged_response(items: list[dict[str, Any]], next_cursor: str | None, limit: int) -> Response:
     """A bare JSON array with ``X-Next-Cursor`` and ``Link`` when more items exist."""
-    response = Response(json.dumps(items, separators=(",", ":")), status=200, mimetype="application/json")
+    response = Response(json_codec.dumps(items), status=200, mimetype="application/json")
     if next_cursor is not None:
         args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("cursor", "limit")]
         args += [("limit", str(limit)), ("cursor", next_cursor)]
@@ -71,7 +72,7 @@ def paged_response(items: list[dict[str, Any]], next_cursor: str | None, limit: 
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+    response = Response(json_codec.dumps(body), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response

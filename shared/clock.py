@@ -17,7 +17,8 @@ def format_ts(value: datetime | None) -> str | None:
     """RFC 3339, UTC, ``Z``, exactly six fractional digits."""
     if value is None:
         return None
-    if value.tzinfo is not UTC:  # values read from the database are already UTC: skip the conversion
+    # Values read from the database are already UTC (psycopg2 gives an equal, not identical, tzinfo).
+    if value.tzinfo is not UTC and value.tzinfo != UTC:
         value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     # isoformat is about twice as fast as strftime (every list page formats ~100 timestamps).
     return value.isoformat(timespec="microseconds")[:-6] + "Z"

@@ -7,7 +7,6 @@ inserted); renderers and domain functions read it by key.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -18,7 +17,7 @@ from sqlalchemy.orm import Session
 from shared.apikeys import KEY_FIELDS
 from shared.ids import canonical_uuid
 from shared.models import Job
-from shared.prepared import HotStatement, first_hot, prepare_once
+from shared.prepared import HotQuery
 
 JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
 
@@ -72,29 +71,14 @@ def key_and_job_sql(by_id: bool, extra_columns: str = "") -> str:
             f"k.project_id AND {match}{order} LIMIT 1) WHERE k.key_hash = :digest")
 
 
-@dataclass(frozen=True)
-class KeyLookup:
-    """A key + job lookup: the prepared form where the engine enables prepared statements (driver values:
-    psycopg2 decodes JSONB and returns aware timestamps), else the same SQL with typed result columns (so
-    that SQLite and plain engines decode JSON and timestamps through the models' types)."""
-
-    hot: HotStatement
-    typed: sa.TextClause
-
-    @classmethod
-    def build(cls, name: str, sql: str, **extra_types: Any) -> KeyLookup:
-        types = {field.name: field.type for field in KEY_FIELDS}
-        types.update({column.name: column.type for column in JOBS.c}, **extra_types)
-        return cls(HotStatement.build(name, sql), sa.text(sql).columns(**types))  # type: ignore[arg-type]
-
-    def first(self, session: Session, params: dict[str, Any]) -> Any:
-        connection = session.connection()
-        if prepare_once(connection, self.hot):
-            return first_hot(connection, self.hot, params)
-        return connection.execute(self.typed, params).first()
+def key_lookup(name: str, sql: str, **extra_types: Any) -> HotQuery:
+    """A key + job lookup (``key_and_job_sql``) with the key and job columns typed for the fallback path."""
+    columns = {field.name: field.type for field in KEY_FIELDS}
+    columns.update({column.name: column.type for column in JOBS.c}, **extra_types)
+    return HotQuery.build(name, sql, columns)
 
 
-_KEY_AND_JOB = {by_id: KeyLookup.build(f"sluice_key_job_{'id' if by_id else 'slug'}", key_and_job_sql(by_id))
+_KEY_AND_JOB = {by_id: key_lookup(f"sluice_key_job_{'id' if by_id else 'slug'}", key_and_job_sql(by_id))
                 for by_id in (False, True)}
 
 
@@ -111,7 +95,7 @@ def find_key_and_job(session: Session, digest: str, ref: str) -> sa.RowMapping |
     """
     params = ref_params(ref)
     params["digest"] = digest
-    row = _KEY_AND_JOB[params["as_id"] is not None].first(session, params)
+    row = _KEY_AND_JOB[params["as_id"] is not None].first(session.connection(), params)
     return None if row is None else row._mapping
 
 
@@ -167,6 +151,19 @@ def _list_statement(slug: bool, enabled: bool, tag_key: str | None, tag_value: b
     return query.order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(sa.bindparam("limit"))
 
 
+def _plain_page_query(after: bool) -> HotQuery:
+    keyset = (" AND (created_at < :after_created_at OR (created_at = :after_created_at AND id < :after_id))"
+              if after else "")
+    sql = (f"SELECT {', '.join(column.name for column in JOBS.c)} FROM jobs WHERE project_id = :project_id"
+           f"{keyset} ORDER BY created_at DESC, id DESC LIMIT :limit")
+    return HotQuery.build(f"sluice_jobs_page{'_after' if after else ''}", sql,
+                          {column.name: column.type for column in JOBS.c})
+
+
+# A page of the project's jobs without filters, first or next (by keyset), the list request nearly always.
+_PLAIN_PAGE = {after: _plain_page_query(after) for after in (False, True)}
+
+
 def list_job_records(session: Session, project_id: str, *, limit: int, after: tuple[datetime, str] | None = None,
                      slug: str | None = None, tag_key: str | None = None, tag_value: str | None = None,
                      enabled: bool | None = None) -> list[JobRecord]:
@@ -174,13 +171,15 @@ def list_job_records(session: Session, project_id: str, *, limit: int, after: tu
 
     Returns up to ``limit`` rows; ask for one more than a page to learn whether another page exists.
     """
+    params: dict[str, Any] = {"project_id": project_id, "limit": limit}
+    if after is not None:
+        params["after_created_at"], params["after_id"] = after
+    if slug is None and tag_key is None and enabled is None:  # the common page: a prepared statement
+        return list(_PLAIN_PAGE[after is not None].all(session.connection(), params))
     # The tag key stays a literal JSON path, so it is part of the cache key (a bounded LRU).
     statement = _list_statement(slug is not None, enabled is not None, tag_key, tag_value is not None,
                                 after is not None)
-    params: dict[str, Any] = {"project_id": project_id, "slug": slug, "enabled": enabled, "tag_value": tag_value,
-                              "limit": limit}
-    if after is not None:
-        params["after_created_at"], params["after_id"] = after
+    params.update(slug=slug, enabled=enabled, tag_value=tag_value)
     return list(session.execute(statement, params).mappings().all())
 
 

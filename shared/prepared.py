@@ -108,7 +108,7 @@ def _row_type(names: tuple[str, ...]) -> type:
 
 
 def _run_on_driver(connection: Connection, statement: HotStatement, params: dict[str, Any],
-                   fetch: bool) -> Any:
+                   fetch: bool | str) -> Any:
     sql = f"EXECUTE {statement.name}"
     if statement.order:
         sql += "(" + ", ".join(["%s"] * len(statement.order)) + ")"
@@ -119,6 +119,9 @@ def _run_on_driver(connection: Connection, statement: HotStatement, params: dict
         cursor.execute(sql, values)
         if not fetch:
             return cursor.rowcount
+        if fetch == "all":
+            names = tuple(column[0] for column in cursor.description)
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         row = cursor.fetchone()
         if row is None:
             return None
@@ -145,3 +148,29 @@ def run_hot(connection: Connection, statement: HotStatement, params: dict[str, A
     if not prepare_once(connection, statement):
         return int(connection.execute(statement.text, params).rowcount)
     return int(_run_on_driver(connection, statement, params, fetch=False))
+
+
+@dataclass(frozen=True)
+class HotQuery:
+    """A hot read: prepared and run on the driver's cursor where the engine enables prepared statements
+    (driver values: psycopg2 decodes JSONB and returns aware timestamps), else the same SQL with typed
+    result columns (so that SQLite and plain engines decode JSON and timestamps through the models' types)."""
+
+    hot: HotStatement
+    typed: sa.TextualSelect
+
+    @classmethod
+    def build(cls, name: str, sql: str, types: dict[str, Any]) -> HotQuery:
+        return cls(HotStatement.build(name, sql), sa.text(sql).columns(**types))
+
+    def first(self, connection: Connection, params: dict[str, Any]) -> Any:
+        """The first row (attribute per column, ``_mapping``) or ``None``."""
+        if prepare_once(connection, self.hot):
+            return _run_on_driver(connection, self.hot, params, fetch=True)
+        return connection.execute(self.typed, params).first()
+
+    def all(self, connection: Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every row, as column name → value dicts."""
+        if prepare_once(connection, self.hot):
+            return _run_on_driver(connection, self.hot, params, fetch="all")  # type: ignore[no-any-return]
+        return [dict(row) for row in connection.execute(self.typed, params).mappings()]

@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session
 
 from shared.dependencies import edges_of, evaluate_many
 from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.job_store import KeyLookup, key_and_job_sql, ref_params
+from shared.job_store import key_and_job_sql, key_lookup, ref_params
 from shared.locks import lock_key
 from shared.models import Job, JobDependency, Run
 from shared.payloads import canonical_payload, payload_hash, payload_size_error, schema_errors
+from shared.prepared import HotQuery
 from shared.run_creation import (
     RunInputs,
     build_run_row,
@@ -163,11 +164,11 @@ def _job_with_edges_query(by_id: bool) -> sa.Select[tuple[Job, bool]]:
             .order_by(sa.case((Job.id == as_id, 0), else_=1)).limit(1))
 
 
-def _key_and_job_statement(by_id: bool) -> KeyLookup:
+def _key_and_job_statement(by_id: bool) -> HotQuery:
     """``shared.job_store.key_and_job_sql`` plus ``has_edges``: it runs on every trigger, prepared where
-    the engine allows (``shared.job_store.KeyLookup``)."""
+    the engine allows (``shared.prepared.HotQuery``)."""
     has_edges = ", EXISTS (SELECT 1 FROM job_dependencies d WHERE d.job_id = j.id) AS has_edges"
-    return KeyLookup.build(f"sluice_trigger_key_job_{'id' if by_id else 'slug'}", key_and_job_sql(by_id, has_edges),
+    return key_lookup(f"sluice_trigger_key_job_{'id' if by_id else 'slug'}", key_and_job_sql(by_id, has_edges),
                            has_edges=sa.Boolean())
 
 
@@ -193,7 +194,7 @@ def find_key_and_trigger_job(session: Session, digest: str, ref: str) -> Row[Any
     NULL if none) and ``has_edges``. ``None`` = unknown key."""
     params = ref_params(ref)
     params["digest"] = digest
-    return _KEY_AND_JOB[params["as_id"] is not None].first(session, params)  # type: ignore[no-any-return]
+    return _KEY_AND_JOB[params["as_id"] is not None].first(session.connection(), params)  # type: ignore[no-any-return]
 
 
 def trigger_job_of(row: Row[Any]) -> tuple[Job, bool]:

@@ -1,0 +1,92 @@
+"""The API's hot statements on the driver cursor (``shared.prepared.HotQuery``/``run_hot``) as
+``sluice api`` builds it (``create_app(settings)``: own engines, prepared statements). The responses
+themselves are checked in ``test_api_fast_paths``; here: that the path is taken, list pages, and failure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.orm import Session, sessionmaker
+
+import shared.prepared
+from shared.config import Settings
+from shared.models import Run
+from tests.conftest import make_key
+
+JOB = {"name": "Driver", "slug": "driver", "endpoint_url": "http://127.0.0.1:9/e"}
+
+
+@pytest.fixture(name="live_app")
+def live_app_fixture(settings: Settings) -> Iterator[Flask]:
+    from api.app import create_app
+
+    app = create_app(settings)
+    app.testing = True
+    yield app
+    svc = app.extensions["sluice"]
+    svc.engine.dispose()
+    svc.read_session_factory.kw["bind"].dispose()
+
+
+@pytest.fixture(name="auth")
+def auth_fixture(session_factory: sessionmaker[Session]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key(session_factory)}"}
+
+
+def test_hot_statements_run_on_the_driver_cursor(live_app: Flask, auth: dict[str, str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = shared.prepared._run_on_driver
+
+    def counting(connection: Any, statement: Any, params: Any, fetch: Any) -> Any:
+        calls.append(statement.name)
+        return real(connection, statement, params, fetch)
+
+    monkeypatch.setattr(shared.prepared, "_run_on_driver", counting)
+    client = live_app.test_client()
+    job = client.post("/v1/jobs", json=JOB, headers=auth).get_json()
+    for ref in ("driver", job["id"]):
+        assert client.post(f"/v1/jobs/{ref}/trigger", json={"payload": {"n": 1}}, headers=auth).status_code == 201
+        assert client.get(f"/v1/jobs/{ref}", headers=auth).status_code == 200
+    assert client.get("/v1/jobs", headers=auth).status_code == 200
+    assert {"sluice_key_by_digest", "sluice_trigger_key_job_slug", "sluice_trigger_key_job_id",
+            "sluice_insert_run_with_event", "sluice_key_job_slug", "sluice_key_job_id",
+            "sluice_jobs_page"} <= set(calls)
+
+
+def test_job_list_pages_on_the_driver_path(live_app: Flask, auth: dict[str, str]) -> None:
+    client = live_app.test_client()
+    made = [client.post("/v1/jobs", json={**JOB, "slug": f"p-{i}", "tags": {"n": str(i)}}, headers=auth).get_json()
+            for i in range(5)]
+    seen: list[dict[str, Any]] = []
+    url = "/v1/jobs?limit=2"
+    while url:
+        response = client.get(url, headers=auth)
+        assert response.status_code == 200
+        seen.extend(response.get_json())
+        cursor = response.headers.get("X-Next-Cursor")
+        url = f"/v1/jobs?limit=2&cursor={cursor}" if cursor else ""
+    assert [job["id"] for job in seen] == [job["id"] for job in reversed(made)]  # newest first, no gaps
+    assert seen[0] == client.get(f"/v1/jobs/{made[-1]['id']}", headers=auth).get_json()  # same rendering
+    assert [j["slug"] for j in client.get("/v1/jobs?tag_key=n&tag_value=3", headers=auth).get_json()] == ["p-3"]
+    assert client.get("/v1/jobs", headers={"Authorization": "Bearer sk_unknown"}).status_code == 401
+
+
+def test_a_killed_connection_fails_one_request_with_503_then_recovers(
+        live_app: Flask, auth: dict[str, str], session_factory: sessionmaker[Session]) -> None:
+    client = live_app.test_client()
+    client.post("/v1/jobs", json=JOB, headers=auth)
+    assert client.post("/v1/jobs/driver/trigger", headers=auth).status_code == 201
+    with session_factory() as s:  # the app's pooled connections are the idle ones without a name
+        s.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                          "AND application_name = '' AND state = 'idle'"))
+        s.commit()
+    statuses = [client.post("/v1/jobs/driver/trigger", headers=auth).status_code for _ in range(3)]
+    assert statuses[0] == 503 and statuses[-1] == 201, statuses
+    with session_factory() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Run)) == 1 + statuses.count(201)  # 503 wrote nothing
