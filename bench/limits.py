@@ -247,10 +247,20 @@ def concurrency_case(bench: Bench, sink: SinkProcess, name: str, fields: dict[st
         groups.setdefault(key_of[run_id] if keys else None, []).append((arrived, arrived + sink.delay_secs))
     worst_overlap = max(max_overlap(iv) for iv in groups.values())
     worst_use = min(utilisation(iv, cap) for iv in groups.values())
+    gaps = sorted(g for iv in groups.values() for g in handoff_gaps(iv, cap))
     bad, extra = bench.attempts(job)
     scope = "per key" if keys else "job"
-    return Row(name, f"{cap} {scope}", f"max {worst_overlap} concurrent", f"{len(records)} calls", worst_use,
+    gap = f", gap {gaps[len(gaps) // 2] * 1000:.0f}/{gaps[len(gaps) * 9 // 10] * 1000:.0f} ms" if gaps else ""
+    return Row(name, f"{cap} {scope}", f"max {worst_overlap} concurrent", f"{len(records)} calls{gap}", worst_use,
                time.time() - started, not (bad or extra))
+
+
+def handoff_gaps(intervals: list[tuple[float, float]], slots: int) -> list[float]:
+    """Idle time of a slot between one call leaving the sink and the next arriving (the n-th arrival takes
+    the slot the (n - slots)-th departure freed): the slot hand-off's cost, seen from the endpoint."""
+    arrivals = sorted(a for a, _ in intervals)
+    departures = sorted(d for _, d in intervals)
+    return [max(0.0, a - d) for a, d in zip(arrivals[slots:], departures, strict=False)]
 
 
 def rate_case(bench: Bench, sink: SinkProcess, name: str, fields: dict[str, Any], per_value: dict[str, int]) -> Row:
@@ -296,13 +306,15 @@ def report(plain: list[float], limited: list[float], rows: list[Row], args: argp
         print(f"rounds no limits: {[round(x) for x in plain]}  limits checked: {[round(x) for x in limited]}")
     if rows:
         print()
-        print(f"{'case':<34}{'limit':<20}{'limiter (Redis)':<26}{'sink':<20}{'efficiency':>11}{'secs':>7}  attempts=1")
-        print("-" * 125)
+        print(f"{'case':<34}{'limit':<20}{'limiter (Redis)':<26}{'sink':<34}{'efficiency':>11}{'secs':>7}  attempts=1")
+        print("-" * 139)
         for r in rows:
-            print(f"{r.case:<34}{r.limit:<20}{r.observed:<26}{r.sink_view:<20}{r.efficiency:>11.1%}"
+            print(f"{r.case:<34}{r.limit:<20}{r.observed:<26}{r.sink_view:<34}{r.efficiency:>11.1%}"
                   f"{r.seconds:>7.1f}  {'yes' if r.attempts_ok else 'NO'}")
         print("efficiency: concurrency = busy slot-time / (cap × span) (worst key); rate = achieved / allowed rate "
               "(worst value); target ≥ 90 %")
+        print("gap: median/p90 idle time of a concurrency slot between a call leaving the sink and the next "
+              "arriving (slot hand-off, worker.handoff)")
 
 
 def main(argv: list[str] | None = None) -> int:

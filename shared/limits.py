@@ -11,7 +11,11 @@ Contracts:
   needs room in the job ZSET and in its key's ZSET; unkeyed runs count only toward ``max_concurrency``.
 - Rate limits: a start at ``t`` occupies ``[t, t + window)``; a rule admits while fewer than ``max`` marks
   are in ``(now - window, now]``, so no half-open interval of ``window`` ever holds more than ``max``.
-- Atomicity: one script checks everything; a refusal records nothing (no lease, no mark).
+- Atomicity: one script checks everything; a refusal records no lease and no mark, only (with
+  ``waiter_priority``) the run in the refusing cap's slot-waiter set (``shared.slot_waiters``).
+- Hand-over: an ending attempt's leases can pass to the next run without the slot ever being free
+  (``end_attempt`` keeps them and names the best waiter; ``LimitRequest.hand_over`` drops them inside that
+  run's acquire; ``worker.handoff``).
 - Caveat for callers: leases are keyed by ``run_id`` alone, so a worker that loses the claim race for a
   run (§5.1 step 8) must not release: the winner shares that lease. Rate marks of an admitted acquire
   whose claim then fails stay recorded (overcounting is the safe direction).

@@ -62,7 +62,8 @@ def slot_waiters_job(job_id: str) -> str:
     """ZSET run_id -> waiter score: runs re-delayed because the job's ``max_concurrency`` was full.
 
     Score = ``-priority * 1e13 + refusal time (server ms)``, so ZPOPMIN yields the highest priority, then
-    the longest waiting (``shared.slot_waiters``). Members are removed when popped by a slot release.
+    the longest waiting (``shared.slot_waiters``). Added by the acquire script that refuses the run
+    (``shared.limits_lua``); removed when popped by a slot release or when the run is admitted.
     TTL: refreshed to 1 day on every add (a job whose slots are never released again leaves no litter).
     """
     return f"{PREFIX}waiters:job:{job_id}"

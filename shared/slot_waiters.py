@@ -1,21 +1,24 @@
-"""Slot hand-off: a released concurrency slot wakes the best run waiting for it (CONTRACT §5.8, §5.11).
+"""Slot waiters: a released concurrency slot goes to the best run waiting for it (CONTRACT §5.8, §5.11).
 
 A run refused for lack of a slot goes ``delayed`` for ``SLUICE_SLOT_RETRY_SECS`` + jitter (§5.8). On its
 own that leaves a freed slot idle until some waiting run's retry comes due; with short calls a cap runs
-at a fraction of its capacity. So the refusal also records the run as a *waiter* in Redis, and whoever
-releases a slot (the worker after recording an attempt, the reaper, a cancel) pops the best waiter and
-promotes it ``delayed → queued`` at once — before its ``scheduled_at``, a deliberate deviation from §5.11's
-"no earlier than due" (docs/flow-control.md, "Decisions").
+at a fraction of its capacity. So the refusal also records the run as a *waiter* in Redis, and the slot
+goes to the best waiter at once — before its ``scheduled_at``, a deliberate deviation from §5.11's "no
+earlier than due" (docs/flow-control.md, "Decisions").
 
 - Waiter sets: one ZSET per refusing limit (``redis_keys.slot_waiters_job`` for ``max_concurrency``,
   ``slot_waiters_key`` for ``max_concurrency_per_key``), member = run id, score = ``-priority × 1e13 +
-  refusal ms`` (higher priority first, then the longest waiting). ``ZADD NX``: a run refused again keeps
-  its place. TTL 1 day, refreshed on every add.
-- Wake: one script call pops the best member of each set concerned and reads the Redis clock; each
-  popped run is promoted by a conditional ``runstate.transition`` (``expected={delayed}``) that also
-  requires its retry delay (``next_retry_at``) to be over, in one short transaction, then enqueued. A
-  popped id whose run is no longer waiting for a slot (started, canceled, promoted by the sweeper) is
-  dropped and the set popped again, at most ``MAX_POPS`` times per set.
+  refusal ms`` (higher priority first, then the longest waiting). Added by the acquire script that refuses
+  the run (``shared.limits_lua``), so no release can run between the refusal and the registration;
+  ``ZADD NX``: a run refused again keeps its place. Removed when popped or when the run is admitted. TTL
+  1 day, refreshed on every add. ``register_waiter`` does the same from Python (tests, tools).
+- A worker whose attempt ends hands its slot over itself (``worker.handoff``: the ending thread starts the
+  best waiter). Here: the other releases — the reaper, a cancel, a worker that is stopping or whose
+  hand-off failed — call ``SlotWaiters.wake``: one script call pops the best member of each set concerned
+  and reads the Redis clock; each popped run is promoted by a conditional ``runstate.transition``
+  (``expected={delayed}``) that also requires its retry delay (``next_retry_at``) to be over, in one short
+  transaction, then enqueued. A popped id whose run is no longer waiting for a slot (started, canceled,
+  promoted by the sweeper) is dropped and the set popped again, at most ``MAX_POPS`` times per set.
 - Everything here is a speed-up only: Redis losing a set, or a failed wake, leaves every waiter with its
   own ``scheduled_at`` retry (§5.8). Errors are logged, never raised.
 """
@@ -77,9 +80,8 @@ def waiter_set(job_id: str, limit_kind: str, concurrency_key: str | None) -> str
 def register_waiter(client: redis.Redis, run: Run, decision: LimitDecision, now: datetime) -> None:
     """Record ``run`` as waiting for the slot that refused it (``decision``); one pipelined round trip.
 
-    Called by admission on a concurrency refusal, before the re-delay commits: a release that pops the
-    run before then finds it still ``queued``, drops it and tries the next waiter. The score uses the
-    decision's Redis clock (``now`` if it has none).
+    The worker's refusals register inside the acquire script (``LimitRequest.waiter_priority``); this is
+    the same from Python, with the decision's Redis clock (``now`` if it has none).
     """
     key = waiter_set(run.job_id, str(decision.limit.get("kind")), run.concurrency_key)
     if key is None:

@@ -18,6 +18,7 @@ enqueue), and every waiter keeps its ``scheduled_at`` retry (§5.8) as the safet
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -27,14 +28,17 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.config import Settings
 from shared.effects import commit_and_apply
+from shared.ids import uuid7
 from shared.limits import Limits
 from shared.models import Job, Run
+from shared.prepared import HotStatement, prepare_once
 from shared.run_moves import move_run, supports_moves
 from shared.runstate import Effects, RunStatus, status_columns
 from shared.slot_waiters import MAX_POPS, WAKE_MESSAGE, SlotWaiters, promote_waiter
@@ -48,6 +52,36 @@ log = logging.getLogger("sluice.worker")
 CHAIN_SECS = 1800
 
 Successor = tuple[Started, TraceClock]
+
+# Lock the popped run with its job. Blocking (no SKIP LOCKED): a worker refusing this very run right now
+# holds the row only until its re-delay commits, and the run is then exactly what we want.
+_LOCK = (sa.select(Run, Job).join(Job, Job.id == Run.job_id)
+         .where(Run.id == sa.bindparam("run_id")).with_for_update(of=Run))
+# Prepared once per connection where the engine allows it (shared.prepared): planning the join over the
+# runs table's indexes costs more than running it.
+_LOCK_HOT = HotStatement.build("sluice_handoff_lock", str(_LOCK.compile(dialect=postgresql.dialect()))
+                               .replace("%(run_id)s", ":run_id"))
+_LOCK_PREPARED = sa.select(Run, Job).from_statement(
+    sa.text(f"EXECUTE {_LOCK_HOT.name}(:run_id)").columns(*Run.__table__.columns, *Job.__table__.columns))
+
+# The common case in one statement (PostgreSQL): a delayed waiter whose retry back-off is over, of an enabled
+# job, moves ``delayed → queued`` with its ``state_change`` event (message ``slot released``) — the UPDATE
+# locks the row — and comes back with its job. The columns set are ``runstate.status_columns(QUEUED)``'s.
+_WAKE_SQL = """
+WITH woken AS (
+  UPDATE runs SET status = 'queued', queued_at = :now, due_at = NULL
+  WHERE id = :run_id AND status = 'delayed' AND (next_retry_at IS NULL OR next_retry_at <= :now)
+    AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = runs.job_id AND jobs.enabled)
+  RETURNING runs.*
+), logged AS (
+  INSERT INTO run_events (id, run_id, type, message, data, created_at)
+  SELECT :event_id, woken.id, 'state_change', :message, CAST(:data AS JSONB), :now FROM woken
+)
+SELECT {columns} FROM woken JOIN jobs ON jobs.id = woken.job_id
+"""
+_WAKE_HOT = HotStatement.build("sluice_handoff_wake", _WAKE_SQL.replace("{columns}", ", ".join(
+    [f"woken.{c.name}" for c in Run.__table__.columns] + [f"jobs.{c.name}" for c in Job.__table__.columns])))
+_WAKE_DATA = json.dumps({"from": RunStatus.DELAYED.value, "to": RunStatus.QUEUED.value})
 
 
 class SlotHandOff:
@@ -92,14 +126,17 @@ class SlotHandOff:
         picked = time.monotonic()
         session = self._session_factory()
         try:
-            # Blocking lock: a worker refusing this run right now holds it only until its re-delay commits.
-            row = session.execute(sa.select(Run, Job).join(Job, Job.id == Run.job_id)
-                                  .where(Run.id == waiter_id).with_for_update(of=Run)).first()
             now = self._clock()
-            if row is None or not _waiting(row[0], row[1], now) or not _wake(session, row[0], now):
-                session.rollback()
-                return None
-            run, job = row
+            woken = _wake_delayed(session, waiter_id, now)
+            if woken is None:  # not a delayed waiter: lock it and look (queued, or no longer waiting)
+                prepared = prepare_once(session.connection(), _LOCK_HOT)
+                row = session.execute(_LOCK_PREPARED if prepared else _LOCK, {"run_id": waiter_id}).first()
+                now = self._clock()
+                if row is None or not _waiting(row[0], row[1], now) or not _wake(session, row[0], now):
+                    session.rollback()
+                    return None
+                woken = row[0], row[1]
+            run, job = woken
             effects = Effects()
             admission = admit(session, run, job, now=now, settings=self._settings, limits=self._limits,
                               effects=effects, rng=self._rng, hand_over=(ended.id, ended.concurrency_key))
@@ -116,6 +153,19 @@ class SlotHandOff:
                                                            "action": admission.action, "reason": admission.detail})
             return None
         return admission, TraceClock(picked=picked, picked_wall=now, queued_at=run.queued_at, acquired=acquired)
+
+
+def _wake_delayed(session: Session, run_id: str, now: datetime) -> tuple[Run, Job] | None:
+    """The one-statement wake of a delayed waiter (PostgreSQL); ``None`` if it did not apply."""
+    if not supports_moves(session):
+        return None
+    params = {"run_id": run_id, "now": now, "event_id": uuid7(), "message": WAKE_MESSAGE, "data": _WAKE_DATA}
+    prepared = prepare_once(session.connection(), _WAKE_HOT)
+    statement = sa.text(f"EXECUTE {_WAKE_HOT.name}({', '.join(':' + k for k in _WAKE_HOT.order)})"
+                        if prepared else _WAKE_HOT.text.text)
+    row = session.execute(sa.select(Run, Job).from_statement(
+        statement.columns(*Run.__table__.columns, *Job.__table__.columns)), params).first()
+    return None if row is None else (row[0], row[1])
 
 
 def _waiting(run: Run, job: Job, now: datetime) -> bool:
