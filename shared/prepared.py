@@ -107,6 +107,16 @@ def _row_type(names: tuple[str, ...]) -> type:
     return DriverRow
 
 
+_NAMES: dict[str, tuple[str, ...]] = {}  # result column names per prepared statement (its SQL lists them)
+
+
+def _column_names(statement_name: str, description: Any) -> tuple[str, ...]:
+    names = _NAMES.get(statement_name)
+    if names is None or len(names) != len(description):
+        names = _NAMES[statement_name] = tuple([column[0] for column in description])
+    return names
+
+
 def _run_on_driver(connection: Connection, statement: HotStatement, params: dict[str, Any],
                    fetch: bool | str) -> Any:
     sql = f"EXECUTE {statement.name}"
@@ -120,12 +130,12 @@ def _run_on_driver(connection: Connection, statement: HotStatement, params: dict
         if not fetch:
             return cursor.rowcount
         if fetch == "all":
-            names = tuple(column[0] for column in cursor.description)
+            names = _column_names(statement.name, cursor.description)
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         row = cursor.fetchone()
         if row is None:
             return None
-        return _row_type(tuple(column[0] for column in cursor.description))(*row)
+        return _row_type(_column_names(statement.name, cursor.description))(*row)
     except connection.dialect.loaded_dbapi.Error as exc:
         if connection.dialect.is_disconnect(exc, dbapi_connection, cursor):
             connection.invalidate(exc)
