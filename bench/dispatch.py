@@ -41,7 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import reference_worker  # noqa: E402
-from bench.support import SinkProcess, cpu_secs_of_group, fmt_number, percentile, prepare_database  # noqa: E402
+from bench.support import (  # noqa: E402
+    SinkProcess,
+    cpu_secs_of_database_backends,
+    cpu_secs_of_group,
+    fmt_number,
+    percentile,
+    prepare_database,
+)
 from shared.apikeys import Principal  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
 from shared.config import Settings  # noqa: E402
@@ -66,6 +73,8 @@ class Result:
     paced_ms: list[float] = field(default_factory=list)
     idle_ms: list[float] = field(default_factory=list)
     idle_cpu: float = float("nan")
+    worker_cpu_ms: list[float] = field(default_factory=list)  # worker processes' CPU per drained run
+    db_cpu_ms: list[float] = field(default_factory=list)  # PostgreSQL backends' CPU per drained run
     lost: int = 0
     duplicates: int = 0
 
@@ -265,11 +274,16 @@ def drain(system: System, n: int, result: Result) -> None:
     system.new_batch()
     go = system.seed(n)
     system.sink.records()
+    assert system.proc is not None
+    worker_cpu, db_cpu = cpu_secs_of_group(system.proc.pid), cpu_secs_of_database_backends(system.args.db_name)
     started = time.time()
     go()
     system.wait_terminal(n)
     elapsed = system.last_finish() - started
     result.drain_rps.append(n / elapsed)
+    # CPU per run is what a busy shared host cannot distort much (throughput is, when others load the cores).
+    result.worker_cpu_ms.append((cpu_secs_of_group(system.proc.pid) - worker_cpu) * 1000 / n)
+    result.db_cpu_ms.append((cpu_secs_of_database_backends(system.args.db_name) - db_cpu) * 1000 / n)
     records = system.sink.records()
     result.lost += system.not_completed() + max(0, n - len({r[0] for r in records}))
     result.duplicates += _sink_duplicates(records) + system.duplicate_starts()
@@ -337,6 +351,10 @@ def measure(systems: list[System], args: argparse.Namespace) -> dict[str, Result
     return results
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -> None:
     ref = reference or Result()
     s_drain = statistics.median(sluice.drain_rps)
@@ -348,6 +366,8 @@ def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -
         ("idle p50 ms", percentile(sluice.idle_ms, 50), percentile(ref.idle_ms, 50), "≤ 20"),
         ("idle p99 ms", percentile(sluice.idle_ms, 99), percentile(ref.idle_ms, 99), ""),
         ("idle worker CPU (cores)", sluice.idle_cpu, ref.idle_cpu, ""),
+        ("drain worker CPU ms/run", _median(sluice.worker_cpu_ms), _median(ref.worker_cpu_ms), ""),
+        ("drain db CPU ms/run", _median(sluice.db_cpu_ms), _median(ref.db_cpu_ms), ""),
         ("lost runs", sluice.lost, ref.lost if reference else float("nan"), "0"),
         ("duplicate attempts", sluice.duplicates, ref.duplicates if reference else float("nan"), "0"),
     ]
