@@ -80,6 +80,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
     metrics.install(app)
     request_log.install(app)
     _register_blueprints(api)
+    service.document(app, api.spec)
     return app
 
 

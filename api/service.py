@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
+from apispec import APISpec
 from flask import Flask, Response, g
 
 from api.context import services
@@ -37,6 +40,36 @@ def _add_request_id(response: Response) -> Response:
     if request_id:
         response.headers["X-Request-Id"] = request_id
     return response
+
+
+_STATUS = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}, "required": ["status"]}
+_READY = {"type": "object", "required": ["status", "checks"], "properties": {
+    "status": {"type": "string", "enum": ["ok"]},
+    "checks": {"type": "object", "properties": {name: {"type": "string", "enum": ["ok", "unavailable"]}
+                                                for name in ("database", "redis")}}}}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def document(app: Flask, spec: APISpec) -> None:
+    """The key-less service routes in /openapi.json, beside the /v1 blueprints (§1.8)."""
+    error = {"$ref": "#/components/schemas/Error"}
+    rules = {rule.endpoint: rule for rule in app.url_map.iter_rules()}
+    spec.path(rule=rules["healthz"], operations={"get": {
+        "tags": ["service"], "summary": "Liveness: the process serves requests (no key, no dependencies)",
+        "responses": {"200": _json("Alive", _STATUS)}}})
+    spec.path(rule=rules["readyz"], operations={"get": {
+        "tags": ["service"], "summary": "Readiness: PostgreSQL and Redis answer (no key)",
+        "responses": {"200": _json("Ready", _READY),
+                      "503": _json("A backing service is unavailable; `checks` names it",
+                                   {"allOf": [error, {"type": "object", "properties": {
+                                       "checks": _READY["properties"]["checks"]}}]})}}})
+    spec.path(rule=rules["metrics"], operations={"get": {
+        "tags": ["service"], "summary": "Prometheus metrics in the text exposition format (no key)",
+        "responses": {"200": {"description": "Metric families",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
 
 
 def install(app: Flask) -> None:

@@ -160,3 +160,18 @@ def test_openapi_documents_every_jobs_route(client):
     for method, path, _ in ROUTES:
         templ = path.replace("{ver}", "{version_id}").replace("{dep}", "{dep_id}")
         assert method.lower() in paths[templ], (method, templ)
+
+
+def test_openapi_documents_every_route_of_the_app(app, client):
+    """Every served route and method is in /openapi.json (the service routes included), except the
+    document itself, its viewer and Flask's static files."""
+    import re
+
+    spec_paths = client.get("/openapi.json").json["paths"]
+    documented = {(path, method.upper()) for path, ops in spec_paths.items() for method in ops}
+    served = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
+              for rule in app.url_map.iter_rules() for method in rule.methods - {"HEAD", "OPTIONS"}
+              if rule.endpoint not in ("static", "api-docs.openapi_json", "api-docs.openapi_swagger_ui")
+              and not rule.rule.startswith(("/docs", "/openapi"))}
+    assert served - documented == set()
+    assert {"/healthz", "/readyz", "/metrics"} <= set(spec_paths)
