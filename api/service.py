@@ -43,10 +43,10 @@ def _add_request_id(response: Response) -> Response:
 
 
 _STATUS = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}, "required": ["status"]}
-_READY = {"type": "object", "required": ["status", "checks"], "properties": {
-    "status": {"type": "string", "enum": ["ok"]},
-    "checks": {"type": "object", "properties": {name: {"type": "string", "enum": ["ok", "unavailable"]}
-                                                for name in ("database", "redis")}}}}
+_CHECKS = {"type": "object", "properties": {name: {"type": "string", "enum": ["ok", "unavailable"]}
+                                            for name in ("database", "redis")}}
+_READY = {"type": "object", "required": ["status", "checks"],
+          "properties": {"status": {"type": "string", "enum": ["ok"]}, "checks": _CHECKS}}
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def document(app: Flask, spec: APISpec) -> None:
         "responses": {"200": _json("Ready", _READY),
                       "503": _json("A backing service is unavailable; `checks` names it",
                                    {"allOf": [error, {"type": "object", "properties": {
-                                       "checks": _READY["properties"]["checks"]}}]})}}})
+                                       "checks": _CHECKS}}]})}}})
     spec.path(rule=rules["metrics"], operations={"get": {
         "tags": ["service"], "summary": "Prometheus metrics in the text exposition format (no key)",
         "responses": {"200": {"description": "Metric families",
