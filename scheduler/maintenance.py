@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import utcnow
 from shared.config import Settings
+from shared.dependencies import recheck_waiting
 from shared.effects import commit_and_apply
 from shared.limits import Limits
 from shared.reaper import REAP_BATCH, reap_stale_attempts
@@ -70,6 +71,7 @@ class PeriodicTask:
 
 
 MIN_WAKE_SECS = 0.02
+RECHECK_WAITING_SECS = 30.0  # a missed dependency wake-up (see shared.dependencies) is recovered within this
 
 
 def _with_effects(ctx: MaintenanceContext, work: Callable[[Session, Effects], int]) -> int:
@@ -109,6 +111,14 @@ def webhooks_task(ctx: MaintenanceContext, now: datetime) -> int:
         return sent
 
 
+def recheck_waiting_task(ctx: MaintenanceContext, now: datetime) -> int:
+    released = _with_effects(ctx, lambda s, e: recheck_waiting(s, now, e))
+    if released:
+        log.warning("released %d waiting runs whose wake-up was missed", released,
+                    extra={"released": released})
+    return released
+
+
 def default_tasks(settings: Settings) -> list[PeriodicTask]:
     """Expiry before promotion (an expired run is never enqueued), lost messages after both."""
     every = settings.sweep_interval_secs
@@ -118,6 +128,7 @@ def default_tasks(settings: Settings) -> list[PeriodicTask]:
         PeriodicTask("recover_lost_messages", every, recover_task, RECOVER_MAX),
         PeriodicTask("reap_stale_attempts", every, reap_task, REAP_BATCH),
         PeriodicTask("enqueue_due_webhooks", every, webhooks_task, WEBHOOK_BATCH),
+        PeriodicTask("recheck_waiting", max(every, RECHECK_WAITING_SECS), recheck_waiting_task),
     ]
 
 

@@ -40,6 +40,7 @@ CONDITION_STATUSES: dict[str, frozenset[str]] = {
 }
 _TERMINAL_VALUES = [s.value for s in TERMINAL]
 RELEASE_BATCH = 500
+RECHECK_JOBS = 200  # jobs with waiting runs re-evaluated per run of ``recheck_waiting``
 
 
 @dataclass(frozen=True)
@@ -215,3 +216,14 @@ def release_waiting_of_job(session: Session, job_id: str, now: datetime, effects
     """Re-evaluate ``job_id``'s own waiting runs (after one of its edges or an upstream job was deleted)."""
     lock_key(session, "deps", job_id)
     return _release_job(session, job_id, now=now, effects=effects)
+
+
+def recheck_waiting(session: Session, now: datetime, effects: Effects) -> int:
+    """Safety net (the scheduler's maintenance loop): re-evaluate the waiting runs of every job that has
+    some, and release those whose edges hold. The locks above make a trigger and a finishing upstream run
+    safe; one race they do not cover is an edge *created* while its upstream run finishes (the finisher
+    read the dependents before the edge committed, then a run of the dependent job was gated on it).
+    Normally this releases nothing; a release here is such a wake-up, recovered late instead of never."""
+    job_ids = session.scalars(sa.select(Run.job_id).where(Run.status == RunStatus.WAITING.value)
+                              .distinct().order_by(Run.job_id).limit(RECHECK_JOBS)).all()
+    return sum(release_waiting_of_job(session, job_id, now, effects) for job_id in job_ids)

@@ -10,6 +10,7 @@ from shared.clock import utcnow
 from shared.dependencies import (
     Correlation,
     gate_new_runs,
+    recheck_waiting,
     release_dependents,
     release_waiting_of_job,
     unmet_dependencies,
@@ -95,3 +96,20 @@ def test_release_waiting_of_job_after_edge_delete(session):
     assert release_waiting_of_job(session, down.id, utcnow(), effects) == 1
     assert effects.enqueue == [waiting.id]
     assert release_dependents(session, up.id, now=utcnow(), effects=Effects()) == 0
+
+
+def test_recheck_waiting_recovers_a_missed_wake_up(session):
+    """The race the locks leave open (an edge created while its upstream run finishes) ends with a waiting
+    run whose upstream is already terminal and no release: the maintenance recheck releases it."""
+    up, down, unrelated = make_job(session), make_job(session), make_job(session)
+    make_dependency(session, down, up)
+    make_dependency(session, unrelated, up)
+    make_run(session, up, status="completed", attempt=1, started_at=utcnow(), finished_at=utcnow())
+    missed = make_run(session, down, status="waiting")  # gated before the finish, never woken
+    still = make_run(session, unrelated, status="waiting", idempotency_key="no-upstream-run")
+    effects = Effects()
+    assert recheck_waiting(session, utcnow(), effects) == 1
+    assert effects.enqueue == [missed.id]
+    session.expire_all()
+    assert (session.get(Run, missed.id).status, session.get(Run, still.id).status) == ("queued", "waiting")
+    assert recheck_waiting(session, utcnow(), Effects()) == 0
