@@ -2,19 +2,20 @@
 priorities and slot recovery after a SIGKILL, observed from the endpoint's side.
 
 Real processes: ``sluice worker --processes 4 --threads 8`` (one fleet for the module), the scheduler's
-maintenance loop in a thread of this process (delayed promotion, reaper), real PostgreSQL and Redis, and a
+maintenance loop in a process of its own (delayed promotion, reaper), real PostgreSQL and Redis, and a
 local endpoint that records each call's arrival and departure (wall clock). An observed call interval
 lies inside the worker's lease interval (acquire → call → record → release), so overlap computed from
 the endpoint's log can only under-state what the leases held: "never exceeded" is proven, not sampled.
 
 Run with ``SLUICE_TEST_DB_NAME=sluice_flow SLUICE_TEST_REDIS_DB=6 .venv/bin/pytest -m slow
 tests/integration/test_flow_control.py``. Whole file: about 2 minutes on two cores (the 300-run backlog
-behind ``max_concurrency: 3`` drains in 10–20 s now that a released slot wakes a waiting run at once;
-``check_efficiency`` reports the utilisation still missing, docs/flow-control.md, "Measured").
+behind ``max_concurrency: 3`` drains in about 11 s: the thread whose attempt ends starts the best waiting
+run itself, ``worker.handoff``; ``check_efficiency`` holds the caps to ≥ 90 % slot utilisation).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -39,7 +40,7 @@ from scheduler.maintenance import MaintenanceContext, MaintenanceLoop
 from shared import redis_keys
 from shared.clock import format_ts
 from shared.config import Settings
-from shared.db import make_session_factory
+from shared.db import make_engine, make_session_factory
 from shared.effects import commit_and_apply
 from shared.limits import Limits
 from shared.messages import make_broker
@@ -177,6 +178,20 @@ class Rig:
     redis: redis_lib.Redis
 
 
+def run_maintenance(database_url: str, redis_address: str, stop: Any) -> None:
+    """The scheduler's maintenance loop (delayed promotion, reaper, sweeper) until ``stop`` is set."""
+    settings = Settings.from_env({}).with_overrides(database_url=database_url, redis_url=redis_address,
+                                                    allow_private_endpoints=True, log_json=False,
+                                                    lease_margin_secs=LEASE_MARGIN_SECS,
+                                                    stale_after_secs=STALE_AFTER_SECS)
+    engine = make_engine(database_url)
+    loop = MaintenanceLoop(MaintenanceContext(settings=settings, session_factory=make_session_factory(engine),
+                                              broker=make_broker(settings),
+                                              redis=redis_lib.Redis.from_url(redis_address)))
+    loop.run(stop)
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def rig_module(pg_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     settings = Settings.from_env({}).with_overrides(database_url=pg_url(), redis_url=redis_url(),
@@ -192,10 +207,12 @@ def rig_module(pg_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> I
     broker = make_broker(settings)
     endpoint = RecordingEndpoint()
     fleet = Fleet(tmp_path_factory.mktemp("flow") / "worker.log")
-    stop = threading.Event()
-    loop = MaintenanceLoop(MaintenanceContext(settings=settings, session_factory=factory, broker=broker,
-                                              redis=redis_lib.Redis.from_url(redis_url())))
-    maintenance = threading.Thread(target=loop.run, args=(stop,), name="maintenance", daemon=True)
+    # Its own process, as `sluice scheduler` is: promoting a backlog's retries is CPU work that would
+    # otherwise compete with the recording endpoint for this process's GIL and skew its timestamps.
+    spawn = multiprocessing.get_context("spawn")
+    stop = spawn.Event()
+    maintenance = spawn.Process(target=run_maintenance, args=(pg_url(), redis_url(), stop), name="maintenance",
+                                daemon=True)
     maintenance.start()
     try:
         fleet.wait_ready(client)
@@ -316,12 +333,12 @@ TARGET = 0.90  # utilisation of a concurrency cap / fraction of a rate limit ach
 def check_efficiency(case: str, measured: float, detail: str, *, known_gap: bool = False) -> None:
     """The efficiency target (≥ 90 %), checked after every safety assertion of the test has passed.
 
-    The job-wide rate limit meets it (the promotion loop wakes at each run's due instant): a miss FAILS.
-    The per-customer rate limit meets it except under heavy machine load, and concurrency caps do not yet
-    (docs/flow-control.md, "Measured"): a released slot wakes the best waiting run at once
-    (``shared.slot_waiters``), but the hand-off — record, release, promote, fetch, claim, start — costs
-    tens of ms on this shared two-core machine against 0.1 s calls. For those (``known_gap``) a miss is
-    reported as XFAIL with the measured value and the hand-off breakdown, never as a pass.
+    The job-wide rate limit meets it: a miss FAILS. The concurrency caps reach it only on a lightly loaded
+    machine: the thread whose attempt ends hands its slot straight to the best waiting run and starts it
+    itself (``worker.handoff``), and the remaining gap — outcome statement, hand-off transaction, connect —
+    is ~7 ms at load ≈ 3 but 15–20 ms at load 6–10 on this shared two-core machine. The per-customer rate
+    limit likewise misses it under heavy load (docs/flow-control.md, "Measured"). For those (``known_gap``)
+    a miss is reported as XFAIL with the measured value and the hand-off breakdown, never as a pass.
     """
     print(f"\n{case}: {measured:.1%} — {detail}")
     if measured >= TARGET:
@@ -362,15 +379,27 @@ def wake_stats(rig: Rig, job: Job) -> str:
                                 RunEvent.data["to"].as_string() == "queued",
                                 RunEvent.data["from"].as_string() == "delayed")
                          .group_by(RunEvent.message)).all()
-        waits = sorted(int(r.execution_trace["queue_wait_ms"]) for r in s.scalars(
-            sa.select(Run).where(Run.job_id == job.id)) if r.execution_trace
-            and r.execution_trace.get("queue_wait_ms") is not None)
+        traces = [r.execution_trace for r in s.scalars(sa.select(Run).where(Run.job_id == job.id))
+                  if r.execution_trace]
     by = {str(message or "sweeper"): int(count) for message, count in rows}
-    wait = f"queue wait median {waits[len(waits) // 2]} ms, p90 {waits[len(waits) * 9 // 10]} ms" if waits else ""
-    return f"promotions {by}; {wait}"
+    return (f"promotions {by}; {_median_p90('queue wait', traces, 'queue_wait_ms')}; "
+            f"{_median_p90('pick → admitted', traces, 'dequeue_ms')}; {_median_p90('connect', traces, 'connect_ms')}")
+
+
+def _median_p90(label: str, traces: list[dict[str, Any]], field: str) -> str:
+    values = sorted(int(t[field]) for t in traces if t.get(field) is not None)
+    if not values:
+        return f"{label}: none"
+    return f"{label} median {values[len(values) // 2]} ms, p90 {values[len(values) * 9 // 10]} ms"
 
 
 def test_max_concurrency_is_never_exceeded_and_fully_used(rig: Rig) -> None:
+    check_efficiency_twice("max_concurrency=3 utilisation", lambda: _max_concurrency_case(rig), known_gap=True)
+
+
+def _max_concurrency_case(rig: Rig) -> tuple[float, str]:
+    """Safety assertions of one run of the case; returns (utilisation, detail)."""
+    rig.endpoint.reset()
     job = new_job(rig, max_concurrency=3)
     rig.endpoint.delay_secs = CALL_SECS
     queue_runs(rig, job, runs_of(BACKLOG))
@@ -381,12 +410,18 @@ def test_max_concurrency_is_never_exceeded_and_fully_used(rig: Rig) -> None:
     assert max_overlap(intervals) == 3  # reached, never exceeded
     assert_no_attempt_consumed(rig, job, runs)
     assert set(redelay_reasons(rig, job)) == {"concurrency"}
-    check_efficiency("max_concurrency=3 utilisation", utilisation(intervals, 3),
-                     f"{BACKLOG} runs x {CALL_SECS} s, redelays {redelay_reasons(rig, job)}; "
-                     f"{handoff_gaps(intervals, 3)}; {wake_stats(rig, job)}", known_gap=True)
+    return utilisation(intervals, 3), (f"{BACKLOG} runs x {CALL_SECS} s, redelays {redelay_reasons(rig, job)}; "
+                                       f"{handoff_gaps(intervals, 3)}; {wake_stats(rig, job)}")
 
 
 def test_max_concurrency_per_key_holds_for_each_key(rig: Rig) -> None:
+    check_efficiency_twice("max_concurrency_per_key=1 utilisation (worst of 5 keys)",
+                           lambda: _per_key_case(rig), known_gap=True)
+
+
+def _per_key_case(rig: Rig) -> tuple[float, str]:
+    """Safety assertions of one run of the case; returns (worst key's utilisation, detail)."""
+    rig.endpoint.reset()
     keys = [f"tenant-{i}" for i in range(5)]
     job = new_job(rig, max_concurrency_per_key=1)
     rig.endpoint.delay_secs = CALL_SECS
@@ -402,10 +437,8 @@ def test_max_concurrency_per_key_holds_for_each_key(rig: Rig) -> None:
     assert max_overlap([(c.arrived, c.departed) for c in calls]) > 1  # keys do run side by side
     assert_no_attempt_consumed(rig, job, runs)
     worst = min(utilisation(iv, 1) for iv in by_key.values())
-    check_efficiency("max_concurrency_per_key=1 utilisation (worst of 5 keys)", worst,
-                     f"{per_key} runs per key x {CALL_SECS} s; "
-                     f"{min((handoff_gaps(iv, 1) for iv in by_key.values()), key=len)}; {wake_stats(rig, job)}",
-                     known_gap=True)
+    return worst, (f"{per_key} runs per key x {CALL_SECS} s; "
+                   f"{min((handoff_gaps(iv, 1) for iv in by_key.values()), key=len)}; {wake_stats(rig, job)}")
 
 
 def call_latency(calls: list[Call], marks: list[float]) -> float:
