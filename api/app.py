@@ -13,6 +13,7 @@ from webargs.flaskparser import FlaskParser
 from api import gate, metrics, request_log, service
 from api.context import Services, autocommit_read_factory, close_session
 from api.errors import ErrorSchema, handle_http_exception, register_error_handlers
+from api.fast_trigger import FastTrigger
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.messages import make_broker
@@ -81,6 +82,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
     request_log.install(app)
     _register_blueprints(api)
     service.document(app, api.spec)
+    app.wsgi_app = FastTrigger(services, app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

@@ -27,14 +27,24 @@ class ErrorSchema(ma.Schema):
     request_id = ma.fields.String()
 
 
-def error_response(code: int, message: str, errors: Any = None, headers: dict[str, str] | None = None,
-                   extra: dict[str, Any] | None = None) -> Response:
+def error_body(code: int, message: str, request_id: str | None, errors: Any = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The error body of CONTRACT §1.4 (also built outside Flask, by ``api.fast_trigger``)."""
     body: dict[str, Any] = {"code": code, "status": HTTPStatus(code).phrase, "message": message}
     if code == 422:
         body["errors"] = errors if errors is not None else {}
     if extra:
         body.update(extra)
-    body["request_id"] = getattr(g, "request_id", None)
+    body["request_id"] = request_id
+    return body
+
+
+UNAVAILABLE_MESSAGE = "A backing service is unavailable; retry shortly"
+
+
+def error_response(code: int, message: str, errors: Any = None, headers: dict[str, str] | None = None,
+                   extra: dict[str, Any] | None = None) -> Response:
+    body = error_body(code, message, getattr(g, "request_id", None), errors, extra)
     response = Response(json.dumps(body), status=code, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -100,17 +110,17 @@ def handle_sluice_error(error: SluiceError) -> Response:
     return error_response(error.status_code, error.message, headers=headers)
 
 
-_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError,
+UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError,
                 redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def handle_unexpected(error: Exception) -> Response:
     if isinstance(error, HTTPException):
         return handle_http_exception(error)
-    if isinstance(error, _UNAVAILABLE):
+    if isinstance(error, UNAVAILABLE):
         log.warning("backing service unavailable: %s", type(error).__name__,
                     extra={"request_id": getattr(g, "request_id", None)})
-        return error_response(503, "A backing service is unavailable; retry shortly")
+        return error_response(503, UNAVAILABLE_MESSAGE)
     log.exception("unhandled error", extra={"request_id": getattr(g, "request_id", None)})
     return error_response(500, "Internal server error")
 

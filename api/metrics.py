@@ -57,16 +57,20 @@ _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
 def _record_request(response: Response) -> Response:
-    started = g.get("started")  # set first thing by api.gate
+    record_request(request.method, route_label(), response.status_code, g.get("started"))  # started: api.gate
+    return response
+
+
+def record_request(method: str, route: str, status: int, started: float | None) -> None:
+    """Count the request and observe its latency; ``started`` is its ``time.perf_counter()`` at arrival."""
     duration = time.perf_counter() - started if started is not None else 0.0
-    key = (request.method, route_label(), response.status_code)
+    key = (method, route, status)
     children = _children.get(key)
     if children is None:
         children = _children.setdefault(key, (HTTP_REQUESTS.labels(key[0], key[1], str(key[2])),
                                               HTTP_REQUEST_DURATION.labels(key[0], key[1])))
     children[0].inc()
     children[1].observe(max(duration, 0.0))
-    return response
 
 
 def _family(spec: GaugeSpec) -> GaugeMetricFamily:

@@ -20,17 +20,24 @@ QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def _log_request(response: Response) -> Response:
     rule = request.url_rule
-    route = rule.rule if rule is not None else "<unmatched>"
     started = g.get("started")  # set first thing by api.gate
-    duration_ms = round((time.perf_counter() - started) * 1000, 2) if started is not None else 0.0
-    status = response.status_code
-    fields: dict[str, object] = {
-        "method": request.method, "route": route, "path": request.path, "status": status,
-        "duration_ms": duration_ms, "request_id": g.get("request_id"),
-    }
     principal = g.get("principal")
-    if principal is not None:
-        fields["project_id"] = principal.project_id
+    log_request(request.method, rule.rule if rule is not None else "<unmatched>", request.path,
+                response.status_code, started, g.get("request_id"),
+                principal.project_id if principal is not None else None)
+    return response
+
+
+def log_request(method: str, route: str, path: str, status: int, started: float | None, request_id: str | None,
+                project_id: str | None) -> None:
+    """The request's log line; ``started`` is its ``time.perf_counter()`` at arrival."""
+    duration_ms = round((time.perf_counter() - started) * 1000, 2) if started is not None else 0.0
+    fields: dict[str, object] = {
+        "method": method, "route": route, "path": path, "status": status,
+        "duration_ms": duration_ms, "request_id": request_id,
+    }
+    if project_id is not None:
+        fields["project_id"] = project_id
     if status >= 500:
         level = logging.ERROR
     elif route in QUIET_ROUTES and status < 400:
@@ -39,9 +46,8 @@ def _log_request(response: Response) -> Response:
         level = logging.INFO
     if log.isEnabledFor(level):
         # makeRecord + handle is what log.log does, minus the caller lookup (a stack walk per request).
-        log.handle(log.makeRecord(log.name, level, __file__, 0, f"{request.method} {route} {status} {duration_ms}ms",
+        log.handle(log.makeRecord(log.name, level, __file__, 0, f"{method} {route} {status} {duration_ms}ms",
                                   (), None, extra=fields))
-    return response
 
 
 def install(app: Flask) -> None:
