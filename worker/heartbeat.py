@@ -9,6 +9,11 @@ outcome is discarded by the conditional record update anyway.
 
 One thread per process rather than per attempt: the cost is one Redis round trip per 0.5 s and one
 UPDATE per interval whatever the number of worker threads.
+
+The same thread drops, in one pipeline per poll, the leases of attempts that ended *terminally* in a job
+without limits (``release_later``): nobody waits for such a slot, and a terminal run never takes a lease
+again, so a release up to ``POLL_SECS`` late only over-counts for that long (the safe direction, should a
+limit be added meanwhile) and saves the worker a Redis round trip per run.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class AttemptMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_heartbeat = time.monotonic() + self._interval
+        self._releases: list[tuple[str, str, str | None]] = []  # (run, job, concurrency key): release_later
 
     def start(self) -> AttemptMonitor:
         self._thread = threading.Thread(target=self._loop, name="sluice-attempt-monitor", daemon=True)
@@ -74,6 +80,28 @@ class AttemptMonitor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.flush_releases()
+
+    def release_later(self, run_id: str, job_id: str, concurrency_key: str | None) -> None:
+        """Drop the run's leases at the next poll (see the module doc for when that is allowed)."""
+        with self._lock:
+            self._releases.append((run_id, job_id, concurrency_key))
+
+    def flush_releases(self) -> None:
+        """Drop the leases queued by ``release_later`` in one pipeline; on a Redis error they expire."""
+        with self._lock:
+            releases, self._releases = self._releases, []
+        if not releases:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for run_id, job_id, concurrency_key in releases:
+            pipe.zrem(redis_keys.concurrency_job(job_id), run_id)
+            if concurrency_key:
+                pipe.zrem(redis_keys.concurrency_key(job_id, concurrency_key), run_id)
+        try:
+            pipe.execute()
+        except (redis.exceptions.RedisError, OSError):
+            log.warning("lease release failed; the leases expire", extra={"leases": len(releases)})
 
     def register(self, flight: InFlight) -> None:
         with self._lock:
@@ -99,7 +127,8 @@ class AttemptMonitor:
                 log.exception("attempt monitor tick failed")
 
     def tick(self, *, force_heartbeat: bool = False) -> None:
-        """One round: cancel flags always, heartbeats when due (or when forced, for tests)."""
+        """One round: queued lease releases, cancel flags, heartbeats when due (or when forced, for tests)."""
+        self.flush_releases()
         flights = self._snapshot()
         if not flights:
             self._next_heartbeat = time.monotonic() + self._interval

@@ -39,7 +39,7 @@ from shared.limits import LimitRequest, Limits
 from shared.metrics import observe_attempt
 from shared.models import Run
 from shared.retries import NON_RETRYABLE, Outcome
-from shared.runstate import Effects, RunStatus
+from shared.runstate import Effects, RunStatus, is_terminal
 from worker.admission import NotStarted, Started, admit
 from worker.call import AttemptCall, CallPlan, PostFunction, perform_call
 from worker.claim import claim_ready_run, hold_if_disabled
@@ -221,15 +221,14 @@ class Runner:
                           deadline=(trace.acquired or time.monotonic()) + attempt.timeout_secs,
                           lease_margin_secs=self._settings.lease_margin_secs)
         self._monitor.register(flight)
-        recorded = False
+        handled: Handled | None = None
         try:
             handled = self._call_and_record(attempt, trace, flight)
-            recorded = True
         finally:
             self._monitor.unregister(attempt.run_id)
             # Hand the slot on only after a normal end (never while an exception is on its way out).
-            chain = recorded and not self._stopping() and time.monotonic() < chain_until
-            successor = self._end(attempt, chain=chain)
+            chain = handled is not None and not self._stopping() and time.monotonic() < chain_until
+            successor = self._end(attempt, chain=chain, terminal=handled is not None and is_terminal(handled.action))
         return handled, successor
 
     def _call_and_record(self, attempt: Attempt, trace: TraceClock, flight: InFlight) -> Handled:
@@ -246,12 +245,16 @@ class Runner:
         trace.responded = call.responded_at if call is not None else time.monotonic()
         return self._record(attempt, call, trace)
 
-    def _end(self, attempt: Attempt, *, chain: bool) -> Successor | None:
-        """Slots are released after the outcome commit: handed over / waiters woken for a checked-path run,
-        the plain lease dropped for a job without limits."""
+    def _end(self, attempt: Attempt, *, chain: bool, terminal: bool) -> Successor | None:
+        """Slots are released after the outcome commit: handed over / waiters woken for a checked-path run;
+        for a job without limits the plain lease is dropped — by the monitor's next poll when the run ended
+        terminally (it never takes a lease again: worker.heartbeat), else now (a retry may soon take one)."""
         if attempt.run is not None:
             return self._handoff.end_attempt(attempt.run, chain=chain)
-        self._release_lease(attempt.run_id, attempt.job_id, attempt.concurrency_key)
+        if terminal:
+            self._monitor.release_later(attempt.run_id, attempt.job_id, attempt.concurrency_key)
+        else:
+            self._release_lease(attempt.run_id, attempt.job_id, attempt.concurrency_key)
         return None
 
     def _plan(self, attempt: Attempt, deadline: float) -> CallPlan:

@@ -38,9 +38,19 @@ def test_plain_run_starts_and_ends_in_one_statement_each(harness: Harness, https
     ]
     assert [e.type for e in events[2:]] == ["state_change", "attempt_finished"]
     assert events[2].data == {"from": "executing", "to": "completed"}
-    assert in_use == [1] and harness.limits.slots_in_use(job.id) == 0
+    assert in_use == [1]
+    harness.monitor.flush_releases()  # a terminal run's lease goes at the monitor's next poll (worker.heartbeat)
+    assert harness.limits.slots_in_use(job.id) == 0
     assert harness.runner._direct is not None
     assert CLAIM_AND_START.name in harness.runner._direct._local.held.prepared
+
+
+def test_retry_releases_its_lease_at_once(harness: Harness, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/retry").respond_with_data("busy", status=503)
+    job = harness.job(endpoint_url=httpserver.url_for("/retry"), max_attempts=3)
+    run = harness.run(job)
+    assert harness.handle(run.id).action == "delayed"
+    assert harness.limits.slots_in_use(job.id) == 0  # a retry may take a lease again soon: not deferred
 
 
 def test_userinfo_is_stripped_from_the_attempt_started_event(harness: Harness, httpserver: HTTPServer) -> None:
