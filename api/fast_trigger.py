@@ -35,7 +35,7 @@ from api.schemas.triggers import TriggerSchema
 from shared import json_codec
 from shared.apikeys import key_digest, principal_from_row
 from shared.clock import utcnow
-from shared.effects import commit_and_apply
+from shared.effects import apply_after_commit
 from shared.errors import SluiceError
 from shared.ids import uuid7
 from shared.runstate import Effects
@@ -103,10 +103,7 @@ class FastTrigger:
                                       has_edges=has_edges)
             except SluiceError:  # raised before the INSERT (disabled job, payload schema, …)
                 return None
-            try:
-                commit_and_apply(session, effects, self.services.broker)
-            except UNAVAILABLE:
-                return self._error(503, request_id, started, environ, principal.project_id)
+            apply_after_commit(effects, self.services.broker)  # autocommit: the INSERT is committed
             status, extra = (201, [("Location", f"/v1/runs/{outcome.run.id}")]) if outcome.created else (200, [])
             return self._answer(status, json_codec.dumps(render_trigger(outcome)), extra, request_id, started,
                                 environ, principal.project_id)
@@ -117,7 +114,6 @@ class FastTrigger:
             log.exception("unhandled error", extra={"request_id": request_id})
             return self._error(500, request_id, started, environ, None)
         finally:
-            session.rollback()
             session.close()
 
     def _error(self, code: int, request_id: str, started: float, environ: dict[str, Any],

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -179,7 +180,10 @@ def _json_value(value: Any) -> Any:
 
 
 def _as_json(value: Any) -> str:
-    return json.dumps(value, default=_json_value, separators=(",", ":"), ensure_ascii=False)
+    try:  # orjson writes aware datetimes as RFC 3339, as isoformat does
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):  # e.g. an integer beyond 64 bits
+        return json.dumps(value, default=_json_value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _insert_as_json(session: Session, table: str, rows: list[dict[str, Any]]) -> None:
