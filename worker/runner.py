@@ -35,7 +35,7 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.effects import commit_and_apply
 from shared.execution_settings import ExecutionSettings, SettingsUnresolvable, live_settings
-from shared.limits import LimitRequest, Limits
+from shared.limits import Limits
 from shared.metrics import observe_attempt
 from shared.models import Run
 from shared.retries import NON_RETRYABLE, Outcome
@@ -48,6 +48,7 @@ from worker.fast_start import FastClaim, claim_and_start
 from worker.handoff import CHAIN_SECS, SlotHandOff, Successor
 from worker.heartbeat import AttemptMonitor, InFlight
 from worker.http import CallAborted, Resolver, post, user_agent
+from worker.leases import LeaseWriter
 from worker.outcome import result_of
 from worker.trace import TraceClock
 
@@ -111,6 +112,7 @@ class Runner:
         # True: single-statement transactions where the session factory's database allows them.
         self._direct = (DirectStatements.for_engine(session_factory.kw.get("bind")) if direct is True
                         else direct or None)
+        self._leases = LeaseWriter(limits.client)  # the lease of a run started by worker.fast_start
         self._stopping = stopping  # no more hand-offs once the worker is stopping (worker.handoff)
         self._handoff = SlotHandOff(session_factory=session_factory, limits=limits, broker=broker, settings=settings,
                                     clock=clock, rng=self._rng)
@@ -184,9 +186,7 @@ class Runner:
                           timeout_secs, fast.webhook_secret)
         lease_ms = (timeout_secs + self._settings.lease_margin_secs) * 1000
         try:
-            self._limits.acquire(LimitRequest(run_id=fast.run_id, job_id=fast.job_id, max_concurrency=None,
-                                              concurrency_key=fast.concurrency_key, max_concurrency_per_key=None,
-                                              lease_ms=lease_ms))
+            self._leases.record(fast.run_id, fast.job_id, fast.concurrency_key, lease_ms)
         except (redis.exceptions.RedisError, OSError) as exc:
             log.warning("lease not recorded (the job has no limits)", extra={
                 "run_id": fast.run_id, "job_id": fast.job_id, "error": type(exc).__name__})

@@ -10,10 +10,12 @@ import sqlalchemy as sa
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from shared import redis_keys
 from shared.clock import utcnow
 from shared.models import Run
 from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
 from worker.fast_start import CLAIM_AND_START
+from worker.leases import LeaseWriter
 
 
 def test_plain_run_starts_and_ends_in_one_statement_each(harness: Harness, httpserver: HTTPServer) -> None:
@@ -101,3 +103,16 @@ def test_pool_connections_stay_transactional(harness: Harness, httpserver: HTTPS
         s.execute(sa.update(Run).where(Run.id == run.id).values(priority=42))
         s.rollback()
     assert harness.get(run.id).priority == 0
+
+
+def test_lease_writer_records_what_an_unlimited_acquire_records(harness: Harness) -> None:
+    job_id, key = "job-lease-writer", "tenant-1"
+    harness.redis.zadd(redis_keys.slot_waiters_job(job_id), {"run-1": 1})
+    now_ms = LeaseWriter(harness.redis).record("run-1", job_id, key, 60_000)
+    for lease_set in (redis_keys.concurrency_job(job_id), redis_keys.concurrency_key(job_id, key)):
+        assert harness.redis.zscore(lease_set, "run-1") == now_ms + 60_000
+        assert 60_000 < harness.redis.pttl(lease_set) <= 61_000
+    assert harness.redis.zscore(redis_keys.slot_waiters_job(job_id), "run-1") is None
+    assert harness.limits.slots_in_use(job_id) == 1 and harness.limits.slots_in_use(job_id, key) == 1
+    harness.limits.release("run-1", job_id, key)
+    assert harness.limits.slots_in_use(job_id) == 0 and harness.limits.slots_in_use(job_id, key) == 0
