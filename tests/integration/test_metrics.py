@@ -60,12 +60,11 @@ def scrape(client) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 def value(families, sample: str, **labels: str) -> float:  # type: ignore[no-untyped-def]
+    """The sum of ``sample`` over every label set that includes ``labels`` (e.g. every method)."""
     owners = sorted((name for name in families if sample.startswith(name)), key=len)
     family = families[owners[-1]] if owners else {}
-    for (name, sample_labels), number in family.items():
-        if name == sample and all((k, v) in sample_labels for k, v in labels.items()):
-            return float(number)
-    return 0.0
+    return float(sum(number for (name, sample_labels), number in family.items()
+                     if name == sample and all((k, v) in sample_labels for k, v in labels.items())))
 
 
 def test_metrics_needs_no_key_and_exposes_every_family(client, auth):  # type: ignore[no-untyped-def]
