@@ -1,4 +1,4 @@
-"""Claim the best ready run and start its attempt in one statement, when nothing can stop the start.
+"""Claim a best ready run and start its attempt in one statement, when nothing can stop the start.
 
 ``worker.claim`` + ``worker.admission`` take the best ready run (CONTRACT §5.1 step 1, §5.11) and then
 check expiry, execution settings, window and limits before ``queued → executing`` (steps 3–8). Most runs
@@ -6,20 +6,28 @@ pass every check without any of them being able to refuse: a run that cannot hav
 window, no concurrency or rate limit, whose settings come from the live job. For those, the checks are
 plain column tests, so one statement does it all — as one autocommit transaction (``worker.direct``)::
 
-    WITH picked AS (SELECT <run and job columns>, <nothing can refuse> AS fast
-                    FROM runs JOIN jobs … <the claim's WHERE and ORDER BY> LIMIT 1
+    WITH hinted AS (<the message's run, if ready and no ready run has a higher priority>
                     FOR UPDATE OF runs SKIP LOCKED),
+         best   AS (<the claim's WHERE and ORDER BY> LIMIT 1 FOR UPDATE OF runs SKIP LOCKED),
+         picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM best LIMIT 1),   -- best: only if needed
          moved  AS (UPDATE runs SET status = 'executing', attempt = attempt + 1, …
-                    FROM picked WHERE runs.id = picked.id AND picked.fast AND runs.status = 'queued'
-                    RETURNING …),
+                    FROM picked WHERE runs.id = picked.id AND picked.fast AND runs.status = 'queued' …),
          logged AS (INSERT INTO run_events … state_change, attempt_started … FROM moved)
     SELECT picked.*, moved.attempt FROM picked LEFT JOIN moved …
 
+Which run: §5.11 asks for higher priority first, then order of readiness *best effort across workers*.
+The message's own run is a best ready run unless some ready run has a higher priority (an index range that
+is empty in the common case), and messages leave the queue in readiness order; claiming it by primary key
+spares every claim the scan past the rows other workers hold locked and past the index entries of runs
+claimed since the last vacuum (both grow with concurrency and backlog). Otherwise — a higher-priority
+run is ready, or the message's run is gone (a duplicate message, or claimed by another message) — the
+statement takes the best ready run as ``claim_ready_run`` does, so every message still claims something
+while anything is claimable.
+
 The guarantees are the claim's: ``SKIP LOCKED`` plus the conditional update mean a duplicate message never
-starts a second attempt; the events are written by the same statement (§4.7). The best run is picked
-whatever its job, so priority order holds across fast and checked runs; when the best run is *not* fast,
-nothing is written and its lock ends with the statement, and the caller claims again on the checked path
-(``claim_ready_run`` + ``admit``), which may find that run or a better one.
+starts a second attempt; the events are written by the same statement (§4.7). When the picked run is *not*
+fast, nothing is written and its lock ends with the statement, and the caller claims again on the checked
+path (``claim_ready_run`` + ``admit``), which takes the best ready run.
 
 The job's execution settings are validated again in Python (``live_settings``, the checked path's rules);
 the SQL conditions only make that validation the formality it is for rows the API wrote.
@@ -58,16 +66,27 @@ _COLUMNS = ("id", "job_id", "payload", "concurrency_key", "debug_mode", "queued_
             "timeout_secs_override", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts",
             "retry_strategy", "retry_delays_secs", "version", "version_id", "webhook_secret")
 
-_SQL = f"""
-WITH picked AS (
-    SELECT r.id, r.job_id, r.payload, r.concurrency_key, r.debug_mode, r.queued_at, r.max_attempts_override,
+_PICKED = f"""SELECT r.id, r.job_id, r.payload, r.concurrency_key, r.debug_mode, r.queued_at, r.max_attempts_override,
            r.timeout_secs_override, j.endpoint_url, j.fallback_endpoint_url, j.timeout_secs, j.max_attempts,
            j.retry_strategy, j.retry_delays_secs, j.version, j.version_id, j.webhook_secret, {_FAST} AS fast
     FROM runs r JOIN jobs j ON j.id = r.job_id
-    WHERE r.status = 'queued' AND r.held_at IS NULL AND j.enabled IS true
+    WHERE r.status = 'queued' AND r.held_at IS NULL AND j.enabled IS true"""
+
+_SQL = f"""
+WITH hinted AS (
+    {_PICKED}
+      AND r.id = :hint
+      AND NOT EXISTS (SELECT 1 FROM runs b JOIN jobs bj ON bj.id = b.job_id
+                      WHERE b.status = 'queued' AND b.priority > r.priority AND b.held_at IS NULL
+                        AND bj.enabled IS true)
+    FOR UPDATE OF r SKIP LOCKED
+), best AS (
+    {_PICKED}
     ORDER BY r.priority DESC, r.queued_at, r.id
     LIMIT 1
     FOR UPDATE OF r SKIP LOCKED
+), picked AS (
+    SELECT * FROM hinted UNION ALL SELECT * FROM best LIMIT 1
 ), moved AS (
     UPDATE runs SET status = 'executing', attempt = runs.attempt + 1, started_at = CAST(:now AS timestamptz),
                     heartbeat_at = CAST(:now AS timestamptz), next_retry_at = NULL
@@ -86,7 +105,7 @@ WITH picked AS (
 SELECT {", ".join(f"picked.{c}" for c in _COLUMNS)}, moved.attempt FROM picked LEFT JOIN moved ON moved.id = picked.id
 """
 
-CLAIM_AND_START = HotStatement.build("sluice_claim_and_start_v1", _SQL)
+CLAIM_AND_START = HotStatement.build("sluice_claim_and_start_v2", _SQL)
 
 
 @dataclass(frozen=True)
@@ -109,10 +128,11 @@ class FastClaim:
     attempt: int | None
 
 
-def claim_and_start(direct: DirectStatements, now: datetime) -> FastClaim | None:
-    """Claim the best ready run and start it if nothing could refuse it; ``None`` if nothing is claimable."""
+def claim_and_start(direct: DirectStatements, run_id: str, now: datetime) -> FastClaim | None:
+    """Claim a best ready run — ``run_id`` (the message's) if it is one — and start it if nothing could refuse
+    it; ``None`` if nothing is claimable."""
     first, second = sorted((uuid7(), uuid7()))  # ids sort in write order (created_at, id)
-    row = direct.first(CLAIM_AND_START, {"now": now, "e0_id": first, "e1_id": second})
+    row = direct.first(CLAIM_AND_START, {"hint": run_id, "now": now, "e0_id": first, "e1_id": second})
     if row is None:
         return None
     (run_id, job_id, payload, key, debug, queued_at, max_override, timeout_override, endpoint, fallback,

@@ -125,7 +125,7 @@ class Runner:
         picked = time.monotonic()
         now = self._clock()
         if self._direct is not None:
-            fast = claim_and_start(self._direct, now)
+            fast = claim_and_start(self._direct, run_id, now)
             if fast is None:
                 return self._nothing_claimable(run_id, now)
             if fast.attempt is not None:

@@ -116,3 +116,20 @@ def test_lease_writer_records_what_an_unlimited_acquire_records(harness: Harness
     assert harness.limits.slots_in_use(job_id) == 1 and harness.limits.slots_in_use(job_id, key) == 1
     harness.limits.release("run-1", job_id, key)
     assert harness.limits.slots_in_use(job_id) == 0 and harness.limits.slots_in_use(job_id, key) == 0
+
+
+def test_a_message_claims_its_own_run_unless_a_higher_priority_is_ready(harness: Harness,
+                                                                        httpserver: HTTPServer) -> None:
+    """Within the top ready priority, order of readiness is best effort (§5.11): the message's own run is
+    claimed by primary key; a duplicate message falls back to the best ready run."""
+    httpserver.expect_request("/h").respond_with_data("ok")
+    job = harness.job(endpoint_url=httpserver.url_for("/h"))
+    base = utcnow() - timedelta(minutes=1)
+    older = harness.run(job, queued_at=base)
+    newer = harness.run(job, queued_at=base + timedelta(seconds=1))
+    assert harness.handle(newer.id).run_id == newer.id
+    assert harness.handle(newer.id).run_id == older.id  # its own run is gone: the best ready one
+    urgent = harness.run(job, priority=5, queued_at=base + timedelta(seconds=2))
+    plain = harness.run(job, queued_at=base)
+    assert harness.handle(plain.id).run_id == urgent.id
+    assert harness.handle(plain.id).run_id == plain.id
