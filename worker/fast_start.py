@@ -11,7 +11,7 @@ plain column tests, so one statement does it all — as one autocommit transacti
          best   AS (<the claim's WHERE and ORDER BY> LIMIT 1 FOR UPDATE OF runs SKIP LOCKED),
          picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM best LIMIT 1),   -- best: only if needed
          moved  AS (UPDATE runs SET status = 'executing', attempt = attempt + 1, …
-                    FROM picked WHERE runs.id = picked.id AND picked.fast AND runs.status = 'queued' …),
+                    FROM picked WHERE runs.id = picked.id AND picked.fast AND <status is queued> …),
          logged AS (INSERT INTO run_events … state_change, attempt_started … FROM moved)
     SELECT picked.*, moved.attempt FROM picked LEFT JOIN moved …
 
@@ -62,6 +62,11 @@ _FAST = f"""(
     AND j.max_attempts BETWEEN 1 AND 100 AND COALESCE(j.retry_strategy, '') IN ({_STRATEGIES})
 )"""
 
+# "status is queued" for a row looked up by id, written so that it does not match ix_runs_ready's predicate:
+# with the plain form the planner may take that partial index (it holds id, as its last column) and filter
+# the whole ready set for the id, instead of one primary-key lookup (seen with stale statistics).
+_BY_ID_QUEUED = "({t}.status = 'queued') IS TRUE"
+
 _COLUMNS = ("id", "job_id", "payload", "concurrency_key", "debug_mode", "queued_at", "max_attempts_override",
             "timeout_secs_override", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts",
             "retry_strategy", "retry_delays_secs", "version", "version_id", "webhook_secret")
@@ -70,18 +75,18 @@ _PICKED = f"""SELECT r.id, r.job_id, r.payload, r.concurrency_key, r.debug_mode,
            r.timeout_secs_override, j.endpoint_url, j.fallback_endpoint_url, j.timeout_secs, j.max_attempts,
            j.retry_strategy, j.retry_delays_secs, j.version, j.version_id, j.webhook_secret, {_FAST} AS fast
     FROM runs r JOIN jobs j ON j.id = r.job_id
-    WHERE r.status = 'queued' AND r.held_at IS NULL AND j.enabled IS true"""
+    WHERE {{queued}} AND r.held_at IS NULL AND j.enabled IS true"""
 
 _SQL = f"""
 WITH hinted AS (
-    {_PICKED}
+    {_PICKED.format(queued=_BY_ID_QUEUED.format(t="r"))}
       AND r.id = :hint
       AND NOT EXISTS (SELECT 1 FROM runs b JOIN jobs bj ON bj.id = b.job_id
                       WHERE b.status = 'queued' AND b.priority > r.priority AND b.held_at IS NULL
                         AND bj.enabled IS true)
     FOR UPDATE OF r SKIP LOCKED
 ), best AS (
-    {_PICKED}
+    {_PICKED.format(queued="r.status = 'queued'")}
     ORDER BY r.priority DESC, r.queued_at, r.id
     LIMIT 1
     FOR UPDATE OF r SKIP LOCKED
@@ -90,7 +95,7 @@ WITH hinted AS (
 ), moved AS (
     UPDATE runs SET status = 'executing', attempt = runs.attempt + 1, started_at = CAST(:now AS timestamptz),
                     heartbeat_at = CAST(:now AS timestamptz), next_retry_at = NULL
-    FROM picked WHERE runs.id = picked.id AND picked.fast AND runs.status = 'queued'
+    FROM picked WHERE runs.id = picked.id AND picked.fast AND {_BY_ID_QUEUED.format(t="runs")}
     RETURNING runs.id, runs.attempt
 ), logged AS (
     INSERT INTO run_events (id, run_id, type, message, data, created_at)
@@ -105,7 +110,7 @@ WITH hinted AS (
 SELECT {", ".join(f"picked.{c}" for c in _COLUMNS)}, moved.attempt FROM picked LEFT JOIN moved ON moved.id = picked.id
 """
 
-CLAIM_AND_START = HotStatement.build("sluice_claim_and_start_v2", _SQL)
+CLAIM_AND_START = HotStatement.build("sluice_claim_and_start_v3", _SQL)
 
 
 @dataclass(frozen=True)
