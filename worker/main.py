@@ -43,6 +43,7 @@ from shared.logs import configure_logging
 from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, make_broker
 from shared.metrics import WORKER_METRICS_PORT, expose_process_metrics
 from shared.prepared import enable_prepared_statements
+from worker.acks import use_batched_acks
 from worker.actors import declare_dispatch_actor
 from worker.heartbeat import AttemptMonitor
 from worker.runner import Runner
@@ -218,6 +219,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     # but busy worker's messages only costs idle wake-ups, while a short timeout gets the prefetched
     # messages of a SIGKILLed worker back into play quickly.
     broker.heartbeat_timeout = BROKER_HEARTBEAT_TIMEOUT_MS
+    use_batched_acks(broker)  # one ack call per batch of messages (worker.acks)
     monitor = AttemptMonitor(session_factory, redis_client, limits, clock=utcnow,
                              heartbeat_interval_secs=settings.heartbeat_interval_secs).start()
     runner = Runner(session_factory=session_factory, limits=limits, broker=broker, settings=settings,
