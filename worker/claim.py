@@ -6,6 +6,10 @@ enabled jobs that are not held. That gives strict priority across workers and ma
 interchangeable: as long as there are at least as many messages as queued runs (the sweeper re-creates
 lost ones by count), every queued run gets claimed.
 
+On PostgreSQL the common case never gets here: ``worker.fast_start`` claims (the message's own run when no
+ready run has a higher priority, else the best) and starts in one statement; this module is the checked
+path it falls back to when a check could refuse the picked run.
+
 ``FOR UPDATE OF runs SKIP LOCKED`` lets concurrent workers claim different rows without waiting; the row
 stays locked until the claim transaction commits (the start transition, or a re-delay), so a duplicate
 message can never start a second attempt. On SQLite both clauses are ignored and writers are serialised
