@@ -351,6 +351,10 @@ def measure(systems: list[System], args: argparse.Namespace) -> dict[str, Result
     return results
 
 
+def _fmt_ms(value: float) -> str:
+    return "-" if value != value else f"{value:.2f}"
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -378,7 +382,8 @@ def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -
     print(f"{'metric':<26}{'sluice':>12}{'reference':>12}   target")
     print("-" * 72)
     for label, s_value, r_value, target in rows:
-        print(f"{label:<26}{fmt_number(float(s_value)):>12}{fmt_number(float(r_value)):>12}   {target}")
+        fmt = _fmt_ms if "CPU ms" in label else fmt_number
+        print(f"{label:<26}{fmt(float(s_value)):>12}{fmt(float(r_value)):>12}   {target}")
     print(f"drain rounds sluice: {[round(x) for x in sluice.drain_rps]}  "
           f"reference: {[round(x) for x in ref.drain_rps]}")
 

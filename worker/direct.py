@@ -32,15 +32,24 @@ class _Held:
         self.proxy = engine.raw_connection()
         self.dbapi: Any = cast(Any, self.proxy.dbapi_connection)  # psycopg2's (never None while held)
         self.dbapi.autocommit = True
+        # These statements only ever look rows up by key or walk ix_runs_ready. With the statistics of a
+        # freshly filled table ("empty") the planner picks sequential scans of runs instead, and a prepared
+        # generic plan keeps them until the next ANALYZE: O(table) per attempt through a whole backlog.
+        with self.dbapi.cursor() as cursor:
+            cursor.execute("SET enable_seqscan = off")
         # Per DBAPI connection (the pool clears ``info`` when it replaces one): prepared statements live in
         # the database session, which outlives this holder if the connection goes back to the pool.
         self.prepared: set[str] = self.proxy.info.setdefault(_PREPARED_KEY, set())
 
 
 def _autocommit_off(dbapi_connection: Any, _record: Any) -> None:
-    """Pool check-in: a connection handed back (e.g. a holder garbage-collected) is transactional again."""
-    if getattr(dbapi_connection, "autocommit", False):
-        dbapi_connection.autocommit = False
+    """Pool check-in: a connection handed back (e.g. a holder garbage-collected) is an ordinary one again:
+    transactional, default planner settings."""
+    if dbapi_connection is None or dbapi_connection.closed or not dbapi_connection.autocommit:
+        return
+    with contextlib.suppress(Exception), dbapi_connection.cursor() as cursor:  # a broken one is discarded anyway
+        cursor.execute("RESET enable_seqscan")
+    dbapi_connection.autocommit = False
 
 
 class DirectStatements:
@@ -92,5 +101,4 @@ class DirectStatements:
         held: _Held | None = getattr(self._local, "held", None)
         if held is not None:
             self._local.held = None
-            held.dbapi.autocommit = False
-            held.proxy.close()
+            held.proxy.close()  # check-in resets it (_autocommit_off)

@@ -12,8 +12,8 @@ from werkzeug import Request, Response
 
 from shared import redis_keys
 from shared.clock import utcnow
-from shared.models import Run
 from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
+from worker.direct import _autocommit_off
 from worker.fast_start import CLAIM_AND_START
 from worker.leases import LeaseWriter
 
@@ -92,17 +92,23 @@ def test_terminal_hooks_are_recorded_in_a_transaction(harness: Harness, httpserv
                                                         "attempt_finished"]
 
 
-def test_pool_connections_stay_transactional(harness: Harness, httpserver: HTTPServer) -> None:
-    """Connections the direct path gives back to the pool are not left in autocommit."""
-    httpserver.expect_request("/t").respond_with_data("ok")
-    run = harness.run(harness.job(endpoint_url=httpserver.url_for("/t")))
-    assert harness.handle(run.id).action == "completed"
-    assert harness.runner._direct is not None
-    harness.runner._direct.close()
-    with harness.session_factory() as s:
-        s.execute(sa.update(Run).where(Run.id == run.id).values(priority=42))
-        s.rollback()
-    assert harness.get(run.id).priority == 0
+def test_pool_connections_stay_transactional(harness: Harness) -> None:
+    """A direct connection handed back to the pool is an ordinary one again: transactional, default plans."""
+    engine = harness.session_factory.kw["bind"]
+    raw = engine.raw_connection()
+    try:
+        dbapi = raw.dbapi_connection
+        dbapi.autocommit = True
+        with dbapi.cursor() as cursor:
+            cursor.execute("SET enable_seqscan = off")
+        _autocommit_off(dbapi, None)
+        assert dbapi.autocommit is False
+        with dbapi.cursor() as cursor:
+            cursor.execute("SHOW enable_seqscan")
+            assert cursor.fetchone() == ("on",)
+        dbapi.rollback()
+    finally:
+        raw.close()
 
 
 def test_lease_writer_records_what_an_unlimited_acquire_records(harness: Harness) -> None:
