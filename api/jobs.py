@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, g
+from flask import Response, g, request
 from flask_smorest import Blueprint
+from sqlalchemy.orm import Session
 from werkzeug.routing import BaseConverter
 
-from api.auth import authenticated_with, check_project, current_principal, prefetched_row, requires_scope
+from api.auth import (
+    authenticated_with,
+    check_project,
+    current_principal,
+    prefetched_row,
+    prefetched_with_key,
+    requires_scope,
+)
 from api.context import autocommit_first, get_session, services
 from api.job_render import render_job
 from api.pagination import clamp_limit, decode_time_cursor, encode_cursor, json_response, paged_response
@@ -28,9 +36,9 @@ from api.schemas.jobs import (
 )
 from shared.clock import utcnow
 from shared.effects import commit_and_apply
-from shared.errors import NotFound, ValidationFailed
+from shared.errors import NotFound, SluiceError, ValidationFailed
 from shared.job_enablement import set_jobs_enabled
-from shared.job_store import find_key_and_job, list_job_records
+from shared.job_store import find_key_and_job, find_key_and_job_page, list_job_records
 from shared.jobs import clone_job, create_job, create_jobs_batch, delete_job, patch_job
 
 CURSOR_KIND = "jobs"
@@ -47,8 +55,28 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1", description="Jobs (CONTRACT 
 blp.record_once(lambda state: state.app.url_map.converters.setdefault("jobref", JobRefConverter))
 
 
+def _prefetch_page(session: Session, digest: str) -> tuple[Any, Any] | None:
+    """For a list request without filters: the key and the page it asks for, in one statement."""
+    args = request.args
+    if session.get_bind().dialect.name != "postgresql":  # LATERAL: SQLite reads the key, then the page
+        return None
+    if not set(args) <= {"limit", "cursor"} or len(args) != len(list(args.items(multi=True))):
+        return None
+    raw_limit = args.get("limit")
+    if raw_limit is not None and not (raw_limit.isascii() and raw_limit.isdigit() and int(raw_limit) >= 1):
+        return None  # the view's arguments refuse it, after authentication
+    try:
+        after = decode_time_cursor(CURSOR_KIND, args.get("cursor"))
+    except SluiceError:
+        return None
+    page = clamp_limit(None if raw_limit is None else int(raw_limit))
+    key, rows = find_key_and_job_page(session, digest, limit=page + 1, after=after)
+    return key, ((page, after), rows)
+
+
 @blp.route("/jobs", methods=["GET"])
 @requires_scope("jobs:read")
+@prefetched_with_key(_prefetch_page)
 @blp.arguments(JobListQuerySchema(), location="query", as_kwargs=True)
 @blp.response(200, JobSchema(many=True))
 def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_id: str | None = None,
@@ -58,8 +86,12 @@ def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_
     check_project(project_id)
     page = clamp_limit(limit)
     after = decode_time_cursor(CURSOR_KIND, cursor)
-    rows = list_job_records(get_session(), current_principal().project_id, limit=page + 1, after=after,
-                            slug=slug, tag_key=tag_key, tag_value=tag_value, enabled=enabled)
+    prefetched = prefetched_row()  # (what it read for, rows) when the query had no filters
+    if prefetched is not None and prefetched[0] == (page, after) and slug is tag_key is tag_value is enabled is None:
+        rows = prefetched[1]
+    else:
+        rows = list_job_records(get_session(), current_principal().project_id, limit=page + 1, after=after,
+                                slug=slug, tag_key=tag_key, tag_value=tag_value, enabled=enabled)
     next_cursor = None
     if len(rows) > page:
         rows = rows[:page]

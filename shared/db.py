@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -44,11 +46,19 @@ def make_engine(database_url: str, *, pool_size: int = 10, single_use: bool = Fa
 _EMPTY_JSON = {"{}": dict, "[]": list}
 
 
+# orjson reads an integer beyond 64 bits as a float, losing digits: text with a run of 16+ digits (which
+# every such integer has) goes to ``json``; everything else decodes identically and ~5× faster in orjson.
+_LONG_DIGITS = re.compile(r"\d{16}")
+
+
 def loads_json(text: str) -> object:
-    """``json.loads`` with a shortcut for the empty objects and arrays most JSONB columns hold (a page of
-    50 jobs decodes 250 JSON values); every call still returns a fresh object."""
+    """JSON column text → value (a page of 50 jobs decodes 250 values): a shortcut for the empty objects and
+    arrays most JSONB columns hold, orjson for the rest unless it could lose digits; every call returns a
+    fresh object."""
     empty = _EMPTY_JSON.get(text)
-    return empty() if empty is not None else json.loads(text)
+    if empty is not None:
+        return empty()
+    return json.loads(text) if _LONG_DIGITS.search(text) else orjson.loads(text)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

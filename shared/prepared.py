@@ -170,8 +170,13 @@ class HotQuery:
     typed: sa.TextualSelect
 
     @classmethod
-    def build(cls, name: str, sql: str, types: dict[str, Any]) -> HotQuery:
-        return cls(HotStatement.build(name, sql), sa.text(sql).columns(**types))
+    def build(cls, name: str, sql: str, types: dict[str, Any], bind_types: dict[str, Any] | None = None) -> HotQuery:
+        """``types``: result column types; ``bind_types``: parameter types the fallback must process (e.g.
+        a timestamp compared with a column SQLite stores as text)."""
+        text = sa.text(sql)
+        if bind_types:
+            text = text.bindparams(*(sa.bindparam(key, type_=value) for key, value in bind_types.items()))
+        return cls(HotStatement.build(name, sql), text.columns(**types))
 
     def first(self, connection: Connection, params: dict[str, Any]) -> Any:
         """The first row (attribute per column, ``_mapping``) or ``None``."""

@@ -16,3 +16,17 @@ def test_round_trip_keeps_order_and_unicode() -> None:
 def test_values_orjson_refuses_fall_back_to_the_standard_library() -> None:
     huge = {"n": 10**30, 1: "int key"}
     assert json.loads(json_codec.dumps(huge)) == {"n": 10**30, "1": "int key"}
+
+
+def test_json_columns_decode_exactly_as_the_standard_library() -> None:
+    from shared.db import loads_json
+
+    texts = ['{"a": 1, "b": [1.5, -0.0, 1e300, 2.2250738585072014e-308]}', '{"team": "t1"}', "[]", "{}",
+             '{"n": 123456789012345678901234567890}', '{"n": 9223372036854775807}', '{"x": 0.1234567890123456789}',
+             '"\\u00e9\\ud83d\\ude00"', "null", "true", '{"nested": {"deep": [[[]]], "s": "\\u2028"}}',
+             '{"b": 1, "a": 2}']
+    for text in texts:
+        got = loads_json(text)
+        assert got == json.loads(text) and type(got) is type(json.loads(text)), text
+        assert json.dumps(got) == json.dumps(json.loads(text)), text  # same key order, same float text
+    assert loads_json("{}") is not loads_json("{}")  # a fresh object each time
