@@ -81,9 +81,11 @@ _SQL = f"""
 WITH hinted AS (
     {_PICKED.format(queued=_BY_ID_QUEUED.format(t="r"))}
       AND r.id = :hint
+      -- OFFSET 0 keeps this a correlated subquery: an index range "priority > this run's", empty in the
+      -- common case. As an anti-join the planner may scan the whole ready set for it (fresh statistics).
       AND NOT EXISTS (SELECT 1 FROM runs b JOIN jobs bj ON bj.id = b.job_id
                       WHERE b.status = 'queued' AND b.priority > r.priority AND b.held_at IS NULL
-                        AND bj.enabled IS true)
+                        AND bj.enabled IS true OFFSET 0)
     FOR UPDATE OF r SKIP LOCKED
 ), best AS (
     {_PICKED.format(queued="r.status = 'queued'")}
@@ -110,7 +112,7 @@ WITH hinted AS (
 SELECT {", ".join(f"picked.{c}" for c in _COLUMNS)}, moved.attempt FROM picked LEFT JOIN moved ON moved.id = picked.id
 """
 
-CLAIM_AND_START = HotStatement.build("sluice_claim_and_start_v3", _SQL)
+CLAIM_AND_START = HotStatement.build("sluice_claim_and_start_v4", _SQL)
 
 
 @dataclass(frozen=True)
