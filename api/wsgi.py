@@ -3,6 +3,7 @@ so importing this module does no work (PEP 562 module ``__getattr__``)."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 _app: Any = None
@@ -20,4 +21,9 @@ def __getattr__(name: str) -> Any:
         settings = Settings.from_env()
         configure_logging(settings, process="api")
         _app = create_app(settings)
+        # Everything built so far (Flask, SQLAlchemy, marshmallow, the app) lives as long as the process:
+        # moved out of the collector's reach, a full collection no longer walks it while holding the GIL
+        # for every thread (list p99 under 32 clients: 129 → 68 ms, bench/jobs_api.py).
+        gc.collect()
+        gc.freeze()
     return _app
