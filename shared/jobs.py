@@ -33,7 +33,7 @@ from shared.job_store import (
     update_job,
 )
 from shared.job_versions import VERSIONS, insert_versions, version_record
-from shared.models import JobDependency, Run
+from shared.models import JobDependency, Run, RunEvent
 from shared.runstate import ACTIVE, Effects, RunStatus, transition
 from shared.signing import is_masked_value, mask_secret
 
@@ -197,8 +197,9 @@ def patch_job(session: Session, principal: Principal, ref: str, body: Mapping[st
 def delete_job(session: Session, principal: Principal, ref: str, *, force: bool, now: datetime) -> Effects:
     """§3.6: hard delete; with active runs only when ``force`` (they are canceled first, without webhooks).
 
-    FK cascades remove versions, edges on either side, runs, their events and webhook deliveries. Jobs
-    that depended on this one have their waiting runs re-evaluated at once (§5.14).
+    FK cascades remove versions, edges on either side, runs and webhook deliveries; run events have no
+    foreign key (migration 0003) and are deleted first, here. Jobs that depended on this one have their
+    waiting runs re-evaluated at once (§5.14).
     """
     from shared.dependencies import release_waiting_of_job  # written alongside; imported lazily
 
@@ -216,6 +217,7 @@ def delete_job(session: Session, principal: Principal, ref: str, *, force: bool,
     dependents = sorted(set(session.scalars(
         sa.select(JobDependency.job_id).where(JobDependency.depends_on_job_id == job_id,
                                               JobDependency.job_id != job_id))))
+    session.execute(sa.delete(RunEvent).where(RunEvent.run_id.in_(sa.select(Run.id).where(Run.job_id == job_id))))
     session.execute(sa.delete(JOBS).where(JOBS.c.id == job_id))
     deleted = set(active)
     effects.enqueue[:] = [run_id for run_id in effects.enqueue if run_id not in deleted]

@@ -223,17 +223,18 @@ class Run(Base):
 
 
 class RunEvent(Base):
-    __tablename__ = "run_events"
-    __table_args__ = (
-        sa.Index("ix_run_events_run_created", "run_id", "created_at", "id"),
-    )
+    """A run's history, read only by run in (created_at, id) order: that is the primary key (migration
+    0003). No foreign key to ``runs``: events are written next to their run by Sluice's own statements
+    and deleted with it by ``shared.jobs.delete_job`` (runs are only ever deleted with their job)."""
 
+    __tablename__ = "run_events"
+
+    run_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     id: Mapped[str] = mapped_column(ID, primary_key=True)
-    run_id: Mapped[str] = mapped_column(ID, sa.ForeignKey("runs.id", ondelete="CASCADE"))
     type: Mapped[str] = mapped_column(sa.String(32))
     message: Mapped[str | None] = mapped_column(sa.Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class WebhookDelivery(Base):
