@@ -86,8 +86,9 @@ def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_
     check_project(project_id)
     page = clamp_limit(limit)
     after = decode_time_cursor(CURSOR_KIND, cursor)
-    prefetched = prefetched_row()  # (what it read for, rows) when the query had no filters
-    if prefetched is not None and prefetched[0] == (page, after) and slug is tag_key is tag_value is enabled is None:
+    prefetched = prefetched_row()  # ((page, after) it read, rows) when the query had no filters
+    unfiltered = all(value is None for value in (slug, tag_key, tag_value, enabled))
+    if prefetched is not None and unfiltered and prefetched[0] == (page, after):
         rows = prefetched[1]
     else:
         rows = list_job_records(get_session(), current_principal().project_id, limit=page + 1, after=after,
