@@ -109,3 +109,15 @@ def test_a_trigger_on_a_killed_connection_is_answered_by_the_flask_path(
     assert set(statuses) <= {201, 503} and statuses[-1] == 201, statuses
     with session_factory() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Run)) == 1 + statuses.count(201)
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=-1", "limit=abc", "limit=%EF%BC%95", "limit=1&limit=2",
+                                   "cursor=garbage", "limit=5&cursor=", "limit=99999999999999999999"])
+def test_list_queries_the_prefetch_skips_get_the_views_answer(live_app: Flask, auth: dict[str, str],
+                                                              query: str) -> None:
+    """Whatever the list's query holds, the key + page prefetch never turns it into a 5xx: it only serves
+    the plain ones, and the view's argument rules answer the rest as before."""
+    client = live_app.test_client()
+    client.post("/v1/jobs", json=JOB, headers=auth)
+    response = client.get(f"/v1/jobs?{query}", headers=auth)
+    assert response.status_code in (200, 400, 422), (query, response.get_json())
