@@ -134,9 +134,13 @@ _REASONS = {200: "OK", 201: "CREATED", 500: "INTERNAL SERVER ERROR", 503: "SERVI
 
 
 def _read_body(environ: dict[str, Any]) -> bytes | None:
-    """The body when its length is declared and within the limit (else Flask handles 411/413/chunked)."""
+    """The body when its length is declared and within the limit (else Flask handles 413 and chunked
+    bodies); no ``Content-Length`` and no ``Transfer-Encoding`` is an empty body."""
+    declared = environ.get("CONTENT_LENGTH")
+    if not declared:
+        return None if environ.get("HTTP_TRANSFER_ENCODING") else b""
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
+        length = int(declared)
     except ValueError:
         return None
     if length < 0 or length > MAX_BODY_BYTES:

@@ -134,6 +134,22 @@ def test_everything_else_is_answered_by_flask(app, auth, session_factory, served
                                                                                                 404, 409, 415, 422))
 
 
+def test_a_chunked_body_is_read_by_flask(app, auth, session_factory, served) -> None:
+    """No Content-Length: the lean path cannot know the body is empty, so Flask reads the stream."""
+    import io
+
+    client = app.test_client()
+    client.post("/v1/jobs", json={"name": "Lean", "slug": "lean", "endpoint_url": "http://127.0.0.1:9/e"},
+                headers=auth)
+    body = b'{"payload": {"n": 42}}'
+    response = client.post("/v1/jobs/lean/trigger", input_stream=io.BytesIO(body),
+                           environ_overrides={"wsgi.input_terminated": True, "CONTENT_LENGTH": ""},
+                           headers={**auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["payload"] == {"n": 42}
+    assert served == []
+
+
 def test_lean_path_counts_in_metrics_and_writes_one_run_per_request(app, client, auth, session_factory,
                                                                     served) -> None:
     client.post("/v1/jobs", json={"name": "Lean", "slug": "lean", "endpoint_url": "http://127.0.0.1:9/e"},
