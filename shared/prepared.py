@@ -86,10 +86,11 @@ def execute_hot(connection: Connection, statement: HotStatement, params: dict[st
 
 # ------------------------------------------------------------------ the driver's cursor, for the API's hot path
 # ``execute_hot`` still goes through SQLAlchemy's statement execution (events, context, result metadata built
-# from the cursor description on every call: ~45 µs for the 50-column key + job row). The two statements of
-# a single trigger skip it: they run on the DBAPI cursor of the same pooled connection, inside the same
-# transaction, and failures are wrapped and handled (disconnect → connection invalidated) as SQLAlchemy
-# would, so callers and the API's 503 mapping see ``sqlalchemy.exc.DBAPIError`` subclasses as usual.
+# from the cursor description on every call: ~45 µs for the 50-column key + job row). The API's hot
+# statements (``run_hot``, ``HotQuery``: the trigger's lookup and insert, key lookups, job pages) skip it:
+# they run on the DBAPI cursor of the same pooled connection, inside the same transaction, and failures are
+# wrapped and handled (disconnect → connection invalidated) as SQLAlchemy would, so callers and the API's
+# 503 mapping see ``sqlalchemy.exc.DBAPIError`` subclasses as usual.
 
 
 @lru_cache(maxsize=64)
@@ -145,16 +146,9 @@ def _run_on_driver(connection: Connection, statement: HotStatement, params: dict
         cursor.close()
 
 
-def first_hot(connection: Connection, statement: HotStatement, params: dict[str, Any]) -> Any:
-    """The first row of ``statement`` (attributes per column, driver values), or ``None``; prepared and run
-    on the driver's cursor where the engine enables prepared statements, else through SQLAlchemy."""
-    if not prepare_once(connection, statement):
-        return connection.execute(statement.text, params).first()
-    return _run_on_driver(connection, statement, params, fetch=True)
-
-
 def run_hot(connection: Connection, statement: HotStatement, params: dict[str, Any]) -> int:
-    """Run a statement that returns no rows (as ``first_hot``); its row count."""
+    """Run a statement that returns no rows — prepared and run on the driver's cursor where the engine
+    enables prepared statements, else through SQLAlchemy; its row count."""
     if not prepare_once(connection, statement):
         return int(connection.execute(statement.text, params).rowcount)
     return int(_run_on_driver(connection, statement, params, fetch=False))
