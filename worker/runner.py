@@ -33,6 +33,7 @@ from shared.addresses import resolve_checked
 from shared.attempts import AttemptEnd, PlannedEnd, RetryPolicy, plan_end, record_end, record_end_alone
 from shared.clock import utcnow
 from shared.config import Settings
+from shared.db import transaction
 from shared.effects import commit_and_apply
 from shared.execution_settings import ExecutionSettings, SettingsUnresolvable, live_settings
 from shared.limits import Limits
@@ -133,15 +134,8 @@ class Runner:
         return self._checked(run_id, picked, now)
 
     def _nothing_claimable(self, run_id: str, now: datetime) -> Handled:
-        session = self._session_factory()
-        try:
+        with transaction(self._session_factory) as session:
             held = hold_if_disabled(session, run_id, now)
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
         return Handled("held" if held else "idle", run_id)
 
     def _checked(self, run_id: str, picked: float, now: datetime) -> Handled:
