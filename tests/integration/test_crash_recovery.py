@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ import redis as redis_lib
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.support import SinkProcess
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop
 from shared.clock import utcnow
 from shared.config import Settings
@@ -31,33 +31,8 @@ from tests.conftest import pg_url, redis_url
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 SLUICE = str(Path(sys.executable).parent / "sluice")
 TERMINAL_VALUES = [s.value for s in TERMINAL]
-
-
-class Sink:
-    def __init__(self, delay_secs: float) -> None:
-        ready = Path(tempfile.mkdtemp()) / "port"
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sink.py"), "--ready-file", str(ready),
-                                      "--delay-secs", str(delay_secs)])
-        deadline = time.monotonic() + 10
-        while not ready.exists():
-            assert time.monotonic() < deadline, "sink did not start"
-            time.sleep(0.05)
-        self.port = int(ready.read_text())
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-
-    def get(self, path: str) -> object:
-        import json
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
-            return json.loads(response.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 class Fleet:
@@ -148,7 +123,7 @@ def _assert_no_duplicates(session_factory: sessionmaker[Session], job_id: str, h
 
 def test_sigkilled_worker_loses_no_run_and_duplicates_no_attempt(fleet: Fleet,
                                                                  session_factory: sessionmaker[Session]) -> None:
-    sink = Sink(delay_secs=0.5)
+    sink = SinkProcess(delay_secs=0.5)
     try:
         job_id = _create_runs(session_factory, fleet.broker, sink.url, 200)
         deadline = time.monotonic() + 30
@@ -162,7 +137,7 @@ def test_sigkilled_worker_loses_no_run_and_duplicates_no_attempt(fleet: Fleet,
         _wait_all_terminal(session_factory, job_id, 200, timeout=60)
         assert _count(session_factory, job_id, ["completed"]) == 200
         assert _count(session_factory, job_id, ["executing"]) == 0
-        hits = sink.get("/records")
+        hits = sink.records()
     finally:
         sink.stop()
     assert isinstance(hits, list)
@@ -176,7 +151,7 @@ def test_sigkilled_worker_loses_no_run_and_duplicates_no_attempt(fleet: Fleet,
 
 def test_flushed_redis_mid_backlog_still_completes_every_run(fleet: Fleet, session_factory: sessionmaker[Session],
                                                              redis_client: redis_lib.Redis) -> None:
-    sink = Sink(delay_secs=0.05)
+    sink = SinkProcess(delay_secs=0.05)
     try:
         job_id = _create_runs(session_factory, fleet.broker, sink.url, 200)
         deadline = time.monotonic() + 30
@@ -187,7 +162,7 @@ def test_flushed_redis_mid_backlog_still_completes_every_run(fleet: Fleet, sessi
 
         _wait_all_terminal(session_factory, job_id, 200, timeout=60)
         assert _count(session_factory, job_id, ["completed"]) == 200
-        hits = sink.get("/records")
+        hits = sink.records()
     finally:
         sink.stop()
     assert isinstance(hits, list)
