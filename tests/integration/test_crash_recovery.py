@@ -109,7 +109,8 @@ def _wait_all_terminal(session_factory: sessionmaker[Session], job_id: str, n: i
         time.sleep(0.2)
 
 
-def _assert_no_duplicates(session_factory: sessionmaker[Session], job_id: str, hits: list[list[object]]) -> None:
+def _assert_no_duplicates(session_factory: sessionmaker[Session], job_id: str,
+                          hits: list[tuple[str, str, float]]) -> None:
     with session_factory() as s:
         runs = {r.id: r for r in s.execute(sa.select(Run).where(Run.job_id == job_id)).scalars()}
         starts = Counter((e.run_id, e.data["attempt"]) for e in s.execute(
