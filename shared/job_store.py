@@ -14,12 +14,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.apikeys import KEY_FIELDS
+from shared.apikeys import KEY_TYPES, key_columns_sql
 from shared.ids import canonical_uuid
 from shared.models import Job
 from shared.prepared import HotQuery
 
 JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
+JOB_TYPES = {column.name: column.type for column in JOBS.c}  # result types of every job column, for text SQL
 
 JobRecord = Mapping[Any, Any]
 
@@ -64,8 +65,7 @@ def key_and_job_sql(by_id: bool, extra_columns: str = "") -> str:
     a column leaves prepared plans valid. ``extra_columns`` (``", <expr> AS name"``) may read ``j``."""
     match = "(m.id = :as_id OR m.slug = :ref)" if by_id else "m.slug = :ref"
     order = " ORDER BY CASE WHEN m.id = :as_id THEN 0 ELSE 1 END" if by_id else ""
-    return ("SELECT k.id AS key_id, k.project_id AS key_project_id, k.scopes AS key_scopes, "
-            "k.revoked_at AS key_revoked_at, k.last_used_at AS key_last_used_at, "
+    return (f"SELECT {key_columns_sql('k')}, "
             + ", ".join(f"j.{column.name}" for column in JOBS.c) + extra_columns
             + " FROM api_keys k LEFT JOIN jobs j ON j.id = (SELECT m.id FROM jobs m WHERE m.project_id = "
             f"k.project_id AND {match}{order} LIMIT 1) WHERE k.key_hash = :digest")
@@ -73,9 +73,7 @@ def key_and_job_sql(by_id: bool, extra_columns: str = "") -> str:
 
 def key_lookup(name: str, sql: str, **extra_types: Any) -> HotQuery:
     """A key + job lookup (``key_and_job_sql``) with the key and job columns typed for the fallback path."""
-    columns = {field.name: field.type for field in KEY_FIELDS}
-    columns.update({column.name: column.type for column in JOBS.c}, **extra_types)
-    return HotQuery.build(name, sql, columns)
+    return HotQuery.build(name, sql, {**KEY_TYPES, **JOB_TYPES, **extra_types})
 
 
 _KEY_AND_JOB = {by_id: key_lookup(f"sluice_key_job_{'id' if by_id else 'slug'}", key_and_job_sql(by_id))
@@ -151,41 +149,38 @@ def _list_statement(slug: bool, enabled: bool, tag_key: str | None, tag_value: b
     return query.order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(sa.bindparam("limit"))
 
 
-def _plain_page_query(after: bool) -> HotQuery:
-    keyset = (" AND (created_at < :after_created_at OR (created_at = :after_created_at AND id < :after_id))"
-              if after else "")
-    sql = (f"SELECT {', '.join(column.name for column in JOBS.c)} FROM jobs WHERE project_id = :project_id"
-           f"{keyset} ORDER BY created_at DESC, id DESC LIMIT :limit")
-    return HotQuery.build(f"sluice_jobs_page{'_after' if after else ''}", sql,
-                          {column.name: column.type for column in JOBS.c},
+def _page_sql(alias: str, project: str, after: bool) -> str:
+    """A page of a project's jobs, newest first, no filters: text SQL selecting every job column, strictly
+    after the keyset position (``:after_created_at``, ``:after_id``) when ``after``."""
+    keyset = (f" AND ({alias}.created_at < :after_created_at OR ({alias}.created_at = :after_created_at AND "
+              f"{alias}.id < :after_id))" if after else "")
+    columns = ", ".join(f"{alias}.{column.name}" for column in JOBS.c)
+    return (f"SELECT {columns} FROM jobs {alias} WHERE {alias}.project_id = {project}{keyset} "
+            f"ORDER BY {alias}.created_at DESC, {alias}.id DESC LIMIT :limit")
+
+
+def _page_query(name: str, sql: str, after: bool, types: dict[str, Any]) -> HotQuery:
+    return HotQuery.build(f"{name}{'_after' if after else ''}", sql, types,
                           {"after_created_at": JOBS.c.created_at.type} if after else None)
 
 
 # A page of the project's jobs without filters, first or next (by keyset), the list request nearly always.
-_PLAIN_PAGE = {after: _plain_page_query(after) for after in (False, True)}
+_PLAIN_PAGE = {after: _page_query("sluice_jobs_page", _page_sql("m", ":project_id", after), after, JOB_TYPES)
+               for after in (False, True)}
 
 
-def _key_and_page_query(after: bool) -> HotQuery:
+def _key_and_page_sql(after: bool) -> str:
     """The API key with ``:digest`` and, in the same rows, the unfiltered page of its project's jobs: one
     round trip for authentication and the list. One row per job; one row with NULL job columns when the
     page is empty; none when the key is unknown."""
-    keyset = (" AND (m.created_at < :after_created_at OR (m.created_at = :after_created_at AND m.id < "
-              ":after_id))" if after else "")
-    columns = ", ".join(f"m.{column.name}" for column in JOBS.c)
-    sql = ("SELECT k.id AS key_id, k.project_id AS key_project_id, k.scopes AS key_scopes, "
-           "k.revoked_at AS key_revoked_at, k.last_used_at AS key_last_used_at, "
-           + ", ".join(f"j.{column.name}" for column in JOBS.c)
-           + f" FROM api_keys k LEFT JOIN LATERAL (SELECT {columns} FROM jobs m WHERE m.project_id = k.project_id"
-           f"{keyset} ORDER BY m.created_at DESC, m.id DESC LIMIT :limit) j ON true WHERE k.key_hash = :digest"
-           " ORDER BY j.created_at DESC, j.id DESC")
-    types = {field.name: field.type for field in KEY_FIELDS}
-    types.update({column.name: column.type for column in JOBS.c})
-    return HotQuery.build(f"sluice_key_jobs_page{'_after' if after else ''}", sql, types,
-                          {"after_created_at": JOBS.c.created_at.type} if after else None)
+    return (f"SELECT {key_columns_sql('k')}, " + ", ".join(f"j.{column.name}" for column in JOBS.c)
+            + f" FROM api_keys k LEFT JOIN LATERAL ({_page_sql('m', 'k.project_id', after)}) j ON true"
+            " WHERE k.key_hash = :digest ORDER BY j.created_at DESC, j.id DESC")
 
 
-_KEY_AND_PAGE = {after: _key_and_page_query(after) for after in (False, True)}
-_KEY_COLUMNS = tuple(field.name for field in KEY_FIELDS)
+_KEY_AND_PAGE = {after: _page_query("sluice_key_jobs_page", _key_and_page_sql(after), after,
+                                     {**KEY_TYPES, **JOB_TYPES}) for after in (False, True)}
+_KEY_COLUMNS = tuple(KEY_TYPES)
 
 
 def find_key_and_job_page(session: Session, digest: str, *, limit: int,
