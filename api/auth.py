@@ -55,12 +55,18 @@ def prefetched_with_key(prefetch: Callable[[Session, str], tuple[Any, Any] | Non
     return mark
 
 
-def authenticate_request(scope: str | None, view: Any = None) -> Principal:
-    header = request.headers.get("Authorization", "")
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or ``None`` when it is not one."""
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def authenticate_request(scope: str | None, view: Any = None) -> Principal:
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if token is None:
         raise Unauthorized("Missing or malformed Authorization header; send 'Bearer sk_…'")
-    digest = key_digest(token.strip())
+    digest = key_digest(token)
     if digest is None:
         raise Unauthorized(_BAD_KEY)
     session = get_session()

@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from api.auth import bearer_token
 from api.errors import UNAVAILABLE, UNAVAILABLE_MESSAGE, error_body
-from api.gate import _NUL_ESCAPE, _REQUEST_ID_RE, _SURROGATE_ESCAPE, MAX_BODY_BYTES
+from api.gate import MAX_BODY_BYTES, may_hold_nul_or_surrogate, request_id_for
 from api.metrics import record_request
 from api.request_log import log_request
 from api.run_render import render_trigger
@@ -35,7 +36,6 @@ from shared.apikeys import key_digest, principal_from_row
 from shared.clock import utcnow
 from shared.effects import apply_after_commit
 from shared.errors import SluiceError
-from shared.ids import uuid7
 from shared.runstate import Effects
 from shared.triggering import find_key_and_trigger_job, needs_transaction, trigger_job_of, trigger_run
 
@@ -77,12 +77,12 @@ class FastTrigger:
 
     def _serve(self, environ: dict[str, Any], ref: str, raw: bytes,
                started: float) -> tuple[str, list[tuple[str, str]], bytes] | None:
-        digest = _bearer_digest(environ.get("HTTP_AUTHORIZATION", ""))
+        token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
+        digest = key_digest(token) if token is not None else None
         body = _plain_body(environ, raw)
         if digest is None or body is None or "HTTP_IDEMPOTENCY_KEY" in environ or body.get("dry_run"):
             return None
-        incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid7()
+        request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
         session = self.services.read_session_factory()  # autocommit: the INSERT commits itself
         try:
             try:
@@ -149,20 +149,13 @@ def _read_body(environ: dict[str, Any]) -> bytes | None:
     return raw if len(raw) == length else None
 
 
-def _bearer_digest(header: str) -> str | None:
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return key_digest(token.strip())
-
-
 def _plain_body(environ: dict[str, Any], raw: bytes) -> dict[str, Any] | None:
     """The schema-loaded body (empty → ``{}``, as the route's optional body), or ``None`` when the gate or
     the schema would have anything to say about it."""
     if not raw.strip():
         return {}
     mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
-    if mimetype != "application/json" or b"\x00" in raw or _NUL_ESCAPE in raw or _SURROGATE_ESCAPE.search(raw):
+    if mimetype != "application/json" or may_hold_nul_or_surrogate(raw):
         return None
     try:
         parsed = json.loads(raw)

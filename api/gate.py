@@ -30,9 +30,18 @@ def optional_body(view: Any) -> Any:
     return view
 
 
+def request_id_for(incoming: str) -> str:
+    """The request's id: the caller's ``X-Request-Id`` when it is well-formed, else a new one."""
+    return incoming if _REQUEST_ID_RE.match(incoming) else uuid7()
+
+
+def may_hold_nul_or_surrogate(raw: bytes) -> bool:
+    """Whether a JSON body could hold a NUL or a lone surrogate, which only these bytes can carry."""
+    return b"\x00" in raw or _NUL_ESCAPE in raw or _SURROGATE_ESCAPE.search(raw) is not None
+
+
 def _assign_request_id() -> None:
-    incoming = request.headers.get("X-Request-Id", "")
-    g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid7()
+    g.request_id = request_id_for(request.headers.get("X-Request-Id", ""))
     g.started = time.perf_counter()
 
 
