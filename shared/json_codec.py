@@ -11,14 +11,21 @@ floats, silently losing digits.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 
+def _datetime_text(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()  # what orjson writes for a datetime
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
 def dumps(value: Any) -> bytes:
-    """Compact JSON bytes of ``value`` (keys in insertion order)."""
+    """Compact JSON bytes of ``value`` (keys in insertion order; datetimes as RFC 3339 / isoformat)."""
     try:
         return orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(value, default=_datetime_text, separators=(",", ":"), ensure_ascii=False).encode()

@@ -9,17 +9,16 @@ can insert any number of runs and events with one statement each. Queued runs ar
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared import json_codec
 from shared.dependencies import Correlation, correlation_of, gate_new_runs
 from shared.ids import uuid7
 from shared.metrics import observe_runs_created, observe_runs_created_by
@@ -173,17 +172,8 @@ def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effec
     effects.enqueue.extend(row["id"] for row in rows if row["status"] == RunStatus.QUEUED.value)
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
 def _as_json(value: Any) -> str:
-    try:  # orjson writes aware datetimes as RFC 3339, as isoformat does
-        return orjson.dumps(value).decode()
-    except (orjson.JSONEncodeError, TypeError):  # e.g. an integer beyond 64 bits
-        return json.dumps(value, default=_json_value, separators=(",", ":"), ensure_ascii=False)
+    return json_codec.dumps(value).decode()
 
 
 def _insert_as_json(session: Session, table: str, rows: list[dict[str, Any]]) -> None:

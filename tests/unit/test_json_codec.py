@@ -30,3 +30,11 @@ def test_json_columns_decode_exactly_as_the_standard_library() -> None:
         assert got == json.loads(text) and type(got) is type(json.loads(text)), text
         assert json.dumps(got) == json.dumps(json.loads(text)), text  # same key order, same float text
     assert loads_json("{}") is not loads_json("{}")  # a fresh object each time
+
+
+def test_datetimes_are_written_as_isoformat_on_both_paths() -> None:
+    from datetime import UTC, datetime
+
+    moment = datetime(2026, 11, 29, 1, 2, 3, 456789, tzinfo=UTC)
+    assert json_codec.dumps({"t": moment}) == b'{"t":"2026-11-29T01:02:03.456789+00:00"}'
+    assert json.loads(json_codec.dumps({"t": moment, "n": 10**30})) == {"t": moment.isoformat(), "n": 10**30}
