@@ -37,6 +37,11 @@ class HotStatement:
     positional_sql: str  # the same SQL with $1..$n
     order: tuple[str, ...]  # parameter names in $n order
 
+    def execute_call(self, params: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        """The driver-level ``EXECUTE name(%s, …)`` of the prepared form and its values from ``params``."""
+        placeholders = f"({', '.join(['%s'] * len(self.order))})" if self.order else ""
+        return f"EXECUTE {self.name}{placeholders}", tuple(params[key] for key in self.order)
+
     @classmethod
     def build(cls, name: str, sql: str) -> HotStatement:
         order: list[str] = []
@@ -77,11 +82,7 @@ def execute_hot(connection: Connection, statement: HotStatement, params: dict[st
     connection), else the plain text."""
     if not prepare_once(connection, statement):
         return connection.execute(statement.text, params)
-    if not statement.order:
-        return connection.exec_driver_sql(f"EXECUTE {statement.name}")
-    placeholders = ", ".join(["%s"] * len(statement.order))
-    return connection.exec_driver_sql(f"EXECUTE {statement.name}({placeholders})",
-                                      tuple(params[key] for key in statement.order))
+    return connection.exec_driver_sql(*statement.execute_call(params))
 
 
 # ------------------------------------------------------------------ the driver's cursor, for the API's hot path
@@ -120,10 +121,7 @@ def _column_names(statement_name: str, description: Any) -> tuple[str, ...]:
 
 def _run_on_driver(connection: Connection, statement: HotStatement, params: dict[str, Any],
                    fetch: bool | str) -> Any:
-    sql = f"EXECUTE {statement.name}"
-    if statement.order:
-        sql += "(" + ", ".join(["%s"] * len(statement.order)) + ")"
-    values = tuple(params[key] for key in statement.order)
+    sql, values = statement.execute_call(params)
     dbapi_connection = connection.connection.dbapi_connection
     cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
     try:

@@ -78,12 +78,7 @@ class DirectStatements:
                 if statement.name not in held.prepared:
                     cursor.execute(f"PREPARE {statement.name} AS {statement.positional_sql}")
                     held.prepared.add(statement.name)
-                if statement.order:
-                    placeholders = ", ".join(["%s"] * len(statement.order))
-                    cursor.execute(f"EXECUTE {statement.name}({placeholders})",
-                                   tuple(params[key] for key in statement.order))
-                else:
-                    cursor.execute(f"EXECUTE {statement.name}")
+                cursor.execute(*statement.execute_call(params))
                 row = cursor.fetchone() if cursor.description is not None else None
                 return None if row is None else tuple(row)
         except self._engine.dialect.loaded_dbapi.Error as exc:
