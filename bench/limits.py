@@ -38,7 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.interval_stats import achieved_rate_fraction, max_overlap, max_starts_in_window, utilisation  # noqa: E402
-from bench.support import SinkProcess, prepare_database  # noqa: E402
+from bench.support import (  # noqa: E402
+    SinkProcess,
+    cpu_secs_of_database_backends,
+    cpu_secs_of_group,
+    prepare_database,
+)
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop  # noqa: E402
 from shared import redis_keys  # noqa: E402
 from shared.apikeys import Principal  # noqa: E402
@@ -140,33 +145,53 @@ class Bench:
 
 # ---------------------------------------------------------------------------------------------- overhead
 
-def drain_rps(bench: Bench, sink: SinkProcess, fields: dict[str, Any], n: int) -> float:
+@dataclass
+class Drain:
+    """One overhead round: drain rate, and CPU ms per run of the workers, PostgreSQL and Redis."""
+
+    rps: float
+    worker_ms: float
+    db_ms: float
+    redis_ms: float
+
+
+def _cpu(bench: Bench) -> tuple[float, float, float]:
+    used = bench.redis.info("cpu")
+    return (cpu_secs_of_group(bench.workers.pid), cpu_secs_of_database_backends(bench.args.db_name),
+            float(used["used_cpu_user"]) + float(used["used_cpu_sys"]))
+
+
+def drain(bench: Bench, sink: SinkProcess, fields: dict[str, Any], n: int) -> Drain:
     job = bench.new_job(sink.url, **fields)
     go = bench.seed(job, [RunInputs(created_by="apikey:bench") for _ in range(n)])
+    before = _cpu(bench)
     started = time.time()
     go()
     last = bench.wait_terminal(job, n)
+    after = _cpu(bench)
     sink.records()
     bad, extra = bench.attempts(job)
     if bad or extra:
         raise RuntimeError(f"{bad} runs not completed on attempt 1, {extra} extra attempt starts")
-    return n / (last - started)
+    worker, db, redis_cpu = ((b - a) * 1000 / n for a, b in zip(before, after, strict=True))
+    return Drain(n / (last - started), worker, db, redis_cpu)
 
 
-def overhead(bench: Bench, args: argparse.Namespace) -> tuple[list[float], list[float]]:
+def overhead(bench: Bench, args: argparse.Namespace) -> tuple[list[Drain], list[Drain]]:
     sink = SinkProcess()
-    plain: list[float] = []
-    limited: list[float] = []
+    plain: list[Drain] = []
+    limited: list[Drain] = []
     try:
-        drain_rps(bench, sink, {}, min(500, args.runs))  # warm-up: workers connected, caches filled
+        drain(bench, sink, {}, min(500, args.runs))  # warm-up: workers connected, caches filled
         for round_no in range(args.rounds):
             order = [("plain", {}), ("limited", NEVER_BINDING)]
             if round_no % 2:
                 order.reverse()  # alternate which side goes first, so drift over time hits both
             for name, fields in order:
-                rps = drain_rps(bench, sink, fields, args.runs)
-                (plain if name == "plain" else limited).append(rps)
-                print(f"  round {round_no + 1} {name}: {rps:,.0f} runs/s", flush=True)
+                result = drain(bench, sink, fields, args.runs)
+                (plain if name == "plain" else limited).append(result)
+                print(f"  round {round_no + 1} {name}: {result.rps:,.0f} runs/s, CPU ms/run worker "
+                      f"{result.worker_ms:.2f} db {result.db_ms:.2f} redis {result.redis_ms:.2f}", flush=True)
     finally:
         sink.stop()
     return plain, limited
@@ -294,16 +319,22 @@ def rate_case(bench: Bench, sink: SinkProcess, name: str, fields: dict[str, Any]
 
 # ---------------------------------------------------------------------------------------------- main
 
-def report(plain: list[float], limited: list[float], rows: list[Row], args: argparse.Namespace) -> None:
+def report(plain: list[Drain], limited: list[Drain], rows: list[Row], args: argparse.Namespace) -> None:
     print()
     print(f"runs={args.runs} rounds={args.rounds} processes={args.processes} threads={args.threads} "
           f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
     if plain and limited:
-        p, lim = statistics.median(plain), statistics.median(limited)
-        print(f"{'drain runs/s (median)':<28}{'no limits':>12}{'limits checked':>16}{'slower by':>12}   target")
+        print(f"{'drain (median of rounds)':<28}{'no limits':>12}{'limits checked':>16}{'slower by':>12}   target")
         print("-" * 80)
-        print(f"{'':<28}{p:>12,.0f}{lim:>16,.0f}{(p - lim) / p:>12.1%}   ≤ 10 %")
-        print(f"rounds no limits: {[round(x) for x in plain]}  limits checked: {[round(x) for x in limited]}")
+        p, lim = (statistics.median(d.rps for d in side) for side in (plain, limited))
+        print(f"{'runs/s':<28}{p:>12,.0f}{lim:>16,.0f}{(p - lim) / p:>12.1%}   ≤ 10 %")
+        for label, attr in (("worker CPU ms/run", "worker_ms"), ("db CPU ms/run", "db_ms"),
+                            ("redis CPU ms/run", "redis_ms")):
+            a, b = (statistics.median(getattr(d, attr) for d in side) for side in (plain, limited))
+            print(f"{label:<28}{a:>12.3f}{b:>16.3f}{(b - a) / a if a else 0.0:>+12.1%}")
+        pc, lc = (statistics.median(d.worker_ms + d.db_ms + d.redis_ms for d in side) for side in (plain, limited))
+        print(f"{'total CPU ms/run':<28}{pc:>12.3f}{lc:>16.3f}{(lc - pc) / pc:>+12.1%}")
+        print(f"rounds no limits: {[round(d.rps) for d in plain]}  limits checked: {[round(d.rps) for d in limited]}")
     if rows:
         print()
         print(f"{'case':<34}{'limit':<20}{'limiter (Redis)':<26}{'sink':<34}{'efficiency':>11}{'secs':>7}  attempts=1")
@@ -337,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     args.dsn = prepare_database(args.pg_admin_url, args.db_name)
     redis.Redis.from_url(args.redis_url).flushdb()
     bench = Bench(args)
-    plain: list[float] = []
-    limited: list[float] = []
+    plain: list[Drain] = []
+    limited: list[Drain] = []
     rows: list[Row] = []
     try:
         if not args.skip_overhead:

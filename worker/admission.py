@@ -62,6 +62,7 @@ class NotStarted:
 
     action: str
     detail: str | None = None
+    run_id: str | None = None  # set where the caller does not know which run was picked (worker.limited_start)
 
 
 @lru_cache(maxsize=1024)
@@ -100,7 +101,7 @@ def admit(session: Session, run: Run, job: Job, *, now: datetime, settings: Sett
     # A concurrency refusal also registers the run as a slot waiter, in the same script: a release wakes it.
     decision = limits.acquire(_limit_request(run, job, lease_ms, hand_over))
     if not decision.admitted:
-        until = _retry_at(decision, now, settings, rng)
+        until = retry_at(decision, now, settings, rng)
         return _redelay(session, run, decision.reason or "concurrency", until, decision.limit, now=now,
                         effects=effects)
 
@@ -157,7 +158,7 @@ def _limit_request(run: Run, job: Job, lease_ms: int, hand_over: tuple[str, str 
                         lease_ms=lease_ms, rate_rules=rules, waiter_priority=run.priority, hand_over=hand_over)
 
 
-def _retry_at(decision: LimitDecision, now: datetime, settings: Settings, rng: random.Random) -> datetime:
+def retry_at(decision: LimitDecision, now: datetime, settings: Settings, rng: random.Random) -> datetime:
     """Rate limits: the decision's earliest instant with room. Concurrency: now + slot retry + ≤ 1 s jitter."""
     if decision.reason == "rate_limit" and decision.retry_at_ms is not None:
         return max(now, datetime.fromtimestamp(decision.retry_at_ms / 1000, UTC))

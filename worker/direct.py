@@ -4,8 +4,9 @@ The common attempt is two writes, each of them one statement that is a whole tra
 claim that also starts the attempt (``worker.fast_start``) and the outcome (``shared.run_moves``). Run on
 an autocommit connection, each is one round trip — no ``BEGIN``/``COMMIT`` of its own, no session, no ORM
 — and PostgreSQL still applies it atomically (a statement is its own transaction; its row locks live
-until it ends). Anything that needs more than one statement (admission with limits, terminal hooks,
-holding a run) keeps using a ``Session``.
+until it ends). A start that must hold the run's lock across its Redis limit check (``worker.limited_start``)
+is a short transaction of two round trips on the same connection. Anything else that needs more than one
+statement (windows, terminal hooks, holding a run) keeps using a ``Session``.
 
 Each worker thread keeps one pooled connection checked out for its lifetime (the engine's ``connect``
 hooks, e.g. ``steer_claim_plans``, have run on it) and prepares each statement once on it. A connection
@@ -69,22 +70,77 @@ class DirectStatements:
         return cls(engine) if engine is not None and engine.dialect.name == "postgresql" else None
 
     def first(self, statement: HotStatement, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """Execute ``statement`` (prepared on first use on this thread's connection); its first row."""
+        """Execute ``statement`` (prepared on first use on this thread's connection) as a transaction of
+        its own; its first row."""
+        return self._send(statement, params, "{}")
+
+    # A transaction of several statements, for a start that must hold the run's row lock across a Redis
+    # call (worker.limited_start). ``BEGIN`` travels with the first statement and ``COMMIT`` with the last
+    # (one simple-query message each), so it costs one round trip more than a single statement.
+
+    def begin_first(self, statement: HotStatement, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Open a transaction with ``statement``; its first row. End it with ``commit_after``, ``commit``
+        or ``rollback``. On an error the transaction is rolled back (or the connection dropped)."""
+        return self._send(statement, params, "BEGIN; {}", in_transaction=True)
+
+    def in_transaction(self, statement: HotStatement, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Run ``statement`` in the open transaction; its first row."""
+        return self._send(statement, params, "{}", in_transaction=True)
+
+    def commit_after(self, statement: HotStatement, params: dict[str, Any]) -> None:
+        """Run ``statement`` in the open transaction and commit it, in one round trip. Its rows are not
+        returned: make the statement raise if it must not commit (an error skips the ``COMMIT``)."""
+        self._send(statement, params, "{}; COMMIT", in_transaction=True)
+
+    def commit(self) -> None:
+        self._end("COMMIT")
+
+    def rollback(self) -> None:
+        """End the open transaction, if any, without its writes; never raises (a broken connection is
+        dropped, which rolls back as well)."""
+        with contextlib.suppress(Exception):
+            self._end("ROLLBACK")
+
+    def _held(self) -> _Held:
         held: _Held | None = getattr(self._local, "held", None)
         if held is None:
             held = self._local.held = _Held(self._engine)
+        return held
+
+    def _send(self, statement: HotStatement, params: dict[str, Any], frame: str, *,
+              in_transaction: bool = False) -> tuple[Any, ...] | None:
+        held = self._held()
         try:
             with held.dbapi.cursor() as cursor:
                 if statement.name not in held.prepared:
                     cursor.execute(f"PREPARE {statement.name} AS {statement.positional_sql}")
                     held.prepared.add(statement.name)
-                cursor.execute(*statement.execute_call(params))
+                sql, values = statement.execute_call(params)
+                cursor.execute(frame.format(sql), values)
                 row = cursor.fetchone() if cursor.description is not None else None
                 return None if row is None else tuple(row)
         except self._engine.dialect.loaded_dbapi.Error as exc:
-            if isinstance(exc, self._engine.dialect.loaded_dbapi.OperationalError) or held.dbapi.closed:
-                self._drop(held)
+            self._failed(held, exc, in_transaction)
             raise
+
+    def _end(self, command: str) -> None:
+        held = self._held()
+        try:
+            with held.dbapi.cursor() as cursor:
+                cursor.execute(command)
+        except self._engine.dialect.loaded_dbapi.Error as exc:
+            self._failed(held, exc, True)
+            raise
+
+    def _failed(self, held: _Held, exc: Exception, in_transaction: bool) -> None:
+        if isinstance(exc, self._engine.dialect.loaded_dbapi.OperationalError) or held.dbapi.closed:
+            self._drop(held)
+        elif in_transaction:  # an aborted transaction: end it so the connection is usable again
+            try:
+                with held.dbapi.cursor() as cursor:
+                    cursor.execute("ROLLBACK")
+            except self._engine.dialect.loaded_dbapi.Error:
+                self._drop(held)
 
     def _drop(self, held: _Held) -> None:
         self._local.held = None

@@ -48,19 +48,27 @@ _STRATEGIES = ", ".join(f"'{s}'" for s in (*STRATEGIES, ""))
 # shared.addresses.strip_userinfo, as a PostgreSQL regular expression (first match only, like count=1).
 _STRIP_USERINFO = r"regexp_replace(picked.endpoint_url, '^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@', '\1//')"
 
-# Every check of admission.admit that could refuse or re-delay, as "it cannot" (§5.10, §5.13, §5.7–5.9).
-_FAST = f"""(
+# Every check of admission.admit that could refuse or re-delay, as "it cannot" (§5.10, §5.13, §5.7–5.9),
+# in two parts: the checks other than limits, and "the job has no limit that applies to the run".
+_STARTABLE = f"""(
     (r.attempt > 0 OR r.expires_at IS NULL OR r.expires_at > CAST(:now AS timestamptz))
     AND (j.version_policy = 'latest' OR (j.version_policy = 'minor' AND j.backwards_compatible)
          OR (j.version_policy IN ('pin', 'minor') AND r.job_version_id = j.version_id))
     AND COALESCE(j.execution_window_cron, '') = ''
-    AND COALESCE(j.max_concurrency, 0) = 0
-    AND (COALESCE(j.max_concurrency_per_key, 0) = 0 OR COALESCE(r.concurrency_key, '') = '')
-    AND (COALESCE(j.rate_limit_max, 0) = 0 OR COALESCE(j.rate_limit_window_secs, 0) = 0)
-    AND (j.rate_limit_keys IS NULL OR j.rate_limit_keys IN ('[]'::jsonb, 'null'::jsonb))
     AND COALESCE(j.endpoint_url, '') <> '' AND j.timeout_secs BETWEEN 1 AND 86400
     AND j.max_attempts BETWEEN 1 AND 100 AND COALESCE(j.retry_strategy, '') IN ({_STRATEGIES})
 )"""
+_UNLIMITED = """(
+    COALESCE(j.max_concurrency, 0) = 0
+    AND (COALESCE(j.max_concurrency_per_key, 0) = 0 OR COALESCE(r.concurrency_key, '') = '')
+    AND (COALESCE(j.rate_limit_max, 0) = 0 OR COALESCE(j.rate_limit_window_secs, 0) = 0)
+    AND (j.rate_limit_keys IS NULL OR j.rate_limit_keys IN ('[]'::jsonb, 'null'::jsonb))
+)"""
+_FAST = f"({_STARTABLE} AND {_UNLIMITED})"
+# Startable once its limits admit it (worker.limited_start): what that needs, only for such a run.
+_LIMITED = f"({_STARTABLE} AND NOT {_UNLIMITED})"
+_LIMIT_COLUMNS = ("attempt", "priority", "metadata", "tags", "max_concurrency", "max_concurrency_per_key",
+                  "rate_limit_max", "rate_limit_window_secs", "rate_limit_keys")
 
 # "status is queued" for a row looked up by id, written so that it does not match ix_runs_ready's predicate:
 # with the plain form the planner may take that partial index (it holds id, as its last column) and filter
@@ -73,7 +81,9 @@ _COLUMNS = ("id", "job_id", "payload", "concurrency_key", "debug_mode", "queued_
 
 _PICKED = f"""SELECT r.id, r.job_id, r.payload, r.concurrency_key, r.debug_mode, r.queued_at, r.max_attempts_override,
            r.timeout_secs_override, j.endpoint_url, j.fallback_endpoint_url, j.timeout_secs, j.max_attempts,
-           j.retry_strategy, j.retry_delays_secs, j.version, j.version_id, j.webhook_secret, {_FAST} AS fast
+           j.retry_strategy, j.retry_delays_secs, j.version, j.version_id, j.webhook_secret, {_FAST} AS fast,
+           CASE WHEN {_LIMITED} THEN json_build_array(r.attempt, r.priority, r.metadata, r.tags, j.max_concurrency,
+                j.max_concurrency_per_key, j.rate_limit_max, j.rate_limit_window_secs, j.rate_limit_keys) END AS limits
     FROM runs r JOIN jobs j ON j.id = r.job_id
     WHERE {{queued}} AND r.held_at IS NULL AND j.enabled IS true"""
 
@@ -109,10 +119,32 @@ WITH hinted AS (
                               'endpoint_url', {_STRIP_USERINFO}),
            CAST(:now AS timestamptz) FROM moved JOIN picked ON picked.id = moved.id
 )
-SELECT {", ".join(f"picked.{c}" for c in _COLUMNS)}, moved.attempt FROM picked LEFT JOIN moved ON moved.id = picked.id
+SELECT {", ".join(f"picked.{c}" for c in _COLUMNS)}, moved.attempt, picked.limits
+FROM picked LEFT JOIN moved ON moved.id = picked.id
 """
 
-CLAIM_AND_START = HotStatement.build("sluice_claim_and_start_v4", _SQL)
+CLAIM_AND_START = HotStatement.build("sluice_claim_and_start_v5", _SQL)
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """For a picked run that only its job's limits could refuse: what the limit check needs."""
+
+    attempt: int  # the run's attempt count before this start
+    priority: int
+    metadata: dict[str, Any]
+    tags: dict[str, Any]
+    max_concurrency: int | None
+    max_concurrency_per_key: int | None
+    rate_limit_max: int | None
+    rate_limit_window_secs: int | None
+    rate_limit_keys: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, values: list[Any]) -> RunLimits:
+        attempt, priority, metadata, tags, cap, key_cap, rate_max, rate_window, rate_keys = values
+        return cls(attempt, priority, metadata or {}, tags or {}, cap, key_cap, rate_max, rate_window,
+                   rate_keys or [])
 
 
 @dataclass(frozen=True)
@@ -133,20 +165,28 @@ class FastClaim:
     version_id: str
     webhook_secret: str | None
     attempt: int | None
+    # Set when the run was not started only because its job has limits (worker.limited_start).
+    limits: RunLimits | None = None
 
 
-def claim_and_start(direct: DirectStatements, run_id: str, now: datetime) -> FastClaim | None:
+def claim_and_start(direct: DirectStatements, run_id: str, now: datetime, *,
+                    in_transaction: bool = False) -> FastClaim | None:
     """Claim a best ready run — ``run_id`` (the message's) if it is one — and start it if nothing could refuse
-    it; ``None`` if nothing is claimable."""
+    it; ``None`` if nothing is claimable.
+
+    ``in_transaction``: run the statement as the first of a transaction left open (``DirectStatements.
+    begin_first``), so the picked run stays locked when it was not started; the caller ends it."""
     first, second = sorted((uuid7(), uuid7()))  # ids sort in write order (created_at, id)
-    row = direct.first(CLAIM_AND_START, {"hint": run_id, "now": now, "e0_id": first, "e1_id": second})
+    params = {"hint": run_id, "now": now, "e0_id": first, "e1_id": second}
+    row = (direct.begin_first if in_transaction else direct.first)(CLAIM_AND_START, params)
     if row is None:
         return None
     (run_id, job_id, payload, key, debug, queued_at, max_override, timeout_override, endpoint, fallback,
-     timeout, max_attempts, strategy, delays, version, version_id, secret, attempt) = row
+     timeout, max_attempts, strategy, delays, version, version_id, secret, attempt, limits) = row
     live = {"endpoint_url": endpoint, "fallback_endpoint_url": fallback, "timeout_secs": timeout,
             "max_attempts": max_attempts, "retry_strategy": strategy, "retry_delays_secs": delays}
     return FastClaim(run_id=run_id, job_id=job_id, payload=payload, concurrency_key=key, debug_mode=bool(debug),
                      queued_at=queued_at, max_attempts_override=max_override,
                      timeout_secs_override=timeout_override, live=live, version=version, version_id=version_id,
-                     webhook_secret=secret, attempt=attempt)
+                     webhook_secret=secret, attempt=attempt,
+                     limits=RunLimits.of(limits) if limits is not None and attempt is None else None)

@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import sqlalchemy as sa
@@ -84,6 +84,14 @@ _WAKE_HOT = HotStatement.build("sluice_handoff_wake", _WAKE_SQL.replace("{column
 _WAKE_DATA = json.dumps({"from": RunStatus.DELAYED.value, "to": RunStatus.QUEUED.value})
 
 
+class _Ended(NamedTuple):
+    """The attempt whose end frees the slots (its leases are handed over to the successor)."""
+
+    id: str
+    job_id: str
+    concurrency_key: str | None
+
+
 class SlotHandOff:
     """Ends attempts and hands their slots over; thread-safe (one per runner)."""
 
@@ -96,32 +104,34 @@ class SlotHandOff:
         self._clock = clock
         self._rng = rng
 
-    def end_attempt(self, run: Run, *, chain: bool) -> Successor | None:
-        """After ``run``'s outcome is committed: with ``chain``, start the best run waiting for its slot
-        and return it for this thread to execute; otherwise (or if none could start) release the slot and
-        wake waiters the ordinary way. Never raises."""
+    def end_attempt(self, run_id: str, job_id: str, concurrency_key: str | None, *,
+                    chain: bool) -> Successor | None:
+        """After the outcome of ``run_id``'s attempt is committed: with ``chain``, start the best run waiting
+        for its slot and return it for this thread to execute; otherwise (or if none could start) release
+        the slot and wake waiters the ordinary way. Never raises."""
+        ended = _Ended(run_id, job_id, concurrency_key)
         try:
             if chain:
                 for _ in range(MAX_POPS):
-                    waiter = self._limits.end_attempt(run.id, run.job_id, run.concurrency_key, hand_over=True)
+                    waiter = self._limits.end_attempt(run_id, job_id, concurrency_key, hand_over=True)
                     if waiter is None:
                         return None  # leases dropped, and nobody was waiting for them
-                    successor = self._start(waiter, run)
+                    successor = self._start(waiter, ended)
                     if successor is not None:
                         return successor
-            self._limits.release(run.id, run.job_id, run.concurrency_key)
+            self._limits.release(run_id, job_id, concurrency_key)
         except (redis.exceptions.RedisError, OSError, SQLAlchemyError) as exc:
             log.warning("slot hand-off failed; the lease is released or expires, waiters retry", extra={
-                "run_id": run.id, "job_id": run.job_id, "error": type(exc).__name__})
+                "run_id": run_id, "job_id": job_id, "error": type(exc).__name__})
             try:
-                self._limits.release(run.id, run.job_id, run.concurrency_key)
+                self._limits.release(run_id, job_id, concurrency_key)
             except (redis.exceptions.RedisError, OSError):
                 return None  # the lease expires (timeout + margin); waiters retry at scheduled_at
-        SlotWaiters(self._limits.client).wake([(run.job_id, run.concurrency_key)],
+        SlotWaiters(self._limits.client).wake([(job_id, concurrency_key)],
                                               open_session=self._session_factory, broker=self._broker)
         return None
 
-    def _start(self, waiter_id: str, ended: Run) -> Successor | None:
+    def _start(self, waiter_id: str, ended: _Ended) -> Successor | None:
         """Lock ``waiter_id``; if it still waits for a slot, wake and admit it with ``ended``'s leases."""
         picked = time.monotonic()
         session = self._session_factory()

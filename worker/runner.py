@@ -38,18 +38,18 @@ from shared.effects import commit_and_apply
 from shared.execution_settings import ExecutionSettings, SettingsUnresolvable, live_settings
 from shared.limits import Limits
 from shared.metrics import observe_attempt
-from shared.models import Run
 from shared.retries import NON_RETRYABLE, Outcome
 from shared.runstate import Effects, RunStatus, is_terminal
 from worker.admission import NotStarted, Started, admit
 from worker.call import AttemptCall, CallPlan, PostFunction, perform_call
 from worker.claim import claim_ready_run, hold_if_disabled
 from worker.direct import DirectStatements
-from worker.fast_start import FastClaim, claim_and_start
+from worker.fast_start import FastClaim
 from worker.handoff import CHAIN_SECS, SlotHandOff, Successor
 from worker.heartbeat import AttemptMonitor, InFlight
 from worker.http import CallAborted, Resolver, post, user_agent
 from worker.leases import LeaseWriter
+from worker.limited_start import DirectStarter
 from worker.outcome import result_of
 from worker.trace import TraceClock
 
@@ -81,15 +81,16 @@ class Attempt:
     max_attempts: int
     timeout_secs: int
     webhook_secret: str | None  # always the live job's (§5.13)
-    # The checked path's row: its end may hand the slot to a waiting run (worker.handoff). ``None`` for a
-    # run of a job without limits (worker.fast_start): nobody can be waiting for its slot.
-    run: Run | None = None
+    # Started through the limit script (checked path, or worker.limited_start): its end may hand the slot to
+    # a waiting run (worker.handoff). False for a run of a job without limits (worker.fast_start): nobody
+    # can be waiting for its slot.
+    limited: bool = True
 
     @classmethod
     def of(cls, started: Started) -> Attempt:
         run = started.run
         return cls(run.id, run.job_id, run.attempt, run.concurrency_key, run.payload, run.debug_mode,
-                   started.settings, started.max_attempts, started.timeout_secs, started.webhook_secret, run)
+                   started.settings, started.max_attempts, started.timeout_secs, started.webhook_secret)
 
 
 class Runner:
@@ -114,6 +115,8 @@ class Runner:
         self._direct = (DirectStatements.for_engine(session_factory.kw.get("bind")) if direct is True
                         else direct or None)
         self._leases = LeaseWriter(limits.client)  # the lease of a run started by worker.fast_start
+        self._starter = (DirectStarter(self._direct, limits=limits, settings=settings, rng=self._rng)
+                         if self._direct is not None else None)
         self._stopping = stopping  # no more hand-offs once the worker is stopping (worker.handoff)
         self._handoff = SlotHandOff(session_factory=session_factory, limits=limits, broker=broker, settings=settings,
                                     clock=clock, rng=self._rng)
@@ -125,10 +128,12 @@ class Runner:
         """Claim the best ready run (not necessarily ``run_id``) and run one attempt of it."""
         picked = time.monotonic()
         now = self._clock()
-        if self._direct is not None:
-            fast = claim_and_start(self._direct, run_id, now)
+        if self._starter is not None:
+            fast = self._starter.start(run_id, now)
             if fast is None:
                 return self._nothing_claimable(run_id, now)
+            if isinstance(fast, NotStarted):
+                return Handled(fast.action, fast.run_id)
             if fast.attempt is not None:
                 return self._fast_started(fast, TraceClock(picked=picked, picked_wall=now, queued_at=fast.queued_at))
         return self._checked(run_id, picked, now)
@@ -167,17 +172,22 @@ class Runner:
         return self._execute(Attempt.of(admission), trace)
 
     def _fast_started(self, fast: FastClaim, trace: TraceClock) -> Handled:
-        """After ``claim_and_start``: the run is ``executing``. Its job has no limits, so the lease recorded
-        here only keeps ``slots_in_use`` true (a limit added later counts this attempt); it cannot refuse."""
+        """After ``DirectStarter.start``: the run is ``executing``. A run of a limited job holds the leases
+        the limit script gave it; for a job without limits the lease recorded here only keeps
+        ``slots_in_use`` true (a limit added later counts this attempt), it cannot refuse."""
         assert fast.attempt is not None
         try:
             settings = live_settings(fast.live, fast.version, fast.version_id)
         except SettingsUnresolvable as exc:  # only for job rows the API did not write: fail the attempt
             return self._fast_unresolvable(fast, trace, f"internal: cannot resolve execution settings: {exc}")
         timeout_secs = fast.timeout_secs_override or settings.timeout_secs
+        limited = fast.limits is not None
         attempt = Attempt(fast.run_id, fast.job_id, fast.attempt, fast.concurrency_key, fast.payload,
                           fast.debug_mode, settings, fast.max_attempts_override or settings.max_attempts,
-                          timeout_secs, fast.webhook_secret)
+                          timeout_secs, fast.webhook_secret, limited)
+        if limited:
+            trace.acquired = time.monotonic()
+            return self._execute(attempt, trace)
         lease_ms = (timeout_secs + self._settings.lease_margin_secs) * 1000
         try:
             self._leases.record(fast.run_id, fast.job_id, fast.concurrency_key, lease_ms)
@@ -243,8 +253,8 @@ class Runner:
         """Slots are released after the outcome commit: handed over / waiters woken for a checked-path run;
         for a job without limits the plain lease is dropped — by the monitor's next poll when the run ended
         terminally (it never takes a lease again: worker.heartbeat), else now (a retry may soon take one)."""
-        if attempt.run is not None:
-            return self._handoff.end_attempt(attempt.run, chain=chain)
+        if attempt.limited:
+            return self._handoff.end_attempt(attempt.run_id, attempt.job_id, attempt.concurrency_key, chain=chain)
         if terminal:
             self._monitor.release_later(attempt.run_id, attempt.job_id, attempt.concurrency_key)
         else:
