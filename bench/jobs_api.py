@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 
 from bench import wrk  # noqa: E402
-from bench.support import prepare_database  # noqa: E402
+from bench.support import cpu_secs_of_database_backends, cpu_secs_of_group, prepare_database  # noqa: E402
 from shared.apikeys import create_key, parse_scopes  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
 from shared.db import make_engine, make_session_factory, transaction  # noqa: E402
@@ -56,6 +56,8 @@ class OpStats:
     errors: int = 0
     elapsed: float = 0.0
     measured: wrk.WrkResult | None = None  # when wrk drove the operation
+    server_cpu_secs: float = 0.0  # the gunicorn processes' CPU while the operation ran
+    db_cpu_secs: float = 0.0  # the PostgreSQL backends' CPU (of the bench database) while it ran
 
     def row(self, name: str) -> str:
         done = sorted(self.latencies_ms)
@@ -69,7 +71,11 @@ class OpStats:
                 return known[p]
             return done[min(len(done) - 1, int(p * len(done)))] if done else 0.0
 
-        return f"| {name:<7} | {rate:>9.0f} | {pct(0.50):>7.1f} | {pct(0.99):>7.1f} | {self.errors:>6} |"
+        served = rate * self.elapsed if not self.measured else self.measured.requests
+        server_ms, db_ms = (secs * 1000 / served if served else 0.0
+                            for secs in (self.server_cpu_secs, self.db_cpu_secs))
+        return (f"| {name:<7} | {rate:>9.0f} | {pct(0.50):>7.1f} | {pct(0.99):>7.1f} | {self.errors:>6} "
+                f"| {server_ms:>10.2f} | {db_ms:>8.2f} |")
 
 
 def seed(url: str, count: int) -> tuple[str, list[str]]:
@@ -282,19 +288,24 @@ def main(argv: list[str] | None = None) -> int:
         drive(port, headers, get, 200, args.clients, 1.0)  # warm up connections and caches
         for name in args.ops.split(","):
             make_request, expected = ops[name]
+            server_cpu, db_cpu = cpu_secs_of_group(server.pid), cpu_secs_of_database_backends(args.db_name)
             if args.client == "wrk":
                 results[name] = OpStats(measured=wrk.run(port, headers, WRK_REQUESTS[name], clients=args.clients,
                                                          secs=args.secs, init_lua=wrk_init(ids_file)))
             else:
                 results[name] = drive(port, headers, make_request, expected, args.clients, args.secs)
+            results[name].server_cpu_secs = cpu_secs_of_group(server.pid) - server_cpu
+            results[name].db_cpu_secs = cpu_secs_of_database_backends(args.db_name) - db_cpu
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     print(f"\njobs API: gunicorn {args.workers} workers x {args.threads} threads (gthread), {args.clients} clients "
           f"({args.client}), "
-          f"{args.jobs} seeded jobs, {args.secs:g} s per operation, {os.cpu_count()} CPUs\n")
-    print("| op      |     req/s |  p50 ms |  p99 ms | errors |")
-    print("|---------|-----------|---------|---------|--------|")
+          f"{args.jobs} seeded jobs, {args.secs:g} s per operation, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    print("| op      |     req/s |  p50 ms |  p99 ms | errors | server CPU | db CPU   |")
+    print("|         |           |         |         |        | ms/req     | ms/req   |")
+    print("|---------|-----------|---------|---------|--------|------------|----------|")
     for name, stats in results.items():
         print(stats.row(name))
     return 0
