@@ -33,6 +33,7 @@ import redis
 
 from shared import redis_keys
 from shared.limits_lua import ACQUIRE_SCRIPT, COUNT_SCRIPT, EXTEND_SCRIPT, RELEASE_SCRIPT
+from shared.thread_scripts import LuaScript, ThreadScripts
 
 # Key values longer than this (payload strings can be up to 1 MiB) are hashed so Redis keys stay small.
 MAX_KEY_VALUE_CHARS = 256
@@ -100,21 +101,36 @@ class LimitDecision:
     now_ms: int | None = None
 
 
-class Limits:
-    """Redis-backed concurrency leases and rate limits; safe to share between threads."""
+_ACQUIRE, _RELEASE = LuaScript(ACQUIRE_SCRIPT), LuaScript(RELEASE_SCRIPT)
 
-    def __init__(self, redis: redis.Redis) -> None:
+
+class Limits:
+    """Redis-backed concurrency leases and rate limits; safe to share between threads.
+
+    ``per_thread_connections``: send the per-attempt scripts (``acquire``, ``end_attempt``) on one
+    connection per thread (``shared.thread_scripts``) instead of through the client's pool — for the
+    worker, whose threads live as long as the process.
+    """
+
+    def __init__(self, redis: redis.Redis, *, per_thread_connections: bool = False) -> None:
         self._redis = redis
         # Registered once: each call is an EVALSHA (the client reloads the script after a Redis restart).
         self._acquire = redis.register_script(ACQUIRE_SCRIPT)
         self._extend = redis.register_script(EXTEND_SCRIPT)
         self._count = redis.register_script(COUNT_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
+        self._scripts = ThreadScripts(redis)
+        self._per_thread = per_thread_connections
 
     @property
     def client(self) -> redis.Redis:
         """The Redis client holding the leases (slot waiters live next to them, ``shared.slot_waiters``)."""
         return self._redis
+
+    @property
+    def scripts(self) -> ThreadScripts:
+        """Per-thread script connections to the same server (``shared.thread_scripts``)."""
+        return self._scripts
 
     def acquire(self, req: LimitRequest, now_ms: int | None = None) -> LimitDecision:
         """Take the run's leases and record one start mark per rate rule — all of it, or nothing.
@@ -143,7 +159,9 @@ class Limits:
             keys.append(rule.key)
             args += [rule.max, rule.window_ms, trim_ms[rule.key]]
 
-        status, rule_index, value, server_now = (int(x) for x in self._acquire(keys=keys, args=args))
+        reply = (self._scripts.run(_ACQUIRE, keys, args) if self._per_thread
+                 else self._acquire(keys=keys, args=args))
+        status, rule_index, value, server_now = (int(x) for x in reply)
         if status == _ADMITTED:
             return LimitDecision(True, None, None, {}, server_now)
         if status == _JOB_FULL:
@@ -169,7 +187,8 @@ class Limits:
         if concurrency_key:
             keys += [redis_keys.concurrency_key(job_id, concurrency_key),
                      redis_keys.slot_waiters_key(job_id, concurrency_key)]
-        reply = self._release(keys=keys, args=[run_id, 1 if hand_over else 0])
+        args = [run_id, 1 if hand_over else 0]
+        reply = self._scripts.run(_RELEASE, keys, args) if self._per_thread else self._release(keys=keys, args=args)
         return reply[0].decode() if reply else None
 
     def release(self, run_id: str, job_id: str, concurrency_key: str | None) -> None:

@@ -7,21 +7,13 @@ script below writes exactly what an admitted ``acquire`` writes for a request wi
 with expiry = Redis now + ``lease_ms``, the lease ZSET's TTL from its latest lease, and the run dropped from
 the slot-waiter sets it may still be in.
 
-It is sent on a per-thread Redis connection of the client's own pool settings, bypassing the client's
-per-command machinery (pool checkout, retries, response callbacks), which cost several times the round
-trip itself on the worker's hot path. An error closes that connection (the next call reconnects) and is
-raised as ``redis.exceptions.RedisError``/``OSError``, like any Redis call.
+It is sent on the worker's per-thread script connection (``shared.thread_scripts``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from typing import Any
-
-import redis
-
 from shared import redis_keys
+from shared.thread_scripts import LuaScript, ThreadScripts
 
 # KEYS: job lease ZSET, job waiter set, [key lease ZSET, key waiter set]. ARGV: run_id, lease_ms.
 # Returns the Redis clock (ms) the lease was dated with.
@@ -37,17 +29,14 @@ for i = 1, #KEYS, 2 do
 end
 return now
 """
-_SHA = hashlib.sha1(LEASE_SCRIPT.encode()).hexdigest()
+_LEASE = LuaScript(LEASE_SCRIPT)
 
 
 class LeaseWriter:
-    """Records unconditional leases (jobs without limits); thread-safe (one connection per thread)."""
+    """Records unconditional leases (jobs without limits); thread-safe."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        pool = client.connection_pool
-        self._connection_class: Any = pool.connection_class
-        self._connection_kwargs = dict(pool.connection_kwargs)
-        self._local = threading.local()
+    def __init__(self, scripts: ThreadScripts) -> None:
+        self._scripts = scripts
 
     def record(self, run_id: str, job_id: str, concurrency_key: str | None, lease_ms: int) -> int:
         """Write the attempt's lease(s); returns the Redis clock (ms) used."""
@@ -55,20 +44,4 @@ class LeaseWriter:
         if concurrency_key:
             keys += [redis_keys.concurrency_key(job_id, concurrency_key),
                      redis_keys.slot_waiters_key(job_id, concurrency_key)]
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._local.connection = self._connection_class(**self._connection_kwargs)
-        try:
-            try:
-                return int(self._call(connection, "EVALSHA", _SHA, len(keys), *keys, run_id, lease_ms))
-            except redis.exceptions.NoScriptError:  # first use on this server, or after a Redis restart
-                return int(self._call(connection, "EVAL", LEASE_SCRIPT, len(keys), *keys, run_id, lease_ms))
-        except BaseException:
-            self._local.connection = None
-            connection.disconnect()
-            raise
-
-    @staticmethod
-    def _call(connection: Any, *args: Any) -> Any:
-        connection.send_packed_command(connection.pack_command(*args), check_health=False)
-        return connection.read_response()
+        return int(self._scripts.run(_LEASE, keys, [run_id, lease_ms]))

@@ -212,7 +212,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     enable_prepared_statements(engine)  # the per-attempt statements are planned once per connection
     session_factory = make_session_factory(engine)
     redis_client = redis.Redis.from_url(settings.redis_url)
-    limits = Limits(redis_client)
+    limits = Limits(redis_client, per_thread_connections=True)  # its threads live as long as the process
     broker = make_broker(settings)
     # Other workers requeue a dead worker's unacknowledged messages once its broker heartbeat is this old
     # (dramatiq's default: 60 s). Messages are interchangeable wake-up tokens, so an early requeue of a live

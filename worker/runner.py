@@ -114,7 +114,7 @@ class Runner:
         # True: single-statement transactions where the session factory's database allows them.
         self._direct = (DirectStatements.for_engine(session_factory.kw.get("bind")) if direct is True
                         else direct or None)
-        self._leases = LeaseWriter(limits.client)  # the lease of a run started by worker.fast_start
+        self._leases = LeaseWriter(limits.scripts)  # the lease of a run started by worker.fast_start
         self._starter = (DirectStarter(self._direct, limits=limits, settings=settings, rng=self._rng)
                          if self._direct is not None else None)
         self._stopping = stopping  # no more hand-offs once the worker is stopping (worker.handoff)

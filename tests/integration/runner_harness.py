@@ -88,7 +88,7 @@ class Harness:
 
 def make_harness(settings: Settings, session_factory: sessionmaker[Session],
                  redis_client: redis_lib.Redis) -> Harness:
-    limits = Limits(redis_client)
+    limits = Limits(redis_client, per_thread_connections=True)  # as sluice worker builds it
     broker = make_broker(settings, client=redis_client)
     monitor = AttemptMonitor(session_factory, redis_client, limits, clock=utcnow,
                              heartbeat_interval_secs=settings.heartbeat_interval_secs, poll_secs=0.1)

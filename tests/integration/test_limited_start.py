@@ -143,3 +143,19 @@ def test_a_limited_job_with_a_window_takes_the_checked_path(harness: Harness, ht
     assert (handled.action, handled.run_id) == ("completed", run.id)
     assert not _expects_limited(harness)  # the claim statement never offered it as a limited start
     assert harness.limits.slots_in_use(job.id) == 0
+
+
+def test_per_thread_scripts_survive_a_script_flush_and_a_dropped_connection(
+        harness: Harness, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/f").respond_with_data("ok")
+    job = harness.job(endpoint_url=httpserver.url_for("/f"), max_concurrency=3)
+    assert harness.handle(harness.run(job).id).action == "completed"
+    harness.redis.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT, EVAL loads it again
+    assert harness.handle(harness.run(job).id).action == "completed"
+    host, port = harness.limits.scripts._local.connection._sock.getsockname()[:2]
+    harness.redis.client_kill(f"{host}:{port}")  # the server drops it: one call fails ...
+    run = harness.run(job)
+    with pytest.raises((redis_lib.exceptions.ConnectionError, OSError)):
+        harness.handle(run.id)
+    assert harness.get(run.id).status == "queued"
+    assert harness.handle(run.id).action == "completed"  # ... and the next one reconnects

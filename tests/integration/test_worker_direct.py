@@ -12,6 +12,7 @@ from werkzeug import Request, Response
 
 from shared import redis_keys
 from shared.clock import utcnow
+from shared.thread_scripts import ThreadScripts
 from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
 from worker.direct import _autocommit_off
 from worker.fast_start import CLAIM_AND_START
@@ -114,7 +115,7 @@ def test_pool_connections_stay_transactional(harness: Harness) -> None:
 def test_lease_writer_records_what_an_unlimited_acquire_records(harness: Harness) -> None:
     job_id, key = "job-lease-writer", "tenant-1"
     harness.redis.zadd(redis_keys.slot_waiters_job(job_id), {"run-1": 1})
-    now_ms = LeaseWriter(harness.redis).record("run-1", job_id, key, 60_000)
+    now_ms = LeaseWriter(ThreadScripts(harness.redis)).record("run-1", job_id, key, 60_000)
     for lease_set in (redis_keys.concurrency_job(job_id), redis_keys.concurrency_key(job_id, key)):
         assert harness.redis.zscore(lease_set, "run-1") == now_ms + 60_000
         assert 60_000 < harness.redis.pttl(lease_set) <= 61_000
