@@ -13,6 +13,15 @@ from shared.clock import format_ts
 from shared.job_config import DEFAULTS, W_FIELDS
 from shared.signing import mask_secret
 
+# The Job resource's fields in the order ``render_job`` writes them (``api.job_page`` selects them so).
+JOB_FIELDS = ("id", "project_id", "group_id", "name", "slug", "description", "cron", "payload_schema", "tags",
+              "endpoint_url", "fallback_endpoint_url", "max_attempts", "timeout_secs", "max_concurrency",
+              "execution_window_cron", "timezone", "rate_limit_max", "rate_limit_window_secs",
+              "max_concurrency_per_key", "rate_limit_keys", "default_run_metadata", "dedup_window_secs", "enabled",
+              "webhook_url", "webhook_secret", "run_ttl_secs", "retry_strategy", "retry_delays_secs",
+              "environment_id", "version_policy", "backwards_compatible", "version", "version_id", "created_by",
+              "updated_by", "created_at", "updated_at")
+
 
 def _config(src: Mapping[str, Any]) -> dict[str, Any]:
     return {

@@ -22,6 +22,7 @@ from api.auth import (
     requires_scope,
 )
 from api.context import autocommit_first, get_session, services
+from api.job_page import CURSOR_KIND, find_key_and_rendered_page
 from api.job_render import render_job
 from api.pagination import clamp_limit, decode_time_cursor, encode_cursor, json_response, paged_response
 from api.schemas.jobs import (
@@ -38,10 +39,9 @@ from shared.clock import utcnow
 from shared.effects import commit_and_apply
 from shared.errors import NotFound, SluiceError, ValidationFailed
 from shared.job_enablement import set_jobs_enabled
-from shared.job_store import find_key_and_job, find_key_and_job_page, list_job_records
+from shared.job_store import find_key_and_job, list_job_records
 from shared.jobs import clone_job, create_job, create_jobs_batch, delete_job, patch_job
 
-CURSOR_KIND = "jobs"
 MAX_BATCH = 100
 
 
@@ -56,7 +56,7 @@ blp.record_once(lambda state: state.app.url_map.converters.setdefault("jobref", 
 
 
 def _prefetch_page(session: Session, digest: str) -> tuple[Any, Any] | None:
-    """For a list request without filters: the key and the page it asks for, in one statement."""
+    """For a list request without filters: the key and the page it asks for, rendered, in one statement."""
     args = request.args
     if session.get_bind().dialect.name != "postgresql":  # LATERAL: SQLite reads the key, then the page
         return None
@@ -70,8 +70,8 @@ def _prefetch_page(session: Session, digest: str) -> tuple[Any, Any] | None:
     except SluiceError:
         return None
     page = clamp_limit(None if raw_limit is None else int(raw_limit))
-    key, rows = find_key_and_job_page(session, digest, limit=page + 1, after=after)
-    return key, ((page, after), rows)
+    key, jobs = find_key_and_rendered_page(session, digest, limit=page + 1, after=after)
+    return key, ((page, after), jobs)
 
 
 @blp.route("/jobs", methods=["GET"])
@@ -86,18 +86,24 @@ def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_
     check_project(project_id)
     page = clamp_limit(limit)
     after = decode_time_cursor(CURSOR_KIND, cursor)
-    prefetched = prefetched_row()  # ((page, after) it read, rows) when the query had no filters
+    prefetched = prefetched_row()  # ((page, after) it read, rendered jobs) when the query had no filters
     unfiltered = all(value is None for value in (slug, tag_key, tag_value, enabled))
     if prefetched is not None and unfiltered and prefetched[0] == (page, after):
-        rows = prefetched[1]
+        jobs = prefetched[1]
     else:
         rows = list_job_records(get_session(), current_principal().project_id, limit=page + 1, after=after,
                                 slug=slug, tag_key=tag_key, tag_value=tag_value, enabled=enabled)
-    next_cursor = None
-    if len(rows) > page:
-        rows = rows[:page]
-        next_cursor = encode_cursor(CURSOR_KIND, rows[-1]["created_at"], rows[-1]["id"])
-    return paged_response([render_job(row) for row in rows], next_cursor, page)
+        jobs = [render_job(row) for row in rows]
+    jobs, next_cursor = cut_page(jobs, page)
+    return paged_response(jobs, next_cursor, page)
+
+
+def cut_page(jobs: list[dict[str, Any]], page: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The first ``page`` of ``page + 1`` rendered jobs and the cursor after them when there were more."""
+    if len(jobs) <= page:
+        return jobs, None
+    jobs = jobs[:page]
+    return jobs, encode_cursor(CURSOR_KIND, jobs[-1]["created_at"], jobs[-1]["id"])
 
 
 @blp.route("/jobs", methods=["POST"])

@@ -149,52 +149,26 @@ def _list_statement(slug: bool, enabled: bool, tag_key: str | None, tag_value: b
     return query.order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(sa.bindparam("limit"))
 
 
-def _page_sql(alias: str, project: str, after: bool) -> str:
-    """A page of a project's jobs, newest first, no filters: text SQL selecting every job column, strictly
-    after the keyset position (``:after_created_at``, ``:after_id``) when ``after``."""
+def page_sql(alias: str, project: str, after: bool, columns: str | None = None) -> str:
+    """A page of a project's jobs, newest first, no filters: text SQL selecting every job column (or the
+    select list ``columns``, which may read ``alias``), strictly after the keyset position
+    (``:after_created_at``, ``:after_id``) when ``after``."""
     keyset = (f" AND ({alias}.created_at < :after_created_at OR ({alias}.created_at = :after_created_at AND "
               f"{alias}.id < :after_id))" if after else "")
-    columns = ", ".join(f"{alias}.{column.name}" for column in JOBS.c)
+    columns = columns or ", ".join(f"{alias}.{column.name}" for column in JOBS.c)
     return (f"SELECT {columns} FROM jobs {alias} WHERE {alias}.project_id = {project}{keyset} "
             f"ORDER BY {alias}.created_at DESC, {alias}.id DESC LIMIT :limit")
 
 
-def _page_query(name: str, sql: str, after: bool, types: dict[str, Any]) -> HotQuery:
+def page_query(name: str, sql: str, after: bool, types: dict[str, Any]) -> HotQuery:
+    """A page statement (``page_sql``) named per keyset variant, its ``:after_created_at`` typed for SQLite."""
     return HotQuery.build(f"{name}{'_after' if after else ''}", sql, types,
                           {"after_created_at": JOBS.c.created_at.type} if after else None)
 
 
 # A page of the project's jobs without filters, first or next (by keyset), the list request nearly always.
-_PLAIN_PAGE = {after: _page_query("sluice_jobs_page", _page_sql("m", ":project_id", after), after, JOB_TYPES)
+_PLAIN_PAGE = {after: page_query("sluice_jobs_page", page_sql("m", ":project_id", after), after, JOB_TYPES)
                for after in (False, True)}
-
-
-def _key_and_page_sql(after: bool) -> str:
-    """The API key with ``:digest`` and, in the same rows, the unfiltered page of its project's jobs: one
-    round trip for authentication and the list. One row per job; one row with NULL job columns when the
-    page is empty; none when the key is unknown."""
-    return (f"SELECT {key_columns_sql('k')}, " + ", ".join(f"j.{column.name}" for column in JOBS.c)
-            + f" FROM api_keys k LEFT JOIN LATERAL ({_page_sql('m', 'k.project_id', after)}) j ON true"
-            " WHERE k.key_hash = :digest ORDER BY j.created_at DESC, j.id DESC")
-
-
-_KEY_AND_PAGE = {after: _page_query("sluice_key_jobs_page", _key_and_page_sql(after), after,
-                                     {**KEY_TYPES, **JOB_TYPES}) for after in (False, True)}
-_KEY_COLUMNS = tuple(KEY_TYPES)
-
-
-def find_key_and_job_page(session: Session, digest: str, *, limit: int,
-                          after: tuple[datetime, str] | None) -> tuple[dict[str, Any] | None, list[JobRecord]]:
-    """``list_job_records`` without filters for the project of the key with ``digest``, read together with
-    the key: (key columns as in ``shared.apikeys.KEY_FIELDS`` or ``None`` when unknown, the page). The job
-    records also carry the key columns (renderers read only job fields; copying 50 dicts would cost more)."""
-    params: dict[str, Any] = {"digest": digest, "limit": limit}
-    if after is not None:
-        params["after_created_at"], params["after_id"] = after
-    rows = _KEY_AND_PAGE[after is not None].all(session.connection(), params)
-    if not rows:
-        return None, []
-    return {name: rows[0][name] for name in _KEY_COLUMNS}, [row for row in rows if row["id"] is not None]
 
 
 def list_job_records(session: Session, project_id: str, *, limit: int, after: tuple[datetime, str] | None = None,

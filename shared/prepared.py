@@ -131,6 +131,8 @@ def _run_on_driver(connection: Connection, statement: HotStatement, params: dict
         if fetch == "all":
             names = _column_names(statement.name, cursor.description)
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        if fetch == "tuples":
+            return cursor.fetchall()
         row = cursor.fetchone()
         if row is None:
             return None
@@ -181,3 +183,10 @@ class HotQuery:
         if prepare_once(connection, self.hot):
             return _run_on_driver(connection, self.hot, params, fetch="all")  # type: ignore[no-any-return]
         return [dict(row) for row in connection.execute(self.typed, params).mappings()]
+
+    def tuples(self, connection: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row as a plain tuple in select-list order: for callers that read columns by position
+        (no per-row dict)."""
+        if prepare_once(connection, self.hot):
+            return _run_on_driver(connection, self.hot, params, fetch="tuples")  # type: ignore[no-any-return]
+        return [tuple(row) for row in connection.execute(self.typed, params)]
