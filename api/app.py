@@ -13,6 +13,7 @@ from webargs.flaskparser import FlaskParser
 from api import gate, metrics, request_log, service
 from api.context import Services, autocommit_read_factory, close_session
 from api.errors import ErrorSchema, handle_http_exception, register_error_handlers
+from api.fast_list import FastJobList
 from api.fast_trigger import FastTrigger
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
@@ -82,7 +83,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
     request_log.install(app)
     _register_blueprints(api)
     service.document(app, api.spec)
-    app.wsgi_app = FastTrigger(services, app.wsgi_app)  # type: ignore[method-assign]
+    # The two lean paths in front of Flask: the common trigger and the plain jobs list.
+    app.wsgi_app = FastTrigger(services, FastJobList(services, app.wsgi_app))  # type: ignore[method-assign]
     return app
 
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from api.job_render import JOB_FIELDS
+from api.pagination import encode_cursor
 from shared.apikeys import KEY_FIELDS, KEY_TYPES
 from shared.db import loads_json
 from shared.job_store import JOBS, page_query, page_sql
@@ -90,3 +91,11 @@ def _render(row: tuple[Any, ...]) -> dict[str, Any]:
     job["webhook_secret"] = mask_secret(job["webhook_secret"])
     job["retry_delays_secs"] = _json(job["retry_delays_secs"]) or []
     return job
+
+
+def cut_page(jobs: list[dict[str, Any]], page: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The first ``page`` of ``page + 1`` rendered jobs and the cursor after them when there were more."""
+    if len(jobs) <= page:
+        return jobs, None
+    jobs = jobs[:page]
+    return jobs, encode_cursor(CURSOR_KIND, jobs[-1]["created_at"], jobs[-1]["id"])

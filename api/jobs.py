@@ -22,9 +22,9 @@ from api.auth import (
     requires_scope,
 )
 from api.context import autocommit_first, get_session, services
-from api.job_page import CURSOR_KIND, find_key_and_rendered_page
+from api.job_page import CURSOR_KIND, cut_page, find_key_and_rendered_page
 from api.job_render import render_job
-from api.pagination import clamp_limit, decode_time_cursor, encode_cursor, json_response, paged_response
+from api.pagination import clamp_limit, decode_time_cursor, json_response, paged_response
 from api.schemas.jobs import (
     BatchToggleResultSchema,
     DeleteQuerySchema,
@@ -97,13 +97,6 @@ def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_
     jobs, next_cursor = cut_page(jobs, page)
     return paged_response(jobs, next_cursor, page)
 
-
-def cut_page(jobs: list[dict[str, Any]], page: int) -> tuple[list[dict[str, Any]], str | None]:
-    """The first ``page`` of ``page + 1`` rendered jobs and the cursor after them when there were more."""
-    if len(jobs) <= page:
-        return jobs, None
-    jobs = jobs[:page]
-    return jobs, encode_cursor(CURSOR_KIND, jobs[-1]["created_at"], jobs[-1]["id"])
 
 
 @blp.route("/jobs", methods=["POST"])

@@ -65,10 +65,15 @@ def paged_response(items: list[dict[str, Any]], next_cursor: str | None, limit: 
     response = Response(json_codec.dumps(items), status=200, mimetype="application/json")
     if next_cursor is not None:
         args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("cursor", "limit")]
-        args += [("limit", str(limit)), ("cursor", next_cursor)]
         response.headers["X-Next-Cursor"] = next_cursor
-        response.headers["Link"] = f'<{request.base_url}?{urlencode(args)}>; rel="next"'
+        response.headers["Link"] = next_link(request.base_url, args, limit, next_cursor)
     return response
+
+
+def next_link(base_url: str, args: list[tuple[str, str]], limit: int, next_cursor: str) -> str:
+    """The ``Link`` header to the next page: the request's other query ``args``, then limit and cursor."""
+    query = urlencode([*args, ("limit", str(limit)), ("cursor", next_cursor)])
+    return f'<{base_url}?{query}>; rel="next"'
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

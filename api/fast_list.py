@@ -1,0 +1,116 @@
+"""The plain jobs list without the framework: ``GET /v1/jobs`` (only ``limit`` and ``cursor``) answered in
+front of Flask.
+
+Once the page is rendered by its statement (``api.job_page``), Flask, werkzeug, webargs and flask-smorest
+are most of a list request's CPU (contexts, routing, proxies, argument parsing, response wrappers,
+teardown). Like ``api.fast_trigger``, this WSGI middleware recognises the common request — a valid key
+with ``jobs:read`` and a query of at most one well-formed ``limit`` and one well-formed ``cursor`` — and
+serves it with the same code: the same statement and rendering, the view's page cut and cursor, the same
+headers (``X-Next-Cursor``, ``Link``, ``X-Request-Id``), log line and metrics. It never decides an error:
+anything else — another method or path, any other query argument or encoding, a limit or cursor the view
+would refuse, no or a bad key, a missing scope, a failed read, the per-key API rate limit being
+configured — goes to the Flask app untouched, which answers it exactly as it always did. The path only
+reads (apart from the key's throttled ``last_used_at``, which Flask would write the same way).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from werkzeug.wsgi import get_current_url
+
+from api.auth import bearer_token
+from api.gate import request_id_for
+from api.job_page import CURSOR_KIND, cut_page, find_key_and_rendered_page
+from api.metrics import record_request
+from api.pagination import clamp_limit, decode_time_cursor, next_link
+from api.request_log import log_request
+from shared import json_codec
+from shared.apikeys import key_digest, principal_from_row
+from shared.clock import utcnow
+
+ROUTE = PATH = "/v1/jobs"  # the Flask rule, as the log line and metrics label it
+SCOPE = "jobs:read"
+# One query argument: a limit the view's schema takes (1–18 decimal digits, checked ≥ 1 below) or a cursor
+# in the unpadded URL-safe base64 the list writes. Anything else (percent-escapes, "+", repeats, other
+# arguments) is Flask's to parse.
+_ARGUMENT = re.compile(r"(limit)=([0-9]{1,18})|(cursor)=([A-Za-z0-9_-]+)")
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class FastJobList:
+    """Wraps the Flask app's WSGI callable (``app.wsgi_app``); see the module doc."""
+
+    def __init__(self, services: Any, inner: WsgiApp) -> None:
+        self.services = services
+        self.inner = inner
+        # The rendered page is PostgreSQL's (autocommit reads); the per-key API rate limit lives in the gate.
+        self.enabled = services.read_session_factory is not None and services.settings.api_rate_limit is None
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not self.enabled or environ.get("REQUEST_METHOD") != "GET" or environ.get("PATH_INFO") != PATH:
+            return self.inner(environ, start_response)
+        answer = self._serve(environ, time.perf_counter())
+        if answer is None:
+            return self.inner(environ, start_response)
+        headers, body = answer
+        start_response("200 OK", headers)
+        return [body]
+
+    def _serve(self, environ: dict[str, Any], started: float) -> tuple[list[tuple[str, str]], bytes] | None:
+        query = plain_query(environ.get("QUERY_STRING", ""))
+        token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
+        digest = key_digest(token) if token is not None else None
+        if query is None or digest is None:
+            return None
+        limit, cursor = query
+        try:
+            after = decode_time_cursor(CURSOR_KIND, cursor)
+        except Exception:  # the view's 400
+            return None
+        page = clamp_limit(limit)
+        session = self.services.read_session_factory()  # autocommit, as Flask's GET sessions
+        try:
+            key, jobs = find_key_and_rendered_page(session, digest, limit=page + 1, after=after)
+            principal = principal_from_row(session, key, utcnow())
+        except Exception:  # e.g. the database is down: Flask answers the request as always
+            return None
+        finally:
+            session.close()
+        if principal is None or not principal.has_scope(SCOPE):
+            return None
+        jobs, next_cursor = cut_page(jobs, page)
+        body = json_codec.dumps(jobs)
+        request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        if next_cursor is not None:
+            base_url = get_current_url(environ, strip_querystring=True)
+            headers += [("X-Next-Cursor", next_cursor), ("Link", next_link(base_url, [], page, next_cursor))]
+        headers.append(("X-Request-Id", request_id))
+        record_request("GET", ROUTE, 200, started)
+        log_request("GET", ROUTE, PATH, 200, started, request_id, principal.project_id)
+        return headers, body
+
+
+def plain_query(query_string: str) -> tuple[int | None, str | None] | None:
+    """(limit, cursor) of a query holding nothing but at most one valid each, else ``None``."""
+    limit: int | None = None
+    cursor: str | None = None
+    if not query_string:
+        return limit, cursor
+    for argument in query_string.split("&"):
+        match = _ARGUMENT.fullmatch(argument)
+        if match is None:
+            return None
+        if match.group(1):
+            if limit is not None or int(match.group(2)) < 1:
+                return None
+            limit = int(match.group(2))
+        else:
+            if cursor is not None:
+                return None
+            cursor = match.group(4)
+    return limit, cursor
