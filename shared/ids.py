@@ -21,7 +21,8 @@ def uuid7() -> str:
     value |= (rand >> 68) << 64  # 12 bits rand_a
     value |= 0b10 << 62
     value |= rand & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # the canonical text form, without building a uuid.UUID (several ids per attempt)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_version_id() -> str:

@@ -99,6 +99,9 @@ class LimitDecision:
     retry_at_ms: int | None
     limit: dict[str, object] = field(default_factory=dict)
     now_ms: int | None = None
+    # Admitted with every cap at most a quarter used (after this start) and no run waiting for a slot:
+    # nothing is lost if this attempt's leases are released a little late (the worker batches them).
+    roomy: bool = False
 
 
 _ACQUIRE, _RELEASE = LuaScript(ACQUIRE_SCRIPT), LuaScript(RELEASE_SCRIPT)
@@ -163,7 +166,7 @@ class Limits:
                  else self._acquire(keys=keys, args=args))
         status, rule_index, value, server_now = (int(x) for x in reply)
         if status == _ADMITTED:
-            return LimitDecision(True, None, None, {}, server_now)
+            return LimitDecision(True, None, None, {}, server_now, roomy=value == 1)
         if status == _JOB_FULL:
             limit: dict[str, object] = {"kind": "max_concurrency", "max": req.max_concurrency,
                                         "in_use": value}

@@ -64,7 +64,8 @@ end
 #       released run has a key lease ('1'|'0'), then per rule: max, window_ms, trim_ms
 #       (trim_ms = largest window among rules sharing that ZSET, so one rule never trims another's marks)
 # Returns {status, rule_index, value, now_ms}:
-#   0 admitted | 1 job concurrency refused (value = in_use) | 2 per-key refused (value = in_use)
+#   0 admitted (value = 1 when roomy: every cap at most a quarter used and no slot waiters, else 0)
+#   1 job concurrency refused (value = in_use) | 2 per-key refused (value = in_use)
 #   3 rate refused (rule_index = 1-based binding rule, value = retry_at_ms)
 ACQUIRE_SCRIPT = _PRELUDE + """
 local run_id = ARGV[2]
@@ -102,9 +103,10 @@ if job_max > 0 and in_use >= job_max then
   return {1, 0, in_use, now}
 end
 
+local key_max, key_in_use = 0, 0
 if has_key then
-  local key_max = tonumber(ARGV[6])
-  local key_in_use = others(KEYS[3])
+  key_max = tonumber(ARGV[6])
+  key_in_use = others(KEYS[3])
   if key_max > 0 and key_in_use >= key_max then
     wait_in(KEYS[4])
     return {2, 0, key_in_use, now}
@@ -141,7 +143,14 @@ for i = first_rate, #KEYS do
   redis.call('ZADD', KEYS[i], int(now), member)
   redis.call('PEXPIRE', KEYS[i], int(trim + TTL_MARGIN_MS))
 end
-return {0, 0, 0, now}
+-- Roomy: after this start every cap is at most a quarter used and nobody waits for a slot, so releasing
+-- this attempt's leases a little late cannot keep anyone from one.
+local roomy = 1
+if (job_max > 0 and (in_use + 1) * 4 > job_max) or redis.call('ZCARD', KEYS[2]) > 0 then roomy = 0 end
+if has_key and ((key_max > 0 and (key_in_use + 1) * 4 > key_max) or redis.call('ZCARD', KEYS[4]) > 0) then
+  roomy = 0
+end
+return {0, 0, roomy, now}
 """
 
 # Release, or hand over: the end of an attempt (after its outcome is committed).

@@ -167,6 +167,9 @@ class FastClaim:
     attempt: int | None
     # Set when the run was not started only because its job has limits (worker.limited_start).
     limits: RunLimits | None = None
+    # Started by worker.limited_start with room to spare (``LimitDecision.roomy``): its leases may be
+    # released late, in a batch, like those of a job without limits.
+    release_late: bool = False
 
 
 def claim_and_start(direct: DirectStatements, run_id: str, now: datetime, *,

@@ -11,9 +11,12 @@ One thread per process rather than per attempt: the cost is one Redis round trip
 UPDATE per interval whatever the number of worker threads.
 
 The same thread drops, in one pipeline per poll, the leases of attempts that ended *terminally* in a job
-without limits (``release_later``): nobody waits for such a slot, and a terminal run never takes a lease
-again, so a release up to ``POLL_SECS`` late only over-counts for that long (the safe direction, should a
-limit be added meanwhile) and saves the worker a Redis round trip per run.
+without limits, or in a job whose limits had room to spare when the attempt started (``release_later``,
+``shared.limits.LimitDecision.roomy``: every cap at most a quarter used, no run waiting for a slot).
+Nobody waits for such a slot, and a terminal run never takes a lease again, so a release up to
+``POLL_SECS`` late only over-counts for that long (the safe direction: a cap is never exceeded) and saves
+the worker a Redis round trip per run. Should runs start waiting meanwhile, they are refused and retry at
+their ``scheduled_at`` as usual.
 """
 
 from __future__ import annotations

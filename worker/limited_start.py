@@ -132,7 +132,7 @@ class DirectStarter:
         # A failure here leaves the lease to expire, as on the checked path: over-counting, never under.
         self._direct.commit_after(_START_LOCKED, {"run_id": claim.run_id, "now": now, "attempt": limits.attempt,
                                                   "e0_id": first, "e1_id": second, "started": started})
-        return replace(claim, attempt=limits.attempt + 1)
+        return replace(claim, attempt=limits.attempt + 1, release_late=decision.roomy)
 
     def _redelay(self, claim: FastClaim, reason: str, until: datetime, limit: dict[str, Any],
                  now: datetime) -> NotStarted:

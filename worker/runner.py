@@ -82,8 +82,8 @@ class Attempt:
     timeout_secs: int
     webhook_secret: str | None  # always the live job's (§5.13)
     # Started through the limit script (checked path, or worker.limited_start): its end may hand the slot to
-    # a waiting run (worker.handoff). False for a run of a job without limits (worker.fast_start): nobody
-    # can be waiting for its slot.
+    # a waiting run (worker.handoff). False for a run of a job without limits (worker.fast_start), or one
+    # started with room to spare (``LimitDecision.roomy``): nobody is waiting for its slot.
     limited: bool = True
 
     @classmethod
@@ -184,7 +184,7 @@ class Runner:
         limited = fast.limits is not None
         attempt = Attempt(fast.run_id, fast.job_id, fast.attempt, fast.concurrency_key, fast.payload,
                           fast.debug_mode, settings, fast.max_attempts_override or settings.max_attempts,
-                          timeout_secs, fast.webhook_secret, limited)
+                          timeout_secs, fast.webhook_secret, limited and not fast.release_late)
         if limited:
             trace.acquired = time.monotonic()
             return self._execute(attempt, trace)
@@ -250,9 +250,10 @@ class Runner:
         return self._record(attempt, call, trace)
 
     def _end(self, attempt: Attempt, *, chain: bool, terminal: bool) -> Successor | None:
-        """Slots are released after the outcome commit: handed over / waiters woken for a checked-path run;
-        for a job without limits the plain lease is dropped — by the monitor's next poll when the run ended
-        terminally (it never takes a lease again: worker.heartbeat), else now (a retry may soon take one)."""
+        """Slots are released after the outcome commit: handed over / waiters woken for a run started through
+        the limit script; otherwise (no limits, or limits with room to spare) the plain lease is dropped — by
+        the monitor's next poll when the run ended terminally (it never takes a lease again:
+        worker.heartbeat), else now (a retry may soon take one)."""
         if attempt.limited:
             return self._handoff.end_attempt(attempt.run_id, attempt.job_id, attempt.concurrency_key, chain=chain)
         if terminal:

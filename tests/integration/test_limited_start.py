@@ -159,3 +159,26 @@ def test_per_thread_scripts_survive_a_script_flush_and_a_dropped_connection(
         harness.handle(run.id)
     assert harness.get(run.id).status == "queued"
     assert harness.handle(run.id).action == "completed"  # ... and the next one reconnects
+
+
+@pytest.mark.parametrize(("cap", "released_at_once"), [(3, True), (100, False)])
+def test_leases_with_room_to_spare_are_released_in_a_batch(harness: Harness, httpserver: HTTPServer,
+                                                           cap: int, released_at_once: bool) -> None:
+    """A tight cap hands its slot on at once (worker.handoff); one at most a quarter used, with nobody
+    waiting, leaves the release to the monitor's next poll, like a job without limits."""
+    httpserver.expect_request("/b").respond_with_data("ok")
+    job = harness.job(endpoint_url=httpserver.url_for("/b"), max_concurrency=cap)
+    harness.monitor.stop()  # no poll in between
+    assert harness.handle(harness.run(job).id).action == "completed"
+    assert harness.limits.slots_in_use(job.id) == (0 if released_at_once else 1)
+    harness.monitor.flush_releases()
+    assert harness.limits.slots_in_use(job.id) == 0
+
+
+def test_a_waiting_run_makes_the_release_immediate(harness: Harness, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/w").respond_with_data("ok")
+    job = harness.job(endpoint_url=httpserver.url_for("/w"), max_concurrency=100)
+    harness.redis.zadd(redis_keys.slot_waiters_job(job.id), {"someone-waiting": 1})
+    harness.monitor.stop()
+    assert harness.handle(harness.run(job).id).action == "completed"
+    assert harness.limits.slots_in_use(job.id) == 0  # released (the stale waiter was popped and skipped)

@@ -346,3 +346,14 @@ def test_hand_over_passes_the_slot_without_it_ever_being_free(limits: Limits) ->
                            max_concurrency_per_key=1, lease_ms=60_000, hand_over=("w", "k1"))
     assert not limits.acquire(refused).admitted
     assert limits.slots_in_use(JOB) == 1 and limits.slots_in_use(JOB, "k1") == 0
+
+
+def test_an_admission_is_roomy_while_every_cap_is_at_most_a_quarter_used(limits: Limits,
+                                                                         redis_client: redis_lib.Redis) -> None:
+    assert limits.acquire(req("r1", max_concurrency=8), now_ms=T0).roomy  # 1 of 8 in use
+    assert limits.acquire(req("r2", max_concurrency=8), now_ms=T0).roomy  # 2 of 8
+    assert not limits.acquire(req("r3", max_concurrency=8), now_ms=T0).roomy  # 3 of 8
+    assert not limits.acquire(req("k1", key="a", per_key=2), now_ms=T0).roomy  # 1 of 2 for key "a"
+    assert limits.acquire(req("n1", rules=(job_rule(1000, 1000),)), now_ms=T0).roomy  # rate limits only
+    redis_client.zadd(redis_keys.slot_waiters_job(JOB), {"waiting": 1})
+    assert not limits.acquire(req("n2", rules=(job_rule(1000, 1000),)), now_ms=T0).roomy  # someone waits
