@@ -14,6 +14,7 @@ records and render them with ``render_job``.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from shared.apikeys import KEY_FIELDS, KEY_TYPES
 from shared.db import loads_json
 from shared.job_store import JOBS, page_query, page_sql
 from shared.models import UTCDateTime
+from shared.prepared import HotQuery
 from shared.signing import mask_secret
 
 CURSOR_KIND = "jobs"  # the kind named in the list's cursors (api.pagination)
@@ -49,27 +51,30 @@ _KEY_SQL = ", ".join(f"k.{field.element.name}{'::text' if field.name == 'key_sco
                      for field in KEY_FIELDS)
 
 
-def _key_and_page_sql(after: bool) -> str:
+def _key_and_page_sql(after: bool, limit: int) -> str:
     """The API key with ``:digest`` and, in the same rows, the unfiltered page of its project's jobs, one row
     per job (one row with NULL job columns when the page is empty; none when the key is unknown)."""
     columns = "m.created_at AS position_at, " + ", ".join(_select_item(name) for name in JOB_FIELDS)
     return ("SELECT " + ", ".join(f"j.{name}" for name in JOB_FIELDS) + f", {_KEY_SQL} FROM api_keys k "
-            f"LEFT JOIN LATERAL ({page_sql('m', 'k.project_id', after, columns)}) j ON true "
+            f"LEFT JOIN LATERAL ({page_sql('m', 'k.project_id', after, columns, limit)}) j ON true "
             "WHERE k.key_hash = :digest ORDER BY j.position_at DESC, j.id DESC")
 
 
-_KEY_AND_PAGE = {after: page_query("sluice_key_jobs_page", _key_and_page_sql(after), after,
-                                   {**KEY_TYPES, "key_scopes": sa.Text()}) for after in (False, True)}
+@lru_cache(maxsize=512)  # limits are 2..MAX_LIMIT + 1 (a page and one more), each first or next
+def _key_and_page(after: bool, limit: int) -> HotQuery:
+    """One prepared statement per page size: its limit is literal, so PostgreSQL keeps a generic plan."""
+    return page_query(f"sluice_key_jobs_page_{limit}", _key_and_page_sql(after, limit), after,
+                      {**KEY_TYPES, "key_scopes": sa.Text()})
 
 
 def find_key_and_rendered_page(session: Session, digest: str, *, limit: int, after: tuple[datetime, str] | None
                                ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """(the key's columns as in ``shared.apikeys.KEY_FIELDS`` or ``None`` when unknown, up to ``limit`` Job
     resources of its project, newest first, strictly after the keyset position ``after``)."""
-    params: dict[str, Any] = {"digest": digest, "limit": limit}
+    params: dict[str, Any] = {"digest": digest}
     if after is not None:
         params["after_created_at"], params["after_id"] = after
-    rows = _KEY_AND_PAGE[after is not None].tuples(session.connection(), params)
+    rows = _key_and_page(after is not None, limit).tuples(session.connection(), params)
     if not rows:
         return None, []
     key = dict(zip(_KEY_NAMES, rows[0][len(JOB_FIELDS):], strict=True))
