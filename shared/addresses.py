@@ -13,6 +13,7 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TypeAlias
 from urllib.parse import urlsplit
 
@@ -85,12 +86,16 @@ def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return addr.ipv4_mapped or addr.sixtofour
 
 
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@")
+
+
+@lru_cache(maxsize=1024)  # per attempt on the worker (the attempt_started event); a job's URLs repeat
 def strip_userinfo(url: str) -> str:
     """``url`` without ``user:password@``, for quoting URLs in errors and logs.
 
     Textual, so it also works on URLs too malformed for ``urlsplit``: ``https://u:pw@h/x`` -> ``https://h/x``.
     """
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@", r"\1//", url, count=1)
+    return _USERINFO.sub(r"\1//", url, count=1)
 
 
 def _parse(url: str) -> _Target:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -151,7 +151,7 @@ class Limits:
             keys.append(redis_keys.concurrency_key(req.job_id, released_key))
         args: list[str | int] = [
             _now_arg(now_ms), req.run_id, req.lease_ms, req.max_concurrency or 0,
-            1 if key is not None else 0, req.max_concurrency_per_key or 0, uuid.uuid4().hex[:12],
+            1 if key is not None else 0, req.max_concurrency_per_key or 0, os.urandom(6).hex(),
             "" if req.waiter_priority is None else req.waiter_priority, released_id, 1 if released_key else 0,
         ]
         # Rules sharing a ZSET trim by their largest window so one never drops marks another still counts.

@@ -4,9 +4,9 @@ The common attempt is two writes, each of them one statement that is a whole tra
 claim that also starts the attempt (``worker.fast_start``) and the outcome (``shared.run_moves``). Run on
 an autocommit connection, each is one round trip — no ``BEGIN``/``COMMIT`` of its own, no session, no ORM
 — and PostgreSQL still applies it atomically (a statement is its own transaction; its row locks live
-until it ends). A start that must hold the run's lock across its Redis limit check (``worker.limited_start``)
-is a short transaction of two round trips on the same connection. Anything else that needs more than one
-statement (windows, terminal hooks, holding a run) keeps using a ``Session``.
+until it ends). A start that must stay undoable until its Redis limit check has answered
+(``worker.limited_start``) is a short transaction of two round trips on the same connection. Anything else
+that needs more than one statement (windows, terminal hooks, holding a run) keeps using a ``Session``.
 
 Each worker thread keeps one pooled connection checked out for its lifetime (the engine's ``connect``
 hooks, e.g. ``steer_claim_plans``, have run on it) and prepares each statement once on it. A connection
@@ -36,8 +36,8 @@ class _Held:
         # These statements only ever look rows up by key or walk ix_runs_ready. With the statistics of a
         # freshly filled table ("empty") the planner picks sequential scans of runs instead, and a prepared
         # generic plan keeps them until the next ANALYZE: O(table) per attempt through a whole backlog.
-        with self.dbapi.cursor() as cursor:
-            cursor.execute("SET enable_seqscan = off")
+        self.cursor: Any = self.dbapi.cursor()  # reused by every statement of this thread
+        self.cursor.execute("SET enable_seqscan = off")
         # Per DBAPI connection (the pool clears ``info`` when it replaces one): prepared statements live in
         # the database session, which outlives this holder if the connection goes back to the pool.
         self.prepared: set[str] = self.proxy.info.setdefault(_PREPARED_KEY, set())
@@ -74,23 +74,14 @@ class DirectStatements:
         its own; its first row."""
         return self._send(statement, params, "{}")
 
-    # A transaction of several statements, for a start that must hold the run's row lock across a Redis
-    # call (worker.limited_start). ``BEGIN`` travels with the first statement and ``COMMIT`` with the last
-    # (one simple-query message each), so it costs one round trip more than a single statement.
+    # A transaction around one statement, for a start that must stay undoable across a Redis call
+    # (worker.limited_start): ``BEGIN`` travels with the statement, then ``COMMIT`` or ``ROLLBACK`` follows;
+    # one round trip more than the statement alone.
 
     def begin_first(self, statement: HotStatement, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """Open a transaction with ``statement``; its first row. End it with ``commit_after``, ``commit``
-        or ``rollback``. On an error the transaction is rolled back (or the connection dropped)."""
+        """Open a transaction with ``statement``; its first row. End it with ``commit`` or ``rollback``.
+        On an error the transaction is rolled back (or the connection dropped)."""
         return self._send(statement, params, "BEGIN; {}", in_transaction=True)
-
-    def in_transaction(self, statement: HotStatement, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """Run ``statement`` in the open transaction; its first row."""
-        return self._send(statement, params, "{}", in_transaction=True)
-
-    def commit_after(self, statement: HotStatement, params: dict[str, Any]) -> None:
-        """Run ``statement`` in the open transaction and commit it, in one round trip. Its rows are not
-        returned: make the statement raise if it must not commit (an error skips the ``COMMIT``)."""
-        self._send(statement, params, "{}; COMMIT", in_transaction=True)
 
     def commit(self) -> None:
         self._end("COMMIT")
@@ -110,15 +101,15 @@ class DirectStatements:
     def _send(self, statement: HotStatement, params: dict[str, Any], frame: str, *,
               in_transaction: bool = False) -> tuple[Any, ...] | None:
         held = self._held()
+        cursor = held.cursor
         try:
-            with held.dbapi.cursor() as cursor:
-                if statement.name not in held.prepared:
-                    cursor.execute(f"PREPARE {statement.name} AS {statement.positional_sql}")
-                    held.prepared.add(statement.name)
-                sql, values = statement.execute_call(params)
-                cursor.execute(frame.format(sql), values)
-                row = cursor.fetchone() if cursor.description is not None else None
-                return None if row is None else tuple(row)
+            if statement.name not in held.prepared:
+                cursor.execute(f"PREPARE {statement.name} AS {statement.positional_sql}")
+                held.prepared.add(statement.name)
+            sql, values = statement.execute_call(params)
+            cursor.execute(frame.format(sql), values)
+            row = cursor.fetchone() if cursor.description is not None else None
+            return None if row is None else tuple(row)
         except self._engine.dialect.loaded_dbapi.Error as exc:
             self._failed(held, exc, in_transaction)
             raise
@@ -126,8 +117,7 @@ class DirectStatements:
     def _end(self, command: str) -> None:
         held = self._held()
         try:
-            with held.dbapi.cursor() as cursor:
-                cursor.execute(command)
+            held.cursor.execute(command)
         except self._engine.dialect.loaded_dbapi.Error as exc:
             self._failed(held, exc, True)
             raise

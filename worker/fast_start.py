@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.execution_settings import ExecutionSettings
 from shared.ids import uuid7
 from shared.prepared import HotStatement
 from shared.retries import STRATEGIES
@@ -107,7 +108,8 @@ WITH hinted AS (
 ), moved AS (
     UPDATE runs SET status = 'executing', attempt = runs.attempt + 1, started_at = CAST(:now AS timestamptz),
                     heartbeat_at = CAST(:now AS timestamptz), next_retry_at = NULL
-    FROM picked WHERE runs.id = picked.id AND picked.fast AND {_BY_ID_QUEUED.format(t="runs")}
+    FROM picked WHERE runs.id = picked.id AND {_BY_ID_QUEUED.format(t="runs")}
+      AND (picked.fast OR (picked.limits IS NOT NULL AND CAST(:start_limited AS boolean)))
     RETURNING runs.id, runs.attempt
 ), logged AS (
     INSERT INTO run_events (id, run_id, type, message, data, created_at)
@@ -123,7 +125,7 @@ SELECT {", ".join(f"picked.{c}" for c in _COLUMNS)}, moved.attempt, picked.limit
 FROM picked LEFT JOIN moved ON moved.id = picked.id
 """
 
-CLAIM_AND_START = HotStatement.build("sluice_claim_and_start_v5", _SQL)
+CLAIM_AND_START = HotStatement.build("sluice_claim_and_start_v6", _SQL)
 
 
 @dataclass(frozen=True)
@@ -147,10 +149,10 @@ class RunLimits:
                    rate_keys or [])
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FastClaim:
     """The best ready run as the statement saw it; ``attempt`` is ``None`` when it was not started (the
-    checked path must handle it)."""
+    checked path must handle it). ``worker.limited_start`` fills in the start it makes itself."""
 
     run_id: str
     job_id: str
@@ -165,11 +167,13 @@ class FastClaim:
     version_id: str
     webhook_secret: str | None
     attempt: int | None
-    # Set when the run was not started only because its job has limits (worker.limited_start).
+    # Set when only its job's limits could refuse the run (worker.limited_start): then it was started only
+    # inside a transaction still open (``in_transaction``), and not at all otherwise.
     limits: RunLimits | None = None
     # Started by worker.limited_start with room to spare (``LimitDecision.roomy``): its leases may be
     # released late, in a batch, like those of a job without limits.
     release_late: bool = False
+    settings: ExecutionSettings | None = None  # validated by worker.limited_start, when it started the run
 
 
 def claim_and_start(direct: DirectStatements, run_id: str, now: datetime, *,
@@ -178,9 +182,10 @@ def claim_and_start(direct: DirectStatements, run_id: str, now: datetime, *,
     it; ``None`` if nothing is claimable.
 
     ``in_transaction``: run the statement as the first of a transaction left open (``DirectStatements.
-    begin_first``), so the picked run stays locked when it was not started; the caller ends it."""
+    begin_first``) and start a run that only its job's limits could refuse as well: uncommitted, so the
+    caller can still undo it (``worker.limited_start``); the caller ends the transaction."""
     first, second = sorted((uuid7(), uuid7()))  # ids sort in write order (created_at, id)
-    params = {"hint": run_id, "now": now, "e0_id": first, "e1_id": second}
+    params = {"hint": run_id, "now": now, "e0_id": first, "e1_id": second, "start_limited": in_transaction}
     row = (direct.begin_first if in_transaction else direct.first)(CLAIM_AND_START, params)
     if row is None:
         return None
@@ -191,5 +196,4 @@ def claim_and_start(direct: DirectStatements, run_id: str, now: datetime, *,
     return FastClaim(run_id=run_id, job_id=job_id, payload=payload, concurrency_key=key, debug_mode=bool(debug),
                      queued_at=queued_at, max_attempts_override=max_override,
                      timeout_secs_override=timeout_override, live=live, version=version, version_id=version_id,
-                     webhook_secret=secret, attempt=attempt,
-                     limits=RunLimits.of(limits) if limits is not None and attempt is None else None)
+                     webhook_secret=secret, attempt=attempt, limits=None if limits is None else RunLimits.of(limits))

@@ -177,7 +177,7 @@ class Runner:
         ``slots_in_use`` true (a limit added later counts this attempt), it cannot refuse."""
         assert fast.attempt is not None
         try:
-            settings = live_settings(fast.live, fast.version, fast.version_id)
+            settings = fast.settings or live_settings(fast.live, fast.version, fast.version_id)
         except SettingsUnresolvable as exc:  # only for job rows the API did not write: fail the attempt
             return self._fast_unresolvable(fast, trace, f"internal: cannot resolve execution settings: {exc}")
         timeout_secs = fast.timeout_secs_override or settings.timeout_secs

@@ -59,6 +59,9 @@ def test_refusal_redelays_without_using_an_attempt(harness: Harness, httpserver:
     assert got.scheduled_at is not None and got.due_at == got.scheduled_at
     [event] = harness.events(run.id, "redelayed")
     assert event.data["reason"] == "concurrency" and event.data["limit"]["kind"] == "max_concurrency"
+    # the start made before the limit script answered was rolled back: no trace of it
+    assert [(e.type, e.data.get("to")) for e in harness.events(run.id)] == [("state_change", "delayed"),
+                                                                             ("redelayed", None)]
     waiters = harness.redis.zrange(redis_keys.slot_waiters_job(job.id), 0, -1)
     assert waiters == [run.id.encode()]  # registered by the same script: a release wakes it
     assert len(httpserver.log) == 0
