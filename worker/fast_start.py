@@ -47,11 +47,11 @@ from worker.direct import DirectStatements
 
 _STRATEGIES = ", ".join(f"'{s}'" for s in (*STRATEGIES, ""))
 # shared.addresses.strip_userinfo, as a PostgreSQL regular expression (first match only, like count=1).
-_STRIP_USERINFO = r"regexp_replace(picked.endpoint_url, '^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@', '\1//')"
+STRIP_USERINFO_SQL = r"regexp_replace(picked.endpoint_url, '^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@', '\1//')"
 
 # Every check of admission.admit that could refuse or re-delay, as "it cannot" (§5.10, §5.13, §5.7–5.9),
 # in two parts: the checks other than limits, and "the job has no limit that applies to the run".
-_STARTABLE = f"""(
+STARTABLE_SQL = f"""(
     (r.attempt > 0 OR r.expires_at IS NULL OR r.expires_at > CAST(:now AS timestamptz))
     AND (j.version_policy = 'latest' OR (j.version_policy = 'minor' AND j.backwards_compatible)
          OR (j.version_policy IN ('pin', 'minor') AND r.job_version_id = j.version_id))
@@ -65,26 +65,26 @@ _UNLIMITED = """(
     AND (COALESCE(j.rate_limit_max, 0) = 0 OR COALESCE(j.rate_limit_window_secs, 0) = 0)
     AND (j.rate_limit_keys IS NULL OR j.rate_limit_keys IN ('[]'::jsonb, 'null'::jsonb))
 )"""
-_FAST = f"({_STARTABLE} AND {_UNLIMITED})"
+_FAST = f"({STARTABLE_SQL} AND {_UNLIMITED})"
 # Startable once its limits admit it (worker.limited_start): what that needs, only for such a run.
-_LIMITED = f"({_STARTABLE} AND NOT {_UNLIMITED})"
-_LIMIT_COLUMNS = ("attempt", "priority", "metadata", "tags", "max_concurrency", "max_concurrency_per_key",
-                  "rate_limit_max", "rate_limit_window_secs", "rate_limit_keys")
+_LIMITED = f"({STARTABLE_SQL} AND NOT {_UNLIMITED})"
+# What the limit check needs (``RunLimits``), as one JSON array.
+LIMITS_SQL = ("json_build_array(r.attempt, r.priority, r.metadata, r.tags, j.max_concurrency, "
+              "j.max_concurrency_per_key, j.rate_limit_max, j.rate_limit_window_secs, j.rate_limit_keys)")
 
 # "status is queued" for a row looked up by id, written so that it does not match ix_runs_ready's predicate:
 # with the plain form the planner may take that partial index (it holds id, as its last column) and filter
 # the whole ready set for the id, instead of one primary-key lookup (seen with stale statistics).
 _BY_ID_QUEUED = "({t}.status = 'queued') IS TRUE"
 
-_COLUMNS = ("id", "job_id", "payload", "concurrency_key", "debug_mode", "queued_at", "max_attempts_override",
+CLAIM_COLUMNS = ("id", "job_id", "payload", "concurrency_key", "debug_mode", "queued_at", "max_attempts_override",
             "timeout_secs_override", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts",
             "retry_strategy", "retry_delays_secs", "version", "version_id", "webhook_secret")
 
 _PICKED = f"""SELECT r.id, r.job_id, r.payload, r.concurrency_key, r.debug_mode, r.queued_at, r.max_attempts_override,
            r.timeout_secs_override, j.endpoint_url, j.fallback_endpoint_url, j.timeout_secs, j.max_attempts,
            j.retry_strategy, j.retry_delays_secs, j.version, j.version_id, j.webhook_secret, {_FAST} AS fast,
-           CASE WHEN {_LIMITED} THEN json_build_array(r.attempt, r.priority, r.metadata, r.tags, j.max_concurrency,
-                j.max_concurrency_per_key, j.rate_limit_max, j.rate_limit_window_secs, j.rate_limit_keys) END AS limits
+           CASE WHEN {_LIMITED} THEN {LIMITS_SQL} END AS limits
     FROM runs r JOIN jobs j ON j.id = r.job_id
     WHERE {{queued}} AND r.held_at IS NULL AND j.enabled IS true"""
 
@@ -118,10 +118,10 @@ WITH hinted AS (
     UNION ALL
     SELECT :e1_id, moved.id, 'attempt_started', NULL,
            jsonb_build_object('attempt', moved.attempt, 'job_version', picked.version,
-                              'endpoint_url', {_STRIP_USERINFO}),
+                              'endpoint_url', {STRIP_USERINFO_SQL}),
            CAST(:now AS timestamptz) FROM moved JOIN picked ON picked.id = moved.id
 )
-SELECT {", ".join(f"picked.{c}" for c in _COLUMNS)}, moved.attempt, picked.limits
+SELECT {", ".join(f"picked.{c}" for c in CLAIM_COLUMNS)}, moved.attempt, picked.limits
 FROM picked LEFT JOIN moved ON moved.id = picked.id
 """
 
@@ -187,8 +187,11 @@ def claim_and_start(direct: DirectStatements, run_id: str, now: datetime, *,
     first, second = sorted((uuid7(), uuid7()))  # ids sort in write order (created_at, id)
     params = {"hint": run_id, "now": now, "e0_id": first, "e1_id": second, "start_limited": in_transaction}
     row = (direct.begin_first if in_transaction else direct.first)(CLAIM_AND_START, params)
-    if row is None:
-        return None
+    return None if row is None else claim_of_row(row)
+
+
+def claim_of_row(row: tuple[Any, ...]) -> FastClaim:
+    """The claim from a row of ``CLAIM_COLUMNS``, the started attempt (or NULL) and ``LIMITS_SQL`` (or NULL)."""
     (run_id, job_id, payload, key, debug, queued_at, max_override, timeout_override, endpoint, fallback,
      timeout, max_attempts, strategy, delays, version, version_id, secret, attempt, limits) = row
     live = {"endpoint_url": endpoint, "fallback_endpoint_url": fallback, "timeout_secs": timeout,

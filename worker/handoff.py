@@ -43,6 +43,9 @@ from shared.run_moves import move_run, supports_moves
 from shared.runstate import Effects, RunStatus, status_columns
 from shared.slot_waiters import MAX_POPS, WAKE_MESSAGE, SlotWaiters, promote_waiter
 from worker.admission import Started, admit
+from worker.direct import DirectStatements
+from worker.fast_start import FastClaim
+from worker.handoff_start import DirectHandOffStart
 from worker.trace import TraceClock
 
 log = logging.getLogger("sluice.worker")
@@ -51,7 +54,7 @@ log = logging.getLogger("sluice.worker")
 # time limit (worker.actors.DISPATCH_TIME_LIMIT_MS = longest attempt + 1 h) is never reached.
 CHAIN_SECS = 1800
 
-Successor = tuple[Started, TraceClock]
+Successor = tuple[Started | FastClaim, TraceClock]  # FastClaim: started by worker.handoff_start
 
 # Lock the popped run with its job. Blocking (no SKIP LOCKED): a worker refusing this very run right now
 # holds the row only until its re-delay commits, and the run is then exactly what we want.
@@ -96,7 +99,10 @@ class SlotHandOff:
     """Ends attempts and hands their slots over; thread-safe (one per runner)."""
 
     def __init__(self, *, session_factory: sessionmaker[Session], limits: Limits, broker: Any,
-                 settings: Settings, clock: Callable[[], datetime], rng: random.Random) -> None:
+                 settings: Settings, clock: Callable[[], datetime], rng: random.Random,
+                 direct: DirectStatements | None = None) -> None:
+        self._direct_start = (DirectHandOffStart(direct, limits=limits, settings=settings, rng=rng)
+                              if direct is not None else None)
         self._session_factory = session_factory
         self._limits = limits
         self._broker = broker
@@ -132,8 +138,15 @@ class SlotHandOff:
         return None
 
     def _start(self, waiter_id: str, ended: _Ended) -> Successor | None:
-        """Lock ``waiter_id``; if it still waits for a slot, wake and admit it with ``ended``'s leases."""
+        """Lock ``waiter_id``; if it still waits for a slot, wake and admit it with ``ended``'s leases: on
+        the direct connection when it can decide (worker.handoff_start), else in a session."""
         picked = time.monotonic()
+        if self._direct_start is not None:
+            now = self._clock()
+            started = self._direct_start.start(waiter_id, (ended.id, ended.concurrency_key), now)
+            if started is not None:
+                return started, TraceClock(picked=picked, picked_wall=now, queued_at=started.queued_at,
+                                           acquired=time.monotonic())
         session = self._session_factory()
         try:
             now = self._clock()

@@ -34,7 +34,7 @@ from typing import Any
 
 from shared.clock import format_ts
 from shared.config import Settings
-from shared.execution_settings import SettingsUnresolvable, live_settings
+from shared.execution_settings import ExecutionSettings, SettingsUnresolvable, live_settings
 from shared.limits import LimitRequest, Limits, rate_rules_for
 from shared.metrics import observe_redelay
 from shared.run_moves import move_run_unhooked
@@ -44,6 +44,26 @@ from worker.direct import DirectStatements
 from worker.fast_start import FastClaim, RunLimits, claim_and_start
 
 log = logging.getLogger("sluice.worker")
+
+# What ``limit_request`` raises for a job row the API did not write; the checked path then fails the run.
+UNUSABLE = (SettingsUnresolvable, ValueError, TypeError, KeyError)
+
+
+def limit_request(claim: FastClaim, limits: RunLimits, lease_margin_secs: int, *,
+                  hand_over: tuple[str, str | None] | None = None) -> tuple[ExecutionSettings, LimitRequest]:
+    """The claimed run's execution settings (the live job's, validated) and what its start is checked
+    against (``shared.limits``); a concurrency refusal registers it as a slot waiter."""
+    settings = live_settings(claim.live, claim.version, claim.version_id)
+    timeout_secs = claim.timeout_secs_override or settings.timeout_secs
+    payload: Any = json.loads(claim.payload) if limits.rate_limit_keys else None
+    return settings, LimitRequest(
+        run_id=claim.run_id, job_id=claim.job_id, max_concurrency=limits.max_concurrency,
+        concurrency_key=claim.concurrency_key, max_concurrency_per_key=limits.max_concurrency_per_key,
+        lease_ms=(timeout_secs + lease_margin_secs) * 1000,
+        rate_rules=rate_rules_for(claim.job_id, limits.rate_limit_max, limits.rate_limit_window_secs,
+                                  limits.rate_limit_keys, limits.metadata, limits.tags, payload),
+        waiter_priority=limits.priority, hand_over=hand_over)
+
 
 class DirectStarter:
     """Claims and starts runs on the direct connection; thread-safe (the guess is per thread)."""
@@ -84,17 +104,8 @@ class DirectStarter:
     def _admit(self, claim: FastClaim, limits: RunLimits, now: datetime) -> FastClaim | NotStarted:
         """With ``claim``'s run started in the open transaction: the limit script, then commit or undo."""
         try:
-            settings = live_settings(claim.live, claim.version, claim.version_id)
-            timeout_secs = claim.timeout_secs_override or settings.timeout_secs
-            payload: Any = json.loads(claim.payload) if limits.rate_limit_keys else None
-            request = LimitRequest(
-                run_id=claim.run_id, job_id=claim.job_id, max_concurrency=limits.max_concurrency,
-                concurrency_key=claim.concurrency_key, max_concurrency_per_key=limits.max_concurrency_per_key,
-                lease_ms=(timeout_secs + self._settings.lease_margin_secs) * 1000,
-                rate_rules=rate_rules_for(claim.job_id, limits.rate_limit_max, limits.rate_limit_window_secs,
-                                          limits.rate_limit_keys, limits.metadata, limits.tags, payload),
-                waiter_priority=limits.priority)
-        except (SettingsUnresolvable, ValueError, TypeError, KeyError):
+            settings, request = limit_request(claim, limits, self._settings.lease_margin_secs)
+        except UNUSABLE:
             self._direct.rollback()  # the checked path fails the run with the reason (system_failed)
             claim.attempt, claim.limits = None, None
             return claim

@@ -92,6 +92,15 @@ class Attempt:
         return cls(run.id, run.job_id, run.attempt, run.concurrency_key, run.payload, run.debug_mode,
                    started.settings, started.max_attempts, started.timeout_secs, started.webhook_secret)
 
+    @classmethod
+    def of_claim(cls, fast: FastClaim, settings: ExecutionSettings) -> Attempt:
+        """A run started on the direct connection (worker.fast_start, worker.limited_start, worker.handoff_start)."""
+        assert fast.attempt is not None
+        return cls(fast.run_id, fast.job_id, fast.attempt, fast.concurrency_key, fast.payload, fast.debug_mode,
+                   settings, fast.max_attempts_override or settings.max_attempts,
+                   fast.timeout_secs_override or settings.timeout_secs, fast.webhook_secret,
+                   fast.limits is not None and not fast.release_late)
+
 
 class Runner:
     """Handles ``dispatch_run`` messages; thread-safe (one per worker process, shared by its threads)."""
@@ -119,7 +128,7 @@ class Runner:
                          if self._direct is not None else None)
         self._stopping = stopping  # no more hand-offs once the worker is stopping (worker.handoff)
         self._handoff = SlotHandOff(session_factory=session_factory, limits=limits, broker=broker, settings=settings,
-                                    clock=clock, rng=self._rng)
+                                    clock=clock, rng=self._rng, direct=self._direct)
 
     def _checked_resolver(self, url: str) -> tuple[str, int, list[str]]:
         return resolve_checked(url, allow_private=self._settings.allow_private_endpoints)
@@ -180,15 +189,11 @@ class Runner:
             settings = fast.settings or live_settings(fast.live, fast.version, fast.version_id)
         except SettingsUnresolvable as exc:  # only for job rows the API did not write: fail the attempt
             return self._fast_unresolvable(fast, trace, f"internal: cannot resolve execution settings: {exc}")
-        timeout_secs = fast.timeout_secs_override or settings.timeout_secs
-        limited = fast.limits is not None
-        attempt = Attempt(fast.run_id, fast.job_id, fast.attempt, fast.concurrency_key, fast.payload,
-                          fast.debug_mode, settings, fast.max_attempts_override or settings.max_attempts,
-                          timeout_secs, fast.webhook_secret, limited and not fast.release_late)
-        if limited:
+        attempt = Attempt.of_claim(fast, settings)
+        if fast.limits is not None:
             trace.acquired = time.monotonic()
             return self._execute(attempt, trace)
-        lease_ms = (timeout_secs + self._settings.lease_margin_secs) * 1000
+        lease_ms = (attempt.timeout_secs + self._settings.lease_margin_secs) * 1000
         try:
             self._leases.record(fast.run_id, fast.job_id, fast.concurrency_key, lease_ms)
         except (redis.exceptions.RedisError, OSError) as exc:
@@ -216,7 +221,11 @@ class Runner:
             if successor is None:
                 return handled
             started, trace = successor
-            attempt = Attempt.of(started)
+            if isinstance(started, Started):
+                attempt = Attempt.of(started)
+            else:  # started by worker.handoff_start, which validated its settings
+                assert started.settings is not None
+                attempt = Attempt.of_claim(started, started.settings)
 
     def _run_attempt(self, attempt: Attempt, trace: TraceClock,
                      chain_until: float) -> tuple[Handled, Successor | None]:

@@ -141,3 +141,24 @@ def test_a_stopping_worker_hands_nothing_over_and_wakes_the_waiter(harness: Harn
     assert harness.get(waiter.id).status == "queued"  # promoted and enqueued for any worker
     assert ready_messages(harness.broker) == before + 1
     assert harness.limits.slots_in_use(job.id) == 0
+
+
+def test_a_woken_waiter_starts_on_the_direct_connection_with_the_usual_events(harness: Harness,
+                                                                               httpserver: HTTPServer) -> None:
+    from worker.handoff_start import HANDOFF_START
+
+    endpoint = Endpoint(httpserver)
+    job = harness.job(endpoint_url=endpoint.url, max_concurrency=1)
+    holder = harness.run(job)
+    waiter = _waiting(harness, job, 0)
+    assert harness.handle(holder.id).action == "completed"
+    assert endpoint.order == [holder.id, waiter.id]
+    assert [(e.type, e.message, e.data) for e in harness.events(waiter.id)[:3]] == [
+        ("state_change", WAKE_MESSAGE, {"from": "delayed", "to": "queued"}),
+        ("state_change", None, {"from": "queued", "to": "executing"}),
+        ("attempt_started", None, {"attempt": 1, "job_version": job.version, "endpoint_url": job.endpoint_url}),
+    ]
+    done = harness.get(waiter.id)
+    assert (done.status, done.attempt, done.due_at, done.next_retry_at) == ("completed", 1, None, None)
+    assert harness.runner._direct is not None
+    assert HANDOFF_START.name in harness.runner._direct._local.held.prepared
