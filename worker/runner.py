@@ -84,7 +84,7 @@ class Attempt:
     # Started through the limit script (checked path, or worker.limited_start): its end may hand the slot to
     # a waiting run (worker.handoff). False for a run of a job without limits (worker.fast_start), or one
     # started with room to spare (``LimitDecision.roomy``): nobody is waiting for its slot.
-    limited: bool = True
+    hands_off: bool = True
 
     @classmethod
     def of(cls, started: Started) -> Attempt:
@@ -263,7 +263,7 @@ class Runner:
         the limit script; otherwise (no limits, or limits with room to spare) the plain lease is dropped — by
         the monitor's next poll when the run ended terminally (it never takes a lease again:
         worker.heartbeat), else now (a retry may soon take one)."""
-        if attempt.limited:
+        if attempt.hands_off:
             return self._handoff.end_attempt(attempt.run_id, attempt.job_id, attempt.concurrency_key, chain=chain)
         if terminal:
             self._monitor.release_later(attempt.run_id, attempt.job_id, attempt.concurrency_key)
