@@ -31,6 +31,7 @@ from api.request_log import log_request
 from shared import json_codec
 from shared.apikeys import key_digest, principal_from_row
 from shared.clock import utcnow
+from shared.errors import SluiceError
 
 ROUTE = PATH = "/v1/jobs"  # the Flask rule, as the log line and metrics label it
 SCOPE = "jobs:read"
@@ -69,7 +70,7 @@ class FastJobList:
         limit, cursor = query
         try:
             after = decode_time_cursor(CURSOR_KIND, cursor)
-        except Exception:  # the view's 400
+        except SluiceError:  # the view's 400
             return None
         page = clamp_limit(limit)
         session = self.services.read_session_factory()  # autocommit, as Flask's GET sessions

@@ -4,9 +4,10 @@ statement and rendered with little Python.
 Rendering full job records cost more CPU than the statement itself: psycopg2 decoded five JSONB columns and
 two timestamps per job, the driver path built a dict per row and ``render_job`` two more. Here the statement
 selects the Job resource's fields in ``JOB_FIELDS`` order, with the timestamps already written as
-``format_ts`` writes them and each JSON column as its text; Python zips each row into the resource, decodes
-the JSON text (``shared.db.loads_json``, exactly what psycopg2 would have called), applies ``render_job``'s
-defaults and masks the secret. The body is then byte-for-byte the one ``render_job`` gives (a test
+``format_ts`` writes them and each JSON column as its text (NULL when it is null, or empty where
+``render_job`` defaults it); Python zips each row into the resource, decodes the JSON text with content
+(``shared.db.loads_json``, exactly what psycopg2 would have called), applies ``render_job``'s defaults and
+masks the secret. The body is then byte-for-byte the one ``render_job`` gives (a test
 compares them over varied jobs). PostgreSQL only (LATERAL, ``to_char``): filtered lists and SQLite read
 records and render them with ``render_job``.
 """
