@@ -26,8 +26,11 @@ while anything is claimable.
 
 The guarantees are the claim's: ``SKIP LOCKED`` plus the conditional update mean a duplicate message never
 starts a second attempt; the events are written by the same statement (§4.7). When the picked run is *not*
-fast, nothing is written and its lock ends with the statement, and the caller claims again on the checked
-path (``claim_ready_run`` + ``admit``), which takes the best ready run.
+fast, nothing is written and its lock ends with the statement. A run that only its job's limits could refuse
+comes back with what the limit check needs (``limits``); sent inside a transaction (``in_transaction``) the
+statement starts such a run as well, uncommitted, and ``worker.limited_start`` lets the limit script decide
+between ``COMMIT`` and ``ROLLBACK``. Any other run goes to the checked path (``claim_ready_run`` +
+``admit``), which takes the best ready run.
 
 The job's execution settings are validated again in Python (``live_settings``, the checked path's rules);
 the SQL conditions only make that validation the formality it is for rows the API wrote.
@@ -78,8 +81,8 @@ LIMITS_SQL = ("json_build_array(r.attempt, r.priority, r.metadata, r.tags, j.max
 _BY_ID_QUEUED = "({t}.status = 'queued') IS TRUE"
 
 CLAIM_COLUMNS = ("id", "job_id", "payload", "concurrency_key", "debug_mode", "queued_at", "max_attempts_override",
-            "timeout_secs_override", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts",
-            "retry_strategy", "retry_delays_secs", "version", "version_id", "webhook_secret")
+                 "timeout_secs_override", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts",
+                 "retry_strategy", "retry_delays_secs", "version", "version_id", "webhook_secret")
 
 _PICKED = f"""SELECT r.id, r.job_id, r.payload, r.concurrency_key, r.debug_mode, r.queued_at, r.max_attempts_override,
            r.timeout_secs_override, j.endpoint_url, j.fallback_endpoint_url, j.timeout_secs, j.max_attempts,
@@ -173,7 +176,8 @@ class FastClaim:
     # Started by worker.limited_start with room to spare (``LimitDecision.roomy``): its leases may be
     # released late, in a batch, like those of a job without limits.
     release_late: bool = False
-    settings: ExecutionSettings | None = None  # validated by worker.limited_start, when it started the run
+    # Validated by worker.limited_start / worker.handoff_start when they started the run.
+    settings: ExecutionSettings | None = None
 
 
 def claim_and_start(direct: DirectStatements, run_id: str, now: datetime, *,
