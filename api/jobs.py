@@ -98,7 +98,6 @@ def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_
     return paged_response(jobs, next_cursor, page)
 
 
-
 @blp.route("/jobs", methods=["POST"])
 @autocommit_first
 @requires_scope("jobs:write")
