@@ -127,8 +127,7 @@ class DirectStatements:
             self._drop(held)
         elif in_transaction:  # an aborted transaction: end it so the connection is usable again
             try:
-                with held.dbapi.cursor() as cursor:
-                    cursor.execute("ROLLBACK")
+                held.cursor.execute("ROLLBACK")
             except self._engine.dialect.loaded_dbapi.Error:
                 self._drop(held)
 

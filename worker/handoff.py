@@ -101,7 +101,7 @@ class SlotHandOff:
     def __init__(self, *, session_factory: sessionmaker[Session], limits: Limits, broker: Any,
                  settings: Settings, clock: Callable[[], datetime], rng: random.Random,
                  direct: DirectStatements | None = None) -> None:
-        self._direct_start = (DirectHandOffStart(direct, limits=limits, settings=settings, rng=rng)
+        self._direct_start = (DirectHandOffStart(direct, limits=limits, settings=settings)
                               if direct is not None else None)
         self._session_factory = session_factory
         self._limits = limits

@@ -22,7 +22,6 @@ call starting is most of the cost of a tight cap (docs/flow-control.md).
 
 from __future__ import annotations
 
-import random
 from datetime import datetime
 
 from shared.config import Settings
@@ -32,7 +31,7 @@ from shared.prepared import HotStatement
 from shared.slot_waiters import WAKE_MESSAGE
 from worker.direct import DirectStatements
 from worker.fast_start import CLAIM_COLUMNS, LIMITS_SQL, STARTABLE_SQL, STRIP_USERINFO_SQL, FastClaim, claim_of_row
-from worker.limited_start import UNUSABLE, limit_request
+from worker.limited_start import UNUSABLE, acquire_or_undo, limit_request
 
 _NOW = "CAST(:now AS timestamptz)"
 _SQL = f"""
@@ -79,12 +78,10 @@ HANDOFF_START = HotStatement.build("sluice_handoff_start_v1", _SQL)
 class DirectHandOffStart:
     """Wakes and starts one waiter with an ended attempt's leases; thread-safe."""
 
-    def __init__(self, direct: DirectStatements, *, limits: Limits, settings: Settings,
-                 rng: random.Random) -> None:
+    def __init__(self, direct: DirectStatements, *, limits: Limits, settings: Settings) -> None:
         self._direct = direct
         self._limits = limits
-        self._settings = settings
-        self._rng = rng
+        self._lease_margin_secs = settings.lease_margin_secs
 
     def start(self, waiter_id: str, ended: tuple[str, str | None], now: datetime) -> FastClaim | None:
         """Start ``waiter_id`` with the leases of ``ended`` (run id, concurrency key): the started claim,
@@ -99,18 +96,11 @@ class DirectHandOffStart:
         limits = claim.limits
         assert limits is not None and claim.attempt is not None
         try:
-            settings, request = limit_request(claim, limits, self._settings.lease_margin_secs, hand_over=ended)
+            settings, request = limit_request(claim, limits, self._lease_margin_secs, hand_over=ended)
         except UNUSABLE:
             self._direct.rollback()
             return None
-        try:
-            decision = self._limits.acquire(request)
-        except BaseException:
-            self._direct.rollback()
-            raise
-        if not decision.admitted:
-            self._direct.rollback()
+        if not acquire_or_undo(self._direct, self._limits, request).admitted:
             return None
-        self._direct.commit()
         claim.settings = settings  # release_late stays False: a slot someone waited for is handed on at once
         return claim

@@ -35,7 +35,7 @@ from typing import Any
 from shared.clock import format_ts
 from shared.config import Settings
 from shared.execution_settings import ExecutionSettings, SettingsUnresolvable, live_settings
-from shared.limits import LimitRequest, Limits, rate_rules_for
+from shared.limits import LimitDecision, LimitRequest, Limits, rate_rules_for
 from shared.metrics import observe_redelay
 from shared.run_moves import move_run_unhooked
 from shared.runstate import RunStatus
@@ -63,6 +63,22 @@ def limit_request(claim: FastClaim, limits: RunLimits, lease_margin_secs: int, *
         rate_rules=rate_rules_for(claim.job_id, limits.rate_limit_max, limits.rate_limit_window_secs,
                                   limits.rate_limit_keys, limits.metadata, limits.tags, payload),
         waiter_priority=limits.priority, hand_over=hand_over)
+
+
+def acquire_or_undo(direct: DirectStatements, limits: Limits, request: LimitRequest) -> LimitDecision:
+    """The limit script for a start left open in ``direct``'s transaction: ``COMMIT`` it when admitted,
+    ``ROLLBACK`` it when refused or on any error (raised). A failed ``COMMIT`` leaves the lease to expire, as
+    on the checked path: over-counting, never under."""
+    try:
+        decision = limits.acquire(request)
+    except BaseException:
+        direct.rollback()
+        raise
+    if decision.admitted:
+        direct.commit()
+    else:
+        direct.rollback()
+    return decision
 
 
 class DirectStarter:
@@ -109,17 +125,10 @@ class DirectStarter:
             self._direct.rollback()  # the checked path fails the run with the reason (system_failed)
             claim.attempt, claim.limits = None, None
             return claim
-        try:
-            decision = self._limits.acquire(request)
-        except BaseException:
-            self._direct.rollback()
-            raise
+        decision = acquire_or_undo(self._direct, self._limits, request)
         if not decision.admitted:
-            self._direct.rollback()
             return self._redelay(claim, limits, decision.reason or "concurrency",
                                  retry_at(decision, now, self._settings, self._rng), decision.limit, now)
-        # A failed COMMIT leaves the lease to expire, as on the checked path: over-counting, never under.
-        self._direct.commit()
         claim.release_late, claim.settings = decision.roomy, settings
         return claim
 
