@@ -5,8 +5,9 @@ Once the page is rendered by its statement (``api.job_page``), Flask, werkzeug, 
 are most of a list request's CPU (contexts, routing, proxies, argument parsing, response wrappers,
 teardown). Like ``api.fast_trigger``, this WSGI middleware recognises the common request — a valid key
 with ``jobs:read`` and a query of at most one well-formed ``limit`` and one well-formed ``cursor`` — and
-serves it with the same code: the same statement and rendering, the view's page cut and cursor, the same
-headers (``X-Next-Cursor``, ``Link``, ``X-Request-Id``), log line and metrics. It never decides an error:
+serves it with the same rendering (kept per process and checked against each job's row version on every
+request, ``api.job_page_cache``), the view's page cut and cursor, the same headers (``X-Next-Cursor``,
+``Link``, ``X-Request-Id``), log line and metrics. It never decides an error:
 anything else — another method or path, any other query argument or encoding, a limit or cursor the view
 would refuse, no or a bad key, a missing scope, a failed read, the per-key API rate limit being
 configured — goes to the Flask app untouched, which answers it exactly as it always did. The path only
@@ -24,11 +25,11 @@ from werkzeug.wsgi import get_current_url
 
 from api.auth import bearer_token
 from api.gate import request_id_for
-from api.job_page import CURSOR_KIND, cut_page, find_key_and_rendered_page
+from api.job_page import CURSOR_KIND
+from api.job_page_cache import RenderedJobs, read_page
 from api.metrics import record_request
 from api.pagination import clamp_limit, decode_time_cursor, next_link
 from api.request_log import log_request
-from shared import json_codec
 from shared.apikeys import key_digest, principal_from_row
 from shared.clock import utcnow
 from shared.errors import SluiceError
@@ -50,6 +51,7 @@ class FastJobList:
         self.inner = inner
         # The rendered page is PostgreSQL's (autocommit reads); the per-key API rate limit lives in the gate.
         self.enabled = services.read_session_factory is not None and services.settings.api_rate_limit is None
+        self.rendered = RenderedJobs()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if not self.enabled or environ.get("REQUEST_METHOD") != "GET" or environ.get("PATH_INFO") != PATH:
@@ -75,7 +77,7 @@ class FastJobList:
         page = clamp_limit(limit)
         session = self.services.read_session_factory()  # autocommit, as Flask's GET sessions
         try:
-            key, jobs = find_key_and_rendered_page(session, digest, limit=page + 1, after=after)
+            key, body, next_cursor = read_page(session, digest, page=page, after=after, cache=self.rendered)
             principal = principal_from_row(session, key, utcnow())
         except Exception:  # e.g. the database is down: Flask answers the request as always
             return None
@@ -83,8 +85,6 @@ class FastJobList:
             session.close()
         if principal is None or not principal.has_scope(SCOPE):
             return None
-        jobs, next_cursor = cut_page(jobs, page)
-        body = json_codec.dumps(jobs)
         request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         if next_cursor is not None:

@@ -57,16 +57,24 @@ def _select_item(name: str) -> str:
 
 # The key's columns follow the job's (``zip`` over ``JOB_FIELDS`` stops before them). Every row repeats
 # them: scopes come as text, decoded once from the first row instead of once per job.
-_KEY_NAMES = tuple(field.name for field in KEY_FIELDS)
-_KEY_SQL = ", ".join(f"k.{field.element.name}{'::text' if field.name == 'key_scopes' else ''} AS {field.name}"
-                     for field in KEY_FIELDS)
+KEY_NAMES = tuple(field.name for field in KEY_FIELDS)
+KEY_SQL = ", ".join(f"k.{field.element.name}{'::text' if field.name == 'key_scopes' else ''} AS {field.name}"
+                    for field in KEY_FIELDS)
+KEY_RESULT_TYPES = {**KEY_TYPES, "key_scopes": sa.Text()}
+
+# A job row's version: the transaction that wrote it (a new one on every change, kept by freezing) and the
+# job's ``updated_at``, which every change of a rendered field sets. ``api.job_page_cache`` keys renderings
+# by it.
+ROW_VERSION_SQL = "{0}.xmin::text || '@' || {0}.updated_at::text"
 
 
 def _key_and_page_sql(after: bool, limit: int) -> str:
     """The API key with ``:digest`` and, in the same rows, the unfiltered page of its project's jobs, one row
-    per job (one row with NULL job columns when the page is empty; none when the key is unknown)."""
-    columns = "m.created_at AS position_at, " + ", ".join(_select_item(name) for name in JOB_FIELDS)
-    return ("SELECT " + ", ".join(f"j.{name}" for name in JOB_FIELDS) + f", {_KEY_SQL} FROM api_keys k "
+    per job: its fields, the key's, its row version (one row with NULL job columns when the page is empty;
+    none when the key is unknown)."""
+    columns = ("m.created_at AS position_at, " + ", ".join(_select_item(name) for name in JOB_FIELDS)
+               + f", {ROW_VERSION_SQL.format('m')} AS row_version")
+    return ("SELECT " + ", ".join(f"j.{name}" for name in JOB_FIELDS) + f", {KEY_SQL}, j.row_version FROM api_keys k "
             f"LEFT JOIN LATERAL ({page_sql('m', 'k.project_id', after, columns, limit)}) j ON true "
             "WHERE k.key_hash = :digest ORDER BY j.position_at DESC, j.id DESC")
 
@@ -75,22 +83,34 @@ def _key_and_page_sql(after: bool, limit: int) -> str:
 def _key_and_page(after: bool, limit: int) -> HotQuery:
     """One prepared statement per page size: its limit is literal, so PostgreSQL keeps a generic plan."""
     return page_query(f"sluice_key_jobs_page_{limit}", _key_and_page_sql(after, limit), after,
-                      {**KEY_TYPES, "key_scopes": sa.Text()})
+                      {**KEY_RESULT_TYPES, "row_version": sa.Text()})
 
 
 def find_key_and_rendered_page(session: Session, digest: str, *, limit: int, after: tuple[datetime, str] | None
                                ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """(the key's columns as in ``shared.apikeys.KEY_FIELDS`` or ``None`` when unknown, up to ``limit`` Job
     resources of its project, newest first, strictly after the keyset position ``after``)."""
+    key, versioned = find_key_and_versioned_page(session, digest, limit=limit, after=after)
+    return key, [job for job, _ in versioned]
+
+
+def find_key_and_versioned_page(session: Session, digest: str, *, limit: int, after: tuple[datetime, str] | None
+                                ) -> tuple[dict[str, Any] | None, list[tuple[dict[str, Any], str]]]:
+    """``find_key_and_rendered_page`` with each Job resource's row version (``ROW_VERSION_SQL``)."""
     params: dict[str, Any] = {"digest": digest}
     if after is not None:
         params["after_created_at"], params["after_id"] = after
     rows = _key_and_page(after is not None, limit).tuples(session.connection(), params)
     if not rows:
         return None, []
-    key = dict(zip(_KEY_NAMES, rows[0][len(JOB_FIELDS):], strict=True))
+    return key_of(rows[0][len(JOB_FIELDS):-1]), [(_render(row), row[-1]) for row in rows if row[0] is not None]
+
+
+def key_of(values: tuple[Any, ...]) -> dict[str, Any]:
+    """The key's columns (``KEY_NAMES``) from their values as ``KEY_SQL`` selects them."""
+    key = dict(zip(KEY_NAMES, values, strict=True))
     key["key_scopes"] = _json(key["key_scopes"])
-    return key, [_render(row) for row in rows if row[0] is not None]
+    return key
 
 
 def _json(text: str | None) -> Any:

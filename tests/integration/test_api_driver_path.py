@@ -55,10 +55,10 @@ def test_hot_statements_run_on_the_driver_cursor(live_app: Flask, auth: dict[str
     assert client.get("/v1/jobs", headers=auth).status_code == 200
     assert {"sluice_key_by_digest", "sluice_trigger_key_job_slug", "sluice_trigger_key_job_id",
             "sluice_insert_run_with_event", "sluice_key_job_slug", "sluice_key_job_id",
-            "sluice_key_jobs_page_51"} <= set(calls)
+            "sluice_key_job_versions_51", "sluice_key_jobs_page_51"} <= set(calls)
     calls.clear()
     assert client.get("/v1/jobs?limit=1", headers=auth).status_code == 200
-    assert calls == ["sluice_key_jobs_page_2"]  # the key and the page in one statement
+    assert calls == ["sluice_key_job_versions_2"]  # the key and the page's versions; renderings cached
 
 
 def test_job_list_pages_on_the_driver_path(live_app: Flask, auth: dict[str, str]) -> None:

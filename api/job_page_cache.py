@@ -1,0 +1,129 @@
+"""The unfiltered jobs page from this process's renderings of its jobs, checked against the database on
+every request.
+
+Lists are polled (dashboards, SDK loops, "wait until my job shows up") and jobs change rarely, so the
+same first page is rendered and encoded again and again: per job, 37 fields read, zipped, defaulted and
+masked, then JSON-encoded. Here the request's statement reads the key and, for the page, only each
+job's id and row version (``api.job_page.ROW_VERSION_SQL``: the writing transaction and ``updated_at``).
+When this process holds the JSON of every one of those jobs *at that version*, the body is those
+renderings joined; otherwise the page is read and rendered in full by ``api.job_page``'s statement, as
+before, and its renderings are kept for the next request.
+
+Never stale: which jobs, in which order and at which versions comes from the database in the request's
+own statement, so the page is the one a full read at that moment gives; a rendering is used only for the
+row version it was made from, and rendering reads nothing but the row (``api.job_render``). A row
+version also changes on writes that do not touch the resource (a miss, not an error). The check costs
+the page's index scan, as the full read did, but none of its rendering.
+
+Bounds: at most ``MAX_ENTRIES`` renderings (about 1 KB each) per process, and none older than
+``LIFETIME_SECS`` (transaction ids wrap after about four billion transactions; an hour is far below).
+Past either bound the cache starts over.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from api.job_page import CURSOR_KIND, KEY_RESULT_TYPES, KEY_SQL, ROW_VERSION_SQL, find_key_and_versioned_page, key_of
+from api.pagination import encode_cursor
+from shared import json_codec
+from shared.job_store import page_query, page_sql
+from shared.prepared import HotQuery
+
+MAX_ENTRIES = 20_000
+LIFETIME_SECS = 3600.0
+
+
+class RenderedJobs:
+    """Job id → (row version, the Job resource's JSON, its ``created_at``) for this process. Thread-safe:
+    single dict reads and writes under the GIL; a lost race only costs a rendering."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, lifetime_secs: float = LIFETIME_SECS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.lifetime_secs = lifetime_secs
+        self._clock = clock
+        self._entries: dict[str, tuple[str, bytes, str]] = {}
+        self._since = clock()
+
+    def find(self, versions: list[str]) -> list[tuple[str, bytes, str]] | None:
+        """The (id, JSON, created_at) of each ``"<id> <version>"`` in order, or ``None`` unless every one is
+        held at exactly that version."""
+        if self._clock() - self._since > self.lifetime_secs:
+            self.clear()
+            return None
+        entries = self._entries
+        found = []
+        for item in versions:
+            job_id, _, version = item.partition(" ")
+            entry = entries.get(job_id)
+            if entry is None or entry[0] != version:
+                return None
+            found.append((job_id, entry[1], entry[2]))
+        return found
+
+    def keep(self, job: dict[str, Any], version: str) -> bytes:
+        """Encode the Job resource ``job`` read at row ``version``, keep it, and return its JSON."""
+        encoded = json_codec.dumps(job)
+        if len(self._entries) >= self.max_entries:
+            self.clear()
+        self._entries[job["id"]] = (version, encoded, job["created_at"])
+        return encoded
+
+    def clear(self) -> None:
+        self._entries = {}
+        self._since = self._clock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _key_and_versions_sql(after: bool, limit: int) -> str:
+    """The API key with ``:digest`` and its project's unfiltered page as one text, ``"<id> <version>"`` per
+    job joined by commas, newest first (NULL when the page is empty; no row when the key is unknown)."""
+    columns = f"m.created_at AS position_at, m.id, {ROW_VERSION_SQL.format('m')} AS row_version"
+    return (f"SELECT {KEY_SQL}, p.versions FROM api_keys k LEFT JOIN LATERAL ("
+            "SELECT string_agg(j.id || ' ' || j.row_version, ',' ORDER BY j.position_at DESC, j.id DESC) AS versions "
+            f"FROM ({page_sql('m', 'k.project_id', after, columns, limit)}) j) p ON true "
+            "WHERE k.key_hash = :digest")
+
+
+@lru_cache(maxsize=512)  # as api.job_page: one prepared statement per literal limit, first or next
+def _key_and_versions(after: bool, limit: int) -> HotQuery:
+    return page_query(f"sluice_key_job_versions_{limit}", _key_and_versions_sql(after, limit), after,
+                      {**KEY_RESULT_TYPES, "versions": sa.Text()})
+
+
+def read_page(session: Session, digest: str, *, page: int, after: tuple[datetime, str] | None,
+              cache: RenderedJobs) -> tuple[dict[str, Any] | None, bytes, str | None]:
+    """(the key's columns or ``None`` when unknown, the JSON array of up to ``page`` Job resources of its
+    project newest first and strictly after ``after``, the next page's cursor or ``None``). PostgreSQL."""
+    params: dict[str, Any] = {"digest": digest}
+    if after is not None:
+        params["after_created_at"], params["after_id"] = after
+    rows = _key_and_versions(after is not None, page + 1).tuples(session.connection(), params)
+    if not rows:
+        return None, b"", None
+    versions = rows[0][-1].split(",") if rows[0][-1] else []
+    found = cache.find(versions[:page])
+    more = len(versions) > page
+    key: dict[str, Any] | None = None
+    if found is not None:
+        key = key_of(rows[0][:-1])
+    else:  # read and render the page in full (its own snapshot), keeping what it renders
+        key, versioned = find_key_and_versioned_page(session, digest, limit=page + 1, after=after)
+        if key is None:
+            return None, b"", None
+        kept = [(job["id"], cache.keep(job, version), job["created_at"]) for job, version in versioned]
+        found, more = kept[:page], len(kept) > page
+    body = b"[" + b",".join([entry[1] for entry in found]) + b"]"
+    if not more:
+        return key, body, None
+    return key, body, encode_cursor(CURSOR_KIND, found[-1][2], found[-1][0])
