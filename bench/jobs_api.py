@@ -1,7 +1,8 @@
 """Benchmark of the jobs API: create, get, list (page of 50) and PATCH under 32 concurrent clients.
 
-Starts the API under gunicorn (2 workers × 8 threads, gthread) against a dedicated PostgreSQL database,
-seeds 10,000 jobs in one project, then drives each operation for ``--secs`` seconds and prints a table.
+Starts the API as ``sluice api`` does, under gunicorn (2 workers × 8 gthread threads) against a dedicated
+PostgreSQL database, seeds 10,000 jobs in one project, then drives each operation for ``--secs`` seconds
+and prints a table.
 
     .venv/bin/python bench/jobs_api.py --secs 5
     .venv/bin/python bench/jobs_api.py --in-process 3000   # CPU per request, no server
@@ -117,12 +118,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+WORKER_CLASS = "api.gunicorn_worker.BalancedThreadWorker"  # gthread, as ``sluice api`` runs it
+
+
 def start_server(url: str, redis_url: str, port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ, DATABASE_URL=url, REDIS_URL=redis_url, SLUICE_ALLOW_PRIVATE_ENDPOINTS="true",
                SLUICE_LOG_LEVEL="WARNING", SLUICE_WORKER_THREADS=str(threads),
                PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(prefix="sluice-bench-metrics-"))
     command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-               "--threads", str(threads), "--worker-class", "gthread", "--keep-alive", "30",
+               "--threads", str(threads), "--worker-class", WORKER_CLASS, "--keep-alive", "30",
                "--log-level", "warning", "api.wsgi:app"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 30

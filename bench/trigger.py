@@ -1,6 +1,7 @@
 """Benchmark of triggering: single trigger and bulk trigger, Sluice against a bare reference endpoint.
 
-Starts two servers under the same gunicorn configuration (2 workers × 8 gthread threads by default) on a
+Starts two servers under the same gunicorn configuration (2 workers × 8 gthread threads by default, the
+worker class ``sluice api`` runs) on a
 dedicated PostgreSQL database and Redis DB: the Sluice API and ``bench/reference_app.py`` (one INSERT +
 one enqueue, no Sluice code). Then, for ``--rounds`` rounds, alternately measures:
 
@@ -122,7 +123,8 @@ def free_port() -> int:
 
 def start_server(app: str, env: dict[str, str], port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-               "--threads", str(threads), "--worker-class", "gthread", "--keep-alive", "30",
+               "--threads", str(threads), "--worker-class", "api.gunicorn_worker.BalancedThreadWorker",
+               "--keep-alive", "30",
                "--log-level", "warning", app]
     process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 30
