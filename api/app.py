@@ -13,6 +13,7 @@ from webargs.flaskparser import FlaskParser
 from api import gate, metrics, request_log, service
 from api.context import Services, autocommit_read_factory, close_session
 from api.errors import ErrorSchema, handle_http_exception, register_error_handlers
+from api.fast_job_get import FastJobGet
 from api.fast_list import FastJobList
 from api.fast_trigger import FastTrigger
 from shared.config import Settings
@@ -83,8 +84,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
     request_log.install(app)
     _register_blueprints(api)
     service.document(app, api.spec)
-    # The two lean paths in front of Flask: the common trigger and the plain jobs list.
-    app.wsgi_app = FastTrigger(services, FastJobList(services, app.wsgi_app))  # type: ignore[method-assign]
+    # The lean paths in front of Flask: the common trigger, the plain jobs list and a job read.
+    lean_reads = FastJobList(services, FastJobGet(services, app.wsgi_app))
+    app.wsgi_app = FastTrigger(services, lean_reads)  # type: ignore[method-assign]
     return app
 
 

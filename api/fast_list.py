@@ -1,5 +1,5 @@
 """The plain jobs list without the framework: ``GET /v1/jobs`` (only ``limit`` and ``cursor``) answered in
-front of Flask.
+front of Flask (a lean path, ``api.lean_get``).
 
 Once the page is rendered by its statement (``api.job_page``), Flask, werkzeug, webargs and flask-smorest
 are most of a list request's CPU (contexts, routing, proxies, argument parsing, response wrappers,
@@ -17,56 +17,41 @@ reads (apart from the key's throttled ``last_used_at``, which Flask would write 
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from werkzeug.wsgi import get_current_url
 
-from api.auth import bearer_token
-from api.gate import request_id_for
 from api.job_page import CURSOR_KIND
 from api.job_page_cache import RenderedJobs, read_page
-from api.metrics import record_request
+from api.lean_get import Answer, LeanGet, WsgiApp
 from api.pagination import clamp_limit, decode_time_cursor, next_link
-from api.request_log import log_request
-from shared.apikeys import key_digest, principal_from_row
+from shared.apikeys import principal_from_row
 from shared.clock import utcnow
 from shared.errors import SluiceError
 
-ROUTE = PATH = "/v1/jobs"  # the Flask rule, as the log line and metrics label it
+PATH = "/v1/jobs"
 SCOPE = "jobs:read"
 # One query argument: a limit the view's schema takes (1–18 decimal digits, checked ≥ 1 below) or a cursor
 # in the unpadded URL-safe base64 the list writes. Anything else (percent-escapes, "+", repeats, other
 # arguments) is Flask's to parse.
 _ARGUMENT = re.compile(r"(limit)=([0-9]{1,18})|(cursor)=([A-Za-z0-9_-]+)")
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-class FastJobList:
+class FastJobList(LeanGet):
     """Wraps the Flask app's WSGI callable (``app.wsgi_app``); see the module doc."""
 
+    route = PATH  # the Flask rule
+
     def __init__(self, services: Any, inner: WsgiApp) -> None:
-        self.services = services
-        self.inner = inner
-        # The rendered page is PostgreSQL's (autocommit reads); the per-key API rate limit lives in the gate.
-        self.enabled = services.read_session_factory is not None and services.settings.api_rate_limit is None
+        super().__init__(services, inner)
         self.rendered = RenderedJobs()
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if not self.enabled or environ.get("REQUEST_METHOD") != "GET" or environ.get("PATH_INFO") != PATH:
-            return self.inner(environ, start_response)
-        answer = self._serve(environ, time.perf_counter())
-        if answer is None:
-            return self.inner(environ, start_response)
-        headers, body = answer
-        start_response("200 OK", headers)
-        return [body]
+    def handles(self, path: str) -> bool:
+        return path == PATH
 
-    def _serve(self, environ: dict[str, Any], started: float) -> tuple[list[tuple[str, str]], bytes] | None:
+    def serve(self, environ: dict[str, Any], started: float) -> Answer | None:
         query = plain_query(environ.get("QUERY_STRING", ""))
-        token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
-        digest = key_digest(token) if token is not None else None
+        digest = self.digest(environ)
         if query is None or digest is None:
             return None
         limit, cursor = query
@@ -85,15 +70,11 @@ class FastJobList:
             session.close()
         if principal is None or not principal.has_scope(SCOPE):
             return None
-        request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        paging: list[tuple[str, str]] = []
         if next_cursor is not None:
             base_url = get_current_url(environ, strip_querystring=True)
-            headers += [("X-Next-Cursor", next_cursor), ("Link", next_link(base_url, [], page, next_cursor))]
-        headers.append(("X-Request-Id", request_id))
-        record_request("GET", ROUTE, 200, started)
-        log_request("GET", ROUTE, PATH, 200, started, request_id, principal.project_id)
-        return headers, body
+            paging = [("X-Next-Cursor", next_cursor), ("Link", next_link(base_url, [], page, next_cursor))]
+        return self.ok(environ, started, body, principal.project_id, paging)
 
 
 def plain_query(query_string: str) -> tuple[int | None, str | None] | None:

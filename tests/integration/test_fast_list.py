@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-import api.fast_list
+import api.lean_get
 from api.fast_list import FastJobList, plain_query
 from shared.db import transaction
 from shared.models import ApiKey
@@ -19,9 +19,10 @@ from tests.conftest import make_key
 HEADERS = ("Content-Type", "Content-Length", "X-Next-Cursor", "Link", "X-Request-Id")
 
 
-def _lean(app: Flask) -> FastJobList:
+def _lean(app: Flask, kind: type[Any] = FastJobList) -> Any:
+    """The app's lean path of class ``kind`` (they wrap one another in front of Flask)."""
     wsgi: Any = app.wsgi_app
-    while not isinstance(wsgi, FastJobList):  # behind the lean trigger path
+    while not isinstance(wsgi, kind):
         wsgi = wsgi.inner
     return wsgi
 
@@ -33,8 +34,10 @@ def _answer(response: Any) -> tuple[int, bytes, dict[str, str]]:
     return response.status_code, response.get_data(), headers
 
 
-def _both(app: Flask, path: str, headers: dict[str, str], method: str = "get") -> tuple[Any, Any]:
-    lean = _lean(app)
+def _both(app: Flask, path: str, headers: dict[str, str], method: str = "get",
+          kind: type[Any] = FastJobList) -> tuple[Any, Any]:
+    """The answers of the app with and without its lean path ``kind``."""
+    lean = _lean(app, kind)
     assert lean.enabled
     fast = getattr(app.test_client(), method)(path, headers=headers)
     lean.enabled = False
@@ -45,18 +48,24 @@ def _both(app: Flask, path: str, headers: dict[str, str], method: str = "get") -
     return _answer(fast), _answer(slow)
 
 
-@pytest.fixture(name="served")
-def served_fixture(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Statuses the lean path answered itself (it logs through ``api.fast_list.log_request``)."""
+def lean_statuses(monkeypatch: pytest.MonkeyPatch, route: str) -> list[int]:
+    """Statuses a lean path answered itself for ``route`` (they log through ``api.lean_get.log_request``)."""
     statuses: list[int] = []
-    real = api.fast_list.log_request
+    real = api.lean_get.log_request
 
     def spy(*args: Any) -> None:
-        statuses.append(args[3])
+        if args[1] == route:
+            statuses.append(args[3])
         real(*args)
 
-    monkeypatch.setattr(api.fast_list, "log_request", spy)
+    monkeypatch.setattr(api.lean_get, "log_request", spy)
     return statuses
+
+
+@pytest.fixture(name="served")
+def served_fixture(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Statuses the lean list path answered itself."""
+    return lean_statuses(monkeypatch, "/v1/jobs")
 
 
 def _jobs(client: Any, auth: dict[str, str], count: int) -> None:

@@ -1,0 +1,53 @@
+"""A job read without the framework: ``GET /v1/jobs/{job}`` (by id or slug, no query) answered in front of
+Flask (a lean path, ``api.lean_get``).
+
+The view is one statement (the key and the job, ``shared.job_store.find_key_and_job``) and a rendering;
+Flask, werkzeug and flask-smorest around it cost about as much CPU again. This path reads the same
+statement, renders with ``render_job`` and answers 200 with the same body and headers. No key, a bad or
+revoked key, a missing scope, a job not in the key's project, a query string, a path Flask routes
+elsewhere (``batch``, ``batch-enable``, ``batch-disable``, a deeper path) or a failed read: Flask
+answers, as it always did.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from api.job_render import render_job
+from api.lean_get import Answer, LeanGet
+from shared import json_codec
+from shared.apikeys import principal_from_row
+from shared.clock import utcnow
+from shared.job_store import find_key_and_job
+
+SCOPE = "jobs:read"
+# The job route's ``jobref`` converter (``api.jobs``), ASCII only: anything else is Flask's to decode.
+_PATH = re.compile(r"/v1/jobs/(?!(?:batch|batch-enable|batch-disable)$)([!-.0-~]+)")
+
+
+class FastJobGet(LeanGet):
+    """Wraps the Flask app's WSGI callable (``app.wsgi_app``); see the module doc."""
+
+    route = "/v1/jobs/<jobref:job>"  # the Flask rule
+
+    def handles(self, path: str) -> bool:
+        return path.startswith("/v1/jobs/")
+
+    def serve(self, environ: dict[str, Any], started: float) -> Answer | None:
+        match = _PATH.fullmatch(environ.get("PATH_INFO", ""))
+        digest = self.digest(environ)
+        if match is None or digest is None or environ.get("QUERY_STRING"):
+            return None
+        session = self.services.read_session_factory()  # autocommit, as Flask's GET sessions
+        try:
+            row = find_key_and_job(session, digest, match.group(1))
+            principal = principal_from_row(session, row, utcnow())
+        except Exception:  # e.g. the database is down: Flask answers the request as always
+            return None
+        finally:
+            session.close()
+        if row is None or principal is None or not principal.has_scope(SCOPE) or row["id"] is None:
+            return None
+        job: Any = row  # a RowMapping: keyed by column name, as render_job reads it
+        return self.ok(environ, started, json_codec.dumps(render_job(job)), principal.project_id)
