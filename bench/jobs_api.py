@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    print(f"\njobs API: gunicorn {args.workers} workers x {args.threads} threads (gthread), {args.clients} clients "
-          f"({args.client}), "
+    print(f"\njobs API: gunicorn {args.workers} workers x {args.threads} threads ({WORKER_CLASS}, gthread), "
+          f"{args.clients} clients ({args.client}), "
           f"{args.jobs} seeded jobs, {args.secs:g} s per operation, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}\n")
     print("| op      |     req/s |  p50 ms |  p99 ms | errors | server CPU | db CPU   |")
