@@ -15,9 +15,9 @@ row version it was made from, and rendering reads nothing but the row (``api.job
 version also changes on writes that do not touch the resource (a miss, not an error). The check costs
 the page's index scan, as the full read did, but none of its rendering.
 
-Bounds: at most ``MAX_ENTRIES`` renderings (about 1 KB each) per process, and none older than
-``LIFETIME_SECS`` (transaction ids wrap after about four billion transactions; an hour is far below).
-Past either bound the cache starts over.
+Bounds: at most ``MAX_BYTES`` of renderings per process (a job is about 1 KB, more with a large payload
+schema), and none older than ``LIFETIME_SECS`` (transaction ids wrap after about four billion
+transactions; an hour is far below). Past either bound the cache starts over.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from shared import json_codec
 from shared.job_store import page_query, page_sql
 from shared.prepared import HotQuery
 
-MAX_ENTRIES = 20_000
+MAX_BYTES = 32 * 1024 * 1024
 LIFETIME_SECS = 3600.0
 
 
@@ -45,12 +45,13 @@ class RenderedJobs:
     """Job id → (row version, the Job resource's JSON, its ``created_at``) for this process. Thread-safe:
     single dict reads and writes under the GIL; a lost race only costs a rendering."""
 
-    def __init__(self, max_entries: int = MAX_ENTRIES, lifetime_secs: float = LIFETIME_SECS,
+    def __init__(self, max_bytes: int = MAX_BYTES, lifetime_secs: float = LIFETIME_SECS,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.lifetime_secs = lifetime_secs
         self._clock = clock
         self._entries: dict[str, tuple[str, bytes, str]] = {}
+        self._bytes = 0  # of the JSON held
         self._since = clock()
 
     def find(self, versions: list[str]) -> list[tuple[str, bytes, str]] | None:
@@ -72,13 +73,18 @@ class RenderedJobs:
     def keep(self, job: dict[str, Any], version: str) -> bytes:
         """Encode the Job resource ``job`` read at row ``version``, keep it, and return its JSON."""
         encoded = json_codec.dumps(job)
-        if len(self._entries) >= self.max_entries:
+        replaced = self._entries.get(job["id"])
+        if replaced is not None:
+            self._bytes -= len(replaced[1])
+        if self._bytes + len(encoded) > self.max_bytes:
             self.clear()
+        self._bytes += len(encoded)
         self._entries[job["id"]] = (version, encoded, job["created_at"])
         return encoded
 
     def clear(self) -> None:
         self._entries = {}
+        self._bytes = 0
         self._since = self._clock()
 
     def __len__(self) -> int:

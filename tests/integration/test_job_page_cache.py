@@ -148,11 +148,13 @@ def test_renderings_are_found_only_at_their_version() -> None:
     assert cache.find(["a 7@t", "c 1@t"]) is None  # c never rendered here
     cache.keep(_job("a", "new"), "10@t")  # a newer version replaces the older
     assert cache.find(["a 7@t"]) is None and len(cache) == 2
+    assert cache._bytes == sum(len(entry[1]) for entry in cache._entries.values())
 
 
 def test_the_cache_starts_over_when_full_or_old() -> None:
     now = [0.0]
-    cache = RenderedJobs(max_entries=2, lifetime_secs=60, clock=lambda: now[0])
+    size = len(RenderedJobs().keep(_job("a"), "1"))
+    cache = RenderedJobs(max_bytes=2 * size, lifetime_secs=60, clock=lambda: now[0])
     cache.keep(_job("a"), "1")
     cache.keep(_job("b"), "1")
     cache.keep(_job("c"), "1")  # full: starts over with c
