@@ -7,13 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from api.fast_job_get import FastJobGet
-from shared.db import transaction
-from shared.models import ApiKey
-from tests.conftest import make_key
-from tests.integration.test_fast_list import _both, lean_statuses
+from tests.integration.test_fast_list import _both, key_case_headers, lean_statuses
 
 ROUTE = "/v1/jobs/<jobref:job>"
 
@@ -55,19 +51,8 @@ def test_everything_else_is_answered_by_flask(app, client, auth, other_auth, ses
     refs = {"unknown-job": "nope", "other-project": "theirs", "batch": "batch", "batch-enable": "batch-enable",
             "deeper": f"{job['id']}/versions", "non-ascii": "lëan-get"}
     path = f"/v1/jobs/{refs.get(case, job['id'])}" + ("?x=1" if case == "query" else "")
-    headers, method = {**auth, "X-Request-Id": "req-1"}, "get"
-    if case == "no-key":
-        headers = {"X-Request-Id": "req-1"}
-    elif case == "bad-key":
-        headers = {"Authorization": "Bearer sk_not_a_key", "X-Request-Id": "req-1"}
-    elif case == "revoked-key":
-        with transaction(session_factory) as s:
-            s.execute(sa.update(ApiKey).values(revoked_at=sa.func.now()))
-    elif case == "scope":
-        headers = {"Authorization": f"Bearer {make_key(session_factory, scopes='runs:read')}", "X-Request-Id": "req-1"}
-    elif case == "head":
-        method = "head"
-    fast, slow = _both(app, path, headers, method, kind=FastJobGet)
+    headers = key_case_headers(case, auth, session_factory)
+    fast, slow = _both(app, path, headers, "head" if case == "head" else "get", kind=FastJobGet)
     assert served == []  # Flask answered it
     assert fast == slow and fast[0] < 500
 

@@ -68,6 +68,21 @@ def served_fixture(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return lean_statuses(monkeypatch, "/v1/jobs")
 
 
+def key_case_headers(case: str, auth: dict[str, str], session_factory: Any) -> dict[str, str]:
+    """Headers for the key cases every lean path leaves to Flask ("no-key", "bad-key", "revoked-key" — which
+    revokes every key —, "scope"); for any other case the valid key. All with ``X-Request-Id: req-1``."""
+    if case == "no-key":
+        return {"X-Request-Id": "req-1"}
+    if case == "bad-key":
+        return {"Authorization": "Bearer sk_not_a_key", "X-Request-Id": "req-1"}
+    if case == "revoked-key":
+        with transaction(session_factory) as s:
+            s.execute(sa.update(ApiKey).values(revoked_at=sa.func.now()))
+    if case == "scope":
+        return {"Authorization": f"Bearer {make_key(session_factory, scopes='runs:read')}", "X-Request-Id": "req-1"}
+    return {**auth, "X-Request-Id": "req-1"}
+
+
 def _jobs(client: Any, auth: dict[str, str], count: int) -> None:
     for i in range(count):
         body = {"name": f"Lean ☃ {i}", "slug": f"lean-{i}", "endpoint_url": "http://127.0.0.1:9/e",
@@ -118,17 +133,9 @@ def test_everything_else_is_answered_by_flask(app, client, auth, session_factory
                "cursor-other-kind": "cursor=WyJydW5zIiwiMjAyNi0wMS0wMVQwMDowMDowMC4wMDAwMDBaIiwieCJd",
                "cursor-twice": f"cursor={first}&cursor={first}", "unknown-arg": "limit=1&colour=red",
                "trailing-amp": "limit=1&"}
-    path, headers, method = f"/v1/jobs?{queries.get(case, 'limit=2')}", {**auth, "X-Request-Id": "req-1"}, "get"
-    if case == "no-key":
-        headers = {"X-Request-Id": "req-1"}
-    elif case == "bad-key":
-        headers = {"Authorization": "Bearer sk_not_a_key", "X-Request-Id": "req-1"}
-    elif case == "revoked-key":
-        with transaction(session_factory) as s:
-            s.execute(sa.update(ApiKey).values(revoked_at=sa.func.now()))
-    elif case == "scope":
-        headers = {"Authorization": f"Bearer {make_key(session_factory, scopes='runs:read')}", "X-Request-Id": "req-1"}
-    elif case == "trailing-slash":
+    path, method = f"/v1/jobs?{queries.get(case, 'limit=2')}", "get"
+    headers = key_case_headers(case, auth, session_factory)
+    if case == "trailing-slash":
         path = "/v1/jobs/"
     elif case == "head":
         method = "head"
