@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from api.job_render import render_job
 from api.lean_get import Answer, LeanGet
 from shared import json_codec
-from shared.apikeys import principal_from_row
-from shared.clock import utcnow
 from shared.job_store import find_key_and_job
 
 SCOPE = "jobs:read"
@@ -39,15 +39,14 @@ class FastJobGet(LeanGet):
         digest = self.digest(environ)
         if match is None or digest is None or environ.get("QUERY_STRING"):
             return None
-        session = self.services.read_session_factory()  # autocommit, as Flask's GET sessions
-        try:
-            row = find_key_and_job(session, digest, match.group(1))
-            principal = principal_from_row(session, row, utcnow())
-        except Exception:  # e.g. the database is down: Flask answers the request as always
+        ref = match.group(1)
+
+        def read(session: Session) -> tuple[Any, Any]:  # the row holds the key's columns and the job's
+            row = find_key_and_job(session, digest, ref)
+            return row, row
+
+        allowed = self.read_as(SCOPE, read)
+        if allowed is None or allowed[1]["id"] is None:  # no such job in the key's project: Flask's 404
             return None
-        finally:
-            session.close()
-        if row is None or principal is None or not principal.has_scope(SCOPE) or row["id"] is None:
-            return None
-        job: Any = row  # a RowMapping: keyed by column name, as render_job reads it
+        principal, job = allowed
         return self.ok(environ, started, json_codec.dumps(render_job(job)), principal.project_id)

@@ -19,14 +19,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sqlalchemy.orm import Session
 from werkzeug.wsgi import get_current_url
 
 from api.job_page import CURSOR_KIND
 from api.job_page_cache import RenderedJobs, read_page
 from api.lean_get import Answer, LeanGet, WsgiApp
 from api.pagination import clamp_limit, decode_time_cursor, next_link
-from shared.apikeys import principal_from_row
-from shared.clock import utcnow
 from shared.errors import SluiceError
 
 PATH = "/v1/jobs"
@@ -60,16 +59,15 @@ class FastJobList(LeanGet):
         except SluiceError:  # the view's 400
             return None
         page = clamp_limit(limit)
-        session = self.services.read_session_factory()  # autocommit, as Flask's GET sessions
-        try:
+
+        def read(session: Session) -> tuple[dict[str, Any] | None, tuple[bytes, str | None]]:
             key, body, next_cursor = read_page(session, digest, page=page, after=after, cache=self.rendered)
-            principal = principal_from_row(session, key, utcnow())
-        except Exception:  # e.g. the database is down: Flask answers the request as always
+            return key, (body, next_cursor)
+
+        allowed = self.read_as(SCOPE, read)
+        if allowed is None:
             return None
-        finally:
-            session.close()
-        if principal is None or not principal.has_scope(SCOPE):
-            return None
+        principal, (body, next_cursor) = allowed
         paging: list[tuple[str, str]] = []
         if next_cursor is not None:
             base_url = get_current_url(environ, strip_querystring=True)

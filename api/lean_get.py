@@ -11,17 +11,21 @@ path never decides an error.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
 
 from api.auth import bearer_token
 from api.gate import request_id_for
 from api.metrics import record_request
 from api.request_log import log_request
-from shared.apikeys import key_digest
+from shared.apikeys import Principal, key_digest, principal_from_row
+from shared.clock import utcnow
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Answer = tuple[list[tuple[str, str]], bytes]  # 200's headers and body
+T = TypeVar("T")
 
 
 class LeanGet:
@@ -58,6 +62,24 @@ class LeanGet:
         """The stored digest of the request's bearer key, ``None`` without a key shaped like one."""
         token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
         return key_digest(token) if token is not None else None
+
+    def read_as(self, scope: str, read: Callable[[Session], tuple[Mapping[str, Any] | None, T]]
+                ) -> tuple[Principal, T] | None:
+        """Run ``read`` on an autocommit session (as Flask's GETs): it returns the key's row (``KEY_FIELDS``,
+        ``None`` when unknown) and the data read with it. The key's principal and the data when the key is
+        valid and holds ``scope``; ``None`` for Flask to answer, also when the read fails (e.g. the database
+        is down)."""
+        session = self.services.read_session_factory()
+        try:
+            key, data = read(session)
+            principal = principal_from_row(session, key, utcnow())
+        except Exception:
+            return None
+        finally:
+            session.close()
+        if principal is None or not principal.has_scope(scope):
+            return None
+        return principal, data
 
     def ok(self, environ: dict[str, Any], started: float, body: bytes, project_id: str,
            extra: Sequence[tuple[str, str]] = ()) -> Answer:
