@@ -17,9 +17,9 @@ from api.fast_job_get import FastJobGet
 from api.fast_list import FastJobList
 from api.fast_trigger import FastTrigger
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.prepared import enable_prepared_statements
 from shared.messages import make_broker
-from shared.prepared import enable_prepared_statements
 
 
 class _BodyParser(FlaskParser):
@@ -68,7 +68,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
         if engine.dialect.name == "postgresql":  # GETs get a pool of connections that stay in autocommit
             read_engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
             reads = autocommit_read_factory(read_engine)
-            enable_prepared_statements(read_engine)  # the trigger's key + job lookup (shared.triggering)
+            enable_prepared_statements(read_engine)  # the trigger's key + job lookup (shared.triggers.manual)
         enable_prepared_statements(engine)
         client = redis.Redis.from_url(settings.redis_url)
         services = Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),

@@ -13,9 +13,9 @@ from api.job_render import render_edge
 from api.pagination import clamp_limit, decode_time_cursor, encode_cursor, json_response, paged_response
 from api.schemas.jobs import DependencyCreateSchema, DependencySchema, PageQuerySchema
 from shared.clock import utcnow
-from shared.dependency_edges import create_edge, delete_edge, list_edges
-from shared.effects import commit_and_apply
-from shared.jobs import require_job
+from shared.dependencies.edges import create_edge, delete_edge, list_edges
+from shared.jobs.lifecycle import require_job
+from shared.runs.commit import commit_and_apply
 
 CURSOR_KIND = "dependencies"
 

@@ -1,7 +1,7 @@
 """A job read without the framework: ``GET /v1/jobs/{job}`` (by id or slug, no query) answered in front of
 Flask (a lean path, ``api.lean_get``).
 
-The view is one statement (the key and the job, ``shared.job_store.find_key_and_job``) and a rendering;
+The view is one statement (the key and the job, ``shared.jobs.store.find_key_and_job``) and a rendering;
 Flask, werkzeug and flask-smorest around it cost about as much CPU again. This path reads the same
 statement, renders with ``render_job`` and answers 200 with the same body and headers. No key, a bad or
 revoked key, a missing scope, a job not in the key's project, a query string, a path Flask routes
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from api.job_render import render_job
 from api.lean_get import Answer, LeanGet
 from shared import json_codec
-from shared.job_store import find_key_and_job
+from shared.jobs.store import find_key_and_job
 
 SCOPE = "jobs:read"
 # The job route's ``jobref`` converter (``api.jobs``), ASCII only: anything else is Flask's to decode.

@@ -4,7 +4,7 @@ Triggering is the product's hot path, and for the common request — a valid key
 without dedup, dependency edges or an idempotency key — Flask, werkzeug, webargs and flask-smorest cost
 more CPU than the work itself (request and app contexts, routing, proxies, argument parsing, response
 wrappers: about half of the request). This WSGI middleware recognises exactly that request and serves it
-with the same domain code (``shared.triggering.trigger_run``, the same schema, the same rendering, log
+with the same domain code (``shared.triggers.manual.trigger_run``, the same schema, the same rendering, log
 line and metrics). It never decides an error: whenever anything is unusual — another route, a query
 string, no or a bad key, a missing scope, a body that is not a plain JSON object or fails the schema, an
 ``Idempotency-Key``, a dry run, a job that needs a transaction, a disabled job, a payload refused by the
@@ -34,10 +34,10 @@ from api.schemas.triggers import TriggerSchema
 from shared import json_codec
 from shared.apikeys import key_digest, principal_from_row
 from shared.clock import utcnow
-from shared.effects import apply_after_commit
 from shared.errors import SluiceError
-from shared.runstate import Effects
-from shared.triggering import find_key_and_trigger_job, needs_transaction, trigger_job_of, trigger_run
+from shared.runs.commit import apply_after_commit
+from shared.runs.transitions import Effects
+from shared.triggers.manual import find_key_and_trigger_job, needs_transaction, trigger_job_of, trigger_run
 
 log = logging.getLogger("sluice.api")
 

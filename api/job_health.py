@@ -10,8 +10,8 @@ from api.context import get_session
 from api.pagination import json_response
 from api.schemas.jobs import JobHealthSchema
 from shared.clock import format_ts, utcnow
-from shared.health import job_health, parse_window
-from shared.jobs import require_job
+from shared.jobs.health import job_health, parse_window
+from shared.jobs.lifecycle import require_job
 
 blp = Blueprint("job_health", __name__, url_prefix="/v1", description="Job health (CONTRACT §8)")
 

@@ -6,7 +6,7 @@ two timestamps per job, the driver path built a dict per row and ``render_job`` 
 selects the Job resource's fields in ``JOB_FIELDS`` order, with the timestamps already written as
 ``format_ts`` writes them and each JSON column as its text (NULL when it is null, or empty where
 ``render_job`` defaults it); Python zips each row into the resource, decodes the JSON text with content
-(``shared.db.loads_json``, exactly what psycopg2 would have called), applies ``render_job``'s defaults and
+(``shared.db.engine.loads_json``, exactly what psycopg2 would have called), applies ``render_job``'s defaults and
 masks the secret. The body is then byte-for-byte the one ``render_job`` gives (a test
 compares them over varied jobs). PostgreSQL only (LATERAL, ``to_char``): filtered lists and SQLite read
 records and render them with ``render_job``.
@@ -24,11 +24,11 @@ from sqlalchemy.orm import Session
 from api.job_render import JOB_FIELDS
 from api.pagination import encode_cursor
 from shared.apikeys import KEY_FIELDS, KEY_TYPES
-from shared.db import loads_json
-from shared.job_store import JOBS, page_query, page_sql
-from shared.models import UTCDateTime
-from shared.prepared import HotQuery
-from shared.signing import mask_secret
+from shared.db.engine import loads_json
+from shared.db.models import UTCDateTime
+from shared.db.prepared import HotQuery
+from shared.jobs.store import JOBS, page_query, page_sql
+from shared.webhooks.signing import mask_secret
 
 CURSOR_KIND = "jobs"  # the kind named in the list's cursors (api.pagination)
 

@@ -34,8 +34,8 @@ from sqlalchemy.orm import Session
 from api.job_page import CURSOR_KIND, KEY_RESULT_TYPES, KEY_SQL, ROW_VERSION_SQL, find_key_and_versioned_page, key_of
 from api.pagination import encode_cursor
 from shared import json_codec
-from shared.job_store import page_query, page_sql
-from shared.prepared import HotQuery
+from shared.db.prepared import HotQuery
+from shared.jobs.store import page_query, page_sql
 
 MAX_BYTES = 32 * 1024 * 1024
 LIFETIME_SECS = 3600.0

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.clock import format_ts
-from shared.job_config import DEFAULTS, W_FIELDS
-from shared.signing import mask_secret
+from shared.jobs.config import DEFAULTS, W_FIELDS
+from shared.webhooks.signing import mask_secret
 
 # The Job resource's fields in the order ``render_job`` writes them (``api.job_page`` selects them so).
 JOB_FIELDS = ("id", "project_id", "group_id", "name", "slug", "description", "cron", "payload_schema", "tags",

@@ -11,8 +11,8 @@ from api.job_render import render_version
 from api.pagination import clamp_limit, decode_cursor, encode_cursor, json_response, paged_response
 from api.schemas.jobs import JobVersionSchema, PageQuerySchema
 from shared.errors import BadRequest, NotFound
-from shared.job_versions import find_version, list_versions
-from shared.jobs import require_job
+from shared.jobs.lifecycle import require_job
+from shared.jobs.versions import find_version, list_versions
 
 CURSOR_KIND = "versions"
 

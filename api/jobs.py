@@ -1,6 +1,6 @@
 """Jobs endpoints (CONTRACT §3.1–§3.6, §3.8): list, create, batch, enable/disable, get, PATCH, delete, clone.
 
-Views are thin: decorators authenticate and validate (422), one domain function in ``shared.jobs`` does
+Views are thin: decorators authenticate and validate (422), one domain function in ``shared.jobs.lifecycle`` does
 the work, the caller's transaction is committed here, and a render function builds the body.
 """
 
@@ -36,11 +36,11 @@ from api.schemas.jobs import (
     JobSchema,
 )
 from shared.clock import utcnow
-from shared.effects import commit_and_apply
 from shared.errors import NotFound, SluiceError, ValidationFailed
-from shared.job_enablement import set_jobs_enabled
-from shared.job_store import find_key_and_job, list_job_records
-from shared.jobs import clone_job, create_job, create_jobs_batch, delete_job, patch_job
+from shared.jobs.enablement import set_jobs_enabled
+from shared.jobs.lifecycle import clone_job, create_job, create_jobs_batch, delete_job, patch_job
+from shared.jobs.store import find_key_and_job, list_job_records
+from shared.runs.commit import commit_and_apply
 
 MAX_BATCH = 100
 

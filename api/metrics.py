@@ -21,7 +21,8 @@ from prometheus_client.core import GaugeMetricFamily
 from api.context import Services
 from shared import redis_keys
 from shared.clock import utcnow
-from shared.limits import Limits
+from shared.db.models import Run
+from shared.limits.limiter import Limits
 from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, ready_messages
 from shared.metrics import (
     ACTIVE_RUNS,
@@ -35,8 +36,7 @@ from shared.metrics import (
     GaugeSpec,
     exposition,
 )
-from shared.models import Run
-from shared.runstate import ACTIVE
+from shared.runs.transitions import ACTIVE
 
 log = logging.getLogger("sluice.api.metrics")
 

@@ -1,13 +1,13 @@
-"""JSON bodies of the trigger and runs endpoints, built on the one Run rendering (``shared.run_view``)."""
+"""JSON bodies of the trigger and runs endpoints, built on the one Run rendering (``shared.runs.view``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from shared.clock import format_ts
-from shared.models import RunEvent
-from shared.run_view import run_to_dict
-from shared.triggering import TriggerOutcome
+from shared.db.models import RunEvent
+from shared.runs.view import run_to_dict
+from shared.triggers.manual import TriggerOutcome
 
 
 def render_trigger(outcome: TriggerOutcome) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Runs API (CONTRACT §7): list, DLQ, get, events, cancel, bulk cancel, replay, bulk replay.
 
-Views are thin: filters and keyset paging live in ``shared.run_queries``, cancel and replay in
-``shared.run_actions``. Literal paths (``dlq``, ``bulk-cancel``, ``bulk-replay``) are never run ids: the
+Views are thin: filters and keyset paging live in ``shared.runs.queries``, cancel and replay in
+``shared.runs.actions``. Literal paths (``dlq``, ``bulk-cancel``, ``bulk-replay``) are never run ids: the
 ``run_id`` converter refuses them, so e.g. ``DELETE /v1/runs/dlq`` is a 405, not a run lookup.
 """
 
@@ -31,13 +31,13 @@ from api.schemas.runs import (
     RunSchema,
 )
 from shared.clock import utcnow
-from shared.effects import commit_and_apply
 from shared.errors import NotFound
-from shared.job_lookup import get_job
-from shared.run_actions import CancelResult, bulk_cancel, bulk_replay, cancel_run, replay_run, signal_canceled
-from shared.run_queries import get_project_run, list_events, list_runs, parse_filters
-from shared.run_view import run_to_dict
-from shared.runstate import Effects
+from shared.jobs.lookup import get_job
+from shared.runs.actions import CancelResult, bulk_cancel, bulk_replay, cancel_run, replay_run, signal_canceled
+from shared.runs.commit import commit_and_apply
+from shared.runs.queries import get_project_run, list_events, list_runs, parse_filters
+from shared.runs.transitions import Effects
+from shared.runs.view import run_to_dict
 
 blp = Blueprint("runs", __name__, url_prefix="/v1", description="Runs: list, inspect, cancel, replay")
 

@@ -20,13 +20,13 @@ from api.schemas.triggers import (
     TriggerResultSchema,
     TriggerSchema,
 )
-from shared.bulk_triggering import trigger_bulk
 from shared.clock import utcnow
-from shared.effects import commit_and_apply
 from shared.errors import ValidationFailed
-from shared.job_lookup import get_job
-from shared.runstate import Effects
-from shared.triggering import (
+from shared.jobs.lookup import get_job
+from shared.runs.commit import commit_and_apply
+from shared.runs.transitions import Effects
+from shared.triggers.bulk import trigger_bulk
+from shared.triggers.manual import (
     ensure_enabled,
     find_key_and_trigger_job,
     idempotency_key_error,

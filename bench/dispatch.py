@@ -12,7 +12,7 @@ threads with the same idle poll), against one fast local sink process (``bench/s
 * **lost / duplicate attempts**: runs not completed; (run, attempt) pairs the sink saw twice, and for
   Sluice runs with more than one ``attempt_started`` event.
 
-A Sluice trigger is ``shared.triggering.trigger_run`` + commit + enqueue (the API's path without HTTP); a
+A Sluice trigger is ``shared.triggers.manual.trigger_run`` + commit + enqueue (the API's path without HTTP); a
 reference trigger is one INSERT + commit + enqueue. Targets (issue): drain ≥ 0.85× reference; paced p99 ≤ 50 ms;
 idle p50 ≤ 20 ms; 0 lost, 0 duplicates. Full: 20 000 runs × 3 rounds; smoke: ``--runs 2000 --rounds 1``.
 """

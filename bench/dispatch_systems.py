@@ -25,14 +25,14 @@ from bench.support import SinkProcess
 from shared.apikeys import Principal
 from shared.clock import utcnow
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory
-from shared.effects import commit_and_apply
-from shared.jobs import create_job
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.models import Job, Run
+from shared.jobs.lifecycle import create_job
 from shared.messages import enqueue_many, enqueue_runs, make_broker
-from shared.models import Job, Run
-from shared.run_creation import RunInputs, create_runs
-from shared.runstate import TERMINAL, Effects
-from shared.triggering import trigger_run
+from shared.runs.commit import commit_and_apply
+from shared.runs.creation import RunInputs, create_runs
+from shared.runs.transitions import TERMINAL, Effects
+from shared.triggers.manual import trigger_run
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

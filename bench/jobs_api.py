@@ -41,11 +41,11 @@ from bench import wrk  # noqa: E402
 from bench.support import cpu_secs_of_database_backends, cpu_secs_of_group, prepare_database  # noqa: E402
 from shared.apikeys import create_key, parse_scopes  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
-from shared.db import make_engine, make_session_factory, transaction  # noqa: E402
+from shared.db.engine import make_engine, make_session_factory, transaction  # noqa: E402
 from shared.ids import new_version_id, uuid7  # noqa: E402
-from shared.job_config import config_for_create  # noqa: E402
-from shared.job_store import JOBS, new_job_record  # noqa: E402
-from shared.job_versions import VERSIONS, version_record  # noqa: E402
+from shared.jobs.config import config_for_create  # noqa: E402
+from shared.jobs.store import JOBS, new_job_record  # noqa: E402
+from shared.jobs.versions import VERSIONS, version_record  # noqa: E402
 
 PROJECT = "bench"
 ENDPOINT = "http://127.0.0.1:9/endpoint"

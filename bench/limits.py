@@ -48,13 +48,13 @@ from scheduler.maintenance import MaintenanceContext, MaintenanceLoop  # noqa: E
 from shared import redis_keys  # noqa: E402
 from shared.apikeys import Principal  # noqa: E402
 from shared.config import Settings  # noqa: E402
-from shared.db import make_engine, make_session_factory  # noqa: E402
-from shared.effects import apply_after_commit  # noqa: E402
-from shared.jobs import create_job  # noqa: E402
+from shared.db.engine import make_engine, make_session_factory  # noqa: E402
+from shared.db.models import Job, Run  # noqa: E402
+from shared.jobs.lifecycle import create_job  # noqa: E402
 from shared.messages import make_broker  # noqa: E402
-from shared.models import Job, Run  # noqa: E402
-from shared.run_creation import RunInputs, create_runs  # noqa: E402
-from shared.runstate import TERMINAL, Effects  # noqa: E402
+from shared.runs.commit import apply_after_commit  # noqa: E402
+from shared.runs.creation import RunInputs, create_runs  # noqa: E402
+from shared.runs.transitions import TERMINAL, Effects  # noqa: E402
 
 PYTHON = sys.executable
 SLUICE = str(Path(PYTHON).parent / "sluice")

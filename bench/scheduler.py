@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.support import prepare_database  # noqa: E402
-from shared.db import make_engine  # noqa: E402
+from shared.db.engine import make_engine  # noqa: E402
+from shared.db.models import Job, JobVersion, Run  # noqa: E402
 from shared.ids import new_version_id, uuid7  # noqa: E402
-from shared.models import Job, JobVersion, Run  # noqa: E402
 from tests.factories import JOB_DEFAULTS  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("SLUICE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from shared.migrate import upgrade
+from shared.db.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -48,9 +48,9 @@ from bench import wrk  # noqa: E402
 from bench.support import cpu_secs_of_database_backends, cpu_secs_of_group, prepare_database  # noqa: E402
 from shared.apikeys import create_key, parse_scopes  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
-from shared.db import make_engine, make_session_factory, transaction  # noqa: E402
+from shared.db.engine import make_engine, make_session_factory, transaction  # noqa: E402
+from shared.db.models import Job, JobVersion  # noqa: E402
 from shared.ids import new_version_id, uuid7  # noqa: E402
-from shared.models import Job, JobVersion  # noqa: E402
 
 PROJECT = "bench"
 SLUG = "bench-trigger"

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     debugging). Production runs ``sluice scheduler``, which includes it."""
     import signal
 
-    from shared.db import make_engine, make_session_factory
+    from shared.db.engine import make_engine, make_session_factory
     from shared.logs import configure_logging
     from shared.messages import make_broker
 

@@ -3,7 +3,7 @@
 Ticks arrive on a queue in batches (all entries the timer found due in one pass; the catch-ups of one
 reconciliation, see ``scheduler.cron``) and are fired by one thread. It groups them by tick instant and,
 per instant, re-reads the jobs,
-creates their runs with one bulk insert (``shared.cron_runs``), commits, and enqueues every queued run in
+creates their runs with one bulk insert (``shared.triggers.cron``), commits, and enqueues every queued run in
 one Redis round trip. That keeps 1,000 jobs due on the same minute within a fraction of a second.
 
 A tick is fired only if the job still wants it: enabled, the same ``cron`` and ``timezone`` the tick was
@@ -29,12 +29,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from scheduler.metrics import SCHEDULE_LAG, TICKS_SKIPPED
 from scheduler.missed import is_within_grace
 from shared.clock import format_ts
-from shared.cron_runs import create_cron_runs
-from shared.effects import commit_and_apply
+from shared.db.models import Job, Run
 from shared.metrics import observe_runs_created
-from shared.models import Job, Run
-from shared.runstate import Effects
-from shared.schedules import tick_key
+from shared.runs.commit import commit_and_apply
+from shared.runs.transitions import Effects
+from shared.schedules.cron import tick_key
+from shared.triggers.cron import create_cron_runs
 
 log = logging.getLogger("sluice.scheduler")
 

@@ -17,7 +17,7 @@ import redis
 from scheduler.cron import CronService
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory
+from shared.db.engine import make_engine, make_session_factory
 from shared.logs import configure_logging
 from shared.messages import make_broker
 from shared.metrics import SCHEDULER_METRICS_PORT, expose_process_metrics

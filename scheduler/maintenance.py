@@ -23,14 +23,8 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.clock import utcnow
-from shared.config import Settings
-from shared.dependencies import recheck_waiting
-from shared.effects import commit_and_apply
-from shared.limits import Limits
-from shared.reaper import REAP_BATCH, reap_stale_attempts
-from shared.runstate import Effects
-from shared.sweeper import (
+from scheduler.reaper import REAP_BATCH, reap_stale_attempts
+from scheduler.sweeps import (
     EXPIRE_BATCH,
     PROMOTE_BATCH,
     RECOVER_MAX,
@@ -39,8 +33,14 @@ from shared.sweeper import (
     recover_lost_messages,
     seconds_until_next_due,
 )
-from shared.webhook_sweeper import BATCH_SIZE as WEBHOOK_BATCH
-from shared.webhook_sweeper import enqueue_due_webhooks
+from scheduler.webhook_sweeps import BATCH_SIZE as WEBHOOK_BATCH
+from scheduler.webhook_sweeps import enqueue_due_webhooks
+from shared.clock import utcnow
+from shared.config import Settings
+from shared.dependencies.gating import recheck_waiting
+from shared.limits.limiter import Limits
+from shared.runs.commit import commit_and_apply
+from shared.runs.transitions import Effects
 
 log = logging.getLogger("sluice.maintenance")
 
@@ -71,7 +71,7 @@ class PeriodicTask:
 
 
 MIN_WAKE_SECS = 0.02
-RECHECK_WAITING_SECS = 30.0  # a missed dependency wake-up (see shared.dependencies) is recovered within this
+RECHECK_WAITING_SECS = 30.0  # a missed dependency wake-up (see shared.dependencies.gating) is recovered within this
 
 
 def _with_effects(ctx: MaintenanceContext, work: Callable[[Session, Effects], int]) -> int:

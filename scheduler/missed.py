@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from shared.schedules import CronError, CronSpec, next_fire_time, previous_fire_time
+from shared.schedules.cron import CronError, CronSpec, next_fire_time, previous_fire_time
 
 # Counting the older skipped ticks of a job stops here (a job down for a year on `* * * * *`).
 MAX_COUNTED_SKIPS = 10_000

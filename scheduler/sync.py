@@ -34,7 +34,7 @@ from scheduler.metrics import TICKS_SKIPPED
 from scheduler.missed import find_missed_tick, floor_of, tick_of_key
 from scheduler.trigger import CronTickTrigger
 from shared.clock import format_ts
-from shared.models import Job, Run
+from shared.db.models import Job, Run
 
 log = logging.getLogger("sluice.scheduler")
 

@@ -1,7 +1,7 @@
-"""An APScheduler 3 trigger that delegates every instant to ``shared.schedules`` (CONTRACT §6.1–§6.2).
+"""An APScheduler 3 trigger that delegates every instant to ``shared.schedules.cron`` (CONTRACT §6.1–§6.2).
 
 APScheduler only does the timing: when to wake up and which entries are due. The cron dialect, Sunday
-as 0 and 7, and the DST rules all come from ``shared.schedules`` (APScheduler's own ``CronTrigger``
+as 0 and 7, and the DST rules all come from ``shared.schedules.cron`` (APScheduler's own ``CronTrigger``
 reads day-of-week 0 as Monday and has its own DST behaviour, so it is never used).
 """
 
@@ -11,7 +11,7 @@ from datetime import datetime
 
 from apscheduler.triggers.base import BaseTrigger
 
-from shared.schedules import CronError, CronSpec, is_valid_timezone, next_fire_time, parse_cron
+from shared.schedules.cron import CronError, CronSpec, is_valid_timezone, next_fire_time, parse_cron
 
 
 class CronTickTrigger(BaseTrigger):

@@ -13,10 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from shared.db.models import ApiKey
+from shared.db.prepared import HotQuery
 from shared.errors import NotFound, ValidationFailed
 from shared.ids import uuid7
-from shared.models import ApiKey
-from shared.prepared import HotQuery
 
 SCOPES = ("jobs:read", "jobs:write", "jobs:trigger", "runs:read", "runs:write")
 ALL_SCOPES = "*"
@@ -87,7 +87,7 @@ def revoke_key(session: Session, key_id: str, now: datetime) -> ApiKey:
 
 
 # The key columns every authentication reads, labelled so that they can share a row with other tables'
-# columns (``shared.job_store.find_key_and_job`` answers the key and the job in one statement).
+# columns (``shared.jobs.store.find_key_and_job`` answers the key and the job in one statement).
 KEYS: sa.Table = ApiKey.__table__  # type: ignore[assignment]
 KEY_FIELDS = (KEYS.c.id.label("key_id"), KEYS.c.project_id.label("key_project_id"),
               KEYS.c.scopes.label("key_scopes"), KEYS.c.revoked_at.label("key_revoked_at"),
@@ -102,7 +102,7 @@ def key_columns_sql(alias: str | None = None) -> str:
 
 
 # Runs on every request that is not a trigger or a job read (those read the key with the job): prepared
-# where the engine allows, planned once per connection (``shared.prepared.HotQuery``).
+# where the engine allows, planned once per connection (``shared.db.prepared.HotQuery``).
 _BY_DIGEST = HotQuery.build("sluice_key_by_digest",
                             f"SELECT {key_columns_sql()} FROM api_keys WHERE key_hash = :digest", KEY_TYPES)
 _TOUCH = sa.update(KEYS).where(KEYS.c.id == sa.bindparam("key_id")).values(last_used_at=sa.bindparam("now"))

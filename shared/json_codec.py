@@ -3,7 +3,7 @@ standard library for the values orjson refuses.
 
 orjson writes UTF-8 without ``\\uXXXX`` escapes of non-ASCII characters (valid JSON either way) and
 refuses integers beyond 64 bits, which a user's payload may hold; those bodies are encoded by ``json``.
-NaN and Infinity never reach here: payloads refuse them (``shared.payloads``) and PostgreSQL's JSONB
+NaN and Infinity never reach here: payloads refuse them (``shared.triggers.payloads``) and PostgreSQL's JSONB
 cannot store them. Decoding stays with the standard library: orjson reads integers beyond 64 bits as
 floats, silently losing digits.
 """

@@ -1,7 +1,7 @@
 """Queue and actor names, and enqueueing by actor name (the API and scheduler never import ``worker``).
 
 A message carries only a run id (dramatiq's advice: send ids, not objects). PostgreSQL stays the source
-of truth: a lost message is re-created by the sweeper (``shared.sweeper``) and a duplicate is harmless
+of truth: a lost message is re-created by the sweeper (``scheduler.sweeps``) and a duplicate is harmless
 because a worker starts an attempt only through a conditional ``queued → executing`` update.
 """
 

@@ -38,7 +38,7 @@ def rate_key(job_id: str, name: str, value: str) -> str:
     """ZSET of start marks for one ``rate_limit_keys`` entry and one key value.
 
     Same members and TTL as ``rate_job`` (window + 1 s, renewed on each start). Values longer than 256
-    chars arrive here as ``sha256:<hex>`` (see ``shared.limits.rate_rules_for``).
+    chars arrive here as ``sha256:<hex>`` (see ``shared.limits.limiter.rate_rules_for``).
     """
     return f"{PREFIX}rate:key:{job_id}:{name}:{value}"
 
@@ -62,8 +62,8 @@ def slot_waiters_job(job_id: str) -> str:
     """ZSET run_id -> waiter score: runs re-delayed because the job's ``max_concurrency`` was full.
 
     Score = ``-priority * 1e13 + refusal time (server ms)``, so ZPOPMIN yields the highest priority, then
-    the longest waiting (``shared.slot_waiters``). Added by the acquire script that refuses the run
-    (``shared.limits_lua``); removed when popped by a slot release or when the run is admitted.
+    the longest waiting (``shared.limits.waiters``). Added by the acquire script that refuses the run
+    (``shared.limits.scripts``); removed when popped by a slot release or when the run is admitted.
     TTL: refreshed to 1 day on every add (a job whose slots are never released again leaves no litter).
     """
     return f"{PREFIX}waiters:job:{job_id}"

@@ -18,8 +18,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory
-from shared.migrate import upgrade
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.migrate import upgrade
 
 PG_ADMIN_URL = os.environ.get("SLUICE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_DB_NAME = os.environ.get("SLUICE_TEST_DB_NAME", "sluice_test")
@@ -136,7 +136,7 @@ def client(app):  # type: ignore[no-untyped-def]
 def make_key(session_factory: sessionmaker[Session], project_id: str = "proj-a", scopes: str = "*") -> str:
     from shared.apikeys import create_key, parse_scopes
     from shared.clock import utcnow
-    from shared.db import transaction
+    from shared.db.engine import transaction
 
     with transaction(session_factory) as s:
         _, plaintext = create_key(s, project_id=project_id, scopes=parse_scopes(scopes), name="test", now=utcnow())

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.db.models import Job, JobDependency, JobVersion, Run
 from shared.ids import new_version_id, uuid7
-from shared.models import Job, JobDependency, JobVersion, Run
 
 # Every writable Job field (§2.1) with its default, as stored in a version snapshot.
 JOB_DEFAULTS: dict[str, Any] = {

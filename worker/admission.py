@@ -19,22 +19,22 @@ from typing import Any
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from shared.addresses import strip_userinfo
 from shared.clock import format_ts
 from shared.config import Settings
-from shared.execution_settings import (
+from shared.db.models import Job, Run
+from shared.egress.addresses import strip_userinfo
+from shared.limits.limiter import LimitDecision, LimitRequest, Limits, rate_rules_for
+from shared.metrics import observe_redelay
+from shared.runs.execution_settings import (
     ExecutionSettings,
     SettingsUnresolvable,
     effective_max_attempts,
     effective_timeout_secs,
     resolve_execution_settings,
 )
-from shared.limits import LimitDecision, LimitRequest, Limits, rate_rules_for
-from shared.metrics import observe_redelay
-from shared.models import Job, Run
-from shared.run_moves import move_run, supports_moves
-from shared.runstate import Effects, RunStatus, status_columns, transition
-from shared.schedules import CronError, CronSpec, is_minute_open, next_open_minute, parse_cron
+from shared.runs.moves import move_run, supports_moves
+from shared.runs.transitions import Effects, RunStatus, status_columns, transition
+from shared.schedules.cron import CronError, CronSpec, is_minute_open, next_open_minute, parse_cron
 
 log = logging.getLogger("sluice.worker")
 
@@ -108,7 +108,7 @@ def admit(session: Session, run: Run, job: Job, *, now: datetime, settings: Sett
     started = _start(session, run, resolved, now=now, effects=effects)
     if started is None:
         # Someone else moved the run first (only possible if the row lock was bypassed). The lease is
-        # keyed by run id and may be the winner's: leave it (shared.limits caveat), it expires anyway.
+        # keyed by run id and may be the winner's: leave it (shared.limits.limiter caveat), it expires anyway.
         log.warning("start lost the race; message dropped", extra={"run_id": run.id, "job_id": run.job_id})
         return NotStarted("lost")
     return Started(run=started, settings=resolved, max_attempts=effective_max_attempts(run, resolved),
@@ -119,7 +119,7 @@ def _start(session: Session, run: Run, resolved: ExecutionSettings, *, now: date
            effects: Effects) -> Run | None:
     """``queued → executing`` with the next attempt number and its ``attempt_started`` event.
 
-    On PostgreSQL one statement (``shared.run_moves``) moves the row and writes both events; the claimed
+    On PostgreSQL one statement (``shared.runs.moves``) moves the row and writes both events; the claimed
     ``run`` object then gets the new column values as loaded state, so the commit flushes nothing.
     """
     attempt = run.attempt + 1
@@ -169,7 +169,7 @@ def _redelay(session: Session, run: Run, reason: str, until: datetime, limit: di
              now: datetime, effects: Effects) -> NotStarted:
     """``queued → delayed`` with ``scheduled_at`` = ``until`` and event ``redelayed``; no attempt used.
 
-    One statement on PostgreSQL (``shared.run_moves``): under a backlog behind a cap most claims end here,
+    One statement on PostgreSQL (``shared.runs.moves``): under a backlog behind a cap most claims end here,
     every ``SLUICE_SLOT_RETRY_SECS`` for every waiting run (§5.8), so this path's cost is the backlog's.
     """
     values = {"scheduled_at": until}

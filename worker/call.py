@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from shared.retries import Outcome, combine_fallback
-from shared.signing import signature_headers
+from shared.runs.retries import Outcome, combine_fallback
+from shared.webhooks.signing import signature_headers
 from worker.debug_events import debug_event
 from worker.http import CallResult, Resolver
 

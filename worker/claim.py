@@ -24,10 +24,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from shared.models import Job, Run
-from shared.prepared import HotStatement, prepare_once
-from shared.runstate import RunStatus, insert_events
-from shared.runstate import event as event_row
+from shared.db.models import Job, Run
+from shared.db.prepared import HotStatement, prepare_once
+from shared.runs.transitions import RunStatus, insert_events
+from shared.runs.transitions import event as event_row
 
 _QUEUED = RunStatus.QUEUED.value
 
@@ -41,7 +41,7 @@ _CLAIM = (
 )
 
 
-# The same statement as a prepared statement (shared.prepared): it has no parameters, so PostgreSQL plans
+# The same statement as a prepared statement (shared.db.prepared): it has no parameters, so PostgreSQL plans
 # it once per connection instead of once per claim (planning the join over 14 indexes cost more than
 # running it). The ORM loads the EXECUTE's columns positionally.
 _CLAIM_HOT = HotStatement.build(

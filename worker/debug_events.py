@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.addresses import strip_userinfo
-from shared.attempts import clean_text
+from shared.egress.addresses import strip_userinfo
+from shared.runs.attempts import clean_text
 from worker.http import CallResult
 
 DEBUG_BODY_BYTES = 4096

@@ -1,7 +1,7 @@
 """Single-statement transactions for the attempt hot path: one autocommit DBAPI connection per thread.
 
 The common attempt is two writes, each of them one statement that is a whole transaction by itself: the
-claim that also starts the attempt (``worker.fast_start``) and the outcome (``shared.run_moves``). Run on
+claim that also starts the attempt (``worker.fast_start``) and the outcome (``shared.runs.moves``). Run on
 an autocommit connection, each is one round trip — no ``BEGIN``/``COMMIT`` of its own, no session, no ORM
 — and PostgreSQL still applies it atomically (a statement is its own transaction; its row locks live
 until it ends). A start that must stay undoable until its Redis limit check has answered
@@ -23,7 +23,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from shared.prepared import HotStatement
+from shared.db.prepared import HotStatement
 
 _PREPARED_KEY = "sluice_direct_prepared"
 

@@ -42,14 +42,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.execution_settings import ExecutionSettings
+from shared.db.prepared import HotStatement
 from shared.ids import uuid7
-from shared.prepared import HotStatement
-from shared.retries import STRATEGIES
+from shared.runs.execution_settings import ExecutionSettings
+from shared.runs.retries import STRATEGIES
 from worker.direct import DirectStatements
 
 _STRATEGIES = ", ".join(f"'{s}'" for s in (*STRATEGIES, ""))
-# shared.addresses.strip_userinfo, as a PostgreSQL regular expression (first match only, like count=1).
+# shared.egress.addresses.strip_userinfo, as a PostgreSQL regular expression (first match only, like count=1).
 STRIP_USERINFO_SQL = r"regexp_replace(picked.endpoint_url, '^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@', '\1//')"
 
 # Every check of admission.admit that could refuse or re-delay, as "it cannot" (§5.10, §5.13, §5.7–5.9),
@@ -165,7 +165,7 @@ class FastClaim:
     queued_at: datetime | None
     max_attempts_override: int | None
     timeout_secs_override: int | None
-    live: dict[str, Any]  # the live job's six execution settings (shared.execution_settings)
+    live: dict[str, Any]  # the live job's six execution settings (shared.runs.execution_settings)
     version: int
     version_id: str
     webhook_secret: str | None

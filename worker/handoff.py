@@ -1,7 +1,7 @@
 """In-worker slot hand-off: the thread whose attempt just ended starts the best waiting run itself.
 
 A run refused for a concurrency slot is registered as a waiter by the limit script itself
-(``shared.limits``, ``shared.slot_waiters``). When an attempt ends (its outcome committed), one script
+(``shared.limits.limiter``, ``shared.limits.waiters``). When an attempt ends (its outcome committed), one script
 either drops its leases (nobody waits) or pops the best waiter and keeps them. The worker thread then
 locks that run, moves it ``delayed → queued`` (event message ``slot released``) and admits it in the same
 transaction with the ended attempt's leases *handed over* — dropped inside the admission script, so the
@@ -34,14 +34,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.config import Settings
-from shared.effects import commit_and_apply
+from shared.db.models import Job, Run
+from shared.db.prepared import HotStatement, prepare_once
 from shared.ids import uuid7
-from shared.limits import Limits
-from shared.models import Job, Run
-from shared.prepared import HotStatement, prepare_once
-from shared.run_moves import move_run, supports_moves
-from shared.runstate import Effects, RunStatus, status_columns
-from shared.slot_waiters import MAX_POPS, WAKE_MESSAGE, SlotWaiters, promote_waiter
+from shared.limits.limiter import Limits
+from shared.limits.waiters import MAX_POPS, WAKE_MESSAGE, SlotWaiters, promote_waiter
+from shared.runs.commit import commit_and_apply
+from shared.runs.moves import move_run, supports_moves
+from shared.runs.transitions import Effects, RunStatus, status_columns
 from worker.admission import Started, admit
 from worker.direct import DirectStatements
 from worker.fast_start import FastClaim
@@ -60,7 +60,7 @@ Successor = tuple[Started | FastClaim, TraceClock]  # FastClaim: started by work
 # holds the row only until its re-delay commits, and the run is then exactly what we want.
 _LOCK = (sa.select(Run, Job).join(Job, Job.id == Run.job_id)
          .where(Run.id == sa.bindparam("run_id")).with_for_update(of=Run))
-# Prepared once per connection where the engine allows it (shared.prepared): planning the join over the
+# Prepared once per connection where the engine allows it (shared.db.prepared): planning the join over the
 # runs table's indexes costs more than running it.
 _LOCK_HOT = HotStatement.build("sluice_handoff_lock", str(_LOCK.compile(dialect=postgresql.dialect()))
                                .replace("%(run_id)s", ":run_id"))

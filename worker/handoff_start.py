@@ -25,10 +25,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from shared.config import Settings
+from shared.db.prepared import HotStatement
 from shared.ids import uuid7
-from shared.limits import Limits
-from shared.prepared import HotStatement
-from shared.slot_waiters import WAKE_MESSAGE
+from shared.limits.limiter import Limits
+from shared.limits.waiters import WAKE_MESSAGE
 from worker.direct import DirectStatements
 from worker.fast_start import CLAIM_COLUMNS, LIMITS_SQL, STARTABLE_SQL, STRIP_USERINFO_SQL, FastClaim, claim_of_row
 from worker.limited_start import UNUSABLE, acquire_or_undo, limit_request

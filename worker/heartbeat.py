@@ -12,7 +12,7 @@ UPDATE per interval whatever the number of worker threads.
 
 The same thread drops, in one pipeline per poll, the leases of attempts that ended *terminally* in a job
 without limits, or in a job whose limits had room to spare when the attempt started (``release_later``,
-``shared.limits.LimitDecision.roomy``: every cap at most a quarter used, no run waiting for a slot).
+``shared.limits.limiter.LimitDecision.roomy``: every cap at most a quarter used, no run waiting for a slot).
 Nobody waits for such a slot, and a terminal run never takes a lease again, so a release up to
 ``POLL_SECS`` late only over-counts for that long (the safe direction: a cap is never exceeded) and saves
 the worker a Redis round trip per run. Should runs start waiting meanwhile, they are refused and retry at
@@ -33,9 +33,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import redis_keys
-from shared.limits import Limits
-from shared.models import Run
-from shared.runstate import RunStatus
+from shared.db.models import Run
+from shared.limits.limiter import Limits
+from shared.runs.transitions import RunStatus
 
 log = logging.getLogger("sluice.worker.heartbeat")
 

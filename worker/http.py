@@ -23,8 +23,8 @@ from datetime import datetime
 from typing import TypeAlias
 from urllib.parse import SplitResult, quote, urlsplit
 
-from shared.addresses import AddressRefused, ResolutionFailed
-from shared.retries import (
+from shared.egress.addresses import AddressRefused, ResolutionFailed
+from shared.runs.retries import (
     NON_RETRYABLE,
     RETRYABLE,
     SUCCESS,

@@ -2,18 +2,18 @@
 
 Every executing attempt holds a lease (``shared.redis_keys.concurrency_job``/``concurrency_key``), even in a
 job without limits, so a limit added later counts the attempts in flight. For such a job nothing can be
-refused, so ``shared.limits.Limits.acquire``'s checks are moot and only its recording half is needed: the
+refused, so ``shared.limits.limiter.Limits.acquire``'s checks are moot and only its recording half is needed: the
 script below writes exactly what an admitted ``acquire`` writes for a request with no limits — the lease(s)
 with expiry = Redis now + ``lease_ms``, the lease ZSET's TTL from its latest lease, and the run dropped from
 the slot-waiter sets it may still be in.
 
-It is sent on the worker's per-thread script connection (``shared.thread_scripts``).
+It is sent on the worker's per-thread script connection (``shared.limits.thread_scripts``).
 """
 
 from __future__ import annotations
 
 from shared import redis_keys
-from shared.thread_scripts import LuaScript, ThreadScripts
+from shared.limits.thread_scripts import LuaScript, ThreadScripts
 
 # KEYS: job lease ZSET, job waiter set, [key lease ZSET, key waiter set]. ARGV: run_id, lease_ms.
 # Returns the Redis clock (ms) the lease was dated with.

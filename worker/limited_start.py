@@ -34,11 +34,11 @@ from typing import Any
 
 from shared.clock import format_ts
 from shared.config import Settings
-from shared.execution_settings import ExecutionSettings, SettingsUnresolvable, live_settings
-from shared.limits import LimitDecision, LimitRequest, Limits, rate_rules_for
+from shared.limits.limiter import LimitDecision, LimitRequest, Limits, rate_rules_for
 from shared.metrics import observe_redelay
-from shared.run_moves import move_run_unhooked
-from shared.runstate import RunStatus
+from shared.runs.execution_settings import ExecutionSettings, SettingsUnresolvable, live_settings
+from shared.runs.moves import move_run_unhooked
+from shared.runs.transitions import RunStatus
 from worker.admission import NotStarted, retry_at
 from worker.direct import DirectStatements
 from worker.fast_start import FastClaim, RunLimits, claim_and_start
@@ -52,7 +52,7 @@ UNUSABLE = (SettingsUnresolvable, ValueError, TypeError, KeyError)
 def limit_request(claim: FastClaim, limits: RunLimits, lease_margin_secs: int, *,
                   hand_over: tuple[str, str | None] | None = None) -> tuple[ExecutionSettings, LimitRequest]:
     """The claimed run's execution settings (the live job's, validated) and what its start is checked
-    against (``shared.limits``); a concurrency refusal registers it as a slot waiter."""
+    against (``shared.limits.limiter``); a concurrency refusal registers it as a slot waiter."""
     settings = live_settings(claim.live, claim.version, claim.version_id)
     timeout_secs = claim.timeout_secs_override or settings.timeout_secs
     payload: Any = json.loads(claim.payload) if limits.rate_limit_keys else None

@@ -13,7 +13,7 @@ hundred cheap Redis calls per second per process (measured in docs/execution.md)
 Shutdown: SIGTERM/SIGINT → stop fetching, requeue prefetched messages, let in-flight attempts finish
 (heartbeats continue meanwhile), exit 0. Further SIGTERMs are ignored (a process manager signals the whole
 process group, so each child also gets the supervisor's forwarded copy); a SIGINT or SIGQUIT while stopping
-exits at once. SIGKILL recovery is the reaper's job (``shared.reaper``).
+exits at once. SIGKILL recovery is the reaper's job (``scheduler.reaper``).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from sqlalchemy.engine import Engine
 
 from shared.clock import utcnow
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory
-from shared.limits import Limits
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.prepared import enable_prepared_statements
+from shared.limits.limiter import Limits
 from shared.logs import configure_logging
 from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, make_broker
 from shared.metrics import WORKER_METRICS_PORT, expose_process_metrics
-from shared.prepared import enable_prepared_statements
 from worker.acks import use_batched_acks
 from worker.actors import declare_dispatch_actor
 from worker.heartbeat import AttemptMonitor

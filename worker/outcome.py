@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any
 
-from shared.attempts import clean_text
+from shared.runs.attempts import clean_text
 from worker.http import CallResult
 
 MAX_RESULT_BYTES = 1 << 20

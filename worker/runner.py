@@ -11,7 +11,7 @@ outcome (canceled or reaped run) and a Sluice-side failure.
 
 On PostgreSQL each of the two is, in the common case, a single statement run as its own transaction
 (``worker.direct``): (1) ``worker.fast_start`` when no check can refuse the best ready run, (2)
-``shared.attempts.record_end_alone`` when no terminal hook is due. Otherwise — limits, a window, a pinned
+``shared.runs.attempts.record_end_alone`` when no terminal hook is due. Otherwise — limits, a window, a pinned
 older version, expiry, a webhook or dependents — the same steps run in a ``Session`` (``claim_ready_run``
 + ``admit``; ``record_end``).
 """
@@ -29,17 +29,17 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.addresses import resolve_checked
-from shared.attempts import AttemptEnd, PlannedEnd, RetryPolicy, plan_end, record_end, record_end_alone
 from shared.clock import utcnow
 from shared.config import Settings
-from shared.db import transaction
-from shared.effects import commit_and_apply
-from shared.execution_settings import ExecutionSettings, SettingsUnresolvable, live_settings
-from shared.limits import Limits
+from shared.db.engine import transaction
+from shared.egress.addresses import resolve_checked
+from shared.limits.limiter import Limits
 from shared.metrics import observe_attempt
-from shared.retries import NON_RETRYABLE, Outcome
-from shared.runstate import Effects, RunStatus, is_terminal
+from shared.runs.attempts import AttemptEnd, PlannedEnd, RetryPolicy, plan_end, record_end, record_end_alone
+from shared.runs.commit import commit_and_apply
+from shared.runs.execution_settings import ExecutionSettings, SettingsUnresolvable, live_settings
+from shared.runs.retries import NON_RETRYABLE, Outcome
+from shared.runs.transitions import Effects, RunStatus, is_terminal
 from worker.admission import NotStarted, Started, admit
 from worker.call import AttemptCall, CallPlan, PostFunction, perform_call
 from worker.claim import claim_ready_run, hold_if_disabled

@@ -2,7 +2,7 @@
 
 Registered by the worker's entry point with ``register_webhook_actor``; nothing is built at import time.
 ``max_retries=0``: a failed attempt is not an exception, and its retry is scheduled in PostgreSQL and
-enqueued by ``shared.webhook_sweeper`` (dramatiq's retries would be lost with the message and cannot
+enqueued by ``scheduler.webhook_sweeps`` (dramatiq's retries would be lost with the message and cannot
 follow the §5.15 schedule). No ``time_limit``: each attempt carries its own 10 s deadline, and the
 worker removes dramatiq's ``TimeLimit`` middleware (``worker.actors.strip_time_limits``).
 """

@@ -6,7 +6,7 @@
    ``pending`` and due. One conditional UPDATE (``attempts`` = the value read, still ``pending``, still
    due) bumps ``attempts`` and pushes ``next_attempt_at`` a lease ahead, so a duplicate message — now
    or during the call — finds nothing to do, and a worker that dies mid-call leaves a row the sweeper
-   (``shared.webhook_sweeper``) re-enqueues once the lease has passed.
+   (``scheduler.webhook_sweeps``) re-enqueues once the lease has passed.
 2. **Call** — POST the stored body bytes through ``worker.http.post`` (10 s, no redirects, address
    policy checked on this attempt's one resolution, connection to a checked address).
 3. **Record** — conditional on ``attempts`` still being ours: ``delivered`` on 2xx, ``abandoned`` when the
@@ -30,14 +30,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.addresses import AddressRefused, resolve_checked
 from shared.clock import format_ts
 from shared.config import Settings
+from shared.db.models import Job, WebhookDelivery
+from shared.egress.addresses import AddressRefused, resolve_checked
 from shared.metrics import observe_webhook_delivery
-from shared.models import Job, WebhookDelivery
-from shared.retries import RETRYABLE, Outcome
-from shared.runstate import event, insert_events
-from shared.signing import signature_headers
+from shared.runs.retries import RETRYABLE, Outcome
+from shared.runs.transitions import event, insert_events
+from shared.webhooks.signing import signature_headers
 from worker.http import CallResult, post, user_agent
 
 log = logging.getLogger("sluice.webhooks")

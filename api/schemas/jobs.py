@@ -1,7 +1,7 @@
 """Request schemas of the jobs endpoints (CONTRACT §2.1, §1.7): what decides 422 from the body alone.
 
 Loading returns only the keys that were sent (absent ≠ null; PATCH gives null a meaning). Semantic rules
-(400) run later on the merged configuration (``shared.job_rules``). Response schemas here only document
+(400) run later on the merged configuration (``shared.jobs.rules``). Response schemas here only document
 the OpenAPI: views render plain dicts (``api.job_render``).
 """
 
@@ -23,7 +23,7 @@ from api.schemas.fields import (
     StrictString,
     StringMap,
 )
-from shared.signing import is_masked_value, webhook_secret_problem
+from shared.webhooks.signing import is_masked_value, webhook_secret_problem
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 RESERVED_SLUGS = frozenset({"batch", "batch-enable", "batch-disable"})

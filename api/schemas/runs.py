@@ -1,6 +1,6 @@
 """Run resource, run event and runs-API request schemas (CONTRACT §4.6, §4.8, §7).
 
-Responses are rendered by ``shared.run_view``; these schemas document them in /openapi.json.
+Responses are rendered by ``shared.runs.view``; these schemas document them in /openapi.json.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class PageQuerySchema(BaseSchema):
 
 
 class RunFilterQuerySchema(PageQuerySchema):
-    """§7 filters (AND-combined); timestamps and statuses are checked by ``shared.run_queries``."""
+    """§7 filters (AND-combined); timestamps and statuses are checked by ``shared.runs.queries``."""
 
     status = ma.fields.String(metadata={"description": "Comma-separated statuses"})
     triggered_by = ma.fields.String(validate=validate.OneOf(["manual", "cron", "replay"]))

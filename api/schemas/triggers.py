@@ -10,7 +10,7 @@ from marshmallow import validate
 from api.schemas.fields import AnyJSON, BaseSchema, StrictBoolean, StrictInteger, StrictString, StringMap, Timestamp
 from api.schemas.runs import RunSchema
 from shared.clock import utcnow
-from shared.triggering import idempotency_key_error, trigger_field_errors
+from shared.triggers.manual import idempotency_key_error, trigger_field_errors
 
 
 def _check_key(value: str) -> None:

@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import utcnow
 from shared.config import Settings
-from shared.limits import Limits
+from shared.db.models import Job, Run, RunEvent
+from shared.limits.limiter import Limits
 from shared.messages import make_broker
-from shared.models import Job, Run, RunEvent
-from shared.runstate import Effects, RunStatus, transition
+from shared.runs.transitions import Effects, RunStatus, transition
 from tests import factories
 from worker.heartbeat import AttemptMonitor
 from worker.runner import Handled, Runner

@@ -1,4 +1,4 @@
-"""The API's hot statements on the driver cursor (``shared.prepared.HotQuery``/``run_hot``) as
+"""The API's hot statements on the driver cursor (``shared.db.prepared.HotQuery``/``run_hot``) as
 ``sluice api`` builds it (``create_app(settings)``: own engines, prepared statements). The responses
 themselves are checked in ``test_api_fast_paths``; here: that the path is taken, list pages, and failure."""
 
@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
-import shared.prepared
+import shared.db.prepared
 from shared.config import Settings
-from shared.models import Run
+from shared.db.models import Run
 from tests.conftest import make_key
 
 JOB = {"name": "Driver", "slug": "driver", "endpoint_url": "http://127.0.0.1:9/e"}
@@ -40,13 +40,13 @@ def auth_fixture(session_factory: sessionmaker[Session]) -> dict[str, str]:
 def test_hot_statements_run_on_the_driver_cursor(live_app: Flask, auth: dict[str, str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real = shared.prepared._run_on_driver
+    real = shared.db.prepared._run_on_driver
 
     def counting(connection: Any, statement: Any, params: Any, fetch: Any) -> Any:
         calls.append(statement.name)
         return real(connection, statement, params, fetch)
 
-    monkeypatch.setattr(shared.prepared, "_run_on_driver", counting)
+    monkeypatch.setattr(shared.db.prepared, "_run_on_driver", counting)
     client = live_app.test_client()
     job = client.post("/v1/jobs", json=JOB, headers=auth).get_json()
     for ref in ("driver", job["id"]):

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 
 from shared.apikeys import revoke_key
 from shared.clock import utcnow
-from shared.db import transaction
-from shared.models import ApiKey, JobVersion
+from shared.db.engine import transaction
+from shared.db.models import ApiKey, JobVersion
 from tests.conftest import make_key
 
 JOB = {"name": "Fast", "slug": "fast", "endpoint_url": "http://127.0.0.1:9/e"}
@@ -114,9 +114,9 @@ def test_key_and_job_lookups_on_sqlite(tmp_path, settings, redis_client) -> None
     """SQLite runs the same lookups as typed text: timestamps and JSON decode as on PostgreSQL."""
     from api.app import create_app
     from api.context import Services
-    from shared.db import make_engine, make_session_factory
+    from shared.db.engine import make_engine, make_session_factory
+    from shared.db.migrate import upgrade
     from shared.messages import make_broker
-    from shared.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'sluice.db'}"
     upgrade(url)

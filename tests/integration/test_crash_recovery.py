@@ -22,10 +22,10 @@ from bench.support import SinkProcess
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop
 from shared.clock import utcnow
 from shared.config import Settings
+from shared.db.models import Run, RunEvent
 from shared.messages import enqueue_runs, make_broker
-from shared.models import Run, RunEvent
-from shared.run_creation import RunInputs, create_runs
-from shared.runstate import TERMINAL, Effects
+from shared.runs.creation import RunInputs, create_runs
+from shared.runs.transitions import TERMINAL, Effects
 from tests import factories
 from tests.conftest import pg_url, redis_url
 

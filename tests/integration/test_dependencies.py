@@ -7,7 +7,8 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from shared.clock import utcnow
-from shared.dependencies import (
+from shared.db.models import Run, RunEvent
+from shared.dependencies.gating import (
     Correlation,
     gate_new_runs,
     recheck_waiting,
@@ -15,8 +16,7 @@ from shared.dependencies import (
     release_waiting_of_job,
     unmet_dependencies,
 )
-from shared.models import Run, RunEvent
-from shared.runstate import Effects, RunStatus, transition
+from shared.runs.transitions import Effects, RunStatus, transition
 from tests.factories import make_dependency, make_job, make_run
 
 

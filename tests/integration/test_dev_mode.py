@@ -47,7 +47,7 @@ def sluice_command() -> list[str]:
     if not script.exists():
         subprocess.run([sys.executable, "-m", "pip", "install", "-e", str(REPO), "--no-deps", "-q"],
                        check=False, timeout=300)
-    return [str(script)] if script.exists() else [sys.executable, "-m", "shared.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "shared.cli.main"]
 
 
 class DevProcess:

@@ -12,8 +12,8 @@ from flask import Flask
 
 import api.lean_get
 from api.fast_list import FastJobList, plain_query
-from shared.db import transaction
-from shared.models import ApiKey
+from shared.db.engine import transaction
+from shared.db.models import ApiKey
 from tests.conftest import make_key
 
 HEADERS = ("Content-Type", "Content-Length", "X-Next-Cursor", "Link", "X-Request-Id")

@@ -12,8 +12,8 @@ from flask import Flask
 
 import api.fast_trigger
 from api.fast_trigger import FastTrigger
-from shared.db import transaction
-from shared.models import Job, Run
+from shared.db.engine import transaction
+from shared.db.models import Job, Run
 from tests.conftest import make_key
 
 VOLATILE = {"id", "created_at", "queued_at", "expires_at", "request_id", "updated_at", "scheduled_at"}

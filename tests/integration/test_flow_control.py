@@ -40,13 +40,13 @@ from scheduler.maintenance import MaintenanceContext, MaintenanceLoop
 from shared import redis_keys
 from shared.clock import format_ts
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory
-from shared.effects import commit_and_apply
-from shared.limits import Limits
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.models import Job, Run, RunEvent
+from shared.limits.limiter import Limits
 from shared.messages import make_broker
-from shared.models import Job, Run, RunEvent
-from shared.run_creation import RunInputs, create_runs
-from shared.runstate import TERMINAL, Effects
+from shared.runs.commit import commit_and_apply
+from shared.runs.creation import RunInputs, create_runs
+from shared.runs.transitions import TERMINAL, Effects
 from tests.conftest import pg_url, redis_url
 from tests.factories import make_job
 from tests.integration.process_support import descendants
@@ -364,7 +364,7 @@ def handoff_gaps(intervals: list[tuple[float, float]], slots: int) -> str:
 
 
 def wake_stats(rig: Rig, job: Job) -> str:
-    """How the runs became ready again: by a slot release (``shared.slot_waiters``) or by the sweeper."""
+    """How the runs became ready again: by a slot release (``shared.limits.waiters``) or by the sweeper."""
     with rig.factory() as s:
         rows = s.execute(sa.select(RunEvent.message, sa.func.count()).join(Run, Run.id == RunEvent.run_id)
                          .where(Run.job_id == job.id, RunEvent.type == "state_change",

@@ -15,10 +15,10 @@ from werkzeug import Request, Response
 
 from shared import redis_keys
 from shared.clock import utcnow
-from shared.limits import LimitDecision, LimitRequest
+from shared.db.models import Job, Run
+from shared.limits.limiter import LimitDecision, LimitRequest
+from shared.limits.waiters import WAKE_MESSAGE, register_waiter
 from shared.messages import ready_messages
-from shared.models import Job, Run
-from shared.slot_waiters import WAKE_MESSAGE, register_waiter
 from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
 from worker.runner import Runner
 

@@ -16,7 +16,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from shared.addresses import AddressRefused, ResolutionFailed, resolve_checked
+from shared.egress.addresses import AddressRefused, ResolutionFailed, resolve_checked
 from tests.integration import servers
 from tests.integration.servers import RawServer
 from worker.http import CallAborted, CallResult, post

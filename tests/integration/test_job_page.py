@@ -18,11 +18,11 @@ from api.job_page import find_key_and_rendered_page
 from api.job_render import JOB_FIELDS, render_job
 from shared import json_codec
 from shared.apikeys import key_digest
-from shared.db import make_engine, make_session_factory, transaction
+from shared.db.engine import make_engine, make_session_factory, transaction
+from shared.db.prepared import enable_prepared_statements
 from shared.ids import new_version_id, uuid7
-from shared.job_config import config_for_create
-from shared.job_store import JOBS, list_job_records, new_job_record
-from shared.prepared import enable_prepared_statements
+from shared.jobs.config import config_for_create
+from shared.jobs.store import JOBS, list_job_records, new_job_record
 from tests.conftest import make_key, pg_url
 
 PROJECT = "proj-a"

@@ -13,8 +13,8 @@ from flask import Flask
 
 import api.job_page_cache
 from api.job_page_cache import RenderedJobs
-from shared.db import transaction
-from shared.models import Job
+from shared.db.engine import transaction
+from shared.db.models import Job
 from tests.integration.test_fast_list import _both, _jobs, _lean
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from shared.db.models import Job, JobVersion, Run
 from shared.messages import ready_messages
-from shared.models import Job, JobVersion, Run
 from tests.factories import make_run
 from tests.integration.jobs_support import JOB_FIELDS, assert_error, create, job_body, private_broker
 

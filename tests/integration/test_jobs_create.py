@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared.clock import parse_ts
-from shared.models import JobVersion
+from shared.db.models import JobVersion
 from tests.integration.jobs_support import ENDPOINT, JOB_FIELDS, SECRET, assert_error, create, job_body
 
 

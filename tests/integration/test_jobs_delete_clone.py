@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from shared.models import Job, JobDependency, JobVersion, Run, RunEvent, WebhookDelivery
+from shared.db.models import Job, JobDependency, JobVersion, Run, RunEvent, WebhookDelivery
 from tests.factories import make_dependency, make_run
 from tests.integration.jobs_support import SECRET, assert_error, create
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.job_config import W_FIELDS
+from shared.jobs.config import W_FIELDS
 from tests.integration.jobs_support import create
 
 ROUTES = [

@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 
 from shared.clock import utcnow
-from shared.db import make_engine, make_session_factory
-from shared.migrate import upgrade
-from shared.models import Job
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.migrate import upgrade
+from shared.db.models import Job
 from tests.conftest import make_key
 from tests.factories import make_run
 from tests.integration.jobs_support import create

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared.clock import utcnow
-from shared.models import Job, JobDependency, Run
+from shared.db.models import Job, JobDependency, Run
 from tests.factories import make_run
 from tests.integration.jobs_support import SECRET, assert_error, create
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug import Response
 
 from shared import redis_keys
-from shared.limits import LimitDecision, LimitRequest, Limits
+from shared.limits.limiter import LimitDecision, LimitRequest, Limits
 from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
 from worker.limited_start import DirectStarter
 

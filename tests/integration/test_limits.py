@@ -13,7 +13,7 @@ import pytest
 import redis as redis_lib
 
 from shared import redis_keys
-from shared.limits import LimitRequest, Limits, RateRule, rate_rules_for
+from shared.limits.limiter import LimitRequest, Limits, RateRule, rate_rules_for
 
 JOB = "job-1"
 T0 = 1_700_000_000_000  # a realistic epoch-ms base for overridden clocks

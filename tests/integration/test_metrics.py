@@ -22,12 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from api.context import Services
 from shared.clock import utcnow
-from shared.db import make_session_factory
-from shared.effects import commit_and_apply
-from shared.limits import LimitRequest, Limits
+from shared.db.engine import make_session_factory
+from shared.db.models import Job, Run
+from shared.limits.limiter import LimitRequest, Limits
 from shared.messages import make_broker
-from shared.models import Job, Run
-from shared.runstate import Effects, RunStatus, transition
+from shared.runs.commit import commit_and_apply
+from shared.runs.transitions import Effects, RunStatus, transition
 from tests import factories
 from tests.integration.jobs_support import create
 from tests.integration.runner_harness import harness_fixture  # noqa: F401  (fixture)
@@ -232,7 +232,7 @@ def test_metrics_port_rejects_garbage() -> None:
 
 def test_worker_side_counters(client, harness, httpserver, session_factory):  # type: ignore[no-untyped-def]
     """Attempt durations, re-delays and webhook outcomes, recorded by the real worker code paths."""
-    from shared.models import WebhookDelivery
+    from shared.db.models import WebhookDelivery
     from worker.webhooks import deliver
 
     httpserver.expect_request("/ok").respond_with_json({"ok": True})

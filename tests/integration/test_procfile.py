@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import Run
+from shared.db.models import Run
 from tests.conftest import make_key, pg_url, redis_url
 from tests.integration.process_support import (
     Sink,

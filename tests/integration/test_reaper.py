@@ -9,12 +9,12 @@ from datetime import timedelta
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from shared.attempts import AttemptEnd, RetryPolicy, finish_attempt
+from scheduler.reaper import reap_stale_attempts
 from shared.clock import utcnow
-from shared.limits import LimitRequest
-from shared.reaper import reap_stale_attempts
-from shared.retries import SUCCESS, Outcome
-from shared.runstate import Effects
+from shared.limits.limiter import LimitRequest
+from shared.runs.attempts import AttemptEnd, RetryPolicy, finish_attempt
+from shared.runs.retries import SUCCESS, Outcome
+from shared.runs.transitions import Effects
 from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
 
 

@@ -11,8 +11,8 @@ from pytest_httpserver import HTTPServer
 from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
+from shared.db.models import JobVersion
 from shared.ids import new_version_id
-from shared.models import JobVersion
 from tests.factories import JOB_DEFAULTS
 from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
 from tests.integration.servers import RawServer, never_answer
@@ -160,7 +160,7 @@ def _new_version(harness: Harness, job_id: str, version: int, **changes: object)
 
 
 def _current_version_id(harness: Harness, job_id: str) -> str:
-    from shared.models import Job
+    from shared.db.models import Job
 
     with harness.session_factory() as s:
         job = s.get(Job, job_id)

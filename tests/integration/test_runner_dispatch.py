@@ -11,10 +11,10 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from shared.clock import utcnow
-from shared.limits import LimitRequest
+from shared.limits.limiter import LimitRequest
 from shared.redis_keys import run_cancel
-from shared.runstate import Effects, RunStatus, transition
-from shared.schedules import next_open_minute, parse_cron
+from shared.runs.transitions import Effects, RunStatus, transition
+from shared.schedules.cron import next_open_minute, parse_cron
 from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
 from tests.integration.servers import RawServer, never_answer
 

@@ -10,7 +10,7 @@ import pytest
 
 from shared import redis_keys
 from shared.clock import format_ts, utcnow
-from shared.models import Run
+from shared.db.models import Run
 from tests.factories import make_dependency, make_job, make_run
 
 TERMINAL = ["completed", "failed", "timed_out", "crashed", "canceled", "expired", "system_failed"]

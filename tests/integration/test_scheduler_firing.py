@@ -14,11 +14,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from scheduler.cron import EXECUTOR, TickExecutor
 from scheduler.fire import TickFiring, TickRequest, fire_tick
 from scheduler.sync import ScheduleSync, load_last_cron_ticks
-from shared.cron_runs import create_cron_runs
+from shared.db.models import Job, Run, RunEvent
 from shared.messages import make_broker, ready_messages
-from shared.models import Job, Run, RunEvent
-from shared.runstate import Effects
-from shared.schedules import tick_key
+from shared.runs.transitions import Effects
+from shared.schedules.cron import tick_key
+from shared.triggers.cron import create_cron_runs
 from tests.factories import make_dependency, make_job, make_run
 
 TICK = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)

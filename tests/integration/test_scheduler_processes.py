@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from shared.models import Job, Run
+from shared.db.models import Job, Run
 from tests.conftest import pg_url, redis_url
 from tests.factories import make_job
 

@@ -1,4 +1,4 @@
-"""Slot hand-off (``shared.slot_waiters``): a concurrency refusal registers a waiter, a released slot wakes
+"""Slot hand-off (``shared.limits.waiters``): a concurrency refusal registers a waiter, a released slot wakes
 the best one at once (CONTRACT §5.8; the early promotion is the documented deviation from §5.11).
 
 Real PostgreSQL and Redis; the worker paths go through ``worker.runner.Runner`` (``harness``).
@@ -15,16 +15,12 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy.orm import Session
 from werkzeug import Request, Response
 
+from scheduler.reaper import reap_stale_attempts
 from shared import redis_keys
 from shared.clock import utcnow
-from shared.effects import commit_and_apply
-from shared.limits import LimitDecision, LimitRequest
-from shared.messages import ready_messages
-from shared.models import Job, Run
-from shared.reaper import reap_stale_attempts
-from shared.run_actions import CancelResult, cancel_run, signal_canceled
-from shared.runstate import Effects
-from shared.slot_waiters import (
+from shared.db.models import Job, Run
+from shared.limits.limiter import LimitDecision, LimitRequest
+from shared.limits.waiters import (
     MAX_POPS,
     WAITER_TTL_SECS,
     WAKE_MESSAGE,
@@ -32,6 +28,10 @@ from shared.slot_waiters import (
     register_waiter,
     waiter_score,
 )
+from shared.messages import ready_messages
+from shared.runs.actions import CancelResult, cancel_run, signal_canceled
+from shared.runs.commit import commit_and_apply
+from shared.runs.transitions import Effects
 from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
 
 T0 = 1_700_000_000_000

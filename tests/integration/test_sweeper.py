@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop, default_tasks
+from scheduler.sweeps import EXPIRED_ERROR, expire_unstarted, message_deficit, promote_due_delayed
 from shared.clock import utcnow
+from shared.db.models import Run, RunEvent
 from shared.messages import make_broker
-from shared.models import Run, RunEvent
-from shared.runstate import Effects
-from shared.sweeper import EXPIRED_ERROR, expire_unstarted, message_deficit, promote_due_delayed
+from shared.runs.transitions import Effects
 from tests.factories import make_dependency, make_job, make_run
 
 MSGS = "dramatiq:sluice.runs.msgs"
@@ -163,7 +163,7 @@ def test_scheduler_process_stops_on_sigterm(settings):
     import sys
 
     env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "scheduler"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli.main", "scheduler"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         time.sleep(2.0)

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared.clock import format_ts, parse_ts, utcnow
-from shared.models import Run, RunEvent
+from shared.db.models import Run, RunEvent
 from tests.factories import make_dependency, make_job, make_run
 
 

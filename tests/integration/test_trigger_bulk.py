@@ -7,7 +7,7 @@ import time
 
 import sqlalchemy as sa
 
-from shared.models import Batch, Run, RunEvent
+from shared.db.models import Batch, Run, RunEvent
 from tests.factories import make_dependency, make_job, make_run
 
 

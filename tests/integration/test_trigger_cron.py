@@ -1,4 +1,4 @@
-"""``shared.run_creation.create_cron_run`` (CONTRACT §6.3, §6.6): one run per (job, tick), gated by dependencies."""
+"""``shared.runs.creation.create_cron_run`` (CONTRACT §6.3, §6.6): one run per (job, tick), gated by dependencies."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from shared.models import Run, RunEvent
-from shared.run_creation import create_cron_run
-from shared.runstate import Effects
+from shared.db.models import Run, RunEvent
+from shared.runs.creation import create_cron_run
+from shared.runs.transitions import Effects
 from tests.factories import make_dependency, make_job
 
 

@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from werkzeug.serving import make_server
 
 from shared.clock import utcnow
-from shared.dependencies import release_dependents
-from shared.models import Run
-from shared.runstate import Effects, RunStatus, transition
+from shared.db.models import Run
+from shared.dependencies.gating import release_dependents
+from shared.runs.transitions import Effects, RunStatus, transition
 from tests.factories import make_dependency, make_job, make_run
 
 CONCURRENCY = 20

@@ -23,13 +23,13 @@ from pytest_httpserver import HTTPServer
 from standardwebhooks.webhooks import Webhook
 from werkzeug import Request, Response
 
+from scheduler.webhook_sweeps import RESEND_AFTER_SECS, enqueue_due_webhooks
 from shared.clock import format_ts, utcnow
-from shared.effects import commit_and_apply
+from shared.db.models import Job, Run, RunEvent, WebhookDelivery
 from shared.messages import WEBHOOK_QUEUE, make_broker, pending_messages
-from shared.models import Job, Run, RunEvent, WebhookDelivery
-from shared.run_view import run_to_dict
-from shared.runstate import Effects, RunStatus, transition
-from shared.webhook_sweeper import RESEND_AFTER_SECS, enqueue_due_webhooks
+from shared.runs.commit import commit_and_apply
+from shared.runs.transitions import Effects, RunStatus, transition
+from shared.runs.view import run_to_dict
 from tests.factories import make_job, make_run
 from worker.http import user_agent
 from worker.webhook_actor import register_webhook_actor

@@ -1,5 +1,5 @@
 """The attempt hot path as single-statement transactions (worker.direct, worker.fast_start,
-shared.attempts.record_end_alone): same rows and events as the checked path, and the checked path still
+shared.runs.attempts.record_end_alone): same rows and events as the checked path, and the checked path still
 decides whenever a check could refuse or a terminal hook is due."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from werkzeug import Request, Response
 
 from shared import redis_keys
 from shared.clock import utcnow
-from shared.thread_scripts import ThreadScripts
+from shared.limits.thread_scripts import ThreadScripts
 from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
 from worker.direct import _autocommit_off
 from worker.fast_start import CLAIM_AND_START

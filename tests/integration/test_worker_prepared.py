@@ -1,4 +1,4 @@
-"""The worker's hot path on prepared statements (shared.prepared), as `sluice worker` runs it."""
+"""The worker's hot path on prepared statements (shared.db.prepared), as `sluice worker` runs it."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import sqlalchemy as sa
 from pytest_httpserver import HTTPServer
 from sqlalchemy.engine import Engine
 
-from shared.attempts import AttemptEnd, RetryPolicy, finish_attempt
 from shared.clock import utcnow
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory
-from shared.models import RunEvent, WebhookDelivery
-from shared.prepared import enable_prepared_statements
-from shared.retries import SUCCESS, Outcome
-from shared.runstate import Effects
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.models import RunEvent, WebhookDelivery
+from shared.db.prepared import enable_prepared_statements
+from shared.runs.attempts import AttemptEnd, RetryPolicy, finish_attempt
+from shared.runs.retries import SUCCESS, Outcome
+from shared.runs.transitions import Effects
 from tests.integration.runner_harness import Harness, make_harness
 from worker.main import steer_claim_plans
 

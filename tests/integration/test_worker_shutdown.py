@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
+from shared.db.models import Run, RunEvent
 from shared.messages import enqueue_runs, make_broker
-from shared.models import Run, RunEvent
 from tests import factories
 from tests.conftest import pg_url, redis_url
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.addresses import (
+from shared.egress.addresses import (
     AddressRefused,
     ResolutionFailed,
     check_url_for_write,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.dependency_edges import _reaches
+from shared.dependencies.edges import _reaches
 from shared.errors import BadRequest
-from shared.health import health_score, parse_window, percentile
-from shared.job_config import (
+from shared.jobs.config import (
     DEFAULTS,
     W_FIELDS,
     changed_fields,
@@ -16,7 +15,8 @@ from shared.job_config import (
     normalise_fields,
     normalise_value,
 )
-from shared.job_rules import check_config, check_payload_schema
+from shared.jobs.health import health_score, parse_window, percentile
+from shared.jobs.rules import check_config, check_payload_schema
 
 
 def _config(**fields):

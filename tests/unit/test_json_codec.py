@@ -19,7 +19,7 @@ def test_values_orjson_refuses_fall_back_to_the_standard_library() -> None:
 
 
 def test_json_columns_decode_exactly_as_the_standard_library() -> None:
-    from shared.db import loads_json
+    from shared.db.engine import loads_json
 
     texts = ['{"a": 1, "b": [1.5, -0.0, 1e300, 2.2250738585072014e-308]}', '{"team": "t1"}', "[]", "{}",
              '{"n": 123456789012345678901234567890}', '{"n": 9223372036854775807}', '{"x": 0.1234567890123456789}',

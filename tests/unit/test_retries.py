@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from shared.retries import (
+from shared.runs.retries import (
     Outcome,
     classify_status,
     combine_fallback,

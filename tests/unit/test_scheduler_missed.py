@@ -9,8 +9,8 @@ import pytest
 from scheduler.fire import TickRequest, group_by_tick, is_tick_wanted
 from scheduler.missed import count_ticks_between, find_missed_tick, floor_of, is_within_grace, tick_of_key
 from scheduler.sync import ScheduleRow, plan_sync
-from shared.models import Job
-from shared.schedules import parse_cron, tick_key
+from shared.db.models import Job
+from shared.schedules.cron import parse_cron, tick_key
 
 EVERY_MINUTE = parse_cron("* * * * *")
 HOURLY = parse_cron("0 * * * *")

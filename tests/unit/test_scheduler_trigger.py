@@ -1,4 +1,4 @@
-"""The APScheduler adapter: CronTickTrigger delegates to shared.schedules; TickExecutor hands over ticks."""
+"""The APScheduler adapter: CronTickTrigger delegates to shared.schedules.cron; TickExecutor hands over ticks."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from shared.schedules import (
+from shared.schedules.cron import (
     CronError,
     CronSpec,
     is_minute_open,

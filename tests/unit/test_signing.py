@@ -10,7 +10,7 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.signing import (
+from shared.webhooks.signing import (
     is_masked_value,
     mask_secret,
     sign,

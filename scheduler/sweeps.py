@@ -1,0 +1,116 @@
+"""PostgreSQL is the source of truth (CONTRACT §5.1, §5.10, §5.11): the periodic sweeps that keep Redis and
+the clock-driven statuses in line with it. Each function does one batch in the caller's transaction.
+
+- ``promote_due_delayed``: ``delayed`` runs whose ``due_at`` has come → ``queued`` (and a message).
+- ``expire_unstarted``: unstarted (``attempt`` = 0) ``delayed``/``queued`` runs past ``expires_at`` →
+  ``expired``.
+- ``recover_lost_messages``: re-create messages Redis lost (restart, crash between commit and enqueue).
+
+Lost messages are detected by **count**, not by id. A worker claims the best ready run, not the one its
+message names, so messages are interchangeable wake-up tokens: every queued run is served as long as
+there are at least as many usable tokens as ready runs. Messages of executing runs stay un-acked in
+the queue's ``.msgs`` hash until the attempt ends, so the usable tokens are ``pending - executing``::
+
+    deficit = ready runs queued more than 2 s ago - max(0, pending messages - executing runs)
+
+The 2 s grace leaves room for the normal commit-then-enqueue of a fresh run. A positive deficit is
+covered by enqueueing that many messages naming the oldest ready runs. Over-counting only costs a
+worker a wasted wake-up; under-counting is corrected at the next sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from shared.db.models import Job, Run
+from shared.messages import enqueue_runs, pending_messages
+from shared.runs.transitions import Effects, RunStatus, event, insert_events, transition
+
+log = logging.getLogger("sluice.sweeper")
+
+PROMOTE_BATCH = 1000
+EXPIRE_BATCH = 200
+RECOVER_MAX = 1000
+LOST_AFTER = timedelta(seconds=2)
+EXPIRED_ERROR = "expired: not started before expires_at"
+_DELAYED, _QUEUED, _EXECUTING = RunStatus.DELAYED.value, RunStatus.QUEUED.value, RunStatus.EXECUTING.value
+
+
+def promote_due_delayed(session: Session, now: datetime, effects: Effects, *, batch: int = PROMOTE_BATCH) -> int:
+    """Move up to ``batch`` due ``delayed`` runs to ``queued``; return how many.
+
+    A batched form of ``runstate.transition(delayed → queued)`` — same conditional update, same
+    bookkeeping (``queued_at`` = now, ``due_at`` cleared), one ``state_change`` event per run — because a
+    burst of due runs (a bulk trigger with ``delay_secs``) must not cost three statements per run.
+    Rows are taken ``FOR UPDATE SKIP LOCKED`` so concurrent sweepers and workers never wait on each other.
+    """
+    ids = list(session.scalars(
+        sa.select(Run.id).where(Run.status == _DELAYED, Run.due_at <= now)
+        .order_by(Run.due_at).limit(batch).with_for_update(skip_locked=True)))
+    if not ids:
+        return 0
+    moved = list(session.scalars(
+        sa.update(Run).where(Run.id.in_(ids), Run.status == _DELAYED)
+        .values(status=_QUEUED, queued_at=now, due_at=None)
+        .returning(Run.id).execution_options(synchronize_session=False)))
+    insert_events(session, [event(run_id, "state_change", {"from": _DELAYED, "to": _QUEUED}, now)
+                            for run_id in moved])
+    effects.enqueue.extend(moved)
+    return len(moved)
+
+
+def seconds_until_next_due(session: Session, now: datetime) -> float | None:
+    """Seconds until the earliest ``delayed`` run falls due (≤ 0 if one already is); ``None`` if none waits.
+
+    One index lookup (``ix_runs_delayed_due``): lets the promotion loop wake exactly when the next run
+    is due instead of polling, so a run refused by a rate limit starts when the window has room.
+    """
+    due = session.execute(sa.select(sa.func.min(Run.due_at)).where(Run.status == _DELAYED)).scalar()
+    return None if due is None else (due - now).total_seconds()
+
+
+def expire_unstarted(session: Session, now: datetime, effects: Effects, *, batch: int = EXPIRE_BATCH) -> int:
+    """Expire up to ``batch`` unstarted runs whose ``expires_at`` has passed; return how many.
+
+    Each goes through ``runstate.transition`` because expiry is terminal: it queues the webhook and
+    releases dependents. Started runs (``attempt`` ≥ 1) never expire, even while delayed for a retry.
+    """
+    ids = list(session.scalars(
+        sa.select(Run.id).where(Run.attempt == 0, Run.expires_at <= now, Run.status.in_([_DELAYED, _QUEUED]))
+        .order_by(Run.expires_at).limit(batch).with_for_update(skip_locked=True)))
+    expired = 0
+    for run_id in ids:
+        if transition(session, run_id, RunStatus.EXPIRED, now=now, effects=effects,
+                      values={"error": EXPIRED_ERROR, "error_class": None}) is not None:
+            expired += 1
+    return expired
+
+
+def message_deficit(session: Session, now: datetime, pending: int) -> tuple[int, list[str]]:
+    """``(deficit, oldest ready run ids)`` given the broker's pending message count (see module doc)."""
+    ready = (sa.select(Run.id).join(Job, Job.id == Run.job_id)
+             .where(Run.status == _QUEUED, Run.held_at.is_(None), Run.queued_at < now - LOST_AFTER,
+                    Job.enabled.is_(True)))
+    waiting_count = session.scalar(sa.select(sa.func.count()).select_from(ready.subquery())) or 0
+    if not waiting_count:
+        return 0, []
+    executing = session.scalar(sa.select(sa.func.count()).select_from(Run).where(Run.status == _EXECUTING)) or 0
+    deficit = waiting_count - max(0, pending - executing)
+    if deficit <= 0:
+        return 0, []
+    ids = list(session.scalars(ready.order_by(Run.queued_at, Run.id).limit(min(deficit, RECOVER_MAX))))
+    return deficit, ids
+
+
+def recover_lost_messages(session: Session, now: datetime, broker: Any) -> int:
+    """Enqueue one message per missing token (at most ``RECOVER_MAX`` per sweep); return how many."""
+    deficit, ids = message_deficit(session, now, pending_messages(broker))
+    if not ids:
+        return 0
+    log.warning("re-enqueueing lost run messages", extra={"deficit": deficit, "enqueued": len(ids)})
+    return enqueue_runs(broker, ids)

@@ -1,0 +1,59 @@
+"""Webhook retries and lost-message recovery (CONTRACT §5.15): PostgreSQL decides when a delivery is due.
+
+The webhook actor never retries through dramatiq. A failed attempt only writes the next due time
+(``next_attempt_at``); this periodic sweep enqueues every ``pending`` delivery that is due and needs a
+message. "Needs a message" is read from ``updated_at``, which every attempt and every enqueue here
+bumps:
+
+- ``updated_at < next_attempt_at``: nothing touched the row since it was scheduled (a retry that has
+  come due, or a claimed attempt whose worker died and whose lease has run out) → enqueue now;
+- otherwise a message was already sent (by ``commit_and_apply`` at creation, or by an earlier sweep)
+  and is only re-sent after ``RESEND_AFTER_SECS`` of silence, which covers a Redis restart or a crash
+  between commit and enqueue.
+
+A duplicate message is harmless: the worker claims an attempt with a conditional UPDATE.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from shared.db.models import WebhookDelivery
+from shared.messages import enqueue_webhooks
+
+RESEND_AFTER_SECS = 30
+BATCH_SIZE = 500
+
+
+def enqueue_due_webhooks(session: Session, now: datetime, broker: Any, *, limit: int = BATCH_SIZE) -> int:
+    """Enqueue a ``deliver_webhook`` message for each due ``pending`` delivery; return how many.
+
+    Marks the rows (``updated_at = now``) and enqueues inside the caller's transaction, which the caller
+    then commits. Enqueueing before the commit is safe here, unlike for runs: the rows were committed
+    long ago and the worker's claim does not depend on the mark. If the enqueue raises, the caller
+    rolls back and the next sweep tries again. Rows locked by a concurrent sweep are skipped.
+    """
+    resend_before = now - timedelta(seconds=RESEND_AFTER_SECS)
+    ids = list(session.scalars(
+        sa.select(WebhookDelivery.id)
+        .where(WebhookDelivery.state == "pending",
+               WebhookDelivery.next_attempt_at <= now,
+               sa.or_(WebhookDelivery.updated_at < WebhookDelivery.next_attempt_at,
+                      WebhookDelivery.updated_at <= resend_before))
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ))
+    if not ids:
+        return 0
+    session.execute(
+        sa.update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(ids))
+        .values(updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return enqueue_webhooks(broker, ids)

@@ -1,0 +1,1 @@
+"""Job dependencies: the edges between jobs and the gating of runs on them."""

@@ -1,0 +1,229 @@
+"""Job dependencies at run time (CONTRACT §5.14): gate new runs, release waiting ones.
+
+An edge ``job_id → depends_on_job_id`` with a ``condition`` is evaluated on the upstream job's newest
+**terminal** run (by ``finished_at``, then ``created_at``, then ``id``) among the runs correlated with the
+dependent run: same ``idempotency_key`` if it has one; else same ``metadata.dependency_key`` if it has one;
+else any run of the upstream job. A run is created ``waiting`` unless every edge holds, and released
+(``waiting → queued``, or ``delayed`` if ``scheduled_at`` is ahead) once they all do.
+
+No lost wake-ups. Both sides take the transaction-scoped advisory lock ``("deps", <dependent job id>)``:
+
+- creating a run of a job with edges takes it *before* evaluating the edges;
+- a terminal transition of an upstream run updates that run, then takes the lock of each dependent job
+  *before* reading its ``waiting`` runs, in the same transaction as the terminal update.
+
+Under READ COMMITTED every statement sees what was committed before it started. If the creator gets the
+lock first, the finisher waits for the creator's commit and its later read of ``waiting`` runs sees the new
+run, so it releases it. If the finisher gets it first, the creator waits for the finisher's commit, and its
+edge evaluation sees the terminal upstream run, so the run is not created ``waiting`` at all. Either way
+the run ends up released. (SQLite serialises all writers, which is the same argument with one big lock.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from shared.db.locks import lock_key
+from shared.db.models import JobDependency, Run
+from shared.runs.transitions import TERMINAL, Effects, RunStatus, transition
+
+_FAILURES = frozenset({"failed", "timed_out", "crashed", "system_failed", "expired"})
+CONDITION_STATUSES: dict[str, frozenset[str]] = {
+    "completed": frozenset({"completed"}),
+    "failed": _FAILURES,
+    "any": frozenset(s.value for s in TERMINAL),
+}
+_TERMINAL_VALUES = [s.value for s in TERMINAL]
+RELEASE_BATCH = 500
+RECHECK_JOBS = 200  # jobs with waiting runs re-evaluated per run of ``recheck_waiting``
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """What ties a dependent run to upstream runs: its idempotency key, else its dependency key."""
+
+    idempotency_key: str | None = None
+    dependency_key: str | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.idempotency_key is not None:
+            return "idem"
+        if self.dependency_key is not None:
+            return "dep"
+        return "any"
+
+    @property
+    def value(self) -> str | None:
+        return self.idempotency_key if self.idempotency_key is not None else self.dependency_key
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of evaluating every edge for one run: ``holds`` and the upstream runs that satisfied it."""
+
+    holds: bool
+    dependency_runs: list[str]
+
+
+def correlation_of(idempotency_key: str | None, metadata: dict[str, str] | None) -> Correlation:
+    dependency_key = (metadata or {}).get("dependency_key")
+    return Correlation(idempotency_key or None, dependency_key if isinstance(dependency_key, str) else None)
+
+
+def edges_of(session: Session, job_id: str) -> list[JobDependency]:
+    return list(session.scalars(sa.select(JobDependency).where(JobDependency.job_id == job_id)
+                                .order_by(JobDependency.created_at, JobDependency.id)))
+
+
+def _newest_terminal(session: Session, upstream_job_id: str, kind: str,
+                     values: Sequence[str | None]) -> dict[str | None, tuple[str, str]]:
+    """Newest terminal upstream run per correlation value: value -> (run id, status). One query."""
+    order = (Run.finished_at.desc(), Run.created_at.desc(), Run.id.desc())
+    where = [Run.job_id == upstream_job_id, Run.status.in_(_TERMINAL_VALUES)]
+    if kind == "any":
+        row = session.execute(sa.select(Run.id, Run.status).where(*where).order_by(*order).limit(1)).first()
+        return {None: (row[0], row[1])} if row else {}
+    column = Run.idempotency_key if kind == "idem" else Run.run_metadata["dependency_key"].as_string()
+    ranked = (
+        sa.select(Run.id, Run.status, column.label("corr"),
+                  sa.func.row_number().over(partition_by=column, order_by=order).label("rn"))
+        .where(*where, column.in_([v for v in values if v is not None]))
+        .subquery()
+    )
+    rows = session.execute(sa.select(ranked.c.id, ranked.c.status, ranked.c.corr).where(ranked.c.rn == 1))
+    return {corr: (run_id, status) for run_id, status, corr in rows}
+
+
+def evaluate_many(session: Session, edges: Sequence[JobDependency],
+                  correlations: Sequence[Correlation]) -> list[Verdict]:
+    """Evaluate ``edges`` for each correlation, in order; a few queries whatever the number of runs."""
+    if not edges:
+        return [Verdict(True, []) for _ in correlations]
+    by_kind: dict[str, list[str | None]] = {}
+    for corr in correlations:
+        by_kind.setdefault(corr.kind, []).append(corr.value)
+    found: dict[tuple[str, str], dict[str | None, tuple[str, str]]] = {}
+    for edge in edges:
+        for kind, values in by_kind.items():
+            found[(edge.id, kind)] = _newest_terminal(session, edge.depends_on_job_id, kind, sorted(
+                {v for v in values if v is not None}) if kind != "any" else [None])
+    verdicts = []
+    for corr in correlations:
+        holds, used = True, []
+        for edge in edges:
+            hit = found[(edge.id, corr.kind)].get(corr.value)
+            if hit is None or hit[1] not in CONDITION_STATUSES.get(edge.condition, frozenset()):
+                holds = False
+                break
+            used.append(hit[0])
+        verdicts.append(Verdict(holds, used if holds else []))
+    return verdicts
+
+
+def gate_new_runs(session: Session, job_id: str, correlations: Sequence[Correlation], *,
+                  has_edges: bool | None = None) -> list[Verdict]:
+    """Creation-side gate: lock the job's dependency key (see module doc), then evaluate its edges.
+
+    Jobs without edges take no lock (their runs never wait). ``has_edges=False`` (known from the job
+    lookup, same transaction) skips the edges query. Call in the creating transaction.
+    """
+    edges = edges_of(session, job_id) if has_edges is not False else []
+    if not edges:
+        return [Verdict(True, []) for _ in correlations]
+    lock_key(session, "deps", job_id)
+    return evaluate_many(session, edges, correlations)
+
+
+def unmet_dependencies(session: Session, job_id: str, *, idempotency_key: str | None,
+                       dependency_key: str | None) -> list[JobDependency]:
+    """The edges of ``job_id`` that do not hold for a run with this correlation (empty = run may start).
+
+    Takes the job's dependency lock when it has edges; call it in the transaction that creates the run.
+    """
+    edges = edges_of(session, job_id)
+    if not edges:
+        return []
+    lock_key(session, "deps", job_id)
+    corr = Correlation(idempotency_key or None, dependency_key)
+    unmet = []
+    for edge in edges:
+        if not evaluate_many(session, [edge], [corr])[0].holds:
+            unmet.append(edge)
+    return unmet
+
+
+def release_expiry(run: Run, now: datetime) -> datetime | None:
+    """``expires_at`` of a released run: max(release, ``scheduled_at``) + the TTL chosen at creation."""
+    if not run.ttl_secs:
+        return None
+    start = max(now, run.scheduled_at) if run.scheduled_at is not None else now
+    return start + timedelta(seconds=run.ttl_secs)
+
+
+def _release_job(session: Session, job_id: str, *, now: datetime, effects: Effects) -> int:
+    """Release the waiting runs of ``job_id`` whose edges all hold, oldest first. Caller holds the lock."""
+    edges = edges_of(session, job_id)
+    released = 0
+    after: tuple[datetime, str] | None = None
+    while True:
+        query = sa.select(Run).where(Run.job_id == job_id, Run.status == RunStatus.WAITING.value)
+        if after is not None:
+            query = query.where(sa.or_(Run.created_at > after[0],
+                                       sa.and_(Run.created_at == after[0], Run.id > after[1])))
+        waiting = list(session.scalars(query.order_by(Run.created_at, Run.id).limit(RELEASE_BATCH)))
+        if not waiting:
+            return released
+        verdicts = evaluate_many(session, edges, [correlation_of(r.idempotency_key, r.run_metadata)
+                                                  for r in waiting])
+        for run, verdict in zip(waiting, verdicts, strict=True):
+            if verdict.holds and _release(session, run, verdict, now=now, effects=effects):
+                released += 1
+        if len(waiting) < RELEASE_BATCH:
+            return released
+        after = (waiting[-1].created_at, waiting[-1].id)
+
+
+def _release(session: Session, run: Run, verdict: Verdict, *, now: datetime, effects: Effects) -> bool:
+    ahead = run.scheduled_at is not None and run.scheduled_at > now
+    to = RunStatus.DELAYED if ahead else RunStatus.QUEUED
+    values = {"expires_at": release_expiry(run, now)}
+    if ahead:
+        values["scheduled_at"] = run.scheduled_at  # transition derives due_at from it
+    moved = transition(session, run.id, to, now=now, effects=effects, expected={RunStatus.WAITING},
+                       values=values, events=[("released", {"dependency_runs": verdict.dependency_runs})])
+    return moved is not None
+
+
+def release_dependents(session: Session, upstream_job_id: str, *, now: datetime, effects: Effects) -> int:
+    """Re-evaluate the waiting runs of every job that depends on ``upstream_job_id``; return how many
+    were released. Called by every terminal transition (``shared.runs.hooks``) in its own transaction."""
+    dependents = sorted(set(session.scalars(
+        sa.select(JobDependency.job_id).where(JobDependency.depends_on_job_id == upstream_job_id))))
+    released = 0
+    for job_id in dependents:
+        lock_key(session, "deps", job_id)
+        released += _release_job(session, job_id, now=now, effects=effects)
+    return released
+
+
+def release_waiting_of_job(session: Session, job_id: str, now: datetime, effects: Effects) -> int:
+    """Re-evaluate ``job_id``'s own waiting runs (after one of its edges or an upstream job was deleted)."""
+    lock_key(session, "deps", job_id)
+    return _release_job(session, job_id, now=now, effects=effects)
+
+
+def recheck_waiting(session: Session, now: datetime, effects: Effects) -> int:
+    """Safety net (the scheduler's maintenance loop): re-evaluate the waiting runs of every job that has
+    some, and release those whose edges hold. The locks above make a trigger and a finishing upstream run
+    safe; one race they do not cover is an edge *created* while its upstream run finishes (the finisher
+    read the dependents before the edge committed, then a run of the dependent job was gated on it).
+    Normally this releases nothing; a release here is such a wake-up, recovered late instead of never."""
+    job_ids = session.scalars(sa.select(Run.job_id).where(Run.status == RunStatus.WAITING.value)
+                              .distinct().order_by(Run.job_id).limit(RECHECK_JOBS)).all()
+    return sum(release_waiting_of_job(session, job_id, now, effects) for job_id in job_ids)

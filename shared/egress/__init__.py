@@ -1,0 +1,1 @@
+"""Outbound calls: which addresses Sluice may call."""

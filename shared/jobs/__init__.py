@@ -1,0 +1,1 @@
+"""Jobs: configuration, rules, storage, versions, lifecycle, enablement and health."""

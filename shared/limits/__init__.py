@@ -1,0 +1,1 @@
+"""Flow control: concurrency leases, rate limits and slot waiters in Redis."""

@@ -1,0 +1,1 @@
+"""Runs: statuses and transitions, creation, attempts, retries, queries, cancel and replay."""

@@ -1,0 +1,1 @@
+"""The cron dialect: parsing, matching and fire times. Pure."""

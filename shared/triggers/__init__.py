@@ -1,0 +1,1 @@
+"""Triggers: manual, bulk and cron runs, and trigger payloads."""

@@ -1,0 +1,1 @@
+"""Terminal-run webhooks: the outbox and Standard Webhooks signatures."""
