@@ -10,12 +10,12 @@ from flask import Flask, g
 from webargs import core
 from webargs.flaskparser import FlaskParser
 
-from api import gate, metrics, request_log, service
+from api import front, gate, metrics, request_log, service
+from api.access import Access
 from api.context import Services, autocommit_read_factory, close_session
-from api.errors import ErrorSchema, handle_http_exception, register_error_handlers
-from api.fast_job_get import FastJobGet
-from api.fast_list import FastJobList
-from api.fast_trigger import FastTrigger
+from api.errors import handle_http_exception, register_error_handlers
+from api.resources import ERROR
+from api.schemas.resources import schema_of
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.prepared import enable_prepared_statements
@@ -31,7 +31,7 @@ class _BodyParser(FlaskParser):
 
 
 class SluiceApi(flask_smorest.Api):
-    ERROR_SCHEMA = ErrorSchema
+    ERROR_SCHEMA = schema_of(ERROR)
     ARGUMENTS_PARSER = _BodyParser()
 
     def handle_http_exception(self, error: Any) -> Any:
@@ -50,30 +50,17 @@ def _openapi_config(app: Flask) -> None:
         API_SPEC_OPTIONS={
             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
             "security": [{"bearerAuth": []}],
-            "info": {"description": "Sluice: HTTP job scheduler and trigger service. See CONTRACT.md."},
+            "info": {"description": "Sluice: HTTP job scheduler and trigger service."},
         },
     )
 
 
-def create_app(settings: Settings, *, services: Services | None = None) -> Flask:
-    """Build the API. ``services`` lets tests and ``sluice dev`` pass prebuilt engine/Redis/broker."""
+def create_app(settings: Settings) -> Flask:
+    """Build the API over PostgreSQL and Redis as ``settings`` name them: two connection pools (writes, and
+    reads in autocommit), both preparing their hot statements, the broker, and the front layer."""
     app = Flask("sluice")
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    if services is None:
-        # No pre-ping: a dead pooled connection fails one request with 503 and SQLAlchemy then
-        # invalidates the pool; pinging would cost a round trip on every request.
-        pool = settings.worker_threads + 2
-        engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
-        reads = None
-        if engine.dialect.name == "postgresql":  # GETs get a pool of connections that stay in autocommit
-            read_engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
-            reads = autocommit_read_factory(read_engine)
-            enable_prepared_statements(read_engine)  # the trigger's key + job lookup (shared.triggers.manual)
-        enable_prepared_statements(engine)
-        client = redis.Redis.from_url(settings.redis_url)
-        services = Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),
-                            redis=client, broker=make_broker(settings), read_session_factory=reads)
-    app.extensions["sluice"] = services
+    app.extensions["sluice"] = services = _services(settings)
     _openapi_config(app)
     api = SluiceApi(app)
     register_error_handlers(app)
@@ -84,10 +71,22 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Flask
     request_log.install(app)
     _register_blueprints(api)
     service.document(app, api.spec)
-    # The lean paths in front of Flask: the common trigger, the plain jobs list and a job read.
-    lean_reads = FastJobList(services, FastJobGet(services, app.wsgi_app))
-    app.wsgi_app = FastTrigger(services, lean_reads)  # type: ignore[method-assign]
+    app.wsgi_app = front.install(services, app.wsgi_app)  # type: ignore[method-assign]
     return app
+
+
+def _services(settings: Settings) -> Services:
+    # No pre-ping: a dead pooled connection fails one request with 503 and SQLAlchemy then invalidates the
+    # pool; pinging would cost a round trip on every request.
+    pool = settings.worker_threads + 2
+    engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
+    read_engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
+    for each in (engine, read_engine):
+        enable_prepared_statements(each)
+    client = redis.Redis.from_url(settings.redis_url)
+    return Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),
+                    read_engine=read_engine, read_session_factory=autocommit_read_factory(read_engine),
+                    redis=client, broker=make_broker(settings), access=Access(settings.api_rate_limit, client))
 
 
 def _register_blueprints(api: flask_smorest.Api) -> None:

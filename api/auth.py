@@ -1,22 +1,21 @@
-"""Bearer API-key authentication, scopes and the optional per-key API rate limit (CONTRACT §9, §1.5)."""
+"""Flask's side of authentication (``api.access``): the scope a view declares, the key read its request
+makes (alone, or with the view's job in one statement), the principal the view acts as."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import current_app, g, request
 from sqlalchemy.orm import Session
 
+from api.access import presented_digest
 from api.context import get_session, services
-from shared import redis_keys
-from shared.apikeys import Principal, authenticate_digest, key_digest, principal_from_row
+from shared.apikeys import Principal, read_key
 from shared.clock import utcnow
-from shared.errors import Forbidden, TooManyRequests, Unauthorized
+from shared.errors import Forbidden, Unauthorized
 
 F = TypeVar("F", bound=Callable[..., Any])
-_BAD_KEY = "Unknown, malformed or revoked API key"
 
 
 def requires_scope(scope: str) -> Callable[[F], F]:
@@ -42,80 +41,34 @@ def authenticated_with(lookup: Callable[[Session, str, str], Any]) -> Callable[[
     return mark
 
 
-def prefetched_with_key(prefetch: Callable[[Session, str], tuple[Any, Any] | None]) -> Callable[[F], F]:
-    """Authenticate this view with ``prefetch(session, key_digest)``: ``(key row mapping or None, data)``
-    read in one statement, the data for the view (``prefetched_row()``), or ``None`` when the request is not
-    of the kind it prefetches for (then the key is read alone). The view must check the data is for what it
-    is about to read; precedence is unchanged."""
-
-    def mark(view: F) -> F:
-        view.key_prefetch = prefetch  # type: ignore[attr-defined]
-        return view
-
-    return mark
-
-
-def bearer_token(header: str) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or ``None`` when it is not one."""
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
-
-
 def authenticate_request(scope: str | None, view: Any = None) -> Principal:
-    token = bearer_token(request.headers.get("Authorization", ""))
-    if token is None:
-        raise Unauthorized("Missing or malformed Authorization header; send 'Bearer sk_…'")
-    digest = key_digest(token)
-    if digest is None:
-        raise Unauthorized(_BAD_KEY)
+    """401, 403 or 429 (``api.access``), else the request's principal (``current_principal()``)."""
+    digest = presented_digest(request.headers.get("Authorization", ""))
     session = get_session()
     lookup = getattr(view, "key_lookup", None)
     ref = (request.view_args or {}).get("job") if lookup is not None else None
-    prefetch = getattr(view, "key_prefetch", None)
-    fetched = prefetch(session, digest) if prefetch is not None else None
-    if fetched is not None:
-        key_row, g.prefetched_row = fetched
-        principal = principal_from_row(session, key_row, utcnow())
-    elif lookup is not None and ref is not None:
-        row = lookup(session, digest, ref)
-        g.prefetched_row = row
-        principal = principal_from_row(session, None if row is None else getattr(row, "_mapping", row), utcnow())
+    if ref is not None:
+        row = g.prefetched_row = lookup(session, digest, ref)  # type: ignore[misc]
+        key = None if row is None else getattr(row, "_mapping", row)
     else:
-        principal = authenticate_digest(session, digest, utcnow())
-    if session.info.pop("wrote_last_used_at", False):
-        session.commit()  # persist the throttled last_used_at even if the view fails
-    # Otherwise the view continues on the same connection: no commit, no second pool checkout.
-    if principal is None:
-        raise Unauthorized(_BAD_KEY)
-    g.principal = principal
-    if scope is not None and not principal.has_scope(scope):
-        raise Forbidden(f"missing scope {scope}")
-    _apply_api_rate_limit(principal)
+        key = read_key(session, digest)
+    access = services().access
+    try:
+        principal = g.principal = access.identify(session, key, utcnow())
+    finally:
+        # Persist the throttled last_used_at even if the request is refused or its view fails; otherwise
+        # the view continues on the same connection: no commit, no second pool checkout.
+        if session.info.pop("wrote_last_used_at", False):
+            session.commit()
+    permit = access.permit(principal, scope, utcnow())
+    if permit.refusal is not None:
+        raise permit.refusal
     return principal
 
 
 def prefetched_row() -> Any:
-    """The row the view's ``@authenticated_with`` lookup (or the data its ``@prefetched_with_key``
-    prefetch) returned alongside the key; ``None`` if none was read."""
+    """The row the view's ``@authenticated_with`` lookup returned alongside the key; ``None`` if none."""
     return g.get("prefetched_row")
-
-
-def _apply_api_rate_limit(principal: Principal) -> None:
-    limit = services().settings.api_rate_limit
-    if limit is None:
-        return
-    count, window = limit
-    now = int(time.time())
-    window_start = now - now % window
-    key = redis_keys.api_rate(principal.key_id, window_start)
-    pipe = services().redis.pipeline()
-    pipe.incr(key)
-    pipe.expire(key, window + 1)
-    used = pipe.execute()[0]
-    if used > count:
-        raise TooManyRequests(retry_after_secs=window_start + window - now or 1,
-                              message=f"API rate limit of {count} requests per {window} s exceeded")
 
 
 def current_principal() -> Principal:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -11,27 +11,30 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.access import Access
 from shared.config import Settings
 
 
 @dataclass
 class Services:
+    """What ``create_app`` builds once per process and every request uses."""
+
     settings: Settings
     engine: Engine
     session_factory: sessionmaker[Session]
+    # GET requests only read (plus a throttled last_used_at write that commits on its own): they run on a
+    # second engine whose connections stay in autocommit, which saves the BEGIN and ROLLBACK round trips.
+    read_engine: Engine
+    read_session_factory: sessionmaker[Session]
     redis: redis.Redis
     broker: Any  # a dramatiq broker: runs are enqueued by actor name through shared.messages
-    # GET requests only read (plus a throttled last_used_at write that may commit on its own): on
-    # PostgreSQL they run in autocommit, which saves the BEGIN and ROLLBACK round trips per request.
-    read_session_factory: sessionmaker[Session] | None = field(default=None)
+    access: Access
 
-    def __post_init__(self) -> None:
-        # Tests pass one engine: reads switch its connections to autocommit per checkout. ``create_app``
-        # passes a factory over a second engine whose connections are autocommit for good (no switching).
-        if self.read_session_factory is None and self.engine.dialect.name == "postgresql":
-            self.read_session_factory = sessionmaker(
-                bind=self.engine.execution_options(isolation_level="AUTOCOMMIT"),
-                expire_on_commit=False, autoflush=False)
+    def close(self) -> None:
+        """Close the pools (the process's end, or a test's)."""
+        self.engine.dispose()
+        self.read_engine.dispose()
+        self.redis.close()
 
 
 def autocommit_read_factory(engine: Engine) -> sessionmaker[Session]:
@@ -57,9 +60,7 @@ def autocommit_first(view: Any) -> Any:
     return view
 
 
-def _starts_in_autocommit(svc: Services) -> bool:
-    if svc.read_session_factory is None:
-        return False
+def _starts_in_autocommit() -> bool:
     if request.method in ("GET", "HEAD"):
         return True
     view = current_app.view_functions.get(request.endpoint or "")
@@ -71,8 +72,8 @@ def get_session() -> Session:
     session = g.get("db_session")
     if session is None:
         svc = services()
-        autocommit = _starts_in_autocommit(svc)
-        session = (svc.read_session_factory if autocommit else svc.session_factory)()  # type: ignore[misc]
+        autocommit = _starts_in_autocommit()
+        session = (svc.read_session_factory if autocommit else svc.session_factory)()
         g.db_session = session
         g.db_session_autocommit = autocommit
     return session

@@ -9,23 +9,24 @@ from flask_smorest import Blueprint
 
 from api.auth import current_principal, requires_scope
 from api.context import get_session, services
-from api.job_render import render_edge
 from api.pagination import clamp_limit, decode_time_cursor, encode_cursor, json_response, paged_response
-from api.schemas.jobs import DependencyCreateSchema, DependencySchema, PageQuerySchema
+from api.schemas.jobs import DependencyCreateSchema, PageQuerySchema
+from api.schemas.resources import schema_of
 from shared.clock import utcnow
 from shared.dependencies.edges import create_edge, delete_edge, list_edges
 from shared.jobs.lifecycle import require_job
+from shared.jobs.resource import DEPENDENCY
 from shared.runs.commit import commit_and_apply
 
 CURSOR_KIND = "dependencies"
 
-blp = Blueprint("dependencies", __name__, url_prefix="/v1", description="Job dependencies (CONTRACT §3.9)")
+blp = Blueprint("dependencies", __name__, url_prefix="/v1", description="Job dependencies")
 
 
 @blp.route("/jobs/<job>/dependencies", methods=["GET"])
 @requires_scope("jobs:read")
 @blp.arguments(PageQuerySchema(), location="query", as_kwargs=True)
-@blp.response(200, DependencySchema(many=True))
+@blp.response(200, schema_of(DEPENDENCY)(many=True))
 def list_dependencies_view(job: str, limit: int | None = None, cursor: str | None = None) -> Response:
     """Edges whose dependent is this job, newest first."""
     page = clamp_limit(limit)
@@ -37,21 +38,21 @@ def list_dependencies_view(job: str, limit: int | None = None, cursor: str | Non
     if len(rows) > page:
         rows = rows[:page]
         next_cursor = encode_cursor(CURSOR_KIND, rows[-1]["created_at"], rows[-1]["id"])
-    return paged_response([render_edge(row) for row in rows], next_cursor, page)
+    return paged_response([DEPENDENCY.render(row) for row in rows], next_cursor, page)
 
 
 @blp.route("/jobs/<job>/dependencies", methods=["POST"])
 @requires_scope("jobs:write")
 @blp.arguments(DependencyCreateSchema())
-@blp.response(201, DependencySchema)
+@blp.response(201, schema_of(DEPENDENCY))
 def create_dependency_view(body: dict[str, Any], job: str) -> Response:
-    """Make this job's new runs wait for another job (§3.9, §5.14)."""
+    """Make this job's new runs wait for another job."""
     session = get_session()
     found = require_job(session, current_principal(), job)
     edge = create_edge(session, found, body["depends_on_job_id"], body.get("condition") or "completed",
                        now=utcnow())
     session.commit()
-    return json_response(render_edge(edge), 201)
+    return json_response(DEPENDENCY.render(edge), 201)
 
 
 @blp.route("/jobs/<job>/dependencies/<dep_id>", methods=["DELETE"])

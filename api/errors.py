@@ -6,30 +6,20 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-import marshmallow as ma
 import redis
 import sqlalchemy as sa
-from flask import Flask, Response, g, json
+from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException
 
+from shared import json_codec
 from shared.errors import SluiceError, TooManyRequests, ValidationFailed
 
 log = logging.getLogger("sluice.api")
 
 
-class ErrorSchema(ma.Schema):
-    """Documentation of the error body; responses are built by ``error_response``."""
-
-    code = ma.fields.Integer(metadata={"description": "HTTP status code"})
-    status = ma.fields.String(metadata={"description": "HTTP reason phrase"})
-    message = ma.fields.String(metadata={"description": "One human sentence"})
-    errors = ma.fields.Dict(metadata={"description": "Only on 422: field -> list of messages"})
-    request_id = ma.fields.String()
-
-
 def error_body(code: int, message: str, request_id: str | None, errors: Any = None,
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The error body of CONTRACT §1.4 (also built outside Flask, by ``api.fast_trigger``)."""
+    """The Error resource (``api.resources.ERROR``): also built in front of Flask (``api.front``)."""
     body: dict[str, Any] = {"code": code, "status": HTTPStatus(code).phrase, "message": message}
     if code == 422:
         body["errors"] = errors if errors is not None else {}
@@ -45,7 +35,7 @@ UNAVAILABLE_MESSAGE = "A backing service is unavailable; retry shortly"
 def error_response(code: int, message: str, errors: Any = None, headers: dict[str, str] | None = None,
                    extra: dict[str, Any] | None = None) -> Response:
     body = error_body(code, message, getattr(g, "request_id", None), errors, extra)
-    response = Response(json.dumps(body), status=code, mimetype="application/json")
+    response = Response(json_codec.dumps(body), status=code, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -114,15 +104,20 @@ UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.Disconnect
                 redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
+def unexpected_error(error: Exception, request_id: str | None) -> tuple[int, str]:
+    """The status and message of an exception nothing expected, logged: 503 when a backing service is
+    unavailable, else 500 (never its text: it may hold internals)."""
+    if isinstance(error, UNAVAILABLE):
+        log.warning("backing service unavailable: %s", type(error).__name__, extra={"request_id": request_id})
+        return 503, UNAVAILABLE_MESSAGE
+    log.exception("unhandled error", extra={"request_id": request_id}, exc_info=error)
+    return 500, "Internal server error"
+
+
 def handle_unexpected(error: Exception) -> Response:
     if isinstance(error, HTTPException):
         return handle_http_exception(error)
-    if isinstance(error, UNAVAILABLE):
-        log.warning("backing service unavailable: %s", type(error).__name__,
-                    extra={"request_id": getattr(g, "request_id", None)})
-        return error_response(503, UNAVAILABLE_MESSAGE)
-    log.exception("unhandled error", extra={"request_id": getattr(g, "request_id", None)})
-    return error_response(500, "Internal server error")
+    return error_response(*unexpected_error(error, getattr(g, "request_id", None)))
 
 
 def register_error_handlers(app: Flask) -> None:

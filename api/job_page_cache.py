@@ -90,6 +90,11 @@ class RenderedJobs:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def held_bytes(self) -> int:
+        """The size of the JSON held."""
+        return self._bytes
+
 
 def _key_and_versions_sql(after: bool, limit: int) -> str:
     """The API key with ``:digest`` and its project's unfiltered page as one text, ``"<id> <version>"`` per

@@ -7,16 +7,17 @@ from flask_smorest import Blueprint
 
 from api.auth import current_principal, requires_scope
 from api.context import get_session
-from api.job_render import render_version
 from api.pagination import clamp_limit, decode_cursor, encode_cursor, json_response, paged_response
-from api.schemas.jobs import JobVersionSchema, PageQuerySchema
+from api.schemas.jobs import PageQuerySchema
+from api.schemas.resources import schema_of
 from shared.errors import BadRequest, NotFound
 from shared.jobs.lifecycle import require_job
+from shared.jobs.resource import VERSION, render_version
 from shared.jobs.versions import find_version, list_versions
 
 CURSOR_KIND = "versions"
 
-blp = Blueprint("job_versions", __name__, url_prefix="/v1", description="Job versions (CONTRACT §3.7)")
+blp = Blueprint("job_versions", __name__, url_prefix="/v1", description="Job versions")
 
 
 def _cursor_version(cursor: str | None) -> int | None:
@@ -31,9 +32,9 @@ def _cursor_version(cursor: str | None) -> int | None:
 @blp.route("/jobs/<job>/versions", methods=["GET"])
 @requires_scope("jobs:read")
 @blp.arguments(PageQuerySchema(), location="query", as_kwargs=True)
-@blp.response(200, JobVersionSchema(many=True))
+@blp.response(200, schema_of(VERSION)(many=True))
 def list_versions_view(job: str, limit: int | None = None, cursor: str | None = None) -> Response:
-    """All versions of the job, current first (§3.7, §1.6)."""
+    """All versions of the job, current first."""
     page = clamp_limit(limit)
     before = _cursor_version(cursor)
     session = get_session()
@@ -48,9 +49,9 @@ def list_versions_view(job: str, limit: int | None = None, cursor: str | None = 
 
 @blp.route("/jobs/<job>/versions/<version_id>", methods=["GET"])
 @requires_scope("jobs:read")
-@blp.response(200, JobVersionSchema)
+@blp.response(200, schema_of(VERSION))
 def get_version_view(job: str, version_id: str) -> Response:
-    """One version by its ``ver_…`` id; 404 if it belongs to another job (§3.7)."""
+    """One version by its ``ver_…`` id; 404 if it belongs to another job."""
     session = get_session()
     found = require_job(session, current_principal(), job)
     version = find_version(session, found["id"], version_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -135,13 +135,11 @@ class RunGauges:
         yield family
 
 
-def _seconds_since(value: datetime | str | None, now: datetime) -> float:
-    """``now - value`` in seconds, never negative; 0 for ``None``. SQLite hands aggregates back as text."""
+def _seconds_since(value: datetime | None, now: datetime) -> float:
+    """``now - value`` in seconds, never negative; 0 for ``None``."""
     if value is None:
         return 0.0
-    when = datetime.fromisoformat(value) if isinstance(value, str) else value
-    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-    return max((now - when).total_seconds(), 0.0)
+    return max((now - value).total_seconds(), 0.0)
 
 
 def metrics_view() -> Response:

@@ -19,27 +19,20 @@ from api.auth import check_project, current_principal, requires_scope
 from api.context import get_session, services
 from api.gate import optional_body
 from api.pagination import clamp_limit, decode_time_cursor, encode_cursor, json_response, paged_response
-from api.run_render import render_event
-from api.schemas.runs import (
-    BulkCancelResultSchema,
-    BulkReplayResultSchema,
-    PageQuerySchema,
-    RunEventSchema,
-    RunFilterQuerySchema,
-    RunIdsSchema,
-    RunListQuerySchema,
-    RunSchema,
-)
+from api.resources import BULK_CANCEL_RESULT, BULK_REPLAY_RESULT
+from api.schemas.resources import schema_of
+from api.schemas.runs import PageQuerySchema, RunFilterQuerySchema, RunIdsSchema, RunListQuerySchema
 from shared.clock import utcnow
 from shared.errors import NotFound
 from shared.jobs.lookup import get_job
 from shared.runs.actions import CancelResult, bulk_cancel, bulk_replay, cancel_run, replay_run, signal_canceled
 from shared.runs.commit import commit_and_apply
 from shared.runs.queries import get_project_run, list_events, list_runs, parse_filters
+from shared.runs.resource import RUN, RUN_EVENT
 from shared.runs.transitions import Effects
-from shared.runs.view import run_to_dict
 
 blp = Blueprint("runs", __name__, url_prefix="/v1", description="Runs: list, inspect, cancel, replay")
+_RUN = schema_of(RUN)
 
 
 class RunIdConverter(BaseConverter):
@@ -69,30 +62,33 @@ def _page_of_runs(query: dict[str, Any], kind: str, *, job_ref: str | None = Non
     after = decode_time_cursor(kind, request.args.get("cursor"))
     runs, position = list_runs(session, filters, limit=limit, after=after)
     cursor = encode_cursor(kind, *position) if position else None
-    return paged_response([run_to_dict(r) for r in runs], cursor, limit)
+    return paged_response([RUN.render(r) for r in runs], cursor, limit)
 
 
 @blp.route("/runs", methods=["GET"])
 @requires_scope("runs:read")
 @blp.arguments(RunListQuerySchema(), location="query")
-@blp.response(200, RunSchema(many=True))
+@blp.response(200, _RUN(many=True))
 def list_runs_view(query: dict[str, Any]) -> Response:
+    """List the project's runs, newest first; the filters combine."""
     return _page_of_runs(query, "runs")
 
 
 @blp.route("/runs/dlq", methods=["GET"])
 @requires_scope("runs:read")
 @blp.arguments(RunListQuerySchema(), location="query")
-@blp.response(200, RunSchema(many=True))
+@blp.response(200, _RUN(many=True))
 def list_dlq_view(query: dict[str, Any]) -> Response:
+    """List the runs that ended in failure (the dead-letter queue), newest first."""
     return _page_of_runs(query, "dlq", dlq=True)
 
 
 @blp.route("/jobs/<job>/runs", methods=["GET"])
 @requires_scope("runs:read")
 @blp.arguments(RunFilterQuerySchema(), location="query")
-@blp.response(200, RunSchema(many=True))
+@blp.response(200, _RUN(many=True))
 def list_job_runs_view(query: dict[str, Any], job: str) -> Response:
+    """List the job's runs, newest first; the filters combine."""
     return _page_of_runs(query, "job-runs", job_ref=job)
 
 
@@ -105,23 +101,25 @@ def _run_or_404(run_id: str) -> Any:
 
 @blp.route("/runs/<run_id:run_id>", methods=["GET"])
 @requires_scope("runs:read")
-@blp.response(200, RunSchema)
+@blp.response(200, _RUN)
 def get_run_view(run_id: str) -> Response:
-    return json_response(run_to_dict(_run_or_404(run_id)))
+    """Get a run."""
+    return json_response(RUN.render(_run_or_404(run_id)))
 
 
 @blp.route("/runs/<run_id:run_id>/events", methods=["GET"])
 @requires_scope("runs:read")
 @blp.arguments(PageQuerySchema(), location="query")
-@blp.response(200, RunEventSchema(many=True))
+@blp.response(200, schema_of(RUN_EVENT)(many=True))
 def list_events_view(query: dict[str, Any], run_id: str) -> Response:
+    """The run's events, newest first."""
     run = _run_or_404(run_id)
     limit = clamp_limit(query.get("limit"))
     kind = f"events:{run.id}"
     events, position = list_events(get_session(), run.id, limit=limit,
                                    after=decode_time_cursor(kind, request.args.get("cursor")))
     cursor = encode_cursor(kind, *position) if position else None
-    return paged_response([render_event(e) for e in events], cursor, limit)
+    return paged_response([RUN_EVENT.render(e) for e in events], cursor, limit)
 
 
 def _cancel(run_id: str) -> Response:
@@ -131,20 +129,21 @@ def _cancel(run_id: str) -> Response:
                      result=result)
     commit_and_apply(session, effects, services().broker)
     signal_canceled(services().redis, result.executing)
-    return json_response(run_to_dict(run))
+    return json_response(RUN.render(run))
 
 
 @blp.route("/runs/<run_id:run_id>/cancel", methods=["POST"])
 @optional_body
 @requires_scope("runs:write")
-@blp.response(200, RunSchema)
+@blp.response(200, _RUN)
 def cancel_run_view(run_id: str) -> Response:
+    """Cancel a run that has not finished; 409 when it has."""
     return _cancel(run_id)
 
 
 @blp.route("/runs/<run_id:run_id>", methods=["DELETE"])
 @requires_scope("runs:write")
-@blp.response(200, RunSchema)
+@blp.response(200, _RUN)
 def delete_run_view(run_id: str) -> Response:
     """Alias of ``POST /v1/runs/{run_id}/cancel``."""
     return _cancel(run_id)
@@ -153,8 +152,9 @@ def delete_run_view(run_id: str) -> Response:
 @blp.route("/runs/bulk-cancel", methods=["POST"])
 @requires_scope("runs:write")
 @blp.arguments(RunIdsSchema())
-@blp.response(200, BulkCancelResultSchema)
+@blp.response(200, schema_of(BULK_CANCEL_RESULT))
 def bulk_cancel_view(body: dict[str, Any]) -> Response:
+    """Cancel up to 100 runs; one result per id, in order."""
     session = get_session()
     effects, result = Effects(), CancelResult()
     results = bulk_cancel(session, current_principal().project_id, body["run_ids"], now=utcnow(),
@@ -169,21 +169,23 @@ def bulk_cancel_view(body: dict[str, Any]) -> Response:
 @blp.route("/runs/<run_id:run_id>/replay", methods=["POST"])
 @optional_body
 @requires_scope("runs:write")
-@blp.response(201, RunSchema)
+@blp.response(201, _RUN)
 def replay_run_view(run_id: str) -> Response:
+    """Run a finished run again, as a new run with the same payload."""
     session = get_session()
     principal = current_principal()
     effects = Effects()
     run = replay_run(session, principal.project_id, run_id, actor=principal.actor, now=utcnow(), effects=effects)
     commit_and_apply(session, effects, services().broker)
-    return json_response(run_to_dict(run), 201, {"Location": f"/v1/runs/{run.id}"})
+    return json_response(RUN.render(run), 201, {"Location": f"/v1/runs/{run.id}"})
 
 
 @blp.route("/runs/bulk-replay", methods=["POST"])
 @requires_scope("runs:write")
 @blp.arguments(RunIdsSchema())
-@blp.response(200, BulkReplayResultSchema)
+@blp.response(200, schema_of(BULK_REPLAY_RESULT))
 def bulk_replay_view(body: dict[str, Any]) -> Response:
+    """Replay up to 100 finished runs; one result per id, in order."""
     session = get_session()
     principal = current_principal()
     effects = Effects()

@@ -11,6 +11,9 @@ from flask import Flask, Response, g
 from api.context import services
 from api.errors import error_response
 from api.pagination import json_response
+from api.resources import NOT_READY, READINESS, STATUS
+from api.schemas.resources import schema_of
+from shared.resource import Resource
 
 
 def healthz() -> Response:
@@ -42,30 +45,20 @@ def _add_request_id(response: Response) -> Response:
     return response
 
 
-_STATUS = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}, "required": ["status"]}
-_CHECKS = {"type": "object", "properties": {name: {"type": "string", "enum": ["ok", "unavailable"]}
-                                            for name in ("database", "redis")}}
-_READY = {"type": "object", "required": ["status", "checks"],
-          "properties": {"status": {"type": "string", "enum": ["ok"]}, "checks": _CHECKS}}
-
-
-def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(description: str, resource: Resource) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema_of(resource)}}}
 
 
 def document(app: Flask, spec: APISpec) -> None:
-    """The key-less service routes in /openapi.json, beside the /v1 blueprints (§1.8)."""
-    error = {"$ref": "#/components/schemas/Error"}
+    """The key-less service routes in /openapi.json, beside the /v1 blueprints."""
     rules = {rule.endpoint: rule for rule in app.url_map.iter_rules()}
     spec.path(rule=rules["healthz"], operations={"get": {
         "tags": ["service"], "summary": "Liveness: the process serves requests (no key, no dependencies)",
-        "responses": {"200": _json("Alive", _STATUS)}}})
+        "responses": {"200": _json("Alive", STATUS)}}})
     spec.path(rule=rules["readyz"], operations={"get": {
         "tags": ["service"], "summary": "Readiness: PostgreSQL and Redis answer (no key)",
-        "responses": {"200": _json("Ready", _READY),
-                      "503": _json("A backing service is unavailable; `checks` names it",
-                                   {"allOf": [error, {"type": "object", "properties": {
-                                       "checks": _CHECKS}}]})}}})
+        "responses": {"200": _json("Ready", READINESS),
+                      "503": _json("A backing service is unavailable; `checks` names it", NOT_READY)}}})
     spec.path(rule=rules["metrics"], operations={"get": {
         "tags": ["service"], "summary": "Prometheus metrics in the text exposition format (no key)",
         "responses": {"200": {"description": "Metric families",

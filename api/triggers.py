@@ -12,14 +12,9 @@ from api.auth import authenticated_with, current_principal, prefetched_row, requ
 from api.context import autocommit_first, get_session, services, transactional_session
 from api.gate import optional_body
 from api.pagination import json_response
-from api.run_render import render_trigger
-from api.schemas.triggers import (
-    BulkTriggerResultSchema,
-    BulkTriggerSchema,
-    TriggerItemSchema,
-    TriggerResultSchema,
-    TriggerSchema,
-)
+from api.resources import BULK_TRIGGER_RESULT, TRIGGER_RESULT
+from api.schemas.resources import schema_of
+from api.schemas.triggers import IDEMPOTENCY_HEADER, BulkTriggerSchema, TriggerItemSchema, TriggerSchema
 from shared.clock import utcnow
 from shared.errors import ValidationFailed
 from shared.jobs.lookup import get_job
@@ -36,7 +31,6 @@ from shared.triggers.manual import (
 )
 
 blp = Blueprint("triggers", __name__, url_prefix="/v1", description="Trigger runs of a job")
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 _item_schema = TriggerItemSchema()
 _PAYLOAD_ONLY = frozenset({"payload"})
 
@@ -58,8 +52,11 @@ def _header_key() -> str | None:
 @requires_scope("jobs:trigger")
 @authenticated_with(find_key_and_trigger_job)
 @blp.arguments(TriggerSchema())
-@blp.response(201, TriggerResultSchema)
+@blp.response(201, schema_of(TRIGGER_RESULT), description="A new run")
+@blp.alt_response(200, schema=schema_of(TRIGGER_RESULT),
+                  description="No new run: the run an idempotency key or the dedup window matched, or a dry run")
 def trigger_view(body: dict[str, Any], job: str) -> Response:
+    """Trigger a run of the job."""
     header_key = _header_key()
     if header_key is not None:
         body["idempotency_key"] = header_key
@@ -72,9 +69,9 @@ def trigger_view(body: dict[str, Any], job: str) -> Response:
                           has_edges=has_edges)
     if not outcome.created:
         session.commit()  # ends the transaction (and its advisory locks) early
-        return json_response(render_trigger(outcome), 200)
+        return json_response(TRIGGER_RESULT.render(outcome), 200)
     commit_and_apply(session, effects, services().broker)
-    return json_response(render_trigger(outcome), 201, {"Location": f"/v1/runs/{outcome.run.id}"})
+    return json_response(TRIGGER_RESULT.render(outcome), 201, {"Location": f"/v1/runs/{outcome.run.id}"})
 
 
 def _validate_items(raw_items: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -103,8 +100,9 @@ def _validate_items(raw_items: list[Any]) -> tuple[list[dict[str, Any]], dict[st
 @blp.route("/jobs/<job>/trigger/bulk", methods=["POST"])
 @requires_scope("jobs:trigger")
 @blp.arguments(BulkTriggerSchema())
-@blp.response(201, BulkTriggerResultSchema)
+@blp.response(201, schema_of(BULK_TRIGGER_RESULT))
 def bulk_trigger_view(body: dict[str, Any], job: str) -> Response:
+    """Trigger up to 1,000 runs of the job at once: all or none."""
     session = get_session()
     principal = current_principal()
     found = get_job(session, principal.project_id, job)

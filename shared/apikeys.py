@@ -115,8 +115,8 @@ def key_digest(plaintext: str) -> str | None:
 
 def principal_from_row(session: Session, row: Mapping[Any, Any] | None, now: datetime) -> Principal | None:
     """The principal of a row mapping holding ``KEY_FIELDS`` (``None``/NULL key id = unknown key), or ``None`` when
-    unknown or revoked. Writes the throttled ``last_used_at`` and flags it in ``session.info`` so that the
-    caller commits it (``api.auth``)."""
+    unknown or revoked. Writes the throttled ``last_used_at`` and flags it in ``session.info`` so that a
+    caller inside a transaction commits it (``api.auth``)."""
     if row is None or row["key_id"] is None or row["key_revoked_at"] is not None:
         return None
     last_used = row["key_last_used_at"]
@@ -126,17 +126,16 @@ def principal_from_row(session: Session, row: Mapping[Any, Any] | None, now: dat
     return Principal(key_id=row["key_id"], project_id=row["key_project_id"], scopes=frozenset(row["key_scopes"]))
 
 
-def authenticate(session: Session, plaintext: str, now: datetime) -> Principal | None:
-    """The principal for a presented key, or ``None`` if malformed, unknown or revoked.
-
-    Every call reads the key row: revocation (``revoked_at``) is effective for every request that starts
-    after ``revoke_key`` commits (CONTRACT §9.1), with no cache to invalidate.
-    """
-    digest = key_digest(plaintext)
-    return None if digest is None else authenticate_digest(session, digest, now)
-
-
-def authenticate_digest(session: Session, digest: str, now: datetime) -> Principal | None:
-    """``authenticate`` for a key already hashed by ``key_digest``."""
+def read_key(session: Session, digest: str) -> Mapping[str, Any] | None:
+    """The key's columns (``KEY_FIELDS``) by its digest, ``None`` when unknown: the key read of a request
+    that reads nothing else with it. Every request reads the key row: revocation (``revoked_at``) is
+    effective for every request that starts after ``revoke_key`` commits (CONTRACT §9.1), with no cache
+    to invalidate."""
     row = _BY_DIGEST.first(session.connection(), {"digest": digest})
-    return principal_from_row(session, None if row is None else row._mapping, now)
+    return None if row is None else row._mapping  # type: ignore[no-any-return]
+
+
+def authenticate(session: Session, plaintext: str, now: datetime) -> Principal | None:
+    """The principal for a presented key, or ``None`` if malformed, unknown or revoked."""
+    digest = key_digest(plaintext)
+    return None if digest is None else principal_from_row(session, read_key(session, digest), now)

@@ -85,13 +85,6 @@ class TooManyRequests(SluiceError):
         self.retry_after_secs = retry_after_secs
 
 
-class ServiceUnavailable(SluiceError):
-    """503: PostgreSQL or Redis cannot be reached while serving."""
-
-    status_code = 503
-    default_message = "A backing service is unavailable; retry shortly"
-
-
 class InvalidTransition(SluiceError):
     """A run state change that §4.7 does not allow (a programming error if it reaches HTTP)."""
 

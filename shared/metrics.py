@@ -108,11 +108,6 @@ SCRAPE_GAUGES = (QUEUE_DEPTH, OLDEST_READY_RUN_AGE, OLDEST_OVERDUE_DELAYED_RUN_A
 
 # ---- observe helpers (one call at the place the event happens) -----------------------------------------
 
-def observe_http_request(method: str, route: str, status: int, duration_secs: float) -> None:
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_REQUEST_DURATION.labels(method, route).observe(max(duration_secs, 0.0))
-
-
 def observe_runs_created(triggered_by: str, count: int = 1) -> None:
     """Count ``count`` new runs (call it once per insert batch, after the rows are written)."""
     if count > 0:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis as redis_lib
 import sqlalchemy as sa
+from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -115,17 +116,15 @@ def settings(db_engine: Engine, redis_client: redis_lib.Redis) -> Settings:
 
 
 @pytest.fixture()
-def app(settings: Settings, pg_engine: Engine, redis_client: redis_lib.Redis):  # type: ignore[no-untyped-def]
-    """The API app over the test database and Redis DB (private endpoints allowed)."""
+def app(settings: Settings) -> Iterator[Flask]:
+    """The API over the test database and Redis DB (private endpoints allowed), built as ``sluice api``
+    builds it: ``create_app(settings)``, its own pools preparing their statements, the front layer on."""
     from api.app import create_app
-    from api.context import Services
-    from shared.messages import make_broker
 
-    services = Services(settings=settings, engine=pg_engine, session_factory=make_session_factory(pg_engine),
-                        redis=redis_client, broker=make_broker(settings, client=redis_client))
-    application = create_app(settings, services=services)
+    application = create_app(settings)
     application.testing = True
-    return application
+    yield application
+    application.extensions["sluice"].close()
 
 
 @pytest.fixture()

@@ -6,6 +6,7 @@ takes a session and flushes; the caller commits.
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime
 from typing import Any
 
@@ -14,17 +15,10 @@ from sqlalchemy.orm import Session
 from shared.clock import utcnow
 from shared.db.models import Job, JobDependency, JobVersion, Run
 from shared.ids import new_version_id, uuid7
+from shared.jobs.config import DEFAULTS
 
-# Every writable Job field (§2.1) with its default, as stored in a version snapshot.
-JOB_DEFAULTS: dict[str, Any] = {
-    "group_id": None, "description": None, "cron": None, "payload_schema": None, "tags": {},
-    "endpoint_url": "http://127.0.0.1:9/endpoint", "fallback_endpoint_url": None, "max_attempts": 3,
-    "timeout_secs": 300, "max_concurrency": None, "max_concurrency_per_key": None,
-    "execution_window_cron": None, "timezone": "UTC", "rate_limit_max": None, "rate_limit_window_secs": None,
-    "rate_limit_keys": [], "default_run_metadata": {}, "dedup_window_secs": None, "enabled": True,
-    "webhook_url": None, "webhook_secret": None, "run_ttl_secs": None, "retry_strategy": "exponential",
-    "retry_delays_secs": [], "environment_id": None, "version_policy": "pin", "backwards_compatible": False,
-}
+# Every writable Job field but name and slug, with the value a job gets when it is not given.
+JOB_DEFAULTS: dict[str, Any] = {**DEFAULTS, "endpoint_url": "http://127.0.0.1:9/endpoint"}
 
 
 def make_job(session: Session, project_id: str = "proj-a", *, slug: str | None = None,
@@ -35,7 +29,8 @@ def make_job(session: Session, project_id: str = "proj-a", *, slug: str | None =
     if unknown:
         raise TypeError(f"unknown job fields: {sorted(unknown)}")
     slug = slug or f"job-{uuid7()[-12:]}"
-    config = {**JOB_DEFAULTS, "name": fields.pop("name", slug), "slug": slug, **fields}
+    # Copied: the defaults hold dicts and lists, which no two jobs may share.
+    config = {**copy.deepcopy(JOB_DEFAULTS), "name": fields.pop("name", slug), "slug": slug, **fields}
     version_id = new_version_id()
     job = Job(id=uuid7(), project_id=project_id, version=1, version_id=version_id, created_by="apikey:test",
               updated_by="apikey:test", created_at=now, updated_at=now, schedule_changed_at=now, **config)

@@ -1,8 +1,8 @@
 """Request schemas of the jobs endpoints (CONTRACT §2.1, §1.7): what decides 422 from the body alone.
 
 Loading returns only the keys that were sent (absent ≠ null; PATCH gives null a meaning). Semantic rules
-(400) run later on the merged configuration (``shared.jobs.rules``). Response schemas here only document
-the OpenAPI: views render plain dicts (``api.job_render``).
+(400) run later on the merged configuration (``shared.jobs.rules``). The responses are described in
+``shared.jobs.resource``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import marshmallow as ma
 from marshmallow import validate
 
+from api.paths import JOB_SIBLINGS
 from api.schemas.fields import (
     BaseSchema,
     QueryBoolean,
@@ -23,12 +24,13 @@ from api.schemas.fields import (
     StrictString,
     StringMap,
 )
+from shared.dependencies.edges import CONDITIONS
+from shared.runs.execution_settings import POLICIES
+from shared.runs.retries import STRATEGIES
 from shared.webhooks.signing import is_masked_value, webhook_secret_problem
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
-RESERVED_SLUGS = frozenset({"batch", "batch-enable", "batch-disable"})
-RETRY_STRATEGIES = ("exponential", "linear", "fixed", "custom")
-VERSION_POLICIES = ("pin", "latest", "minor")
+RESERVED_SLUGS = frozenset(JOB_SIBLINGS)
 _SLUG_RE = re.compile(SLUG_PATTERN)
 
 
@@ -127,11 +129,11 @@ class _JobFieldsSchema(BaseSchema):
     dedup_window_secs = _int(0, 2592000)
     webhook_url = StrictString(validate=_absolute_url, allow_none=True)
     run_ttl_secs = _int(0, 2592000)
-    retry_strategy = StrictString(validate=validate.OneOf(RETRY_STRATEGIES), allow_none=True)
+    retry_strategy = StrictString(validate=validate.OneOf(STRATEGIES), allow_none=True)
     retry_delays_secs = ma.fields.List(StrictInteger(validate=validate.Range(min=1, max=86400)),
                                        validate=validate.Length(max=100), allow_none=True)
     environment_id = _str(128)
-    version_policy = StrictString(validate=validate.OneOf(VERSION_POLICIES), allow_none=True)
+    version_policy = StrictString(validate=validate.OneOf(POLICIES), allow_none=True)
     backwards_compatible = StrictBoolean(allow_none=True)
 
 
@@ -203,78 +205,4 @@ class DeleteQuerySchema(BaseSchema):
 
 class DependencyCreateSchema(BaseSchema):
     depends_on_job_id = StrictString(required=True, validate=validate.Length(min=1))
-    condition = StrictString(validate=validate.OneOf(("completed", "failed", "any")), allow_none=True)
-
-
-# ---- response documentation (views render plain dicts) ----
-
-class RateLimitKeyOutSchema(ma.Schema):
-    name = ma.fields.String()
-    max = ma.fields.Integer()
-    window_secs = ma.fields.Integer()
-
-
-def _job_config_fields() -> dict[str, ma.fields.Field]:
-    return {
-        "group_id": ma.fields.String(allow_none=True), "name": ma.fields.String(), "slug": ma.fields.String(),
-        "description": ma.fields.String(allow_none=True), "cron": ma.fields.String(allow_none=True),
-        "payload_schema": ma.fields.Dict(allow_none=True), "tags": ma.fields.Dict(),
-        "endpoint_url": ma.fields.String(), "fallback_endpoint_url": ma.fields.String(allow_none=True),
-        "max_attempts": ma.fields.Integer(), "timeout_secs": ma.fields.Integer(),
-        "max_concurrency": ma.fields.Integer(allow_none=True),
-        "execution_window_cron": ma.fields.String(allow_none=True), "timezone": ma.fields.String(),
-        "rate_limit_max": ma.fields.Integer(allow_none=True),
-        "rate_limit_window_secs": ma.fields.Integer(allow_none=True),
-        "max_concurrency_per_key": ma.fields.Integer(allow_none=True),
-        "rate_limit_keys": ma.fields.List(ma.fields.Nested(RateLimitKeyOutSchema)),
-        "default_run_metadata": ma.fields.Dict(), "dedup_window_secs": ma.fields.Integer(allow_none=True),
-        "enabled": ma.fields.Boolean(), "webhook_url": ma.fields.String(allow_none=True),
-        "webhook_secret": ma.fields.String(allow_none=True, metadata={"description": "masked: whsec_…XXXX"}),
-        "run_ttl_secs": ma.fields.Integer(allow_none=True), "retry_strategy": ma.fields.String(),
-        "retry_delays_secs": ma.fields.List(ma.fields.Integer()),
-        "environment_id": ma.fields.String(allow_none=True), "version_policy": ma.fields.String(),
-        "backwards_compatible": ma.fields.Boolean(),
-    }
-
-
-JobSchema = ma.Schema.from_dict({
-    "id": ma.fields.String(), "project_id": ma.fields.String(), **_job_config_fields(),
-    "version": ma.fields.Integer(), "version_id": ma.fields.String(), "created_by": ma.fields.String(),
-    "updated_by": ma.fields.String(), "created_at": ma.fields.String(), "updated_at": ma.fields.String(),
-}, name="Job")
-
-JobVersionSchema = ma.Schema.from_dict({
-    "id": ma.fields.String(), "job_id": ma.fields.String(), "version": ma.fields.Integer(),
-    "version_id": ma.fields.String(), **_job_config_fields(), "created_by": ma.fields.String(),
-    "created_at": ma.fields.String(),
-}, name="JobVersion")
-
-
-class BatchToggleResultSchema(ma.Schema):
-    updated = ma.fields.Integer()
-
-
-class DependencySchema(ma.Schema):
-    id = ma.fields.String()
-    job_id = ma.fields.String()
-    depends_on_job_id = ma.fields.String()
-    condition = ma.fields.String()
-    created_at = ma.fields.String()
-
-
-class JobHealthSchema(ma.Schema):
-    job_id = ma.fields.String()
-    window = ma.fields.String()
-    since = ma.fields.String()
-    total_runs = ma.fields.Integer()
-    completed_runs = ma.fields.Integer()
-    failed_runs = ma.fields.Integer()
-    timed_out_runs = ma.fields.Integer()
-    crashed_runs = ma.fields.Integer()
-    canceled_runs = ma.fields.Integer()
-    expired_runs = ma.fields.Integer()
-    success_rate = ma.fields.Float()
-    avg_duration_secs = ma.fields.Float()
-    p95_duration_secs = ma.fields.Float()
-    health_score = ma.fields.Float()
-
+    condition = StrictString(validate=validate.OneOf(CONDITIONS), allow_none=True)

@@ -1,7 +1,4 @@
-"""Run resource, run event and runs-API request schemas (CONTRACT §4.6, §4.8, §7).
-
-Responses are rendered by ``shared.runs.view``; these schemas document them in /openapi.json.
-"""
+"""Runs-API request schemas (CONTRACT §7); the responses are described in ``shared.runs.resource``."""
 
 from __future__ import annotations
 
@@ -9,57 +6,6 @@ import marshmallow as ma
 from marshmallow import validate
 
 from api.schemas.fields import BaseSchema, QueryInteger, StrictString
-
-_TS = {"format": "date-time"}
-
-
-class RunSchema(ma.Schema):
-    id = ma.fields.String()
-    job_id = ma.fields.String()
-    project_id = ma.fields.String()
-    status = ma.fields.String()
-    attempt = ma.fields.Integer()
-    payload = ma.fields.Raw()
-    result = ma.fields.Raw(allow_none=True)
-    metadata = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
-    error = ma.fields.String(allow_none=True)
-    error_class = ma.fields.String(allow_none=True)
-    triggered_by = ma.fields.String()
-    scheduled_at = ma.fields.String(allow_none=True, metadata=_TS)
-    started_at = ma.fields.String(allow_none=True, metadata=_TS)
-    finished_at = ma.fields.String(allow_none=True, metadata=_TS)
-    heartbeat_at = ma.fields.String(allow_none=True, metadata=_TS)
-    next_retry_at = ma.fields.String(allow_none=True, metadata=_TS)
-    expires_at = ma.fields.String(allow_none=True, metadata=_TS)
-    parent_run_id = ma.fields.String(allow_none=True)
-    workflow_step_run_id = ma.fields.String(allow_none=True)
-    priority = ma.fields.Integer()
-    idempotency_key = ma.fields.String(allow_none=True)
-    job_version = ma.fields.Integer()
-    job_version_id = ma.fields.String()
-    max_attempts_override = ma.fields.Integer(allow_none=True)
-    timeout_secs_override = ma.fields.Integer(allow_none=True)
-    retry_backoff = ma.fields.String()
-    retry_initial_delay_secs = ma.fields.Integer()
-    retry_max_delay_secs = ma.fields.Integer()
-    execution_trace = ma.fields.Dict(allow_none=True)
-    debug_mode = ma.fields.Boolean()
-    continuation_of = ma.fields.String(allow_none=True)
-    lineage_depth = ma.fields.Integer()
-    tags = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
-    created_by = ma.fields.String()
-    batch_id = ma.fields.String(allow_none=True)
-    concurrency_key = ma.fields.String(allow_none=True)
-    created_at = ma.fields.String(metadata=_TS)
-
-
-class RunEventSchema(ma.Schema):
-    id = ma.fields.String()
-    run_id = ma.fields.String()
-    type = ma.fields.String()
-    message = ma.fields.String(allow_none=True)
-    data = ma.fields.Dict()
-    created_at = ma.fields.String(metadata=_TS)
 
 
 class PageQuerySchema(BaseSchema):
@@ -86,29 +32,3 @@ class RunListQuerySchema(RunFilterQuerySchema):
 
 class RunIdsSchema(BaseSchema):
     run_ids = ma.fields.List(StrictString(), required=True, validate=validate.Length(1, 100))
-
-
-class BulkCancelItemSchema(ma.Schema):
-    id = ma.fields.String()
-    status = ma.fields.String(allow_none=True)
-    error = ma.fields.String(allow_none=True)
-
-
-class BulkCancelResultSchema(ma.Schema):
-    results = ma.fields.List(ma.fields.Nested(BulkCancelItemSchema))
-    total = ma.fields.Integer()
-    canceled = ma.fields.Integer()
-    failed = ma.fields.Integer()
-
-
-class BulkReplayItemSchema(ma.Schema):
-    original_run_id = ma.fields.String()
-    new_run_id = ma.fields.String(allow_none=True)
-    status = ma.fields.String()
-    error = ma.fields.String(allow_none=True)
-
-
-class BulkReplayResultSchema(ma.Schema):
-    results = ma.fields.List(ma.fields.Nested(BulkReplayItemSchema))
-    total = ma.fields.Integer()
-    replayed = ma.fields.Integer()

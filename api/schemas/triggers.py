@@ -1,4 +1,4 @@
-"""Trigger request and response schemas (CONTRACT §4.1, §4.3, §4.4). Strict types, no coercion (§1.1)."""
+"""Trigger request schemas (CONTRACT §4.1, §4.4). Strict types, no coercion (§1.1)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import marshmallow as ma
 from marshmallow import validate
 
 from api.schemas.fields import AnyJSON, BaseSchema, StrictBoolean, StrictInteger, StrictString, StringMap, Timestamp
-from api.schemas.runs import RunSchema
 from shared.clock import utcnow
 from shared.triggers.manual import idempotency_key_error, trigger_field_errors
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def _check_key(value: str) -> None:
@@ -51,23 +52,3 @@ class BulkTriggerSchema(BaseSchema):
 
     items = ma.fields.List(ma.fields.Raw(), required=True, validate=validate.Length(1, 1000),
                            metadata={"items": {"type": "object"}, "description": "1..1000 trigger items"})
-
-
-class TriggerResultSchema(RunSchema):
-    payload_hash = ma.fields.String()
-    idempotency_hit = ma.fields.Boolean()
-    dry_run = ma.fields.Boolean(metadata={"description": "Only on dry runs"})
-
-
-class BulkResultItemSchema(ma.Schema):
-    id = ma.fields.String()
-    status = ma.fields.String()
-    run_token = ma.fields.String(allow_none=True)
-    idempotency_hit = ma.fields.Boolean()
-
-
-class BulkTriggerResultSchema(ma.Schema):
-    batch_id = ma.fields.String()
-    results = ma.fields.List(ma.fields.Nested(BulkResultItemSchema))
-    total = ma.fields.Integer()
-    created = ma.fields.Integer()

@@ -1,5 +1,6 @@
 """The request path's shortcuts keep every rule: the API key read together with the job (GET job,
-trigger), the gate's byte pre-checks for NUL and surrogates, and the job + version insert in one statement."""
+trigger), the body parser's byte pre-checks for NUL and surrogates, and the job + version insert in one
+statement."""
 
 from __future__ import annotations
 
@@ -74,66 +75,3 @@ def test_nul_and_surrogates_are_refused_in_every_encoding(client, auth) -> None:
     response = client.post(path, data=b'{"payload": {"a": "\\ud800"}}', headers=headers)
     assert response.status_code == 422
     assert client.post(path, data=b'{"payload": {"a": "\\\\u0000"}}', headers=headers).status_code == 201
-
-
-def test_production_app_reads_and_triggers_through_prepared_statements(settings, session_factory) -> None:  # type: ignore[no-untyped-def]
-    """``create_app`` without injected services: its engines prepare the key + job lookups."""
-    from api.app import create_app
-
-    app = create_app(settings)
-    services = app.extensions["sluice"]
-    try:
-        client = app.test_client()
-        auth = {"Authorization": f"Bearer {make_key(session_factory)}"}
-        job = _create(client, auth)
-        for ref in (job["id"], "fast", job["id"], "fast"):  # the second of each EXECUTEs the prepared plan
-            response = client.post(f"/v1/jobs/{ref}/trigger", json={"payload": {"n": 1}}, headers=auth)
-            assert response.status_code == 201, response.get_json()
-            created = response.get_json()
-            assert created["job_id"] == job["id"]
-            stored = client.get(f"/v1/runs/{created['id']}", headers=auth).get_json()
-            assert stored == {k: v for k, v in created.items() if k not in ("payload_hash", "idempotency_hit")}
-        for ref in (job["id"], "fast", job["id"], "fast"):  # GET job: the same lookup without has_edges
-            response = client.get(f"/v1/jobs/{ref}", headers=auth)
-            assert response.status_code == 200 and response.get_json()["id"] == job["id"]
-            assert response.get_json()["created_at"] == job["created_at"]
-        assert client.get("/v1/jobs/nope", headers=auth).status_code == 404
-        assert client.post("/v1/jobs/nope/trigger", headers=auth).status_code == 404
-        other = {"Authorization": f"Bearer {make_key(session_factory, 'proj-b')}"}
-        assert client.post("/v1/jobs/fast/trigger", headers=other).status_code == 404
-        keyed = client.post("/v1/jobs/fast/trigger", json={}, headers={**auth, "Idempotency-Key": "k1"})
-        again = client.post("/v1/jobs/fast/trigger", json={}, headers={**auth, "Idempotency-Key": "k1"})
-        assert (keyed.status_code, again.status_code) == (201, 200)
-        assert again.get_json()["idempotency_hit"] is True
-    finally:
-        services.engine.dispose()
-        services.read_session_factory.kw["bind"].dispose()
-
-
-def test_key_and_job_lookups_on_sqlite(tmp_path, settings, redis_client) -> None:  # type: ignore[no-untyped-def]
-    """SQLite runs the same lookups as typed text: timestamps and JSON decode as on PostgreSQL."""
-    from api.app import create_app
-    from api.context import Services
-    from shared.db.engine import make_engine, make_session_factory
-    from shared.db.migrate import upgrade
-    from shared.messages import make_broker
-
-    url = f"sqlite:///{tmp_path / 'sluice.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        lite = settings.with_overrides(database_url=url)
-        factory = make_session_factory(engine)
-        app = create_app(lite, services=Services(settings=lite, engine=engine, session_factory=factory,
-                                                 redis=redis_client, broker=make_broker(lite, client=redis_client)))
-        client = app.test_client()
-        auth = {"Authorization": f"Bearer {make_key(factory)}"}
-        job = _create(client, auth)
-        for _ in range(2):  # the second request sees a stored last_used_at (a timestamp, not text)
-            got = client.get("/v1/jobs/fast", headers=auth)
-            assert got.status_code == 200 and got.get_json() == job
-            triggered = client.post("/v1/jobs/fast/trigger", json={"payload": {"a": 1}}, headers=auth)
-            assert triggered.status_code == 201 and triggered.get_json()["payload"] == {"a": 1}
-        assert client.get("/v1/jobs/nope", headers=auth).status_code == 404
-    finally:
-        engine.dispose()

@@ -1,23 +1,23 @@
-"""``api.fast_trigger``: the lean trigger path answers exactly as the Flask path does, and hands every
-unusual request to Flask. Each request is sent twice, to the app with and without the lean path; the
-answers must match (apart from the new run's id and timestamps)."""
+"""The common trigger is answered in front of Flask exactly as Flask answers it, and every other trigger
+request is Flask's. Each request is sent to the app and to Flask alone; the answers must match (apart from
+the new run's id and timestamps)."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask
 
-import api.fast_trigger
-from api.fast_trigger import FastTrigger
 from shared.db.engine import transaction
 from shared.db.models import Job, Run
 from tests.conftest import make_key
+from tests.integration.front_support import both, flask_paths
 
 VOLATILE = {"id", "created_at", "queued_at", "expires_at", "request_id", "updated_at", "scheduled_at"}
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+JOB = {"name": "Front", "slug": "front", "endpoint_url": "http://127.0.0.1:9/e"}
 
 
 def _normal(response: Any) -> tuple[int, Any, dict[str, str]]:
@@ -32,49 +32,24 @@ def _normal(response: Any) -> tuple[int, Any, dict[str, str]]:
     return response.status_code, body, headers
 
 
-@pytest.fixture(name="served")
-def served_fixture(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Statuses the lean path answered itself (it logs through ``api.fast_trigger.log_request``)."""
-    statuses: list[int] = []
-    real = api.fast_trigger.log_request
-
-    def spy(*args: Any) -> None:
-        statuses.append(args[3])
-        real(*args)
-
-    monkeypatch.setattr(api.fast_trigger, "log_request", spy)
-    return statuses
-
-
-def _both(app: Flask, method: str, path: str, **kwargs: Any) -> tuple[Any, Any]:
-    lean = app.wsgi_app
-    assert isinstance(lean, FastTrigger) and lean.enabled
-    fast = getattr(app.test_client(), method)(path, **kwargs)
-    lean.enabled = False
-    try:
-        slow = getattr(app.test_client(), method)(path, **kwargs)
-    finally:
-        lean.enabled = True
-    return fast, slow
-
-
-def test_the_common_trigger_is_served_by_the_lean_path_like_flask(app, client, auth, session_factory,
-                                                                  served) -> None:
-    client.post("/v1/jobs", json={"name": "Lean", "slug": "lean", "endpoint_url": "http://127.0.0.1:9/e",
-                                  "tags": {"team": "a"}, "default_run_metadata": {"m": "1"}}, headers=auth)
+def test_the_common_trigger_is_served_in_front_like_flask(app, client, auth, session_factory, monkeypatch) -> None:
+    client.post("/v1/jobs", json={**JOB, "tags": {"team": "a"}, "default_run_metadata": {"m": "1"}}, headers=auth)
+    through_flask = flask_paths(app, monkeypatch)
     bodies = [None, {}, {"payload": {"n": 1}}, {"payload": [1, "é", None], "tags": {"t": "x"}},
               {"payload": {"n": 2}, "metadata": {"k": "v"}, "priority": 7, "ttl_secs": 60, "delay_secs": 0,
                "concurrency_key": "c", "max_attempts_override": 2, "timeout_secs_override": 5,
                "debug_mode": True},
-              {"payload": {"n": 3}, "colour": "red"}]  # unknown fields are ignored (§1.1)
+              {"payload": {"n": 3}, "colour": "red"},  # unknown fields are ignored (§1.1)
+              {"payload": {"s": "a\\u0000"}}]  # an escaped backslash, not a NUL
     for body in bodies:
         kwargs: dict[str, Any] = {"headers": {**auth, "X-Request-Id": "req-1"}}
         if body is not None:
             kwargs["json"] = body
-        fast, slow = _both(app, "post", "/v1/jobs/lean/trigger", **kwargs)
-        assert _normal(fast) == _normal(slow), body
-        assert fast.status_code == 201 and fast.headers["X-Request-Id"] == "req-1"
-    assert served == [201] * len(bodies)
+        front, flask = both(app, "POST", "/v1/jobs/front/trigger", **kwargs)
+        assert _normal(front) == _normal(flask), body
+        assert front.status_code == 201 and front.headers["X-Request-Id"] == "req-1"
+        assert front.headers["Content-Length"] == str(len(front.get_data()))
+    assert through_flask == []  # the app's requests were all answered in front
     with session_factory() as s:
         runs = s.scalars(sa.select(Run).order_by(Run.created_at)).all()
         assert len(runs) == 2 * len(bodies)
@@ -84,18 +59,18 @@ def test_the_common_trigger_is_served_by_the_lean_path_like_flask(app, client, a
 @pytest.mark.parametrize("case", [
     "bad-json", "wrong-type", "nul", "priority-range", "idempotency-header", "dry-run",
     "unknown-job", "bad-key", "no-key", "scope", "query", "trailing-slash", "schema", "disabled", "dedup",
-    "array-body",
+    "array-body", "null-body", "non-ascii-ref",
 ])
-def test_everything_else_is_answered_by_flask(app, auth, session_factory, served, case) -> None:
+def test_everything_else_is_answered_by_flask(app, auth, session_factory, monkeypatch, case) -> None:
     client = app.test_client()
-    job = {"name": "Lean", "slug": "lean", "endpoint_url": "http://127.0.0.1:9/e", "payload_schema": SCHEMA}
+    job = {**JOB, "payload_schema": SCHEMA}
     if case == "dedup":
         job["dedup_window_secs"] = 60
     client.post("/v1/jobs", json=job, headers=auth)
     if case == "disabled":
         with transaction(session_factory) as s:
             s.execute(sa.update(Job).values(enabled=False))
-    path, headers, kwargs = "/v1/jobs/lean/trigger", dict(auth), {"json": {"payload": {"n": 1}}}
+    path, headers, kwargs = "/v1/jobs/front/trigger", dict(auth), {"json": {"payload": {"n": 1}}}
     if case == "bad-json":
         kwargs = {"data": b'{"payload":', "content_type": "application/json"}
     elif case == "wrong-type":
@@ -110,6 +85,8 @@ def test_everything_else_is_answered_by_flask(app, auth, session_factory, served
         kwargs = {"json": {"payload": {"n": 1}, "dry_run": True}}
     elif case == "unknown-job":
         path = "/v1/jobs/nope/trigger"
+    elif case == "non-ascii-ref":
+        path = "/v1/jobs/frönt/trigger"
     elif case == "bad-key":
         headers = {"Authorization": "Bearer sk_not_a_key"}
     elif case == "no-key":
@@ -124,39 +101,38 @@ def test_everything_else_is_answered_by_flask(app, auth, session_factory, served
         kwargs = {"json": {"payload": {"n": "one"}}}
     elif case == "array-body":
         kwargs = {"json": [1, 2]}
-    fast, slow = _both(app, "post", path, headers=headers, **kwargs)
-    assert served == []  # Flask answered it
+    elif case == "null-body":
+        kwargs = {"data": b"null", "content_type": "application/json"}
+    through_flask = flask_paths(app, monkeypatch)
+    front, flask = both(app, "POST", path, headers=headers, **kwargs)
+    assert through_flask == [path.split("?")[0]]  # the app handed it to Flask
     if case in ("idempotency-header", "dedup"):  # the second request found the first request's run
-        assert (fast.status_code, slow.status_code) == (201, 200)
+        assert (front.status_code, flask.status_code) == (201, 200)
         return
-    assert _normal(fast) == _normal(slow)
-    assert fast.status_code in ((200,) if case == "dry-run" else (201,) if case == "query" else (400, 401, 403,
-                                                                                                404, 409, 415, 422))
+    assert _normal(front) == _normal(flask)
+    expected = (200,) if case == "dry-run" else (201,) if case == "query" else (400, 401, 403, 404, 409, 415, 422)
+    assert front.status_code in expected
 
 
-def test_a_chunked_body_is_read_by_flask(app, auth, session_factory, served) -> None:
-    """No Content-Length: the lean path cannot know the body is empty, so Flask reads the stream."""
-    import io
-
-    client = app.test_client()
-    client.post("/v1/jobs", json={"name": "Lean", "slug": "lean", "endpoint_url": "http://127.0.0.1:9/e"},
-                headers=auth)
-    body = b'{"payload": {"n": 42}}'
-    response = client.post("/v1/jobs/lean/trigger", input_stream=io.BytesIO(body),
+def test_a_chunked_body_is_read_by_flask(app, client, auth, monkeypatch) -> None:
+    """No Content-Length: the front layer cannot know the body is empty, so Flask reads the stream."""
+    client.post("/v1/jobs", json=JOB, headers=auth)
+    through_flask = flask_paths(app, monkeypatch)
+    response = client.post("/v1/jobs/front/trigger", input_stream=io.BytesIO(b'{"payload": {"n": 42}}'),
                            environ_overrides={"wsgi.input_terminated": True, "CONTENT_LENGTH": ""},
                            headers={**auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"})
     assert response.status_code == 201, response.get_json()
     assert response.get_json()["payload"] == {"n": 42}
-    assert served == []
+    assert through_flask == ["/v1/jobs/front/trigger"]
 
 
-def test_lean_path_counts_in_metrics_and_writes_one_run_per_request(app, client, auth, session_factory,
-                                                                    served) -> None:
-    client.post("/v1/jobs", json={"name": "Lean", "slug": "lean", "endpoint_url": "http://127.0.0.1:9/e"},
-                headers=auth)
+def test_triggers_in_front_count_in_metrics_and_write_one_run_each(app, client, auth, session_factory,
+                                                                    monkeypatch) -> None:
+    client.post("/v1/jobs", json=JOB, headers=auth)
+    through_flask = flask_paths(app, monkeypatch)
     for n in range(5):
-        assert client.post("/v1/jobs/lean/trigger", json={"payload": {"n": n}}, headers=auth).status_code == 201
-    assert served == [201] * 5
+        assert client.post("/v1/jobs/front/trigger", json={"payload": {"n": n}}, headers=auth).status_code == 201
+    assert through_flask == []
     text = client.get("/metrics").get_data(as_text=True)
     line = next(x for x in text.splitlines() if x.startswith("sluice_http_requests_total{")
                 and 'route="/v1/jobs/<job>/trigger"' in x and 'status="201"' in x)

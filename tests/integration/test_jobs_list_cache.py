@@ -1,6 +1,6 @@
-"""``api.job_page_cache``: the lean list path serves renderings it kept, but only of the exact row versions
-the request's own statement reads, so every change shows on the next request, through the API or not.
-Each page is compared with the Flask path's answer (which renders from scratch)."""
+"""The jobs list in front of Flask serves the renderings it kept (``api.job_page_cache``), but only of the
+exact row versions the request's own statement reads, so every change shows on the next request, through
+the API or not. Each page is compared with Flask's answer (which renders from scratch)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import sqlalchemy as sa
 from flask import Flask
 
 import api.job_page_cache
+from api.front.job_list import JobList
 from api.job_page_cache import RenderedJobs
 from shared.db.engine import transaction
 from shared.db.models import Job
-from tests.integration.test_fast_list import _both, _jobs, _lean
+from tests.integration.front_support import answer, both, create_jobs, front_of
 
 
 @pytest.fixture(name="full_reads")
@@ -33,27 +34,35 @@ def full_reads_fixture(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return reads
 
 
+def _rendered(app: Flask) -> RenderedJobs:
+    return next(route for route in front_of(app).routes if isinstance(route, JobList)).rendered
+
+
+def _both(app: Flask, path: str, headers: dict[str, str]) -> tuple[Any, Any]:
+    front, flask = both(app, "GET", path, headers=headers)
+    return answer(front), answer(flask)
+
+
 def _same_page(app: Flask, path: str, auth: dict[str, str]) -> list[dict[str, Any]]:
-    headers = {**auth, "X-Request-Id": "req-1"}
-    fast, slow = _both(app, path, headers)
-    assert fast == slow, path
-    assert fast[0] == 200
-    return json.loads(fast[1])  # type: ignore[no-any-return]
+    front, flask = _both(app, path, {**auth, "X-Request-Id": "req-1"})
+    assert front == flask, path
+    assert front[0] == 200
+    return json.loads(front[1])  # type: ignore[no-any-return]
 
 
 def test_a_page_is_rendered_once_then_served_from_the_cache(app, client, auth, full_reads) -> None:
-    _jobs(client, auth, 4)
+    create_jobs(client, auth, 4)
     first = _same_page(app, "/v1/jobs?limit=3", auth)
     assert full_reads == [4]  # three and the one that tells a next page exists
     for _ in range(3):
         assert _same_page(app, "/v1/jobs?limit=3", auth) == first
     assert _same_page(app, "/v1/jobs?limit=2", auth) == first[:2]  # another size, the same renderings
     assert full_reads == [4]
-    assert len(_lean(app).rendered) == 4
+    assert len(_rendered(app)) == 4
 
 
 def test_every_change_shows_on_the_next_request(app, client, auth, session_factory, full_reads) -> None:
-    _jobs(client, auth, 4)
+    create_jobs(client, auth, 4)
     _same_page(app, "/v1/jobs", auth)
     ids = [job["id"] for job in _same_page(app, "/v1/jobs", auth)]
 
@@ -78,7 +87,7 @@ def test_every_change_shows_on_the_next_request(app, client, auth, session_facto
 
 
 def test_cursor_pages_are_cached_and_checked_too(app, client, auth, session_factory) -> None:
-    _jobs(client, auth, 5)
+    create_jobs(client, auth, 5)
     pages: list[list[str]] = []
     for _ in range(2):  # rendered, then cached
         pages.clear()
@@ -90,30 +99,19 @@ def test_cursor_pages_are_cached_and_checked_too(app, client, auth, session_fact
             if "X-Next-Cursor" not in fast[2]:
                 break
             path = f"/v1/jobs?limit=2&cursor={fast[2]['X-Next-Cursor']}"
-    assert pages == [["lean-4", "lean-3"], ["lean-2", "lean-1"], ["lean-0"]]
+    assert pages == [["front-4", "front-3"], ["front-2", "front-1"], ["front-0"]]
 
 
-def test_the_driver_path_of_sluice_api_serves_and_checks_the_cache(settings, session_factory, auth) -> None:
-    """As ``sluice api`` runs it: prepared statements on the driver cursor."""
-    from api.app import create_app
-
-    app = create_app(settings)
-    app.testing = True
-    try:
-        client = app.test_client()
-        _jobs(client, auth, 3)
-        first = client.get("/v1/jobs", headers=auth)
-        again = client.get("/v1/jobs", headers=auth)
-        assert first.status_code == again.status_code == 200 and first.get_data() == again.get_data()
-        assert len(_lean(app).rendered) == 3
-        target = json.loads(first.get_data())[0]["id"]
-        with transaction(session_factory) as s:
-            s.execute(sa.update(Job).where(Job.id == target).values(name="Changed"))
-        assert json.loads(client.get("/v1/jobs", headers=auth).get_data())[0]["name"] == "Changed"
-    finally:
-        svc = app.extensions["sluice"]
-        svc.engine.dispose()
-        svc.read_session_factory.kw["bind"].dispose()
+def test_a_write_outside_the_api_shows_on_the_next_page(app, client, session_factory, auth) -> None:
+    create_jobs(client, auth, 3)
+    first = client.get("/v1/jobs", headers=auth)
+    again = client.get("/v1/jobs", headers=auth)
+    assert first.status_code == again.status_code == 200 and first.get_data() == again.get_data()
+    assert len(_rendered(app)) == 3
+    target = json.loads(first.get_data())[0]["id"]
+    with transaction(session_factory) as s:
+        s.execute(sa.update(Job).where(Job.id == target).values(name="Changed"))
+    assert json.loads(client.get("/v1/jobs", headers=auth).get_data())[0]["name"] == "Changed"
 
 
 def test_big_integers_encode_alone_and_read_the_same(app, client, auth) -> None:
@@ -148,7 +146,7 @@ def test_renderings_are_found_only_at_their_version() -> None:
     assert cache.find(["a 7@t", "c 1@t"]) is None  # c never rendered here
     cache.keep(_job("a", "new"), "10@t")  # a newer version replaces the older
     assert cache.find(["a 7@t"]) is None and len(cache) == 2
-    assert cache._bytes == sum(len(entry[1]) for entry in cache._entries.values())
+    assert cache.held_bytes == sum(len(entry[1]) for entry in cache.find(["a 10@t", "b 8@t"]) or [])
 
 
 def test_the_cache_starts_over_when_full_or_old() -> None:

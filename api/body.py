@@ -1,0 +1,83 @@
+"""The one JSON body parser of the API, for Flask's gate and the front layer alike.
+
+Its checks, in the contract's order (§1.5, after the body's size): 415 for a body that is not
+``application/json``, 400 for one that does not parse, 422 for a string holding NUL or a lone surrogate
+(neither can be stored or re-encoded). An empty body is ``{}`` where the route's body is optional.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from shared.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+
+MAX_BODY_BYTES = 1 << 20
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_NUL_ESCAPE = b"\\u0000"
+
+
+def parse_json_body(raw: bytes, mimetype: str, *, optional: bool) -> Any:
+    """The parsed body; ``mimetype`` is the Content-Type without parameters, lower case ("" without one)."""
+    if not raw.strip():
+        if optional:
+            return {}
+        if mimetype != "application/json":
+            raise UnsupportedMediaType()
+        raise BadRequest("Malformed JSON body: the body is empty")
+    if mimetype != "application/json":
+        raise UnsupportedMediaType()
+    try:
+        body = json.loads(raw)
+        # UTF-8 JSON can only carry NUL as the escape \u0000 (a raw control byte is a syntax error), so the
+        # walk runs only for bodies holding that sequence, or any 0x00 byte (UTF-16/32, which json accepts).
+        wide = b"\x00" in raw
+        bad = _find(body, "", _has_nul) if wide or _NUL_ESCAPE in raw else None
+        # A lone surrogate can only arrive as a \uD800-\uDFFF escape (raw surrogate bytes are not UTF-8);
+        # it cannot be stored or re-encoded, so refuse it like NUL. The byte scan keeps the walk rare.
+        lone = _find(body, "", _has_lone_surrogate) if wide or _SURROGATE_ESCAPE.search(raw) else None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("Malformed JSON body") from exc
+    except RecursionError:  # a body nested deeper than the interpreter's stack allows
+        raise BadRequest("Malformed JSON body: nested too deeply") from None
+    if bad is not None:
+        raise ValidationFailed(_nested_error(bad, "Must not contain the NUL character (U+0000)."))
+    if lone is not None:
+        raise ValidationFailed(_nested_error(lone, "Must be valid Unicode (no unpaired surrogate escapes)."))
+    return body
+
+
+def _has_nul(text: str) -> bool:
+    return "\x00" in text
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def _find(value: Any, path: str, bad: Any) -> str | None:
+    """The path of the first string (key or value) for which ``bad`` holds, or ``None``."""
+    if isinstance(value, str):
+        return path if bad(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if bad(key):
+                return f"{path}.{key}" if path else key
+            found = _find(item, f"{path}.{key}" if path else key, bad)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _find(item, f"{path}.{index}" if path else str(index), bad)
+            if found:
+                return found
+    return None
+
+
+def _nested_error(path: str, message: str) -> dict[str, Any]:
+    parts = path.split(".") if path else ["_schema"]
+    tree: dict[str, Any] = {parts[-1]: [message]}
+    for part in reversed(parts[:-1]):
+        tree = {part: tree}
+    return tree
