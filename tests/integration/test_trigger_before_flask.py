@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from api.errors import UNAVAILABLE_MESSAGE
 from shared.db.engine import transaction
 from shared.db.models import Job, Run
 from tests.conftest import make_key
@@ -139,3 +140,35 @@ def test_triggers_in_front_count_in_metrics_and_write_one_run_each(app, client, 
     assert float(line.rsplit(" ", 1)[1]) >= 5
     with session_factory() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Run)) == 5
+
+
+@pytest.mark.parametrize("failure, status", [("RAISE EXCEPTION 'refused'", 500),
+                                             ("PERFORM pg_terminate_backend(pg_backend_pid())", 503)])
+def test_a_failed_insert_is_answered_in_front_and_never_run_again(app, client, auth, session_factory, monkeypatch,
+                                                                  failure, status) -> None:
+    """Once the trigger writes, a failure is the front layer's to answer (the INSERT may have happened, so
+    Flask must not run the request again): in the one error shape, 500, or 503 for a lost connection."""
+    client.post("/v1/jobs", json=JOB, headers=auth)
+    ddl = [f"CREATE FUNCTION fail_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {failure}; RETURN NEW; END $$",
+           "CREATE TRIGGER fail_insert BEFORE INSERT ON runs FOR EACH ROW EXECUTE FUNCTION fail_insert()"]
+    with transaction(session_factory) as s:
+        for statement in ddl:
+            s.execute(sa.text(statement))
+    try:
+        through_flask = flask_paths(app, monkeypatch)
+        response = client.post("/v1/jobs/front/trigger", json={"payload": {"n": 1}},
+                               headers={**auth, "X-Request-Id": "req-1"})
+    finally:
+        with transaction(session_factory) as s:
+            s.execute(sa.text("DROP TRIGGER fail_insert ON runs"))
+            s.execute(sa.text("DROP FUNCTION fail_insert()"))
+    assert through_flask == []
+    assert response.status_code == status
+    unavailable = status == 503
+    assert response.get_json() == {
+        "code": status, "status": "Service Unavailable" if unavailable else "Internal Server Error",
+        "message": UNAVAILABLE_MESSAGE if unavailable else "Internal server error", "request_id": "req-1"}
+    assert response.headers["X-Request-Id"] == "req-1"
+    with session_factory() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Run)) == 0
+    assert client.post("/v1/jobs/front/trigger", json={"payload": {"n": 2}}, headers=auth).status_code == 201
