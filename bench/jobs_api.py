@@ -7,6 +7,10 @@ and prints a table.
     .venv/bin/python bench/jobs_api.py --secs 5
     .venv/bin/python bench/jobs_api.py --in-process 3000   # CPU per request, no server
 
+The API measured is the tree this file is in, run by the interpreter that runs the benchmark (gunicorn is
+started in the tree's directory). To compare two trees, run each tree's own copy with its own venv, e.g.
+``/tmp/before/.venv/bin/python /tmp/before/bench/<this file>`` against this one, alternating.
+
 Targets (issue "Control plane"): get ≥ 1,500 req/s, list ≥ 500 req/s with p99 ≤ 60 ms, create ≥ 600 req/s.
 The client is deliberately cheap (one ``http.client`` keep-alive connection per thread, pre-encoded
 bodies) because on a small machine it shares the CPU with the server.

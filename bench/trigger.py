@@ -15,6 +15,10 @@ The table shows the median of the rounds and the ratio Sluice / reference.
     .venv/bin/python bench/trigger.py --secs 20 --rounds 3
     .venv/bin/python bench/trigger.py --in-process 5000   # CPU per request, Sluice vs reference
 
+The API measured is the tree this file is in, run by the interpreter that runs the benchmark (gunicorn is
+started in the tree's directory). To compare two trees, run each tree's own copy with its own venv, e.g.
+``/tmp/before/.venv/bin/python /tmp/before/bench/<this file>`` against this one, alternating.
+
 Targets (issue "Triggering and the runs API"): single ≥ 1,000 req/s and ≥ 0.8 × reference with p99 ≤ 60 ms;
 bulk ≥ 10,000 runs/s. The client (one keep-alive ``http.client`` connection per thread, pre-encoded
 bodies) shares the machine with both servers, PostgreSQL and Redis; ``--cpus`` reports how many it had.

@@ -22,7 +22,6 @@ import io
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from functools import cached_property
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -54,14 +53,17 @@ class FrontRequest:
         self.permit: Permit = UNLIMITED
         self.wrote = False
         self._access = access
+        self._request_id: str | None = None
 
     @property
     def query(self) -> str:
         return self.environ.get("QUERY_STRING", "")  # type: ignore[no-any-return]
 
-    @cached_property
+    @property
     def request_id(self) -> str:
-        return request_id_for(self.environ.get("HTTP_X_REQUEST_ID", ""))
+        if self._request_id is None:
+            self._request_id = request_id_for(self.environ.get("HTTP_X_REQUEST_ID", ""))
+        return self._request_id
 
     def digest(self) -> str:
         """The stored digest of the bearer key; raises (the layer declines) without a key shaped like one."""
