@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session
 from werkzeug.http import HTTP_STATUS_CODES
 
-from api.access import UNLIMITED, Permit, presented_digest
+from api.access import UNLIMITED, Access, Permit, presented_digest
 from api.body import MAX_BODY_BYTES
 from api.context import Services
 from api.errors import error_body, unexpected_error
@@ -45,7 +45,7 @@ Answer = tuple[int, bytes, Sequence[tuple[str, str]]]  # status, JSON body, the 
 class FrontRequest:
     """One request a route is looking at, and what the layer needs to answer or decline it."""
 
-    def __init__(self, environ: dict[str, Any], match: re.Match[str], body: bytes, access: Any) -> None:
+    def __init__(self, environ: dict[str, Any], match: re.Match[str], body: bytes, access: Access) -> None:
         self.environ = environ
         self.match = match
         self.body = body
