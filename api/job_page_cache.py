@@ -11,7 +11,7 @@ before, and its renderings are kept for the next request.
 
 Never stale: which jobs, in which order and at which versions comes from the database in the request's
 own statement, so the page is the one a full read at that moment gives; a rendering is used only for the
-row version it was made from, and rendering reads nothing but the row (``api.job_render``). A row
+row version it was made from, and rendering reads nothing but the row (``shared.jobs.resource``). A row
 version also changes on writes that do not touch the resource (a miss, not an error). The check costs
 the page's index scan, as the full read did, but none of its rendering.
 

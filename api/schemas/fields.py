@@ -77,8 +77,8 @@ class AnyJSON(ma.fields.Raw):
     """Any JSON value, passed through untouched."""
 
 
-class QueryBoolean(ma.fields.Field):
-    """``true``/``false``/``1``/``0`` in any case; anything else is 422."""
+class QueryBoolean(ma.fields.Boolean):
+    """``true``/``false``/``1``/``0`` in any case; anything else is 422 (documented as a boolean)."""
 
     default_error_messages = {"invalid": "Must be one of true, false, 1, 0."}
 
@@ -91,8 +91,8 @@ class QueryBoolean(ma.fields.Field):
         raise self.make_error("invalid")
 
 
-class QueryInteger(ma.fields.Field):
-    """A decimal integer in a query string."""
+class QueryInteger(ma.fields.Integer):
+    """A decimal integer in a query string (documented as an integer)."""
 
     default_error_messages = {"invalid": "Must be a decimal integer."}
 

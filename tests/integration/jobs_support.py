@@ -6,6 +6,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
+# The Job resource's fields as the contract lists them, written out on purpose: the oracle that the one
+# description (``shared.jobs.resource.JOB``, from which the rendering and the schema come) is checked against.
 JOB_FIELDS = {
     "id", "project_id", "group_id", "name", "slug", "description", "cron", "payload_schema", "tags",
     "endpoint_url", "fallback_endpoint_url", "max_attempts", "timeout_secs", "max_concurrency",
