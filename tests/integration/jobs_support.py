@@ -43,16 +43,3 @@ def assert_error(response: Any, code: int, message: str | None = None) -> dict[s
     if message is not None:
         assert body["message"] == message, body
     return body  # type: ignore[no-any-return]
-
-
-def private_broker(app: Any, redis_client: Any) -> Any:
-    """Swap the app's broker for a real Redis broker in a namespace no running worker consumes, so a test can
-    count the messages a request enqueued (shared Redis DBs may have consumers from other processes)."""
-    from dramatiq.brokers.redis import RedisBroker
-
-    from shared.messages import DISPATCH_QUEUE
-
-    broker = RedisBroker(client=redis_client, namespace="sluice-jobs-test")
-    broker.declare_queue(DISPATCH_QUEUE)
-    app.extensions["sluice"].broker = broker
-    return broker

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from shared.db.models import Job, JobVersion, Run
 from shared.messages import ready_messages
 from tests.factories import make_run
-from tests.integration.jobs_support import JOB_FIELDS, assert_error, create, job_body, private_broker
+from tests.integration.jobs_support import JOB_FIELDS, assert_error, create, job_body
 
 
 def _count(session, model):
@@ -87,7 +87,7 @@ def test_batch_enable_releases_held_runs(client, auth, session, app, redis_clien
     orm_job = session.get(Job, job["id"])
     runs = [make_run(session, orm_job, status="queued", held_at=orm_job.created_at) for _ in range(3)]
     session.commit()
-    broker = private_broker(app, redis_client)
+    broker = app.extensions["sluice"].broker  # the app's own queue: nothing consumes it here
     before = ready_messages(broker)
     assert client.post("/v1/jobs/batch-enable", json={"ids": ["h"]}, headers=auth).json == {"updated": 1}
     assert ready_messages(broker) == before + 3

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from shared.db.models import Job, JobVersion, Run
 from shared.messages import ready_messages
 from tests.factories import make_run
-from tests.integration.jobs_support import SECRET, assert_error, create, private_broker
+from tests.integration.jobs_support import SECRET, assert_error, create
 
 
 def _patch(client, auth, ref, body):
@@ -132,7 +132,7 @@ def test_enabling_releases_held_runs(client, auth, session, app, redis_client):
     held = make_run(session, orm_job, status="queued", held_at=orm_job.created_at)
     other = make_run(session, orm_job, status="delayed")
     session.commit()
-    broker = private_broker(app, redis_client)
+    broker = app.extensions["sluice"].broker  # the app's own queue: nothing consumes it here
     before = ready_messages(broker)
     updated = _patch(client, auth, "held", {"enabled": True}).json
     assert updated["enabled"] is True and updated["version"] == 2
