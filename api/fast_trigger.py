@@ -35,8 +35,7 @@ from shared import json_codec
 from shared.apikeys import key_digest, principal_from_row
 from shared.clock import utcnow
 from shared.errors import SluiceError
-from shared.runs.commit import apply_after_commit
-from shared.runs.transitions import Effects
+from shared.runs.effects import Effects, apply_after_commit
 from shared.triggers.manual import find_key_and_trigger_job, needs_transaction, trigger_job_of, trigger_run
 
 log = logging.getLogger("sluice.api")

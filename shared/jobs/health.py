@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Run
 from shared.errors import semantic
-from shared.runs.transitions import TERMINAL
+from shared.runs.status import TERMINAL
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1), "1d": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30),

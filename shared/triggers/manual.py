@@ -35,7 +35,8 @@ from shared.runs.creation import (
     row_to_run,
     row_view,
 )
-from shared.runs.transitions import ACTIVE, Effects
+from shared.runs.effects import Effects
+from shared.runs.status import ACTIVE
 from shared.triggers.payloads import canonical_payload, payload_hash, payload_size_error, schema_errors
 
 MAX_SCHEDULE_AHEAD = timedelta(days=30)

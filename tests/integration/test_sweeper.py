@@ -11,11 +11,12 @@ import pytest
 import sqlalchemy as sa
 
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop, default_tasks
-from scheduler.sweeps import EXPIRED_ERROR, expire_unstarted, message_deficit, promote_due_delayed
+from scheduler.sweeps import expire_unstarted, message_deficit, promote_due_delayed
 from shared.clock import utcnow
 from shared.db.models import Run, RunEvent
 from shared.messages import make_broker
-from shared.runs.transitions import Effects
+from shared.runs.effects import Effects
+from shared.runs.transitions import EXPIRED_ERROR
 from tests.factories import make_dependency, make_job, make_run
 
 MSGS = "dramatiq:sluice.runs.msgs"
