@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import queue
 import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -26,7 +28,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from shared.cli.embedded_postgres import start_embedded_postgres
+from shared.cli.embedded_postgres import SERVER_USER_AS_ROOT, start_embedded_postgres
 from tests.integration.process_support import call, descendants, free_port, is_listening, is_running
 
 pytestmark = pytest.mark.slow
@@ -221,6 +223,23 @@ def test_a_postgres_left_running_on_the_data_dir_is_stopped_before_a_new_start(t
         assert not server.is_alive()
     finally:
         leftover.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL's own user is needed only as root")
+def test_as_root_postgresql_runs_as_its_own_user_through_a_closed_directory(tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    (closed / "project").mkdir(parents=True)
+    closed.chmod(0o700)  # like /root on most systems
+    server = start_embedded_postgres(closed / "project", log_path=tmp_path / "postgres.log")
+    try:
+        owner = pwd.getpwnam(SERVER_USER_AS_ROOT).pw_uid
+        assert (closed / "project" / "postgres").stat().st_uid == owner
+        uids = next(line for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
+                    if line.startswith("Uid:"))
+        assert uids.split()[1:] == [str(owner)] * 4
+        assert stat.S_IMODE(closed.stat().st_mode) == 0o701  # enterable, still not listable
+    finally:
+        server.stop()
 
 
 def test_dev_refuses_a_busy_port(tmp_path: Path) -> None:
