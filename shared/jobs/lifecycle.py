@@ -72,7 +72,7 @@ def _insert_new_jobs(session: Session, principal: Principal, configs: Sequence[M
         versions.append(version_record(version_id=version_id, job_id=job_id, version=1, config=config,
                                        actor=principal.actor, now=now))
     try:
-        if len(records) == 1 and session.get_bind().dialect.name == "postgresql":
+        if len(records) == 1:
             _insert_job_with_version(session, records[0], versions[0])
             versions = []  # written by the same statement
         else:
