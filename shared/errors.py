@@ -92,10 +92,6 @@ class ServiceUnavailable(SluiceError):
     default_message = "A backing service is unavailable; retry shortly"
 
 
-class InvalidTransition(SluiceError):
-    """A run state change that §4.7 does not allow (a programming error if it reaches HTTP)."""
-
-
 def semantic(field: str, message: str) -> BadRequest:
     """A 400 whose sentence names the field, as in CONTRACT §2.2 (``cron: invalid expression ...``)."""
     err = BadRequest(f"{field}: {message}")

@@ -92,8 +92,3 @@ def resolve_execution_settings(session: Session, run: Run, job: Job) -> Executio
 def effective_max_attempts(run: Run, settings: ExecutionSettings) -> int:
     """``max_attempts_override`` or the resolved ``max_attempts``."""
     return run.max_attempts_override or settings.max_attempts
-
-
-def effective_timeout_secs(run: Run, settings: ExecutionSettings) -> int:
-    """``timeout_secs_override`` or the resolved ``timeout_secs``."""
-    return run.timeout_secs_override or settings.timeout_secs
