@@ -163,14 +163,19 @@ def test_scheduler_process_stops_on_sigterm(settings):
     import subprocess
     import sys
 
-    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+           "SLUICE_METRICS_PORT": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli.main", "scheduler"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert proc.stderr is not None
+        for line in proc.stderr:  # started: its signal handlers are in place
+            if "scheduler started" in line:
+                break
+        else:
+            raise AssertionError(f"the scheduler exited before starting: {proc.wait()}")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
