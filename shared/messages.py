@@ -15,6 +15,7 @@ documents it: ``<ns>:<queue>`` a list of message ids, ``<ns>:<queue>.msgs`` a ha
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterable
@@ -62,46 +63,70 @@ def _messages_key(broker: RedisBroker, queue_name: str) -> str:
     return f"{_queue_key(broker, queue_name)}.msgs"
 
 
+class UnsentAcks:
+    """The acknowledged message ids of one queue not yet sent to Redis; thread-safe.
+
+    dramatiq acks from its worker threads while its consumer thread flushes, hence the lock: an id appended to
+    a batch already being sent would stay unacknowledged while the worker lives. The broker holds one per
+    queue, not the consumer, because dramatiq replaces a consumer after a connection error: what one could
+    not send, the next sends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: list[str] = []
+
+    def add(self, message_id: str) -> int:
+        """Add one id; the number now unsent."""
+        with self._lock:
+            self._ids.append(message_id)
+            return len(self._ids)
+
+    def take(self) -> list[str]:
+        with self._lock:
+            ids, self._ids = self._ids, []
+        return ids
+
+    def put_back(self, ids: list[str]) -> None:
+        with self._lock:
+            self._ids[:0] = ids
+
+
 class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
     """dramatiq's Redis consumer, acknowledging in batches: one Redis call per batch instead of one per message.
 
     A Sluice message is a wake-up token (PostgreSQL decides what runs; a message delivered twice claims
     nothing or another ready run), so acks can wait a little. They are sent together — when ``ACK_BATCH``
-    are pending, before the consumer goes back to Redis for more messages or sleeps on an empty queue, and
-    on close — in one script call that does exactly what that many ``dispatch.lua`` ``ack`` calls do. An ack
-    that never reaches Redis (the process dies first, or Redis fails) leaves its message in the ack set,
-    which dramatiq requeues once this broker's heartbeat is ``heartbeat_timeout`` old: a redundant wake-up,
-    as after any worker crash.
-
-    dramatiq calls ``ack`` from its worker threads and ``__next__``/``close`` from the consumer thread, so
-    the pending ids are swapped out under a lock (an id appended to a list already being sent would never
-    be acknowledged while the worker lives).
+    are unsent, before the consumer goes back to Redis for more messages or sleeps on an empty queue, and
+    on close — in one script call that does exactly what that many ``dispatch.lua`` ``ack`` calls do. Ids
+    that fail to go out (Redis unreachable) are kept for the next flush. Only the ids unsent when the process
+    dies stay in the ack set, which dramatiq requeues once this broker's heartbeat is ``heartbeat_timeout``
+    old: a redundant wake-up, as after any worker crash.
     """
 
-    def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+    def __init__(self, broker: SluiceBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)
-        self._pending: list[str] = []
-        self._lock = threading.Lock()
+        self._unsent = broker.unsent_acks(queue_name)
         self._ack_many = broker.client.register_script(ACK_MANY_SCRIPT)
         self._keys = [f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}",
                       _messages_key(broker, queue_name), f"{broker.namespace}:__heartbeats__"]
 
     def ack(self, message: Any) -> None:
         self.queued_message_ids.discard(message.message_id)  # no longer counts against the prefetch
-        with self._lock:
-            self._pending.append(message.options["redis_message_id"])
-            full = len(self._pending) >= ACK_BATCH
-        if full:
-            self.flush_acks()
+        if self._unsent.add(message.options["redis_message_id"]) >= ACK_BATCH:
+            # Kept for the next flush if Redis is unreachable; the consumer thread's next fetch reports it.
+            with contextlib.suppress(ConnectionClosed):
+                self.flush_acks()
 
     def flush_acks(self) -> None:
-        with self._lock:
-            ids, self._pending = self._pending, []
+        """Send every unsent ack; raises ``ConnectionClosed`` (the ids kept) if Redis is unreachable."""
+        ids = self._unsent.take()
         if not ids:
             return
         try:
             self._ack_many(keys=self._keys, args=[current_millis(), self.broker.broker_id, *ids])
         except redis.ConnectionError as exc:
+            self._unsent.put_back(ids)
             raise ConnectionClosed(exc) from None
 
     def __next__(self) -> Any:
@@ -124,14 +149,22 @@ class SluiceBroker(RedisBroker):
     no consumer polling it, which would only double the idle Redis traffic.
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._unsent_acks: dict[str, UnsentAcks] = {}
+
     @property
     def consumer_class(self) -> type[BatchedAckConsumer]:
         return BatchedAckConsumer
+
+    def unsent_acks(self, queue_name: str) -> UnsentAcks:
+        return self._unsent_acks[queue_name]
 
     def declare_queue(self, queue_name: str) -> None:
         if queue_name not in self.queues:
             self.emit_before("declare_queue", queue_name)
             self.queues.add(queue_name)
+            self._unsent_acks[queue_name] = UnsentAcks()
             self.emit_after("declare_queue", queue_name)
 
 

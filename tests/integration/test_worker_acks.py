@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import dramatiq
 import pytest
 import redis as redis_lib
+from dramatiq.errors import ConnectionClosed
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from shared.messages import ACK_BATCH, SluiceBroker, enqueue_many, pending_messages
+from tests.conftest import REDIS_DB, redis_url
 
 QUEUE = "test.acks"
 
@@ -29,6 +36,58 @@ def fast_thread_switches_fixture() -> Iterator[None]:
     sys.setswitchinterval(0.00001)
     yield
     sys.setswitchinterval(before)
+
+
+class RedisLink:
+    """A TCP relay to the test Redis that can be cut (open connections closed, new ones hung up at once)."""
+
+    def __init__(self) -> None:
+        target = urlsplit(redis_url())
+        self._target = (target.hostname or "127.0.0.1", target.port or 6379)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._open: list[socket.socket] = []
+        self.cut_off = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                if self.cut_off:
+                    client.close()
+                    continue
+                upstream = socket.create_connection(self._target)
+                self._open += [client, upstream]
+                for source, sink in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for end in self._open:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+        self._open = []
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+
+@pytest.fixture(name="redis_link")
+def redis_link_fixture(redis_client: redis_lib.Redis) -> Iterator[RedisLink]:
+    link = RedisLink()
+    yield link
+    link.close()
 
 
 def _drain(broker: SluiceBroker, client: redis_lib.Redis, count: int, threads: int) -> list[str]:
@@ -86,3 +145,23 @@ def test_acks_from_many_worker_threads_at_once_are_all_sent(redis_client: redis_
     # appended to a batch already being sent would stay unacknowledged while the worker lives.
     seen = _drain(_broker(redis_client), redis_client, 10_000, threads=16)
     assert len(seen) == 10_000
+
+
+def test_acks_redis_could_not_take_are_sent_later_by_the_next_consumer(redis_client: redis_lib.Redis,
+                                                                     redis_link: RedisLink) -> None:
+    # No retries in the client, so that an unreachable Redis fails the call at once.
+    broker = _broker(redis_lib.Redis("127.0.0.1", redis_link.port, db=REDIS_DB, retry=Retry(NoBackoff(), 0)))
+    enqueue_many(broker, QUEUE, "noop", [str(i) for i in range(ACK_BATCH + 1)])
+    consumer = broker.consume(QUEUE, prefetch=ACK_BATCH + 1, timeout=10)
+    fetched = [next(consumer) for _ in range(ACK_BATCH + 1)]
+    redis_link.cut()
+    for message in fetched[:ACK_BATCH]:
+        consumer.ack(message)  # the last one's flush fails quietly: a worker thread's ack is not the place
+    with pytest.raises(ConnectionClosed):
+        consumer.close()  # dramatiq then replaces the consumer (once Redis answers again)
+    direct = _broker(redis_client)
+    assert pending_messages(direct, QUEUE) == ACK_BATCH + 1
+    redis_link.cut_off = False
+    replacement = broker.consume(QUEUE, prefetch=ACK_BATCH + 1, timeout=10)
+    replacement.close()
+    assert pending_messages(direct, QUEUE) == 1  # only the message never acknowledged
