@@ -134,18 +134,15 @@ def _supervise(processes: int, threads: int, idle_poll_ms: int, queues: frozense
 
 
 def steer_claim_plans(engine: Engine) -> None:
-    """Keep the claim on its index under stale statistics (PostgreSQL only).
+    """Keep the start statement on its index under stale statistics.
 
     The ready set changes size abruptly (a bulk trigger queues thousands of runs between two ANALYZEs).
     With statistics that still say "a few queued runs", PostgreSQL may answer the claim with a bitmap scan
-    of every queued run plus a sort — O(queued) per claim, O(n²) per drain (measured: 80 ms per claim at
+    of every queued run plus a sort — O(queued) per start, O(n²) per drain (measured: 80 ms per start at
     2 000 queued). Without bitmap scans the only cheap plan left is the ordered ``ix_runs_ready`` scan that
     stops at the first unlocked row. The worker's other statements are primary-key or small index lookups
     that never need bitmap scans.
     """
-    if engine.dialect.name != "postgresql":
-        return
-
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SET enable_bitmapscan = off")
