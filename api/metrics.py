@@ -36,7 +36,7 @@ from shared.metrics import (
     GaugeSpec,
     exposition,
 )
-from shared.runs.transitions import ACTIVE
+from shared.runs.status import ACTIVE
 
 log = logging.getLogger("sluice.api.metrics")
 

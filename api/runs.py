@@ -27,9 +27,9 @@ from shared.errors import NotFound
 from shared.jobs.lookup import get_job
 from shared.runs.actions import CancelResult, bulk_cancel, bulk_replay, cancel_run, replay_run, signal_canceled
 from shared.runs.commit import commit_and_apply
+from shared.runs.effects import Effects
 from shared.runs.queries import get_project_run, list_events, list_runs, parse_filters
 from shared.runs.resource import RUN, RUN_EVENT
-from shared.runs.transitions import Effects
 
 blp = Blueprint("runs", __name__, url_prefix="/v1", description="Runs: list, inspect, cancel, replay")
 _RUN = schema_of(RUN)

@@ -19,7 +19,7 @@ from shared.clock import utcnow
 from shared.errors import ValidationFailed
 from shared.jobs.lookup import get_job
 from shared.runs.commit import commit_and_apply
-from shared.runs.transitions import Effects
+from shared.runs.effects import Effects
 from shared.triggers.bulk import trigger_bulk
 from shared.triggers.manual import (
     ensure_enabled,

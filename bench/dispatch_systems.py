@@ -31,7 +31,8 @@ from shared.jobs.lifecycle import create_job
 from shared.messages import enqueue_many, enqueue_runs, make_broker
 from shared.runs.commit import commit_and_apply
 from shared.runs.creation import RunInputs, create_runs
-from shared.runs.transitions import TERMINAL, Effects
+from shared.runs.effects import Effects
+from shared.runs.status import TERMINAL
 from shared.triggers.manual import trigger_run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ from shared.clock import format_ts
 from shared.db.models import Job, Run
 from shared.metrics import observe_runs_created
 from shared.runs.commit import commit_and_apply
-from shared.runs.transitions import Effects
+from shared.runs.effects import Effects
 from shared.schedules.cron import tick_key
 from shared.triggers.cron import create_cron_runs
 

@@ -30,6 +30,7 @@ from scheduler.sweeps import (
     RECOVER_MAX,
     expire_unstarted,
     promote_due_delayed,
+    recheck_waiting,
     recover_lost_messages,
     seconds_until_next_due,
 )
@@ -37,10 +38,9 @@ from scheduler.webhook_sweeps import BATCH_SIZE as WEBHOOK_BATCH
 from scheduler.webhook_sweeps import enqueue_due_webhooks
 from shared.clock import utcnow
 from shared.config import Settings
-from shared.dependencies.gating import recheck_waiting
 from shared.limits.limiter import Limits
 from shared.runs.commit import commit_and_apply
-from shared.runs.transitions import Effects
+from shared.runs.effects import Effects
 
 log = logging.getLogger("sluice.maintenance")
 

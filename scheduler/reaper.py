@@ -24,9 +24,10 @@ from shared.config import Settings
 from shared.db.models import Job, Run
 from shared.limits.limiter import Limits
 from shared.runs.attempts import AttemptEnd, RetryPolicy, finish_attempt
+from shared.runs.effects import Effects
 from shared.runs.execution_settings import SettingsUnresolvable, effective_max_attempts, resolve_execution_settings
 from shared.runs.retries import RETRYABLE, Outcome
-from shared.runs.transitions import Effects, RunStatus
+from shared.runs.status import RunStatus
 
 log = logging.getLogger("sluice.reaper")
 

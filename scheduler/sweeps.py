@@ -28,8 +28,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.db.models import Job, Run
+from shared.dependencies.gating import jobs_with_waiting_runs
 from shared.messages import enqueue_runs, pending_messages
-from shared.runs.transitions import Effects, RunStatus, event, insert_events, transition
+from shared.runs.effects import Effects
+from shared.runs.moves import move_many, release_waiting
+from shared.runs.status import RunStatus
 
 log = logging.getLogger("sluice.sweeper")
 
@@ -37,31 +40,18 @@ PROMOTE_BATCH = 1000
 EXPIRE_BATCH = 200
 RECOVER_MAX = 1000
 LOST_AFTER = timedelta(seconds=2)
-EXPIRED_ERROR = "expired: not started before expires_at"
 _DELAYED, _QUEUED, _EXECUTING = RunStatus.DELAYED.value, RunStatus.QUEUED.value, RunStatus.EXECUTING.value
 
 
 def promote_due_delayed(session: Session, now: datetime, effects: Effects, *, batch: int = PROMOTE_BATCH) -> int:
-    """Move up to ``batch`` due ``delayed`` runs to ``queued``; return how many.
+    """Move up to ``batch`` due ``delayed`` runs to ``queued`` in one statement; return how many.
 
-    A batched form of ``runstate.transition(delayed → queued)`` — same conditional update, same
-    bookkeeping (``queued_at`` = now, ``due_at`` cleared), one ``state_change`` event per run — because a
-    burst of due runs (a bulk trigger with ``delay_secs``) must not cost three statements per run.
     Rows are taken ``FOR UPDATE SKIP LOCKED`` so concurrent sweepers and workers never wait on each other.
     """
     ids = list(session.scalars(
         sa.select(Run.id).where(Run.status == _DELAYED, Run.due_at <= now)
         .order_by(Run.due_at).limit(batch).with_for_update(skip_locked=True)))
-    if not ids:
-        return 0
-    moved = list(session.scalars(
-        sa.update(Run).where(Run.id.in_(ids), Run.status == _DELAYED)
-        .values(status=_QUEUED, queued_at=now, due_at=None)
-        .returning(Run.id).execution_options(synchronize_session=False)))
-    insert_events(session, [event(run_id, "state_change", {"from": _DELAYED, "to": _QUEUED}, now)
-                            for run_id in moved])
-    effects.enqueue.extend(moved)
-    return len(moved)
+    return len(move_many(session, ids, RunStatus.QUEUED, now=now, effects=effects, from_=(RunStatus.DELAYED,)))
 
 
 def seconds_until_next_due(session: Session, now: datetime) -> float | None:
@@ -77,18 +67,14 @@ def seconds_until_next_due(session: Session, now: datetime) -> float | None:
 def expire_unstarted(session: Session, now: datetime, effects: Effects, *, batch: int = EXPIRE_BATCH) -> int:
     """Expire up to ``batch`` unstarted runs whose ``expires_at`` has passed; return how many.
 
-    Each goes through ``runstate.transition`` because expiry is terminal: it queues the webhook and
-    releases dependents. Started runs (``attempt`` ≥ 1) never expire, even while delayed for a retry.
+    Expiry is terminal: the move runs the terminal hooks (webhook, dependents). Started runs (``attempt``
+    ≥ 1) never expire, even while delayed for a retry.
     """
     ids = list(session.scalars(
         sa.select(Run.id).where(Run.attempt == 0, Run.expires_at <= now, Run.status.in_([_DELAYED, _QUEUED]))
         .order_by(Run.expires_at).limit(batch).with_for_update(skip_locked=True)))
-    expired = 0
-    for run_id in ids:
-        if transition(session, run_id, RunStatus.EXPIRED, now=now, effects=effects,
-                      values={"error": EXPIRED_ERROR, "error_class": None}) is not None:
-            expired += 1
-    return expired
+    return len(move_many(session, ids, RunStatus.EXPIRED, now=now, effects=effects,
+                         from_=(RunStatus.DELAYED, RunStatus.QUEUED), guards=("unstarted_past_expiry",)))
 
 
 def message_deficit(session: Session, now: datetime, pending: int) -> tuple[int, list[str]]:
@@ -114,3 +100,16 @@ def recover_lost_messages(session: Session, now: datetime, broker: Any) -> int:
         return 0
     log.warning("re-enqueueing lost run messages", extra={"deficit": deficit, "enqueued": len(ids)})
     return enqueue_runs(broker, ids)
+
+
+RECHECK_JOBS = 200  # jobs with waiting runs re-evaluated per sweep
+
+
+def recheck_waiting(session: Session, now: datetime, effects: Effects) -> int:
+    """Safety net: re-evaluate the waiting runs of every job that has some, releasing those whose edges
+    hold. The dependency locks make a trigger and a finishing upstream run safe; one race they do not cover
+    is an edge *created* while its upstream run finishes (the finisher read the dependents before the edge
+    committed, then a run of the dependent job was gated on it). Normally this releases nothing; a release
+    here is such a wake-up, recovered late instead of never."""
+    return sum(release_waiting(session, job_id, now=now, effects=effects)
+               for job_id in jobs_with_waiting_runs(session, limit=RECHECK_JOBS))

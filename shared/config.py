@@ -8,7 +8,20 @@ from dataclasses import dataclass, replace
 
 from shared.errors import ConfigError
 
-DEFAULT_SQLITE_PATH = "sluice.db"
+# libpq's defaults fill in the rest (user and password from PGUSER / PGPASSWORD or the login name).
+DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/sluice"
+_POSTGRES_SCHEMES = ("postgresql://", "postgresql+psycopg2://")
+
+
+def postgres_url(raw: str) -> str:
+    """``DATABASE_URL`` as SQLAlchemy takes it: PostgreSQL only. ``postgres://`` (what Heroku-style
+    platforms hand out) is read as ``postgresql://``; anything else is refused with the one fix."""
+    url = "postgresql://" + raw[len("postgres://"):] if raw.startswith("postgres://") else raw
+    if not url.startswith(_POSTGRES_SCHEMES):
+        scheme = raw.split(":", 1)[0] if ":" in raw else raw[:20]
+        raise ConfigError(f"DATABASE_URL: PostgreSQL is required (postgresql://user:password@host:5432/dbname), "
+                          f"got a {scheme!r} URL; to try Sluice without a database server, run `sluice dev`")
+    return url
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -72,7 +85,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
-            database_url=env.get("DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}",
+            database_url=postgres_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
             allow_private_endpoints=_bool(env, "SLUICE_ALLOW_PRIVATE_ENDPOINTS", False),
             cron_misfire_grace_secs=_int(env, "SLUICE_CRON_MISFIRE_GRACE_SECS", 60),
@@ -89,7 +102,3 @@ class Settings:
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")

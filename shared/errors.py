@@ -85,10 +85,6 @@ class TooManyRequests(SluiceError):
         self.retry_after_secs = retry_after_secs
 
 
-class InvalidTransition(SluiceError):
-    """A run state change that §4.7 does not allow (a programming error if it reaches HTTP)."""
-
-
 def semantic(field: str, message: str) -> BadRequest:
     """A 400 whose sentence names the field, as in CONTRACT §2.2 (``cron: invalid expression ...``)."""
     err = BadRequest(f"{field}: {message}")

@@ -48,11 +48,6 @@ def run_cancel(run_id: str) -> str:
     return f"{PREFIX}cancel:{run_id}"
 
 
-def scheduler_leader() -> str:
-    """String: the scheduler replica currently running maintenance loops (lease)."""
-    return f"{PREFIX}scheduler:leader"
-
-
 def api_rate(key_id: str, window_start: int) -> str:
     """Counter of API requests for one key in one fixed window (``SLUICE_API_RATE_LIMIT``)."""
     return f"{PREFIX}api-rate:{key_id}:{window_start}"

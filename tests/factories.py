@@ -10,6 +10,7 @@ import copy
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
@@ -40,6 +41,20 @@ def make_job(session: Session, project_id: str = "proj-a", *, slug: str | None =
                            created_by="apikey:test", created_at=now))
     session.flush()
     return job
+
+
+def bump_version(session: Session, job: Job, now: datetime | None = None, **changes: Any) -> str:
+    """Give the live job a new version (its next number, a full snapshot) with ``changes`` applied, leaving
+    the ``job`` object as it was; the new version's id."""
+    now = now or utcnow()
+    current = session.execute(sa.select(JobVersion).where(JobVersion.id == job.version_id)).scalar_one()
+    version, version_id = job.version + 1, new_version_id()
+    session.add(JobVersion(id=version_id, job_id=job.id, version=version, config={**current.config, **changes},
+                           created_by="apikey:test", created_at=now))
+    session.flush()
+    session.execute(sa.update(Job).where(Job.id == job.id).values(version=version, version_id=version_id, **changes)
+                    .execution_options(synchronize_session=False))
+    return version_id
 
 
 def make_dependency(session: Session, job: Job, upstream: Job, condition: str = "completed",

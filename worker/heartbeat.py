@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import redis_keys
 from shared.db.models import Run
 from shared.limits.limiter import Limits
-from shared.runs.transitions import RunStatus
+from shared.runs.status import RunStatus
 
 log = logging.getLogger("sluice.worker.heartbeat")
 

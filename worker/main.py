@@ -43,7 +43,6 @@ from shared.limits.limiter import Limits
 from shared.logs import configure_logging
 from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, make_broker
 from shared.metrics import WORKER_METRICS_PORT, expose_process_metrics
-from worker.acks import use_batched_acks
 from worker.actors import declare_dispatch_actor
 from worker.heartbeat import AttemptMonitor
 from worker.runner import Runner
@@ -57,7 +56,6 @@ DEFAULT_IDLE_POLL_MS = 10
 # decides otherwise, and the reaper recovers what a kill interrupts).
 GRACEFUL_STOP_MS = (86_400 + 600) * 1000
 RESTART_DELAY_SECS = 1.0
-BROKER_HEARTBEAT_TIMEOUT_MS = 15_000
 
 
 def _parser(settings: Settings) -> argparse.ArgumentParser:
@@ -136,18 +134,15 @@ def _supervise(processes: int, threads: int, idle_poll_ms: int, queues: frozense
 
 
 def steer_claim_plans(engine: Engine) -> None:
-    """Keep the claim on its index under stale statistics (PostgreSQL only).
+    """Keep the start statement on its index under stale statistics.
 
     The ready set changes size abruptly (a bulk trigger queues thousands of runs between two ANALYZEs).
     With statistics that still say "a few queued runs", PostgreSQL may answer the claim with a bitmap scan
-    of every queued run plus a sort — O(queued) per claim, O(n²) per drain (measured: 80 ms per claim at
+    of every queued run plus a sort — O(queued) per start, O(n²) per drain (measured: 80 ms per start at
     2 000 queued). Without bitmap scans the only cheap plan left is the ordered ``ix_runs_ready`` scan that
     stops at the first unlocked row. The worker's other statements are primary-key or small index lookups
     that never need bitmap scans.
     """
-    if engine.dialect.name != "postgresql":
-        return
-
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SET enable_bitmapscan = off")
@@ -179,15 +174,6 @@ def install_stop_handlers(stop: threading.Event, signals: Sequence[signal.Signal
         signal.signal(signum, on_signal)
 
 
-class _Worker(dramatiq.Worker):
-    """``dramatiq.Worker`` without delay-queue consumers: Sluice never enqueues with a dramatiq delay (long
-    delays live in PostgreSQL), so polling ``<queue>.DQ`` would only double the idle Redis traffic."""
-
-    def _add_consumer(self, queue_name: str, *, delay: bool = False) -> None:
-        if not delay:
-            super()._add_consumer(queue_name, delay=delay)
-
-
 # A worker thread is I/O-bound: each attempt is a dozen short round trips (PostgreSQL, Redis, HTTP), and after
 # each one it waits for the GIL. With CPython's default 5 ms switch interval a thread busy in Python (another
 # attempt's claim or record) can hold it up to 5 ms per wait; at 1 ms the slot hand-off path (worker.handoff)
@@ -213,13 +199,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     session_factory = make_session_factory(engine)
     redis_client = redis.Redis.from_url(settings.redis_url)
     limits = Limits(redis_client, per_thread_connections=True)  # its threads live as long as the process
-    broker = make_broker(settings)
-    # Other workers requeue a dead worker's unacknowledged messages once its broker heartbeat is this old
-    # (dramatiq's default: 60 s). Messages are interchangeable wake-up tokens, so an early requeue of a live
-    # but busy worker's messages only costs idle wake-ups, while a short timeout gets the prefetched
-    # messages of a SIGKILLed worker back into play quickly.
-    broker.heartbeat_timeout = BROKER_HEARTBEAT_TIMEOUT_MS
-    use_batched_acks(broker)  # one ack call per batch of messages (worker.acks)
+    broker = make_broker(settings)  # batched acks, no delay-queue consumers (shared.messages.SluiceBroker)
     monitor = AttemptMonitor(session_factory, redis_client, limits, clock=utcnow,
                              heartbeat_interval_secs=settings.heartbeat_interval_secs).start()
     runner = Runner(session_factory=session_factory, limits=limits, broker=broker, settings=settings,
@@ -230,7 +210,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     if WEBHOOK_QUEUE in queues:
         register_webhook_actor(broker, session_factory=session_factory, settings=settings)
         consumed.add(WEBHOOK_QUEUE)
-    worker = _Worker(broker, queues=consumed, worker_threads=threads, worker_timeout=idle_poll_ms)
+    worker = dramatiq.Worker(broker, queues=consumed, worker_threads=threads, worker_timeout=idle_poll_ms)
     worker.start()
     log.info("worker process started", extra={"pid": os.getpid(), "threads": threads, "queues": sorted(consumed)})
     try:

@@ -1,19 +1,14 @@
-"""One attempt, end to end (CONTRACT §5.1): claim, checks, limits, call, record.
+"""One attempt, end to end (CONTRACT §5.1): start, call, record, release.
 
 ``Runner.handle(run_id)`` is what a ``dispatch_run`` message does. It takes every dependency as an
-argument (session factory, limits, broker, settings, clock, the HTTP ``post`` function, the attempt
-monitor) so tests drive it directly against real PostgreSQL, Redis and HTTP servers.
+argument (engine, session factory, limits, broker, settings, clock, the HTTP ``post`` function, the
+attempt monitor) so tests drive it directly against real PostgreSQL, Redis and HTTP servers.
 
-Transactions per attempt: (1) claim + admission + start, committed before the call so the run shows
+Writes per attempt: (1) the start (``worker.start``), committed before the call so the run shows
 ``executing`` and nothing is locked while the endpoint works; (2) the outcome, conditional on status and
-attempt. Slots are released after (2) commits — on every exit from ``executing``, including a discarded
-outcome (canceled or reaped run) and a Sluice-side failure.
-
-On PostgreSQL each of the two is, in the common case, a single statement run as its own transaction
-(``worker.direct``): (1) ``worker.fast_start`` when no check can refuse the best ready run, (2)
-``shared.runs.attempts.record_end_alone`` when no terminal hook is due. Otherwise — limits, a window, a pinned
-older version, expiry, a webhook or dependents — the same steps run in a ``Session`` (``claim_ready_run``
-+ ``admit``; ``record_end``).
+attempt (``worker.recording``). Each is one statement in the common case. Slots are released after (2)
+commits — on every exit from ``executing``, including a discarded outcome (canceled or reaped run) and a
+Sluice-side failure — or handed straight to a waiting run (``worker.handoff``).
 """
 
 from __future__ import annotations
@@ -31,26 +26,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import utcnow
 from shared.config import Settings
-from shared.db.engine import transaction
 from shared.egress.addresses import resolve_checked
 from shared.limits.limiter import Limits
 from shared.metrics import observe_attempt
-from shared.runs.attempts import AttemptEnd, PlannedEnd, RetryPolicy, plan_end, record_end, record_end_alone
-from shared.runs.commit import commit_and_apply
-from shared.runs.execution_settings import ExecutionSettings, SettingsUnresolvable, live_settings
+from shared.runs.attempts import AttemptEnd, PlannedEnd, RetryPolicy, plan_end
 from shared.runs.retries import NON_RETRYABLE, Outcome
-from shared.runs.transitions import Effects, RunStatus, is_terminal
-from worker.admission import NotStarted, Started, admit
+from shared.runs.status import RunStatus, is_terminal
+from worker.attempt import Attempt
 from worker.call import AttemptCall, CallPlan, PostFunction, perform_call
-from worker.claim import claim_ready_run, hold_if_disabled
-from worker.direct import DirectStatements
-from worker.fast_start import FastClaim
-from worker.handoff import CHAIN_SECS, SlotHandOff, Successor
+from worker.connection import ThreadConnection
+from worker.handoff import CHAIN_SECS, SlotHandOff
 from worker.heartbeat import AttemptMonitor, InFlight
+from worker.holding import hold_if_disabled
 from worker.http import CallAborted, Resolver, post, user_agent
-from worker.leases import LeaseWriter
-from worker.limited_start import DirectStarter
 from worker.outcome import result_of
+from worker.recording import Recorder
+from worker.start import NotStarted, Starter
 from worker.trace import TraceClock
 
 log = logging.getLogger("sluice.worker")
@@ -67,52 +58,14 @@ class Handled:
     attempt: int | None = None
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """A started attempt: what the call, the record step and the release need (from either start path)."""
-
-    run_id: str
-    job_id: str
-    attempt: int
-    concurrency_key: str | None
-    payload: str
-    debug_mode: bool
-    settings: ExecutionSettings
-    max_attempts: int
-    timeout_secs: int
-    webhook_secret: str | None  # always the live job's (§5.13)
-    # Started through the limit script (checked path, or worker.limited_start): its end may hand the slot to
-    # a waiting run (worker.handoff). False for a run of a job without limits (worker.fast_start), or one
-    # started with room to spare (``LimitDecision.roomy``): nobody is waiting for its slot.
-    hands_off: bool = True
-
-    @classmethod
-    def of(cls, started: Started) -> Attempt:
-        run = started.run
-        return cls(run.id, run.job_id, run.attempt, run.concurrency_key, run.payload, run.debug_mode,
-                   started.settings, started.max_attempts, started.timeout_secs, started.webhook_secret)
-
-    @classmethod
-    def of_claim(cls, fast: FastClaim, settings: ExecutionSettings) -> Attempt:
-        """A run started on the direct connection (worker.fast_start, worker.limited_start, worker.handoff_start)."""
-        assert fast.attempt is not None
-        return cls(fast.run_id, fast.job_id, fast.attempt, fast.concurrency_key, fast.payload, fast.debug_mode,
-                   settings, fast.max_attempts_override or settings.max_attempts,
-                   fast.timeout_secs_override or settings.timeout_secs, fast.webhook_secret,
-                   fast.limits is not None and not fast.release_late)
-
-
 class Runner:
     """Handles ``dispatch_run`` messages; thread-safe (one per worker process, shared by its threads)."""
 
     def __init__(self, *, session_factory: sessionmaker[Session], limits: Limits, broker: Any,
                  settings: Settings, monitor: AttemptMonitor, clock: Callable[[], datetime] = utcnow,
                  post_function: PostFunction = post, resolve: Resolver | None = None,
-                 rng: random.Random | None = None, stopping: Callable[[], bool] = lambda: False,
-                 direct: DirectStatements | bool | None = True) -> None:
-        self._session_factory = session_factory
+                 rng: random.Random | None = None, stopping: Callable[[], bool] = lambda: False) -> None:
         self._limits = limits
-        self._broker = broker
         self._settings = settings
         self._monitor = monitor
         self._clock = clock
@@ -120,97 +73,28 @@ class Runner:
         self._resolve: Resolver = resolve or self._checked_resolver
         self._rng = rng or random.Random()
         self._user_agent = user_agent()
-        # True: single-statement transactions where the session factory's database allows them.
-        self._direct = (DirectStatements.for_engine(session_factory.kw.get("bind")) if direct is True
-                        else direct or None)
-        self._leases = LeaseWriter(limits.scripts)  # the lease of a run started by worker.fast_start
-        self._starter = (DirectStarter(self._direct, limits=limits, settings=settings, rng=self._rng)
-                         if self._direct is not None else None)
-        self._stopping = stopping  # no more hand-offs once the worker is stopping (worker.handoff)
-        self._handoff = SlotHandOff(session_factory=session_factory, limits=limits, broker=broker, settings=settings,
-                                    clock=clock, rng=self._rng, direct=self._direct)
+        self.connection = ThreadConnection(session_factory.kw["bind"])  # the sessions' engine
+        self._recorder = Recorder(self.connection, session_factory, broker)
+        self._starter = Starter(self.connection, self._recorder, limits=limits, settings=settings, rng=self._rng)
+        self._stopping = stopping  # no more hand-offs once the worker is stopping
+        self._handoff = SlotHandOff(starter=self._starter, limits=limits, session_factory=session_factory,
+                                    broker=broker, clock=clock)
 
     def _checked_resolver(self, url: str) -> tuple[str, int, list[str]]:
         return resolve_checked(url, allow_private=self._settings.allow_private_endpoints)
 
     def handle(self, run_id: str) -> Handled:
-        """Claim the best ready run (not necessarily ``run_id``) and run one attempt of it."""
+        """Start the best ready run (``run_id`` if it is one) and run one attempt of it."""
         picked = time.monotonic()
         now = self._clock()
-        if self._starter is not None:
-            fast = self._starter.start(run_id, now)
-            if fast is None:
-                return self._nothing_claimable(run_id, now)
-            if isinstance(fast, NotStarted):
-                return Handled(fast.action, fast.run_id)
-            if fast.attempt is not None:
-                return self._fast_started(fast, TraceClock(picked=picked, picked_wall=now, queued_at=fast.queued_at))
-        return self._checked(run_id, picked, now)
-
-    def _nothing_claimable(self, run_id: str, now: datetime) -> Handled:
-        with transaction(self._session_factory) as session:
-            held = hold_if_disabled(session, run_id, now)
-        return Handled("held" if held else "idle", run_id)
-
-    def _checked(self, run_id: str, picked: float, now: datetime) -> Handled:
-        """§5.1 steps 1–8 in one transaction: claim, admission (limits in Redis), start."""
-        effects = Effects()
-        session = self._session_factory()
-        try:
-            claimed = claim_ready_run(session)
-            if claimed is None:
-                held = hold_if_disabled(session, run_id, now)
-                session.commit()
-                return Handled("held" if held else "idle", run_id)
-            run, job = claimed
-            trace = TraceClock(picked=picked, picked_wall=now, queued_at=run.queued_at)
-            admission = admit(session, run, job, now=now, settings=self._settings, limits=self._limits,
-                              effects=effects, rng=self._rng)
-            trace.acquired = time.monotonic()
-            commit_and_apply(session, effects, self._broker)
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
-        if isinstance(admission, NotStarted):
-            if admission.action != "lost":
-                log.info("run not started", extra={"run_id": run.id, "job_id": run.job_id,
-                                                   "action": admission.action, "reason": admission.detail})
-            return Handled(admission.action, run.id, run.attempt)
-        return self._execute(Attempt.of(admission), trace)
-
-    def _fast_started(self, fast: FastClaim, trace: TraceClock) -> Handled:
-        """After ``DirectStarter.start``: the run is ``executing``. A run of a limited job holds the leases
-        the limit script gave it; for a job without limits the lease recorded here only keeps
-        ``slots_in_use`` true (a limit added later counts this attempt), it cannot refuse."""
-        assert fast.attempt is not None
-        try:
-            settings = fast.settings or live_settings(fast.live, fast.version, fast.version_id)
-        except SettingsUnresolvable as exc:  # only for job rows the API did not write: fail the attempt
-            return self._fast_unresolvable(fast, trace, f"internal: cannot resolve execution settings: {exc}")
-        attempt = Attempt.of_claim(fast, settings)
-        if fast.limits is not None:
-            trace.acquired = time.monotonic()
-            return self._execute(attempt, trace)
-        lease_ms = (attempt.timeout_secs + self._settings.lease_margin_secs) * 1000
-        try:
-            self._leases.record(fast.run_id, fast.job_id, fast.concurrency_key, lease_ms)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            log.warning("lease not recorded (the job has no limits)", extra={
-                "run_id": fast.run_id, "job_id": fast.job_id, "error": type(exc).__name__})
-        trace.acquired = time.monotonic()
-        return self._execute(attempt, trace)
-
-    def _fast_unresolvable(self, fast: FastClaim, trace: TraceClock, reason: str) -> Handled:
-        assert fast.attempt is not None
-        end = AttemptEnd(attempt=fast.attempt, outcome=Outcome(NON_RETRYABLE, "internal", reason),
-                         execution_trace=trace.trace(None, time.monotonic()))
-        status = self._store(fast.run_id, plan_end(end, policy=RetryPolicy(1, "fixed", ()), now=self._clock()))
-        log.error("run failed: settings unresolvable", extra={"run_id": fast.run_id, "job_id": fast.job_id,
-                                                              "reason": reason})
-        self._release_lease(fast.run_id, fast.job_id, fast.concurrency_key)
-        return Handled(status.value if status is not None else "discarded", fast.run_id, fast.attempt)
+        started = self._starter.start(run_id, now)
+        if started is None:
+            held = hold_if_disabled(self.connection, run_id, now)
+            return Handled("held" if held else "idle", run_id)
+        if isinstance(started, NotStarted):
+            return Handled(started.action, started.run_id)
+        trace = TraceClock(picked=picked, picked_wall=now, queued_at=started.queued_at, acquired=time.monotonic())
+        return self._execute(started, trace)
 
     def _execute(self, attempt: Attempt, trace: TraceClock) -> Handled:
         """Run ``attempt``; while its end hands the slot straight to a waiting run (``worker.handoff``), run
@@ -220,15 +104,11 @@ class Runner:
             handled, successor = self._run_attempt(attempt, trace, chain_until)
             if successor is None:
                 return handled
-            started, trace = successor
-            if isinstance(started, Started):
-                attempt = Attempt.of(started)
-            else:  # started by worker.handoff_start, which validated its settings
-                assert started.settings is not None
-                attempt = Attempt.of_claim(started, started.settings)
+            attempt = successor.attempt
+            trace = TraceClock(picked=successor.picked, picked_wall=successor.picked_wall,
+                               queued_at=attempt.queued_at, acquired=successor.acquired)
 
-    def _run_attempt(self, attempt: Attempt, trace: TraceClock,
-                     chain_until: float) -> tuple[Handled, Successor | None]:
+    def _run_attempt(self, attempt: Attempt, trace: TraceClock, chain_until: float) -> tuple[Handled, Any]:
         flight = InFlight(run_id=attempt.run_id, job_id=attempt.job_id, attempt=attempt.attempt,
                           concurrency_key=attempt.concurrency_key,
                           deadline=(trace.acquired or time.monotonic()) + attempt.timeout_secs,
@@ -258,17 +138,17 @@ class Runner:
         trace.responded = call.responded_at if call is not None else time.monotonic()
         return self._record(attempt, call, trace)
 
-    def _end(self, attempt: Attempt, *, chain: bool, terminal: bool) -> Successor | None:
-        """Slots are released after the outcome commit: handed over / waiters woken for a run started through
-        the limit script; otherwise (no limits, or limits with room to spare) the plain lease is dropped — by
-        the monitor's next poll when the run ended terminally (it never takes a lease again:
-        worker.heartbeat), else now (a retry may soon take one)."""
+    def _end(self, attempt: Attempt, *, chain: bool, terminal: bool) -> Any:
+        """Slots are released after the outcome commit: handed over / waiters woken for a run whose caps
+        were in use; otherwise (no limits, or limits with room to spare) the plain lease is dropped — by the
+        monitor's next poll when the run ended terminally (it never takes a lease again), else now (a retry
+        may soon take one)."""
         if attempt.hands_off:
-            return self._handoff.end_attempt(attempt.run_id, attempt.job_id, attempt.concurrency_key, chain=chain)
+            return self._handoff.end_attempt(attempt, chain=chain)
         if terminal:
             self._monitor.release_later(attempt.run_id, attempt.job_id, attempt.concurrency_key)
         else:
-            self._release_lease(attempt.run_id, attempt.job_id, attempt.concurrency_key)
+            self._release_lease(attempt)
         return None
 
     def _plan(self, attempt: Attempt, deadline: float) -> CallPlan:
@@ -293,23 +173,10 @@ class Runner:
         return Handled(status, attempt.run_id, attempt.attempt)
 
     def _store(self, run_id: str, plan: PlannedEnd) -> RunStatus | None:
-        """Record the planned end: one statement when nothing else is due, else in a transaction."""
-        now = self._clock()
-        if self._direct is not None:
-            stored = record_end_alone(self._direct.first, run_id, plan, now=now)
-            if stored is not None:
-                return stored
-        effects = Effects()
-        session = self._session_factory()
-        try:
-            updated = record_end(session, run_id, plan, now=now, effects=effects)
-            commit_and_apply(session, effects, self._broker)
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
-        return updated
+        """The planned end as one conditional move (status ``executing`` and the attempt number)."""
+        moved = self._recorder.move(run_id, plan.to, now=self._clock(), from_=RunStatus.EXECUTING,
+                                    values=plan.values, where=plan.where, events=plan.events)
+        return plan.to if moved else None
 
     def _attempt_end(self, attempt: Attempt, call: AttemptCall | None, trace: TraceClock) -> AttemptEnd:
         recorded = time.monotonic()
@@ -326,12 +193,12 @@ class Runner:
             extra_events=call.debug_events,
         )
 
-    def _release_lease(self, run_id: str, job_id: str, concurrency_key: str | None) -> None:
+    def _release_lease(self, attempt: Attempt) -> None:
         try:
-            self._limits.release(run_id, job_id, concurrency_key)
+            self._limits.release(attempt.run_id, attempt.job_id, attempt.concurrency_key)
         except (redis.exceptions.RedisError, OSError) as exc:
             log.warning("lease release failed; it will expire", extra={
-                "run_id": run_id, "job_id": job_id, "error": type(exc).__name__})
+                "run_id": attempt.run_id, "job_id": attempt.job_id, "error": type(exc).__name__})
 
 
 def _ms(start: float | None, end: float | None) -> int | None:

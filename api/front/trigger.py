@@ -24,8 +24,7 @@ from api.schemas.triggers import IDEMPOTENCY_HEADER, TriggerSchema
 from shared import json_codec
 from shared.clock import utcnow
 from shared.errors import SluiceError
-from shared.runs.commit import apply_after_commit
-from shared.runs.transitions import Effects
+from shared.runs.effects import Effects, apply_after_commit
 from shared.triggers.manual import find_key_and_trigger_job, needs_transaction, trigger_job_of, trigger_run
 
 _IDEMPOTENCY_HEADER = "HTTP_" + IDEMPOTENCY_HEADER.upper().replace("-", "_")

@@ -25,7 +25,7 @@ from api.schemas.fields import (
     StringMap,
 )
 from shared.dependencies.edges import CONDITIONS
-from shared.runs.execution_settings import POLICIES
+from shared.runs.admission import POLICIES
 from shared.runs.retries import STRATEGIES
 from shared.webhooks.signing import is_masked_value, webhook_secret_problem
 

@@ -14,7 +14,7 @@ Two kinds, chosen by ``start_embedded_redis(kind)``:
 from __future__ import annotations
 
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import threading
@@ -24,15 +24,11 @@ from pathlib import Path
 
 import redis
 
+from shared.cli.children import die_with_parent
+from shared.cli.ports import free_port
+
 KINDS = ("auto", "redis-server", "fakeredis")
 STARTUP_TIMEOUT_SECS = 10.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on ``host`` (another process may still take it before we bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_until_ready(url: str, deadline: float, alive: Callable[[], bool]) -> bool:
@@ -52,7 +48,8 @@ def _wait_until_ready(url: str, deadline: float, alive: Callable[[], bool]) -> b
 
 class RedisServerProcess:
     """A ``redis-server`` child on 127.0.0.1:<free port>, in its own process group so that a terminal's
-    Ctrl-C reaches only ``sluice dev``, which stops Redis last, after the processes that use it."""
+    Ctrl-C reaches only ``sluice dev``, which stops Redis after the processes that use it (and sent SIGTERM
+    if dev dies)."""
 
     kind = "redis-server"
 
@@ -63,6 +60,7 @@ class RedisServerProcess:
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--daemonize", "no", "--loglevel", "warning", *logging_args],
             stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr, process_group=0,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
 
     @property

@@ -9,38 +9,47 @@ from contextlib import contextmanager
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import postgres_url
+from shared.errors import ConfigError
 
 
 def make_engine(database_url: str, *, pool_size: int = 10, single_use: bool = False,
                 pre_ping: bool = True) -> Engine:
-    """An engine for PostgreSQL (production) or SQLite (the embedded default).
+    """A PostgreSQL engine (any other URL is refused with the ``DATABASE_URL`` message).
 
     ``single_use`` keeps no pooled connections (migrations, CLI commands). ``pre_ping=False`` saves a round
     trip per checkout on hot paths that survive a failed statement anyway (the worker).
     """
-    extra: dict[str, object] = {"poolclass": sa.pool.NullPool} if single_use else {}
-    if database_url.startswith("sqlite"):
-        engine = sa.create_engine(
-            database_url, connect_args={"check_same_thread": False, "timeout": 30}, **extra
-        )
-        event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own BEGIN handling breaks SAVEPOINT and locking; issue BEGIN IMMEDIATE ourselves so
-        # concurrent writers queue on the database lock instead of failing on upgrade.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-        return engine
+    url = postgres_url(database_url)
     if single_use:
-        return sa.create_engine(database_url, **extra)
+        return sa.create_engine(url, poolclass=sa.pool.NullPool, json_deserializer=loads_json)
     return sa.create_engine(
-        database_url,
+        url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
         json_deserializer=loads_json,
     )
+
+
+def check_database(database_url: str, timeout_secs: int = 5) -> None:
+    """Connect once and return, or raise ``ConfigError`` with one line naming the server and the reason
+    (a process that cannot reach its database says so at start instead of failing on first use)."""
+    url = sa.make_url(postgres_url(database_url))
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": timeout_secs})
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        raise ConfigError(f"cannot connect to PostgreSQL at {url.render_as_string(hide_password=True)} "
+                          f"(DATABASE_URL): {reason}") from None
+    finally:
+        engine.dispose()
 
 
 _EMPTY_JSON = {"{}": dict, "[]": list}
@@ -61,16 +70,6 @@ def loads_json(text: str) -> object:
     return json.loads(text) if _LONG_DIGITS.search(text) else orjson.loads(text)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-    dbapi_conn.isolation_level = None  # autocommit at the driver; the "begin" hook opens transactions
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
 
@@ -88,6 +87,3 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     finally:
         session.close()
 
-
-def is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"

@@ -1,9 +1,5 @@
-"""Transaction-scoped locks that serialise racing writers on one logical key.
-
-PostgreSQL: ``pg_advisory_xact_lock`` on a 64-bit hash of the key, released at commit or rollback.
-SQLite: every write transaction already starts with ``BEGIN IMMEDIATE`` (see ``shared.db.engine``), which
-serialises writers database-wide, so there is nothing more to take.
-"""
+"""Transaction-scoped locks that serialise racing writers on one logical key: ``pg_advisory_xact_lock`` on a
+64-bit hash of the key, released at commit or rollback."""
 
 from __future__ import annotations
 
@@ -13,8 +9,6 @@ from sqlalchemy.orm import Session
 
 def lock_key(session: Session, *parts: str) -> None:
     """Block until this transaction holds the lock named by ``parts`` (e.g. ``"idem", job_id, key``)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
     session.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
                     {"k": "\x1f".join(parts)})
 

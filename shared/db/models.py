@@ -1,7 +1,6 @@
-"""SQLAlchemy 2.0 typed models. The schema itself is created only by the Alembic migrations.
+"""SQLAlchemy 2.0 typed models of the PostgreSQL schema, which only the Alembic migrations create.
 
-Types are portable between PostgreSQL (production) and SQLite (the embedded default): JSON is JSONB on
-PostgreSQL, timestamps are stored as UTC and always come back timezone-aware.
+JSON columns are JSONB; timestamps are ``timestamptz``, written as UTC and always read back timezone-aware.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
-    """Aware UTC datetimes in and out, whatever the backend stores."""
+    """Aware UTC datetimes in and out: a naive value is taken as UTC rather than as the session's time zone."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
@@ -25,8 +24,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
@@ -34,7 +32,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+JSONType = JSONB()
 ID = sa.String(36)
 
 
@@ -61,8 +59,7 @@ class Job(Base):
     __table_args__ = (
         sa.UniqueConstraint("project_id", "slug", name="uq_jobs_project_slug"),
         sa.Index("ix_jobs_project_created", "project_id", "created_at", "id"),
-        sa.Index("ix_jobs_scheduled", "cron", postgresql_where=sa.text("cron IS NOT NULL"),
-                 sqlite_where=sa.text("cron IS NOT NULL")),
+        sa.Index("ix_jobs_scheduled", "cron", postgresql_where=sa.text("cron IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -153,30 +150,28 @@ class Run(Base):
         sa.Index("ix_runs_job_created", "job_id", "created_at", "id"),
         # Partial where most runs hold NULL (migration 0002): a plain run skips them on INSERT.
         sa.Index("ix_runs_job_finished", "job_id", "finished_at",
-                 postgresql_where=sa.text("finished_at IS NOT NULL"), sqlite_where=sa.text("finished_at IS NOT NULL")),
+                 postgresql_where=sa.text("finished_at IS NOT NULL")),
         sa.Index("ix_runs_job_idempotency", "job_id", "idempotency_key",
-                 postgresql_where=sa.text("idempotency_key IS NOT NULL"),
-                 sqlite_where=sa.text("idempotency_key IS NOT NULL")),
+                 postgresql_where=sa.text("idempotency_key IS NOT NULL")),
         sa.Index("ix_runs_job_payload_hash", "job_id", "payload_hash", "created_at"),
         sa.Index("ix_runs_batch", "batch_id",
-                 postgresql_where=sa.text("batch_id IS NOT NULL"), sqlite_where=sa.text("batch_id IS NOT NULL")),
+                 postgresql_where=sa.text("batch_id IS NOT NULL")),
         sa.Index("ix_runs_status_created", "project_id", "status", "created_at"),
         # The ready set, best first (§5.11): what a worker claims and the sweeper counts.
         # (an expression index, created by hand in migration 0001: autogenerate cannot compare it)
         sa.Index("ix_runs_ready", sa.text("priority DESC"), "queued_at", "id",
-                 postgresql_where=sa.text("status = 'queued'"), sqlite_where=sa.text("status = 'queued'")),
+                 postgresql_where=sa.text("status = 'queued'")),
         sa.Index("ix_runs_delayed_due", "due_at",
-                 postgresql_where=sa.text("status = 'delayed'"), sqlite_where=sa.text("status = 'delayed'")),
+                 postgresql_where=sa.text("status = 'delayed'")),
         sa.Index("ix_runs_executing_heartbeat", "heartbeat_at",
-                 postgresql_where=sa.text("status = 'executing'"), sqlite_where=sa.text("status = 'executing'")),
+                 postgresql_where=sa.text("status = 'executing'")),
         sa.Index("ix_runs_expiring", "expires_at",
-                 postgresql_where=sa.text("attempt = 0 AND expires_at IS NOT NULL"),
-                 sqlite_where=sa.text("attempt = 0 AND expires_at IS NOT NULL")),
+                 postgresql_where=sa.text("attempt = 0 AND expires_at IS NOT NULL")),
         sa.Index("ix_runs_waiting_job", "job_id", "created_at",
-                 postgresql_where=sa.text("status = 'waiting'"), sqlite_where=sa.text("status = 'waiting'")),
+                 postgresql_where=sa.text("status = 'waiting'")),
         # One run per (job, cron tick), forever (§6.3).
         sa.Index("uq_runs_cron_tick", "job_id", "idempotency_key", unique=True,
-                 postgresql_where=sa.text("triggered_by = 'cron'"), sqlite_where=sa.text("triggered_by = 'cron'")),
+                 postgresql_where=sa.text("triggered_by = 'cron'")),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -243,7 +238,7 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         sa.Index("ix_webhook_deliveries_due", "next_attempt_at",
-                 postgresql_where=sa.text("state = 'pending'"), sqlite_where=sa.text("state = 'pending'")),
+                 postgresql_where=sa.text("state = 'pending'")),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)

@@ -1,13 +1,14 @@
-"""Server-side prepared statements for the worker's hot statements (PostgreSQL, opt-in per engine).
+"""Server-side prepared statements for the statements run on every request or attempt (opt-in per engine).
 
 psycopg2 sends every statement as text, so PostgreSQL parses and plans it on every execution. For the
 worker's per-attempt statements against ``runs`` (14 indexes, a join for the claim) planning costs more
 server CPU than executing (measured: claim 0.13 ms planning vs 0.05 ms executing, warm). A process that
 calls ``enable_prepared_statements(engine)`` gets each hot statement ``PREPARE``d once per connection and
-then ``EXECUTE``d; any other engine (API, tests, SQLite) runs the same statements as plain text.
+then ``EXECUTE``d; any other engine runs the same statements as plain text.
 
 A prepared statement lives in the database session: the names prepared on a connection are remembered in
-the pool's per-connection ``info`` dict, which SQLAlchemy clears when a connection is replaced. ``PREPARE``
+the pool's per-connection ``info`` dict (``prepared_names``: the one registry, which the worker threads'
+own connections share), which SQLAlchemy clears when a connection is replaced. ``PREPARE``
 is not transactional, so a rolled-back transaction keeps it. Not for a transaction-pooling PgBouncer in
 front of the workers (connections there are not sessions); point the workers at PostgreSQL or a
 session-pooling bouncer.
@@ -55,24 +56,36 @@ class HotStatement:
 
 
 def enable_prepared_statements(engine: Engine) -> None:
-    """Make ``execute_hot`` prepare statements on this engine's connections (PostgreSQL only)."""
-    if engine.dialect.name != "postgresql":
-        return
-
+    """Make ``execute_hot`` prepare statements on this engine's connections."""
     def on_connect(_dbapi_connection: Any, record: Any) -> None:
         record.info[_INFO_KEY] = set()
 
     sa.event.listen(engine, "connect", on_connect)
 
 
+def prepared_names(info: dict[str, Any], *, create: bool = False) -> set[str] | None:
+    """The names prepared on the database session of the pooled connection whose ``info`` this is: the one
+    registry of every path that prepares statements (the pool clears ``info`` when it replaces a connection,
+    and with it the names, as the new database session has none). ``None`` where the engine did not enable
+    prepared statements, unless ``create``."""
+    names: set[str] | None = info.get(_INFO_KEY)
+    if names is None and create:
+        names = info[_INFO_KEY] = set()
+    return names
+
+
+def prepare_sql(statement: HotStatement) -> str:
+    return f"PREPARE {statement.name} AS {statement.positional_sql}"
+
+
 def prepare_once(connection: Connection, statement: HotStatement) -> bool:
     """Prepare ``statement`` on this connection unless it already is; ``False`` where not enabled (then
     run the plain text). For callers that ``EXECUTE`` it themselves (e.g. through an ORM ``from_statement``)."""
-    prepared: set[str] | None = connection.info.get(_INFO_KEY)
+    prepared = prepared_names(connection.info)
     if prepared is None:
         return False
     if statement.name not in prepared:
-        connection.exec_driver_sql(f"PREPARE {statement.name} AS {statement.positional_sql}")
+        connection.exec_driver_sql(prepare_sql(statement))
         prepared.add(statement.name)
     return True
 

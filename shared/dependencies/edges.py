@@ -19,7 +19,8 @@ from shared.db.models import JobDependency
 from shared.errors import Conflict, NotFound, semantic
 from shared.ids import canonical_uuid, uuid7
 from shared.jobs.store import JobRecord, before_position, find_job_record
-from shared.runs.transitions import Effects
+from shared.runs.effects import Effects
+from shared.runs.moves import release_waiting
 
 EDGES: sa.Table = JobDependency.__table__  # type: ignore[assignment]
 CONDITIONS = ("completed", "failed", "any")
@@ -80,7 +81,6 @@ def create_edge(session: Session, job: JobRecord, depends_on_ref: str, condition
 
 def delete_edge(session: Session, job: JobRecord, dep_id: str, *, now: datetime) -> Effects:
     """Remove the edge ``dep_id`` of ``job`` (404 otherwise); re-evaluate the job's waiting runs (§5.14)."""
-    from shared.dependencies.gating import release_waiting_of_job  # run-time side; imported lazily
 
     edge_id = canonical_uuid(dep_id) if len(dep_id) <= 40 else None
     if edge_id is None:
@@ -91,5 +91,5 @@ def delete_edge(session: Session, job: JobRecord, dep_id: str, *, now: datetime)
     if deleted is None:
         raise NotFound("dependency not found")
     effects = Effects()
-    release_waiting_of_job(session, job["id"], now, effects)
+    release_waiting(session, job["id"], now=now, effects=effects)
     return effects

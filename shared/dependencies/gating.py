@@ -16,12 +16,14 @@ Under READ COMMITTED every statement sees what was committed before it started. 
 lock first, the finisher waits for the creator's commit and its later read of ``waiting`` runs sees the new
 run, so it releases it. If the finisher gets it first, the creator waits for the finisher's commit, and its
 edge evaluation sees the terminal upstream run, so the run is not created ``waiting`` at all. Either way
-the run ends up released. (SQLite serialises all writers, which is the same argument with one big lock.)
+the run ends up released.
+
+Releasing (the moves) is ``shared.runs.moves.release_waiting``'s; this module decides which runs may go.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.locks import lock_key
 from shared.db.models import JobDependency, Run
-from shared.runs.transitions import TERMINAL, Effects, RunStatus, transition
+from shared.runs.status import TERMINAL, RunStatus
 
 _FAILURES = frozenset({"failed", "timed_out", "crashed", "system_failed", "expired"})
 CONDITION_STATUSES: dict[str, frozenset[str]] = {
@@ -40,7 +42,6 @@ CONDITION_STATUSES: dict[str, frozenset[str]] = {
 }
 _TERMINAL_VALUES = [s.value for s in TERMINAL]
 RELEASE_BATCH = 500
-RECHECK_JOBS = 200  # jobs with waiting runs re-evaluated per run of ``recheck_waiting``
 
 
 @dataclass(frozen=True)
@@ -140,24 +141,6 @@ def gate_new_runs(session: Session, job_id: str, correlations: Sequence[Correlat
     return evaluate_many(session, edges, correlations)
 
 
-def unmet_dependencies(session: Session, job_id: str, *, idempotency_key: str | None,
-                       dependency_key: str | None) -> list[JobDependency]:
-    """The edges of ``job_id`` that do not hold for a run with this correlation (empty = run may start).
-
-    Takes the job's dependency lock when it has edges; call it in the transaction that creates the run.
-    """
-    edges = edges_of(session, job_id)
-    if not edges:
-        return []
-    lock_key(session, "deps", job_id)
-    corr = Correlation(idempotency_key or None, dependency_key)
-    unmet = []
-    for edge in edges:
-        if not evaluate_many(session, [edge], [corr])[0].holds:
-            unmet.append(edge)
-    return unmet
-
-
 def release_expiry(run: Run, now: datetime) -> datetime | None:
     """``expires_at`` of a released run: max(release, ``scheduled_at``) + the TTL chosen at creation."""
     if not run.ttl_secs:
@@ -166,10 +149,17 @@ def release_expiry(run: Run, now: datetime) -> datetime | None:
     return start + timedelta(seconds=run.ttl_secs)
 
 
-def _release_job(session: Session, job_id: str, *, now: datetime, effects: Effects) -> int:
-    """Release the waiting runs of ``job_id`` whose edges all hold, oldest first. Caller holds the lock."""
+def dependent_jobs(session: Session, upstream_job_id: str) -> list[str]:
+    """The jobs with an edge to ``upstream_job_id``, in id order (the order their locks are taken)."""
+    return sorted(set(session.scalars(
+        sa.select(JobDependency.job_id).where(JobDependency.depends_on_job_id == upstream_job_id))))
+
+
+def releasable_runs(session: Session, job_id: str) -> Iterator[list[tuple[Run, Verdict]]]:
+    """``job_id``'s waiting runs whose edges all hold, oldest first, in batches: the caller releases each
+    batch before the next is read. Takes the job's dependency lock first (see the module doc)."""
+    lock_key(session, "deps", job_id)
     edges = edges_of(session, job_id)
-    released = 0
     after: tuple[datetime, str] | None = None
     while True:
         query = sa.select(Run).where(Run.job_id == job_id, Run.status == RunStatus.WAITING.value)
@@ -178,52 +168,16 @@ def _release_job(session: Session, job_id: str, *, now: datetime, effects: Effec
                                        sa.and_(Run.created_at == after[0], Run.id > after[1])))
         waiting = list(session.scalars(query.order_by(Run.created_at, Run.id).limit(RELEASE_BATCH)))
         if not waiting:
-            return released
+            return
         verdicts = evaluate_many(session, edges, [correlation_of(r.idempotency_key, r.run_metadata)
                                                   for r in waiting])
-        for run, verdict in zip(waiting, verdicts, strict=True):
-            if verdict.holds and _release(session, run, verdict, now=now, effects=effects):
-                released += 1
+        yield [(run, verdict) for run, verdict in zip(waiting, verdicts, strict=True) if verdict.holds]
         if len(waiting) < RELEASE_BATCH:
-            return released
+            return
         after = (waiting[-1].created_at, waiting[-1].id)
 
 
-def _release(session: Session, run: Run, verdict: Verdict, *, now: datetime, effects: Effects) -> bool:
-    ahead = run.scheduled_at is not None and run.scheduled_at > now
-    to = RunStatus.DELAYED if ahead else RunStatus.QUEUED
-    values = {"expires_at": release_expiry(run, now)}
-    if ahead:
-        values["scheduled_at"] = run.scheduled_at  # transition derives due_at from it
-    moved = transition(session, run.id, to, now=now, effects=effects, expected={RunStatus.WAITING},
-                       values=values, events=[("released", {"dependency_runs": verdict.dependency_runs})])
-    return moved is not None
-
-
-def release_dependents(session: Session, upstream_job_id: str, *, now: datetime, effects: Effects) -> int:
-    """Re-evaluate the waiting runs of every job that depends on ``upstream_job_id``; return how many
-    were released. Called by every terminal transition (``shared.runs.hooks``) in its own transaction."""
-    dependents = sorted(set(session.scalars(
-        sa.select(JobDependency.job_id).where(JobDependency.depends_on_job_id == upstream_job_id))))
-    released = 0
-    for job_id in dependents:
-        lock_key(session, "deps", job_id)
-        released += _release_job(session, job_id, now=now, effects=effects)
-    return released
-
-
-def release_waiting_of_job(session: Session, job_id: str, now: datetime, effects: Effects) -> int:
-    """Re-evaluate ``job_id``'s own waiting runs (after one of its edges or an upstream job was deleted)."""
-    lock_key(session, "deps", job_id)
-    return _release_job(session, job_id, now=now, effects=effects)
-
-
-def recheck_waiting(session: Session, now: datetime, effects: Effects) -> int:
-    """Safety net (the scheduler's maintenance loop): re-evaluate the waiting runs of every job that has
-    some, and release those whose edges hold. The locks above make a trigger and a finishing upstream run
-    safe; one race they do not cover is an edge *created* while its upstream run finishes (the finisher
-    read the dependents before the edge committed, then a run of the dependent job was gated on it).
-    Normally this releases nothing; a release here is such a wake-up, recovered late instead of never."""
-    job_ids = session.scalars(sa.select(Run.job_id).where(Run.status == RunStatus.WAITING.value)
-                              .distinct().order_by(Run.job_id).limit(RECHECK_JOBS)).all()
-    return sum(release_waiting_of_job(session, job_id, now, effects) for job_id in job_ids)
+def jobs_with_waiting_runs(session: Session, *, limit: int) -> list[str]:
+    """Up to ``limit`` jobs that have waiting runs, in id order."""
+    return list(session.scalars(sa.select(Run.job_id).where(Run.status == RunStatus.WAITING.value)
+                                .distinct().order_by(Run.job_id).limit(limit)))

@@ -86,7 +86,9 @@ def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return addr.ipv4_mapped or addr.sixtofour
 
 
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@")
+# ``user:password@`` after the scheme: also applied in SQL (PostgreSQL's regular expressions read it the same).
+USERINFO_PATTERN = r"^([A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*@"
+_USERINFO = re.compile(USERINFO_PATTERN)
 
 
 @lru_cache(maxsize=1024)  # per attempt on the worker (the attempt_started event); a job's URLs repeat

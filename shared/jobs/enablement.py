@@ -18,7 +18,8 @@ from shared.apikeys import Principal
 from shared.db.models import Run
 from shared.ids import canonical_uuid
 from shared.jobs.store import JOBS
-from shared.runs.transitions import Effects, RunStatus
+from shared.runs.effects import Effects
+from shared.runs.status import RunStatus
 
 
 def release_held_runs(session: Session, job_ids: Sequence[str], effects: Effects) -> list[str]:

@@ -2,13 +2,11 @@
 
 Population: the job's terminal runs with ``finished_at`` ≥ now − window. Counts come from one GROUP BY;
 durations (``finished_at − started_at`` of runs that started) from one aggregate query using
-``percentile_cont(0.95)`` on PostgreSQL. SQLite has no ordered-set aggregates, so there the durations are
-read and the same linear-interpolation percentile is computed in Python.
+``percentile_cont(0.95)`` (linear interpolation between the closest ranks).
 """
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Run
 from shared.errors import semantic
-from shared.runs.transitions import TERMINAL
+from shared.runs.status import TERMINAL
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1), "1d": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30),
@@ -25,7 +23,7 @@ WINDOWS: dict[str, timedelta] = {
 DEFAULT_WINDOW = "7d"
 _TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
 
-_PG_DURATIONS = sa.text("""
+_DURATIONS = sa.text("""
     SELECT avg(d) AS avg_d, percentile_cont(0.95) WITHIN GROUP (ORDER BY d) AS p95_d
     FROM (SELECT EXTRACT(EPOCH FROM finished_at - started_at) AS d
           FROM runs
@@ -43,16 +41,6 @@ def parse_window(value: str | None) -> str:
     return value
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    """Linear interpolation between closest ranks, as PostgreSQL ``percentile_cont``; 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    position = fraction * (len(ordered) - 1)
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def health_score(total: int, success_rate: float, avg: float, p95: float) -> float:
     """§8's formula on unrounded inputs; −1 when there are no runs."""
     if total == 0:
@@ -62,16 +50,8 @@ def health_score(total: int, success_rate: float, avg: float, p95: float) -> flo
 
 
 def _durations(session: Session, job_id: str, since: datetime) -> tuple[float, float]:
-    if session.get_bind().dialect.name == "postgresql":
-        row = session.execute(_PG_DURATIONS, {"job_id": job_id, "statuses": _TERMINAL_VALUES,
-                                              "since": since}).one()
-        return float(row.avg_d or 0.0), float(row.p95_d or 0.0)
-    rows = session.execute(
-        sa.select(Run.started_at, Run.finished_at)
-        .where(Run.job_id == job_id, Run.status.in_(_TERMINAL_VALUES), Run.finished_at >= since,
-               Run.started_at.is_not(None)))
-    values = [(finished - started).total_seconds() for started, finished in rows]
-    return (sum(values) / len(values) if values else 0.0), percentile(values, 0.95)
+    row = session.execute(_DURATIONS, {"job_id": job_id, "statuses": _TERMINAL_VALUES, "since": since}).one()
+    return float(row.avg_d or 0.0), float(row.p95_d or 0.0)
 
 
 def job_health(session: Session, job_id: str, window: str, *, now: datetime) -> dict[str, Any]:

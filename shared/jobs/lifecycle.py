@@ -34,7 +34,9 @@ from shared.jobs.store import (
     update_job,
 )
 from shared.jobs.versions import VERSIONS, insert_versions, version_record
-from shared.runs.transitions import ACTIVE, Effects, RunStatus, transition
+from shared.runs.effects import Effects
+from shared.runs.moves import move_many, release_waiting
+from shared.runs.status import ACTIVE, RunStatus
 from shared.webhooks.signing import is_masked_value, mask_secret
 
 log = logging.getLogger("sluice.jobs")
@@ -70,7 +72,7 @@ def _insert_new_jobs(session: Session, principal: Principal, configs: Sequence[M
         versions.append(version_record(version_id=version_id, job_id=job_id, version=1, config=config,
                                        actor=principal.actor, now=now))
     try:
-        if len(records) == 1 and session.get_bind().dialect.name == "postgresql":
+        if len(records) == 1:
             _insert_job_with_version(session, records[0], versions[0])
             versions = []  # written by the same statement
         else:
@@ -201,8 +203,6 @@ def delete_job(session: Session, principal: Principal, ref: str, *, force: bool,
     foreign key (migration 0003) and are deleted first, here. Jobs that depended on this one have their
     waiting runs re-evaluated at once (§5.14).
     """
-    from shared.dependencies.gating import release_waiting_of_job  # written alongside; imported lazily
-
     job = require_job(session, principal, ref, for_update=True)
     job_id = job["id"]
     active = list(session.scalars(
@@ -211,9 +211,7 @@ def delete_job(session: Session, principal: Principal, ref: str, *, force: bool,
     if active and not force:
         raise Conflict(f"job has {len(active)} active runs; cancel them or retry with ?force=true")
     effects = Effects(suppress_webhooks=True)
-    for run_id in active:
-        transition(session, run_id, RunStatus.CANCELED, now=now, effects=effects,
-                   values={"error": "canceled", "error_class": None})
+    move_many(session, active, RunStatus.CANCELED, now=now, effects=effects)
     dependents = sorted(set(session.scalars(
         sa.select(JobDependency.job_id).where(JobDependency.depends_on_job_id == job_id,
                                               JobDependency.job_id != job_id))))
@@ -222,6 +220,6 @@ def delete_job(session: Session, principal: Principal, ref: str, *, force: bool,
     deleted = set(active)
     effects.enqueue[:] = [run_id for run_id in effects.enqueue if run_id not in deleted]
     for dependent in dependents:
-        release_waiting_of_job(session, dependent, now, effects)
+        release_waiting(session, dependent, now=now, effects=effects)
     log.info("job deleted", extra={"job_id": job_id, "canceled_runs": len(active)})
     return effects

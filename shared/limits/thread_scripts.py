@@ -10,6 +10,11 @@ straight on it.
 
 An error closes that connection (the next call reconnects) and is raised as ``redis.exceptions.RedisError``
 or ``OSError``, like any Redis call; nothing is retried, as with the client (a script may have run).
+
+This module is Sluice's one use of redis-py below its client API: it builds connections from the client's
+pool settings (``connection_class``, ``connection_kwargs``) and drives them with ``send_command`` and
+``read_response``. ``tests/integration/test_library_contracts.py`` fails if an installed redis-py changes
+any of that; the redis pin in ``pyproject.toml`` allows only the major those tests ran on.
 """
 
 from __future__ import annotations
@@ -56,5 +61,5 @@ class ThreadScripts:
 
     @staticmethod
     def _call(connection: Any, *args: Any) -> Any:
-        connection.send_packed_command(connection.pack_command(*args), check_health=False)
+        connection.send_command(*args, check_health=False)
         return connection.read_response()  # raises error replies (NOSCRIPT as NoScriptError)

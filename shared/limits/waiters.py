@@ -15,8 +15,8 @@ earlier than due" (docs/flow-control.md, "Decisions").
 - A worker whose attempt ends hands its slot over itself (``worker.handoff``: the ending thread starts the
   best waiter). Here: the other releases — the reaper, a cancel, a worker that is stopping or whose
   hand-off failed — call ``SlotWaiters.wake``: one script call pops the best member of each set concerned
-  and reads the Redis clock; each popped run is promoted by a conditional ``runstate.transition``
-  (``expected={delayed}``) that also requires its retry delay (``next_retry_at``) to be over, in one short
+  and reads the Redis clock; each popped run is promoted by a conditional move (``shared.runs.moves``,
+  from ``delayed`` only) that also requires its retry delay (``next_retry_at``) to be over, in one short
   transaction, then enqueued. A popped id whose run is no longer waiting for a slot (started, canceled,
   promoted by the sweeper) is dropped and the set popped again, at most ``MAX_POPS`` times per set.
 - Everything here is a speed-up only: Redis losing a set, or a failed wake, leaves every waiter with its
@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -40,13 +39,15 @@ from shared import redis_keys
 from shared.db.models import Run
 from shared.limits.limiter import LimitDecision
 from shared.limits.scripts import PRIORITY_WEIGHT, WAITER_TTL_SECS
-from shared.runs.transitions import Effects, RunStatus, transition
+from shared.runs.effects import Effects, Slot, apply_after_commit
+from shared.runs.moves import move
+from shared.runs.status import RunStatus
 
 log = logging.getLogger("sluice.limits")
 
 MAX_POPS = 8  # popped ids tried per set and release before giving up (stale ids are dropped)
 WAKE_MESSAGE = "slot released"
-_DELAYED = frozenset({RunStatus.DELAYED})
+_DELAYED = (RunStatus.DELAYED,)
 
 # KEYS: waiter sets. Returns {now_ms, member of KEYS[1] or '', member of KEYS[2] or '', ...}.
 POP_SCRIPT = """
@@ -59,7 +60,6 @@ end
 return out
 """
 
-Slot = tuple[str, str | None]  # (job id, concurrency key or None): what a released lease frees
 
 
 def waiter_score(priority: int, refused_ms: int) -> int:
@@ -110,9 +110,8 @@ def slot_sets(slots: Iterable[Slot]) -> list[str]:
 def promote_waiter(session: Session, run_id: str, *, now: datetime, effects: Effects) -> bool:
     """``delayed → queued`` (event message ``slot released``) if the run is delayed and no retry delay
     (``next_retry_at``) is still ahead; the caller commits and applies ``effects``."""
-    retry_over = sa.or_(Run.next_retry_at.is_(None), Run.next_retry_at <= now)
-    return transition(session, run_id, RunStatus.QUEUED, now=now, effects=effects, expected=_DELAYED,
-                      message=WAKE_MESSAGE, where=(retry_over,)) is not None
+    return move(session, run_id, RunStatus.QUEUED, now=now, effects=effects, from_=_DELAYED,
+                guards=("retry_over",), message=WAKE_MESSAGE) is not None
 
 
 class SlotWaiters:
@@ -129,12 +128,13 @@ class SlotWaiters:
         return now, [m.decode() if m else None for m in reply[1:]]
 
     def wake(self, slots: Iterable[Slot], *, open_session: Callable[[], AbstractContextManager[Session]],
-             broker: Any) -> list[str]:
+             broker: Any, popped: tuple[list[str], datetime] | None = None) -> list[str]:
         """After a slot release is committed (and its lease dropped): promote the best waiter of each set
         concerned, enqueue the promoted runs; return their ids. Never raises.
 
         ``open_session`` gives the session for the promotion transaction (committed here), opened only if
-        something was popped.
+        something was popped. ``popped``: waiters the caller already took from these sets (and the time it
+        did), tried first; when one of them is promoted, the slot is theirs.
         """
         keys = slot_sets(slots)
         promoted: list[str] = []
@@ -142,6 +142,10 @@ class SlotWaiters:
             return promoted
         try:
             with _Lazy(open_session) as lazy:
+                if popped and popped[0]:
+                    promoted += self._promote(lazy.session(), list(popped[0]), popped[1], broker)
+                    if promoted:
+                        return promoted
                 for _ in range(MAX_POPS):
                     now, members = self.pop(keys)
                     if not any(members):
@@ -157,13 +161,12 @@ class SlotWaiters:
         return promoted
 
     def _promote(self, session: Session, members: list[str | None], now: datetime, broker: Any) -> list[str]:
-        from shared.runs.commit import commit_and_apply  # effects calls back into this module
-
         effects = Effects()
         try:
             moved = [m for m in dict.fromkeys(m for m in members if m)
                      if promote_waiter(session, m, now=now, effects=effects)]
-            commit_and_apply(session, effects, broker)
+            session.commit()
+            apply_after_commit(effects, broker)
         except BaseException:
             session.rollback()
             raise

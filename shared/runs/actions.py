@@ -23,12 +23,13 @@ from shared.errors import Conflict, NotFound
 from shared.ids import canonical_uuid
 from shared.limits.limiter import Limits
 from shared.runs.creation import create_replay_run
+from shared.runs.effects import Effects
+from shared.runs.moves import move
 from shared.runs.queries import get_project_run
-from shared.runs.transitions import TERMINAL, Effects, RunStatus, transition
+from shared.runs.status import TERMINAL, RunStatus
 
 log = logging.getLogger("sluice.runs")
 CANCEL_FLAG_TTL_SECS = 86_400
-CANCEL_VALUES = {"error": "canceled", "error_class": None}
 
 
 @dataclass
@@ -40,14 +41,15 @@ class CancelResult:
 
 
 def _cancel(session: Session, run: Run, *, now: datetime, effects: Effects, result: CancelResult) -> Run | None:
-    was = run.status
-    moved = transition(session, run.id, RunStatus.CANCELED, now=now, effects=effects, values=dict(CANCEL_VALUES))
-    if moved is not None:
-        result.canceled.append(moved)
-        if was == RunStatus.EXECUTING.value:
-            result.executing.append(moved)
-            effects.wake_slots.append((moved.job_id, moved.concurrency_key))  # a waiter gets its slot
-    return moved
+    moved = move(session, run.id, RunStatus.CANCELED, now=now, effects=effects)
+    if moved is None:
+        return None
+    session.refresh(run)
+    result.canceled.append(run)
+    if moved.old_status == RunStatus.EXECUTING.value:
+        result.executing.append(run)
+        effects.wake_slots.append((run.job_id, run.concurrency_key))  # a waiter gets its slot
+    return run
 
 
 def cancel_run(session: Session, project_id: str, run_id: str, *, now: datetime, effects: Effects,

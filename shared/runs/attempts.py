@@ -24,12 +24,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from shared.clock import format_ts
-from shared.db.models import Run
-from shared.runs.moves import StatementRunner, move_run, move_run_unhooked, supports_moves
+from shared.runs.effects import Effects
+from shared.runs.moves import move
 from shared.runs.retries import Outcome, final_status_for, retry_delay_secs
-from shared.runs.transitions import Effects, RunStatus, transition
-
-_EXECUTING = frozenset({RunStatus.EXECUTING})
+from shared.runs.status import RunStatus
 
 
 @dataclass(frozen=True)
@@ -69,6 +67,12 @@ class PlannedEnd:
     to: RunStatus
     values: dict[str, Any]
     events: list[tuple[str, dict[str, Any]]]
+
+    @property
+    def where(self) -> dict[str, Any]:
+        """The end applies only to the attempt it is the end of: a reaped or canceled attempt's late outcome,
+        or a newer attempt's row, is never overwritten (with status ``executing``, the move's condition)."""
+        return {"attempt": self.attempt}
 
 
 def plan_end(end: AttemptEnd, *, policy: RetryPolicy, now: datetime,
@@ -112,32 +116,9 @@ def plan_end(end: AttemptEnd, *, policy: RetryPolicy, now: datetime,
 def finish_attempt(session: Session, run_id: str, end: AttemptEnd, *, policy: RetryPolicy, now: datetime,
                    effects: Effects, rng: random.Random | None = None) -> RunStatus | None:
     """Record ``end`` if ``run_id`` is still ``executing`` attempt ``end.attempt`` and return the run's new
-    status; else return ``None`` (the outcome is discarded).
-
-    One conditional UPDATE (status ``executing`` and ``attempt`` = ``end.attempt``; PostgreSQL re-checks both
-    after taking the row lock) decides. The caller owns the transaction (and releases the attempt's slots
-    after committing).
-    """
-    return record_end(session, run_id, plan_end(end, policy=policy, now=now, rng=rng), now=now, effects=effects)
-
-
-def record_end(session: Session, run_id: str, plan: PlannedEnd, *, now: datetime,
-               effects: Effects) -> RunStatus | None:
-    """``finish_attempt`` for an end already planned (``plan_end``)."""
-    to, values, events = plan.to, plan.values, plan.events
-    if supports_moves(session):  # PostgreSQL: UPDATE, events and the terminal hooks' facts in one statement
-        moved = move_run(session, run_id, from_status=RunStatus.EXECUTING, to=to, now=now, effects=effects,
-                         values=values, events=events, where_equal={"attempt": plan.attempt})
-        return None if moved is None else to
-    run = transition(session, run_id, to, now=now, effects=effects, expected=_EXECUTING, values=values,
-                     events=events, locked_status=RunStatus.EXECUTING, where=(Run.attempt == plan.attempt,))
-    return None if run is None else to
-
-
-def record_end_alone(execute: StatementRunner, run_id: str, plan: PlannedEnd, *, now: datetime) -> RunStatus | None:
-    """Record ``plan`` as one self-contained statement (PostgreSQL; ``shared.runs.moves.move_run_unhooked``):
-    the run's new status, or ``None`` when nothing was written — the attempt no longer matches, or a
-    terminal hook (webhook, dependents) is due — and ``record_end`` in a transaction must decide."""
-    moved = move_run_unhooked(execute, run_id, from_status=RunStatus.EXECUTING, to=plan.to, now=now,
-                              values=plan.values, events=plan.events, where_equal={"attempt": plan.attempt})
+    status; else return ``None`` (the outcome is discarded). The caller owns the transaction (and releases
+    the attempt's slots after committing)."""
+    plan = plan_end(end, policy=policy, now=now, rng=rng)
+    moved = move(session, run_id, plan.to, now=now, effects=effects, from_=(RunStatus.EXECUTING,), values=plan.values,
+                 where=plan.where, events=plan.events)
     return None if moved is None else plan.to

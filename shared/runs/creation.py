@@ -15,7 +15,6 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared import json_codec
@@ -24,9 +23,10 @@ from shared.db.prepared import HotStatement, run_hot
 from shared.dependencies.gating import Correlation, correlation_of, gate_new_runs
 from shared.ids import uuid7
 from shared.metrics import observe_runs_created, observe_runs_created_by
+from shared.runs.effects import Effects
 from shared.runs.retries import retry_summary
-from shared.runs.transitions import Effects, RunStatus, event, insert_events
-from shared.schedules.cron import tick_key
+from shared.runs.status import RunStatus
+from shared.runs.transitions import CREATION_MARKER, check_created, event, status_columns
 from shared.triggers.payloads import EMPTY_PAYLOAD, EMPTY_PAYLOAD_HASH
 
 CRON_ACTOR = "system:cron"
@@ -93,6 +93,7 @@ def build_run_row(job: Job, inputs: RunInputs, status: RunStatus, now: datetime,
     initial_delay, max_delay = retry_summary(job.retry_strategy, list(job.retry_delays_secs or []), max_attempts)
     if expiry_start is None:
         expiry_start = max(inputs.scheduled_at, now) if inputs.scheduled_at is not None else now
+    bookkeeping = status_columns(status, {"scheduled_at": inputs.scheduled_at}, now)
     return {
         "id": uuid7(),
         "job_id": job.id,
@@ -130,8 +131,8 @@ def build_run_row(job: Job, inputs: RunInputs, status: RunStatus, now: datetime,
         "batch_id": inputs.batch_id,
         "concurrency_key": inputs.concurrency_key,
         "created_at": now,
-        "queued_at": now if status is RunStatus.QUEUED else None,
-        "due_at": inputs.scheduled_at if status is RunStatus.DELAYED else None,
+        "queued_at": bookkeeping.get("queued_at"),
+        "due_at": bookkeeping.get("due_at"),
         "ttl_secs": inputs.ttl_secs,
         "held_at": None,
     }
@@ -141,46 +142,44 @@ def creation_event(row: dict[str, Any]) -> dict[str, Any]:
     return event(row["id"], "state_change", {"from": None, "to": row["status"]}, row["created_at"])
 
 
-def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effects) -> None:
-    """Insert runs and their creation events; queue the ``queued`` ones.
+def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effects, *,
+                    skip_existing: bool = False) -> list[dict[str, Any]]:
+    """Insert runs and their creation events; queue the ``queued`` ones; return the rows inserted.
 
-    Many rows: one INSERT for the runs and one for the events. On PostgreSQL each is a single parameter,
-    the rows as one JSON array expanded by ``jsonb_populate_recordset`` (a 1,000-run bulk trigger would
-    otherwise bind ~45,000 parameters through SQLAlchemy, which costs more than the insert). One row on
-    PostgreSQL (the single-trigger hot path): one statement for both rows, each passed as one JSON
-    parameter (``_RUN_WITH_EVENT_AS_JSON``), so that it can be a server-side prepared statement
-    (``shared.db.prepared``, planned once per connection where the engine enables it) and binds two values
-    instead of ~50 through SQLAlchemy's type processors.
+    ``skip_existing``: a row that a unique index already has (a cron tick another replica created) is left
+    out silently. One row (the single-trigger hot path): one prepared statement for both the run and its
+    event, each passed as one JSON parameter (binding two values instead of ~50). Many rows: one INSERT for
+    the runs and one for the events, each a single parameter, the rows as one JSON array expanded by
+    ``jsonb_populate_recordset`` (a 1,000-run bulk trigger would otherwise bind ~45,000 parameters).
+    The statuses a run may be born in, and the bookkeeping each sets, come from the transition table.
     """
     if not rows:
-        return
-    events = [creation_event(row) for row in rows]
-    postgres = session.get_bind().dialect.name == "postgresql"
-    if postgres and len(rows) == 1:
+        return []
+    for row in rows:
+        check_created(RunStatus(row["status"]))
+    if len(rows) == 1 and not skip_existing:
         run_hot(session.connection(), _RUN_WITH_EVENT_AS_JSON,
-                    {"run": _as_json(_column_values(rows[0])), "event": _as_json(events[0])})
-    elif postgres:
-        _insert_as_json(session, "runs", [_column_values(row) for row in rows])
-        _insert_as_json(session, "run_events", events)
+                {"run": _as_json(_column_values(rows[0])), "event": _as_json(creation_event(rows[0]))})
     else:
-        session.execute(sa.insert(RUNS), [_column_values(row) for row in rows])
-        session.execute(sa.insert(EVENTS), events)
+        conflict = " ON CONFLICT DO NOTHING" if skip_existing else ""
+        inserted = set(session.scalars(sa.text(
+            f"{CREATION_MARKER} INSERT INTO runs SELECT * FROM jsonb_populate_recordset(NULL::runs, "
+            f"CAST(:rows AS jsonb)){conflict} RETURNING id"), {"rows": _as_json([_column_values(r) for r in rows])}))
+        rows = [row for row in rows if row["id"] in inserted]
+        if rows:
+            session.execute(sa.text("INSERT INTO run_events SELECT * FROM jsonb_populate_recordset("
+                                    "NULL::run_events, CAST(:rows AS jsonb))"),
+                            {"rows": _as_json([creation_event(row) for row in rows])})
     if len(rows) == 1:
         observe_runs_created(rows[0]["triggered_by"])
     else:
         observe_runs_created_by(row["triggered_by"] for row in rows)
     effects.enqueue.extend(row["id"] for row in rows if row["status"] == RunStatus.QUEUED.value)
+    return rows
 
 
 def _as_json(value: Any) -> str:
     return json_codec.dumps(value).decode()
-
-
-def _insert_as_json(session: Session, table: str, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL: insert ``rows`` (column name → value, every column present) with one JSON parameter."""
-    statement = sa.text(f"INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, "
-                        "CAST(:rows AS jsonb))")
-    session.execute(statement, {"rows": _as_json(rows)})
 
 
 # One run and its creation event (column name → value, every column present, as for ``_insert_as_json``).
@@ -188,7 +187,8 @@ def _insert_as_json(session: Session, table: str, rows: list[dict[str, Any]]) ->
 # event's foreign key at the end of the statement, after the run is in.
 _RUN_WITH_EVENT_AS_JSON = HotStatement.build(
     "sluice_insert_run_with_event",
-    "WITH new_run AS (INSERT INTO runs SELECT * FROM jsonb_populate_record(NULL::runs, CAST(:run AS jsonb))) "
+    f"{CREATION_MARKER} WITH new_run AS (INSERT INTO runs SELECT * FROM jsonb_populate_record(NULL::runs, "
+    "CAST(:run AS jsonb))) "
     "INSERT INTO run_events SELECT * FROM jsonb_populate_record(NULL::run_events, CAST(:event AS jsonb))")
 
 
@@ -212,26 +212,6 @@ def row_view(row: dict[str, Any]) -> Run:
     for code that only reads and renders the new run (the single trigger's response). Constructing an
     ORM ``Run`` costs ~100 times more; never add the result to a session."""
     return cast(Run, SimpleNamespace(**row))
-
-
-def create_cron_run(session: Session, job: Job, tick: datetime, now: datetime, effects: Effects) -> Run | None:
-    """The run of one cron tick (§6.6), or ``None`` when that tick already has one (another replica or an
-    earlier attempt won the unique index ``uq_runs_cron_tick``). ``tick`` is an aware UTC datetime."""
-    inputs = RunInputs(created_by=CRON_ACTOR, triggered_by="cron", metadata=dict(job.default_run_metadata or {}),
-                       tags=dict(job.tags or {}), idempotency_key=tick_key(job.id, tick), scheduled_at=tick,
-                       ttl_secs=job_ttl(job))
-    verdict = gate_new_runs(session, job.id, [inputs.correlation])[0]
-    row = build_run_row(job, inputs, initial_status(verdict.holds, tick, now), now, expiry_start=tick)
-    dialect = session.get_bind().dialect.name
-    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert_fn(RUNS).values(**_column_values(row)).on_conflict_do_nothing().returning(RUNS.c.id)
-    if session.execute(statement).scalar() is None:
-        return None
-    insert_events(session, [creation_event(row)])
-    observe_runs_created("cron")
-    if row["status"] == RunStatus.QUEUED.value:
-        effects.enqueue.append(row["id"])
-    return row_to_run(row)
 
 
 def _column_values(row: dict[str, Any]) -> dict[str, Any]:

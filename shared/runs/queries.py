@@ -19,7 +19,7 @@ from shared.db.models import Run, RunEvent
 from shared.errors import ValidationFailed
 from shared.ids import canonical_uuid
 from shared.jobs.lookup import find_job
-from shared.runs.transitions import FAILURE_STATUSES, RunStatus
+from shared.runs.status import FAILURE_STATUSES, RunStatus
 
 TRIGGERS = ("manual", "cron", "replay")
 _ALL_STATUSES = [s.value for s in RunStatus]

@@ -23,7 +23,7 @@ from shared.dependencies.gating import gate_new_runs
 from shared.errors import ValidationFailed
 from shared.ids import uuid7
 from shared.runs.creation import RunInputs, build_run_row, initial_status, insert_run_rows
-from shared.runs.transitions import Effects
+from shared.runs.effects import Effects
 from shared.triggers.manual import ensure_enabled, find_dedup_runs, find_idempotent_runs, prepare_inputs
 
 

@@ -18,20 +18,19 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared.db.models import Job, JobDependency, Run
+from shared.db.models import Job, JobDependency
 from shared.dependencies.gating import gate_new_runs
 from shared.runs.creation import (
     CRON_ACTOR,
     RunInputs,
     build_run_row,
-    creation_event,
     initial_status,
+    insert_run_rows,
     job_ttl,
 )
-from shared.runs.transitions import Effects, RunStatus, insert_events
+from shared.runs.effects import Effects
 from shared.schedules.cron import tick_key
 
 
@@ -69,15 +68,4 @@ def create_cron_runs(session: Session, jobs: Sequence[Job], tick: datetime, now:
         if job.id in gated:
             holds = gate_new_runs(session, job.id, [inputs.correlation])[0].holds
         rows.append(build_run_row(job, inputs, initial_status(holds, tick, now), now, expiry_start=tick))
-    inserted = _insert_ignoring_existing(session, rows)
-    created = [row for row in rows if row["id"] in inserted]
-    insert_events(session, [creation_event(row) for row in created])
-    effects.enqueue.extend(row["id"] for row in created if row["status"] == RunStatus.QUEUED.value)
-    return created
-
-
-def _insert_ignoring_existing(session: Session, rows: list[dict[str, Any]]) -> set[str]:
-    """Insert ``rows`` (ORM attribute names), skipping conflicts; return the ids that went in."""
-    insert_fn = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert_fn(Run).on_conflict_do_nothing().returning(Run.id)
-    return set(session.scalars(statement, rows))
+    return insert_run_rows(session, rows, effects, skip_existing=True)

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from shared.db.locks import lock_key
-from shared.db.models import Job, JobDependency, Run
+from shared.db.models import Job, Run
 from shared.db.prepared import HotQuery
 from shared.dependencies.gating import edges_of, evaluate_many
 from shared.errors import Conflict, NotFound, ValidationFailed
@@ -35,7 +35,8 @@ from shared.runs.creation import (
     row_to_run,
     row_view,
 )
-from shared.runs.transitions import ACTIVE, Effects
+from shared.runs.effects import Effects
+from shared.runs.status import ACTIVE
 from shared.triggers.payloads import canonical_payload, payload_hash, payload_size_error, schema_errors
 
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
@@ -154,16 +155,6 @@ def preview_run(session: Session, job: Job, inputs: RunInputs, now: datetime) ->
     return row_to_run(row)
 
 
-def _job_with_edges_query(by_id: bool) -> sa.Select[tuple[Job, bool]]:
-    has_edges = sa.exists().where(JobDependency.job_id == Job.id).label("has_edges")
-    query = sa.select(Job, has_edges).where(Job.project_id == sa.bindparam("project_id"))
-    if not by_id:
-        return query.where(Job.slug == sa.bindparam("ref")).limit(1)
-    as_id: sa.BindParameter[str] = sa.bindparam("as_id")
-    return (query.where(sa.or_(Job.id == as_id, Job.slug == sa.bindparam("ref")))
-            .order_by(sa.case((Job.id == as_id, 0), else_=1)).limit(1))
-
-
 def _key_and_job_statement(by_id: bool) -> HotQuery:
     """``shared.jobs.store.key_and_job_sql`` plus ``has_edges``: it runs on every trigger, prepared where
     the engine allows (``shared.db.prepared.HotQuery``)."""
@@ -173,23 +164,11 @@ def _key_and_job_statement(by_id: bool) -> HotQuery:
 
 
 # Built once (compiled once, then only bound): these lookups run on every trigger.
-_JOB_BY_SLUG, _JOB_BY_ID_OR_SLUG = _job_with_edges_query(False), _job_with_edges_query(True)
 _KEY_AND_JOB = {by_id: _key_and_job_statement(by_id) for by_id in (False, True)}
 
 
-def find_trigger_job(session: Session, project_id: str, ref: str) -> tuple[Job, bool]:
-    """The job named by ``ref`` (id first, then slug; §1.2) and whether it has dependency edges, in one
-    query (the trigger hot path); 404 if none."""
-    params = ref_params(ref)
-    params["project_id"] = project_id
-    row = session.execute(_JOB_BY_SLUG if params["as_id"] is None else _JOB_BY_ID_OR_SLUG, params).first()
-    if row is None:
-        raise NotFound("job not found")
-    return row[0], bool(row[1])
-
-
 def find_key_and_trigger_job(session: Session, digest: str, ref: str) -> Row[Any] | None:
-    """Authentication and ``find_trigger_job`` in one round trip: the key with this digest (columns
+    """Authentication and the job lookup in one round trip: the key with this digest (columns
     ``shared.apikeys.KEY_FIELDS``), every column of the job that ``ref`` names in the key's project (all
     NULL if none) and ``has_edges``. ``None`` = unknown key."""
     params = ref_params(ref)
@@ -219,7 +198,7 @@ def trigger_run(session: Session, job: Job, body: dict[str, Any], *, actor: str,
                 effects: Effects, has_edges: bool | None = None) -> TriggerOutcome:
     """Run §4.2 steps 3–10 (before the commit) for one request; ``body`` is schema-validated and carries
     the effective ``idempotency_key`` (header already applied). ``has_edges`` comes from
-    ``find_trigger_job`` (``None`` = look it up)."""
+    ``find_key_and_trigger_job`` (``None`` = look it up)."""
     ensure_enabled(job)
     inputs, errors = prepare_inputs(job, body, actor=actor, now=now)
     if errors:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.clock import format_ts
-from shared.db.models import Job, Run, WebhookDelivery
+from shared.db.models import Run, WebhookDelivery
 from shared.ids import uuid7
-from shared.runs.transitions import Effects
+from shared.runs.effects import Effects
 from shared.runs.view import run_to_dict
 
 EVENT_TYPES = {
@@ -25,11 +24,8 @@ EVENT_TYPES = {
 }
 
 
-def queue_terminal_webhook(session: Session, run: Run, *, now: datetime, effects: Effects) -> str | None:
-    """Store one webhook event for a run that just became terminal, if the live job has a webhook_url."""
-    url = session.execute(sa.select(Job.webhook_url).where(Job.id == run.job_id)).scalar()
-    if not url:
-        return None
+def queue_terminal_webhook(session: Session, run: Run, *, url: str, now: datetime, effects: Effects) -> str:
+    """Store the webhook event of a run that just became terminal, for the live job's ``url``; its id."""
     delivery_id = uuid7()
     body = {"type": EVENT_TYPES[run.status], "timestamp": format_ts(run.finished_at), "data": run_to_dict(run)}
     session.add(WebhookDelivery(

@@ -2,14 +2,19 @@
 
 ``harness`` builds a Runner exactly as ``sluice worker`` does (real ``worker.http.post``, real ``Limits``,
 a real Redis broker for after-commit effects) with a fast attempt monitor, and offers small helpers to
-create jobs/runs and read back runs and events. Test modules import ``harness_fixture`` (fixture
-``harness``) from here.
+create jobs/runs and read back runs and events. The fixture ``harness`` (``tests/integration/conftest.py``) gives a
+started one.
+
+Start variants: a run starts in one statement when nothing can refuse it, and through further steps
+otherwise (``worker.start``): the limit script inside a transaction, the execution window checked in
+Python, a pinned older version's snapshot read. ``pytestmark = EVERY_START_VARIANT`` runs a module's tests
+over each: the harness then gives every job it makes what sends its runs down that path (a limit with
+room to spare, an always-open window, or a newer live version than the runs'), unless the test sets it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,10 +29,20 @@ from shared.config import Settings
 from shared.db.models import Job, Run, RunEvent
 from shared.limits.limiter import Limits
 from shared.messages import make_broker
-from shared.runs.transitions import Effects, RunStatus, transition
+from shared.runs.effects import Effects
+from shared.runs.moves import move
+from shared.runs.status import RunStatus
 from tests import factories
 from worker.heartbeat import AttemptMonitor
 from worker.runner import Handled, Runner
+
+VARIANT_FIELDS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "limited": {"max_concurrency": 10_000},
+    "windowed": {"execution_window_cron": "* * * * *"},
+    "pinned": {},
+}
+EVERY_START_VARIANT = pytest.mark.parametrize("harness", list(VARIANT_FIELDS), indirect=True)
 
 
 @dataclass
@@ -39,10 +54,15 @@ class Harness:
     redis: redis_lib.Redis
     settings: Settings
     broker: Any
+    variant: str = "plain"
 
     def job(self, **fields: Any) -> Job:
+        for name, value in VARIANT_FIELDS[self.variant].items():
+            fields.setdefault(name, value)
         with self.session_factory() as s:
             job = factories.make_job(s, **fields)
+            if self.variant == "pinned":  # the live job moves on: runs made from ``job`` pin version 1
+                factories.bump_version(s, job)
             s.commit()
             return job
 
@@ -71,8 +91,8 @@ class Harness:
     def promote(self, run_id: str, now: datetime | None = None) -> None:
         """``delayed → queued`` as the sweeper would once the run is due."""
         with self.session_factory() as s:
-            assert transition(s, run_id, RunStatus.QUEUED, now=now or utcnow(), effects=Effects(),
-                              expected={RunStatus.DELAYED}) is not None
+            assert move(s, run_id, RunStatus.QUEUED, now=now or utcnow(), effects=Effects(),
+                              from_=(RunStatus.DELAYED,)) is not None
             s.commit()
 
     def update_job(self, job_id: str, **values: Any) -> None:
@@ -86,23 +106,12 @@ class Harness:
             s.commit()
 
 
-def make_harness(settings: Settings, session_factory: sessionmaker[Session],
-                 redis_client: redis_lib.Redis) -> Harness:
-    limits = Limits(redis_client, per_thread_connections=True)  # as sluice worker builds it
+def make_harness(settings: Settings, session_factory: sessionmaker[Session], redis_client: redis_lib.Redis, *,
+                 variant: str = "plain", limits: Limits | None = None) -> Harness:
+    limits = limits or Limits(redis_client, per_thread_connections=True)  # as sluice worker builds it
     broker = make_broker(settings, client=redis_client)
     monitor = AttemptMonitor(session_factory, redis_client, limits, clock=utcnow,
                              heartbeat_interval_secs=settings.heartbeat_interval_secs, poll_secs=0.1)
     runner = Runner(session_factory=session_factory, limits=limits, broker=broker, settings=settings,
                     monitor=monitor, rng=random.Random(7))
-    return Harness(runner, monitor, session_factory, limits, redis_client, settings, broker)
-
-
-@pytest.fixture(name="harness")
-def harness_fixture(settings: Settings, session_factory: sessionmaker[Session],
-            redis_client: redis_lib.Redis) -> Iterator[Harness]:
-    h = make_harness(settings, session_factory, redis_client)
-    h.monitor.start()
-    try:
-        yield h
-    finally:
-        h.monitor.stop()
+    return Harness(runner, monitor, session_factory, limits, redis_client, settings, broker, variant)

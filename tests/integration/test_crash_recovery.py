@@ -25,7 +25,8 @@ from shared.config import Settings
 from shared.db.models import Run, RunEvent
 from shared.messages import enqueue_runs, make_broker
 from shared.runs.creation import RunInputs, create_runs
-from shared.runs.transitions import TERMINAL, Effects
+from shared.runs.effects import Effects
+from shared.runs.status import TERMINAL
 from tests import factories
 from tests.conftest import pg_url, redis_url
 

@@ -6,26 +6,22 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from scheduler.sweeps import recheck_waiting
 from shared.clock import utcnow
 from shared.db.models import Run, RunEvent
-from shared.dependencies.gating import (
-    Correlation,
-    gate_new_runs,
-    recheck_waiting,
-    release_dependents,
-    release_waiting_of_job,
-    unmet_dependencies,
-)
-from shared.runs.transitions import Effects, RunStatus, transition
+from shared.dependencies.gating import Correlation, gate_new_runs
+from shared.runs.effects import Effects
+from shared.runs.moves import move, release_dependents, release_waiting
+from shared.runs.status import RunStatus
 from tests.factories import make_dependency, make_job, make_run
 
 
 def test_unmet_without_upstream_run_and_met_after(session):
     up, down = make_job(session), make_job(session)
     make_dependency(session, down, up)
-    assert unmet_dependencies(session, down.id, idempotency_key=None, dependency_key=None)
+    assert not gate_new_runs(session, down.id, [Correlation()])[0].holds
     make_run(session, up, status="completed")
-    assert unmet_dependencies(session, down.id, idempotency_key=None, dependency_key=None) == []
+    assert gate_new_runs(session, down.id, [Correlation()])[0].holds
 
 
 def test_conditions(session):
@@ -72,7 +68,7 @@ def test_release_on_upstream_terminal(session):
     other = make_run(session, down, status="waiting", idempotency_key="nope")
     upstream = make_run(session, up, status="executing", attempt=1, started_at=now)
     effects = Effects()
-    transition(session, upstream.id, RunStatus.COMPLETED, now=now, effects=effects)
+    move(session, upstream.id, RunStatus.COMPLETED, now=now, effects=effects)
     session.flush()
     session.expire_all()
     assert session.get(Run, waiting.id).status == "queued"
@@ -93,7 +89,7 @@ def test_release_waiting_of_job_after_edge_delete(session):
     session.delete(edge)
     session.flush()
     effects = Effects()
-    assert release_waiting_of_job(session, down.id, utcnow(), effects) == 1
+    assert release_waiting(session, down.id, now=utcnow(), effects=effects) == 1
     assert effects.enqueue == [waiting.id]
     assert release_dependents(session, up.id, now=utcnow(), effects=Effects()) == 0
 

@@ -46,7 +46,8 @@ from shared.limits.limiter import Limits
 from shared.messages import make_broker
 from shared.runs.commit import commit_and_apply
 from shared.runs.creation import RunInputs, create_runs
-from shared.runs.transitions import TERMINAL, Effects
+from shared.runs.effects import Effects
+from shared.runs.status import TERMINAL
 from tests.conftest import pg_url, redis_url
 from tests.factories import make_job
 from tests.integration.process_support import descendants
@@ -333,7 +334,7 @@ TARGET = 0.90  # utilisation of a concurrency cap / fraction of a rate limit ach
 def check_efficiency(case: str, measured: float, detail: str) -> None:
     """The efficiency target (≥ 90 %), checked after every safety assertion of the test has passed; a miss
     FAILS. The concurrency caps hold it because the thread whose attempt ends starts the best waiting run
-    itself, on its direct connection (``worker.handoff``, ``worker.handoff_start``): the remaining gap —
+    itself, on its direct connection (``worker.handoff``, ``worker.start``): the remaining gap —
     outcome statement, hand-off transaction, connect — measured 5–7 ms per 100 ms slot at load ≈ 3 on this
     shared two-core machine (docs/flow-control.md, "Measured")."""
     print(f"\n{case}: {measured:.1%} — {detail}")

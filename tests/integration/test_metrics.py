@@ -23,10 +23,11 @@ from shared.clock import utcnow
 from shared.db.models import Job, Run
 from shared.limits.limiter import LimitRequest, Limits
 from shared.runs.commit import commit_and_apply
-from shared.runs.transitions import Effects, RunStatus, transition
+from shared.runs.effects import Effects
+from shared.runs.moves import move
+from shared.runs.status import RunStatus
 from tests import factories
 from tests.integration.jobs_support import create
-from tests.integration.runner_harness import harness_fixture  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 EVENT_FAMILIES = {
@@ -103,7 +104,7 @@ def test_runs_created_and_finished_are_counted(client, auth, session_factory):  
     run_id = response.json["id"]
     with session_factory() as session:
         effects = Effects()
-        assert transition(session, run_id, RunStatus.CANCELED, now=utcnow(), effects=effects) is not None
+        assert move(session, run_id, RunStatus.CANCELED, now=utcnow(), effects=effects) is not None
         commit_and_apply(session, effects, make_broker_for(client))
     after = scrape(client)
     created = "sluice_runs_created_total"

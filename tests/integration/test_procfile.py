@@ -5,6 +5,7 @@ cleanly on SIGINT. This is how a Procfile platform (or a developer with honcho/f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,9 +119,11 @@ def test_procfile_processes_complete_500_runs(tmp_path: Path, sink: Sink, settin
             status, scheduler_text = call("GET", f"http://127.0.0.1:{SCHEDULER_METRICS_PORT}/metrics")
             assert status == 200 and "sluice_schedule_lag_seconds" in scheduler_text
     except BaseException:
+        leftovers = descendants(manager.pid)  # before the kill: honcho's children then belong to init
         manager.kill()
-        for pid in descendants(manager.pid):
-            os.kill(pid, signal.SIGKILL)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         raise
 
     manager.send_signal(signal.SIGINT)

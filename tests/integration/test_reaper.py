@@ -13,9 +13,9 @@ from scheduler.reaper import reap_stale_attempts
 from shared.clock import utcnow
 from shared.limits.limiter import LimitRequest
 from shared.runs.attempts import AttemptEnd, RetryPolicy, finish_attempt
+from shared.runs.effects import Effects
 from shared.runs.retries import SUCCESS, Outcome
-from shared.runs.transitions import Effects
-from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
+from tests.integration.runner_harness import Harness
 
 
 def _reap(harness: Harness) -> list[str]:

@@ -4,19 +4,20 @@
 from __future__ import annotations
 
 import base64
-from datetime import timedelta
 
 import pytest
 from pytest_httpserver import HTTPServer
 from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
-from shared.db.models import JobVersion
-from shared.ids import new_version_id
+from shared.db.models import Job
+from tests import factories
 from tests.factories import JOB_DEFAULTS
-from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
+from tests.integration.runner_harness import EVERY_START_VARIANT, Harness
 from tests.integration.servers import RawServer, never_answer
 from worker.http import user_agent as sluice_user_agent
+
+pytestmark = EVERY_START_VARIANT
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
@@ -145,49 +146,36 @@ class TestFallback:
         assert [r.path for r, _ in httpserver.log] == ["/primary"]
 
 
-def _new_version(harness: Harness, job_id: str, version: int, **changes: object) -> str:
-    """Write version ``version`` of the job with ``changes`` and make it the live configuration."""
-    version_id = new_version_id()
+def _new_version(harness: Harness, job_id: str, **changes: object) -> int:
+    """Write the job's next version with ``changes`` and make it the live configuration; its number."""
     with harness.session_factory() as s:
-        base = s.get(JobVersion, _current_version_id(harness, job_id))
-        assert base is not None
-        config = {**base.config, **changes}
-        s.add(JobVersion(id=version_id, job_id=job_id, version=version, config=config, created_by="apikey:test",
-                         created_at=base.created_at + timedelta(seconds=1)))
+        live = s.get(Job, job_id)
+        assert live is not None
+        factories.bump_version(s, live, **changes)
         s.commit()
-    harness.update_job(job_id, version=version, version_id=version_id, **changes)
-    return version_id
-
-
-def _current_version_id(harness: Harness, job_id: str) -> str:
-    from shared.db.models import Job
-
-    with harness.session_factory() as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        return job.version_id
+        return live.version + 1
 
 
 @pytest.mark.parametrize(("policy", "backwards_compatible", "expected_path", "expected_version"), [
-    ("pin", False, "/v1", 1),
-    ("pin", True, "/v1", 1),
-    ("latest", False, "/v2", 2),
-    ("minor", False, "/v1", 1),
-    ("minor", True, "/v2", 2),
+    ("pin", False, "/v1", "run's"),
+    ("pin", True, "/v1", "run's"),
+    ("latest", False, "/v2", "live"),
+    ("minor", False, "/v1", "run's"),
+    ("minor", True, "/v2", "live"),
 ])
 def test_version_policy_picks_the_execution_settings(harness: Harness, httpserver: HTTPServer, policy: str,
                                                      backwards_compatible: bool, expected_path: str,
-                                                     expected_version: int) -> None:
+                                                     expected_version: str) -> None:
     httpserver.expect_request("/v1").respond_with_data("one")
     httpserver.expect_request("/v2").respond_with_data("two")
     job = harness.job(endpoint_url=httpserver.url_for("/v1"), timeout_secs=30)
     run = harness.run(job)  # created at version 1
-    _new_version(harness, job.id, 2, endpoint_url=httpserver.url_for("/v2"), timeout_secs=31)
+    live = _new_version(harness, job.id, endpoint_url=httpserver.url_for("/v2"), timeout_secs=31)
     harness.update_job(job.id, version_policy=policy, backwards_compatible=backwards_compatible)
     assert harness.handle(run.id).action == "completed"
     assert [r.path for r, _ in httpserver.log] == [expected_path]
     started = harness.events(run.id, "attempt_started")[0].data
-    assert started["job_version"] == expected_version
+    assert started["job_version"] == (1 if expected_version == "run's" else live)
     assert started["endpoint_url"] == httpserver.url_for(expected_path)
     done = harness.get(run.id)
     assert (done.job_version, done.job_version_id) == (1, run.job_version_id)  # never changed

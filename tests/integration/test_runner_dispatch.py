@@ -13,10 +13,14 @@ from werkzeug import Request, Response
 from shared.clock import utcnow
 from shared.limits.limiter import LimitRequest
 from shared.redis_keys import run_cancel
-from shared.runs.transitions import Effects, RunStatus, transition
+from shared.runs.effects import Effects
+from shared.runs.moves import move
+from shared.runs.status import RunStatus
 from shared.schedules.cron import next_open_minute, parse_cron
-from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
+from tests.integration.runner_harness import EVERY_START_VARIANT, Harness
 from tests.integration.servers import RawServer, never_answer
+
+pytestmark = EVERY_START_VARIANT
 
 
 def test_claims_follow_priority_then_queue_order(harness: Harness, httpserver: HTTPServer) -> None:
@@ -166,7 +170,7 @@ def test_rate_limit_redelays_until_the_window_has_room(harness: Harness, httpser
 
 def _cancel(harness: Harness, run_id: str, *, flag: bool) -> None:
     with harness.session_factory() as s:
-        assert transition(s, run_id, RunStatus.CANCELED, now=utcnow(), effects=Effects(),
+        assert move(s, run_id, RunStatus.CANCELED, now=utcnow(), effects=Effects(),
                           values={"error": "canceled", "error_class": None}) is not None
         s.commit()
     if flag:

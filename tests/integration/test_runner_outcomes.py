@@ -9,8 +9,10 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
+from tests.integration.runner_harness import EVERY_START_VARIANT, Harness
 from tests.integration.servers import RawServer, close_without_answer, closed_port, never_answer
+
+pytestmark = EVERY_START_VARIANT
 
 TRACE_KEYS = {"queue_wait_ms", "dequeue_ms", "connect_ms", "ttfb_ms", "transfer_ms", "dispatch_ms", "total_ms"}
 

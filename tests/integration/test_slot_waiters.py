@@ -31,8 +31,8 @@ from shared.limits.waiters import (
 from shared.messages import ready_messages
 from shared.runs.actions import CancelResult, cancel_run, signal_canceled
 from shared.runs.commit import commit_and_apply
-from shared.runs.transitions import Effects
-from tests.integration.runner_harness import Harness, harness_fixture  # noqa: F401  (fixture)
+from shared.runs.effects import Effects
+from tests.integration.runner_harness import Harness
 
 T0 = 1_700_000_000_000
 

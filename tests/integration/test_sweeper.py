@@ -11,11 +11,12 @@ import pytest
 import sqlalchemy as sa
 
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop, default_tasks
-from scheduler.sweeps import EXPIRED_ERROR, expire_unstarted, message_deficit, promote_due_delayed
+from scheduler.sweeps import expire_unstarted, message_deficit, promote_due_delayed
 from shared.clock import utcnow
 from shared.db.models import Run, RunEvent
 from shared.messages import make_broker
-from shared.runs.transitions import Effects
+from shared.runs.effects import Effects
+from shared.runs.transitions import EXPIRED_ERROR
 from tests.factories import make_dependency, make_job, make_run
 
 MSGS = "dramatiq:sluice.runs.msgs"
@@ -162,14 +163,19 @@ def test_scheduler_process_stops_on_sigterm(settings):
     import subprocess
     import sys
 
-    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+           "SLUICE_METRICS_PORT": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli.main", "scheduler"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert proc.stderr is not None
+        for line in proc.stderr:  # started: its signal handlers are in place
+            if "scheduler started" in line:
+                break
+        else:
+            raise AssertionError(f"the scheduler exited before starting: {proc.wait()}")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from shared.db.models import Run, RunEvent
 from shared.runs.creation import create_cron_run
-from shared.runs.transitions import Effects
+from shared.runs.effects import Effects
 from tests.factories import make_dependency, make_job
 
 

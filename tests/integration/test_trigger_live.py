@@ -12,8 +12,9 @@ from werkzeug.serving import make_server
 
 from shared.clock import utcnow
 from shared.db.models import Run
-from shared.dependencies.gating import release_dependents
-from shared.runs.transitions import Effects, RunStatus, transition
+from shared.runs.effects import Effects
+from shared.runs.moves import move, release_dependents
+from shared.runs.status import RunStatus
 from tests.factories import make_dependency, make_job, make_run
 
 CONCURRENCY = 20
@@ -99,7 +100,7 @@ def test_no_lost_wakeup_when_upstream_finishes_during_creation(base_url, auth, s
 
     def finish(run_id: str) -> None:
         with session_factory() as s:
-            transition(s, run_id, RunStatus.COMPLETED, now=utcnow(), effects=Effects())
+            move(s, run_id, RunStatus.COMPLETED, now=utcnow(), effects=Effects())
             s.commit()
 
     barrier = threading.Barrier(2 * PAIRS)

@@ -28,7 +28,9 @@ from shared.clock import format_ts, utcnow
 from shared.db.models import Job, Run, RunEvent, WebhookDelivery
 from shared.messages import WEBHOOK_QUEUE, make_broker, pending_messages
 from shared.runs.commit import commit_and_apply
-from shared.runs.transitions import Effects, RunStatus, transition
+from shared.runs.effects import Effects
+from shared.runs.moves import move
+from shared.runs.status import RunStatus
 from shared.runs.view import run_to_dict
 from tests.factories import make_job, make_run
 from worker.http import user_agent
@@ -82,7 +84,7 @@ def finish_run(session, url: str | None, *, status: str = "completed", secret: s
         run = make_run(session, job, status="executing", attempt=1, started_at=now, heartbeat_at=now, now=now)
     values = {"result": result} if status == "completed" else {"error": f"why it is {status}"}
     effects = Effects()
-    assert transition(session, run.id, RunStatus(status), now=now, effects=effects, values=values) is not None
+    assert move(session, run.id, RunStatus(status), now=now, effects=effects, values=values) is not None
     session.commit()
     return run.id, effects
 

@@ -15,7 +15,7 @@ from shared.jobs.config import (
     normalise_fields,
     normalise_value,
 )
-from shared.jobs.health import health_score, parse_window, percentile
+from shared.jobs.health import health_score, parse_window
 from shared.jobs.rules import check_config, check_payload_schema
 
 
@@ -123,13 +123,6 @@ def test_url_check_only_on_requested_fields():
     check_config(config, allow_private=True, url_fields=[])
     with pytest.raises(BadRequest):
         check_config(config, allow_private=True)
-
-
-def test_percentile_matches_percentile_cont():
-    assert percentile([], 0.95) == 0
-    assert percentile([5.0], 0.95) == 5.0
-    assert percentile([1, 2, 3, 4, 10], 0.95) == pytest.approx(8.8)
-    assert percentile([10, 1, 2], 0.5) == 2
 
 
 def test_health_score_formula():

@@ -3,7 +3,7 @@
 Every INSERT into ``runs`` (the trigger hot path) writes one entry per index. Three indexes only ever
 serve lookups of a non-NULL value — idempotency keys (§4.3), batch ids and finished runs (the health
 window, §8) — yet indexed every run. As partial indexes (``… IS NOT NULL``) a plain run skips them;
-every query that uses them compares the column with a value, which PostgreSQL and SQLite both accept
+every query that uses them compares the column with a value, which PostgreSQL accepts
 as proof of the predicate.
 
 Revision ID: 0002
@@ -29,8 +29,7 @@ def upgrade() -> None:
     with op.batch_alter_table('runs', schema=None) as batch_op:
         for name, columns, predicate in _PARTIAL:
             batch_op.drop_index(name)
-            batch_op.create_index(name, columns, unique=False, postgresql_where=sa.text(predicate),
-                                  sqlite_where=sa.text(predicate))
+            batch_op.create_index(name, columns, unique=False, postgresql_where=sa.text(predicate))
 
 
 def downgrade() -> None:

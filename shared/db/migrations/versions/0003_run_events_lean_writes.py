@@ -19,34 +19,15 @@ down_revision = '0002'
 branch_labels = None
 depends_on = None
 
-# SQLite's constraints from 0001 are unnamed: batch mode names them by this convention to drop them.
-_SQLITE_NAMES = {"fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s", "pk": "pk_%(table_name)s"}
-
-
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.drop_constraint("run_events_run_id_fkey", "run_events", type_="foreignkey")
-        op.drop_index("ix_run_events_run_created", table_name="run_events")
-        op.drop_constraint("run_events_pkey", "run_events", type_="primary")
-        op.create_primary_key("run_events_pkey", "run_events", ["run_id", "created_at", "id"])
-        return
-    with op.batch_alter_table("run_events", recreate="always", naming_convention=_SQLITE_NAMES) as batch_op:
-        batch_op.drop_constraint("fk_run_events_run_id_runs", type_="foreignkey")
-        batch_op.drop_index("ix_run_events_run_created")
-        batch_op.drop_constraint("pk_run_events", type_="primary")
-        batch_op.create_primary_key("pk_run_events", ["run_id", "created_at", "id"])
+    op.drop_constraint("run_events_run_id_fkey", "run_events", type_="foreignkey")
+    op.drop_index("ix_run_events_run_created", table_name="run_events")
+    op.drop_constraint("run_events_pkey", "run_events", type_="primary")
+    op.create_primary_key("run_events_pkey", "run_events", ["run_id", "created_at", "id"])
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.drop_constraint("run_events_pkey", "run_events", type_="primary")
-        op.create_primary_key("run_events_pkey", "run_events", ["id"])
-        op.create_index("ix_run_events_run_created", "run_events", ["run_id", "created_at", "id"])
-        op.create_foreign_key("run_events_run_id_fkey", "run_events", "runs", ["run_id"], ["id"],
-                              ondelete="CASCADE")
-        return
-    with op.batch_alter_table("run_events", recreate="always", naming_convention=_SQLITE_NAMES) as batch_op:
-        batch_op.drop_constraint("pk_run_events", type_="primary")
-        batch_op.create_primary_key("pk_run_events", ["id"])
-        batch_op.create_index("ix_run_events_run_created", ["run_id", "created_at", "id"])
-        batch_op.create_foreign_key("fk_run_events_run_id_runs", "runs", ["run_id"], ["id"], ondelete="CASCADE")
+    op.drop_constraint("run_events_pkey", "run_events", type_="primary")
+    op.create_primary_key("run_events_pkey", "run_events", ["id"])
+    op.create_index("ix_run_events_run_created", "run_events", ["run_id", "created_at", "id"])
+    op.create_foreign_key("run_events_run_id_fkey", "run_events", "runs", ["run_id"], ["id"], ondelete="CASCADE")

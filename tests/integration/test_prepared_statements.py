@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg2
 import pytest
 import redis as redis_lib
 import sqlalchemy as sa
@@ -14,11 +15,12 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import RunEvent, WebhookDelivery
-from shared.db.prepared import enable_prepared_statements
+from shared.db.prepared import HotStatement, enable_prepared_statements, execute_hot
 from shared.runs.attempts import AttemptEnd, RetryPolicy, finish_attempt
+from shared.runs.effects import Effects
 from shared.runs.retries import SUCCESS, Outcome
-from shared.runs.transitions import Effects
 from tests.integration.runner_harness import Harness, make_harness
+from worker.connection import ThreadConnection
 from worker.main import steer_claim_plans
 
 
@@ -88,3 +90,42 @@ def test_late_outcome_writes_nothing(prepared_harness: Harness) -> None:
     got = prepared_harness.get(run.id)
     assert (got.status, got.attempt, got.finished_at) == ("executing", 2, None)
     assert prepared_harness.events(run.id) == []
+
+
+_PROBE = HotStatement.build("sluice_probe_statement", "SELECT count(*) FROM runs WHERE status = :status")
+
+
+def test_every_path_shares_one_registry_of_prepared_statements(db_engine: Engine) -> None:
+    """A statement prepared by the session path is not prepared again by a worker thread's connection on
+    the same pooled connection, and the other way round (PostgreSQL refuses a second PREPARE of a name)."""
+    engine = make_engine(db_engine.url.render_as_string(hide_password=False), pool_size=1, pre_ping=False)
+    enable_prepared_statements(engine)
+    try:
+        with engine.connect() as connection:  # the session path prepares it first
+            assert execute_hot(connection, _PROBE, {"status": "queued"}).scalar() == 0
+        thread_connection = ThreadConnection(engine)  # the pool's one connection, now held by a thread
+        assert thread_connection.first(_PROBE, {"status": "queued"}) == (0,)
+        thread_connection.close()
+        with engine.connect() as connection:
+            assert execute_hot(connection, _PROBE, {"status": "delayed"}).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_dropped_connection_is_replaced_and_its_statements_prepared_again(db_engine: Engine) -> None:
+    engine = make_engine(db_engine.url.render_as_string(hide_password=False), pool_size=1, pre_ping=False)
+    enable_prepared_statements(engine)
+    thread_connection = ThreadConnection(engine)
+    try:
+        assert thread_connection.first(_PROBE, {"status": "queued"}) == (0,)
+        [pid] = thread_connection.first(HotStatement.build("sluice_probe_pid", "SELECT pg_backend_pid()"), {}) or ()
+        with db_engine.connect() as admin:
+            admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(psycopg2.OperationalError):  # the server dropped it
+            thread_connection.first(_PROBE, {"status": "queued"})
+        assert thread_connection.first(_PROBE, {"status": "queued"}) == (0,)  # a fresh connection, prepared anew
+        thread_connection.close()
+        with engine.connect() as connection:  # and the pool's paths agree with it
+            assert execute_hot(connection, _PROBE, {"status": "queued"}).scalar() == 0
+    finally:
+        engine.dispose()

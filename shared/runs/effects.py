@@ -1,0 +1,49 @@
+"""After-commit work a unit of work gathers: runs to enqueue, webhook deliveries to send, freed slots.
+
+Enqueueing happens only after the commit, so a worker never sees a message for a row it cannot read
+yet. A failed enqueue never fails the caller: the run is safely ``queued`` in PostgreSQL and the
+scheduler's sweep re-creates its message.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from shared.messages import enqueue_runs, enqueue_webhooks
+
+log = logging.getLogger("sluice.effects")
+
+Slot = tuple[str, str | None]  # (job id, concurrency key or None): what a released lease frees
+
+
+@dataclass
+class Effects:
+    """Run ids to enqueue, webhook deliveries to send and slots freed, gathered until the commit."""
+
+    enqueue: list[str] = field(default_factory=list)
+    webhooks: list[str] = field(default_factory=list)
+    wake_slots: list[Slot] = field(default_factory=list)  # handed to waiting runs (shared.limits.waiters)
+    # A forced job delete cancels runs without webhooks.
+    suppress_webhooks: bool = False
+
+
+def apply_after_commit(effects: Effects, broker: Any) -> None:
+    """Enqueue the runs and webhook deliveries ``effects`` gathered; never raises for Redis errors."""
+    if effects.enqueue:
+        try:
+            enqueue_runs(broker, effects.enqueue)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("enqueue failed; the sweeper will re-enqueue", extra={
+                "runs": len(effects.enqueue), "error": type(exc).__name__})
+    if effects.webhooks:
+        try:
+            enqueue_webhooks(broker, effects.webhooks)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("webhook enqueue failed; the sweeper will retry", extra={
+                "deliveries": len(effects.webhooks), "error": type(exc).__name__})
+    effects.enqueue.clear()
+    effects.webhooks.clear()

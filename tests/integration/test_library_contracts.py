@@ -1,0 +1,193 @@
+"""Contracts with dramatiq and redis-py: each test fails if an installed version changes an internal Sluice uses.
+
+Sluice relies on dramatiq's Redis key layout and consumer class (``shared.messages``) and on redis-py's
+connection interface (``shared.limits.thread_scripts``). The version pins in ``pyproject.toml`` allow only
+the majors these tests ran on; run them before widening a pin.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import dramatiq
+import pytest
+import redis as redis_lib
+from dramatiq.brokers.redis import RedisBroker
+
+from shared.limits.thread_scripts import LuaScript, ThreadScripts
+from shared.messages import BatchedAckConsumer, SluiceBroker, enqueue_many, pending_messages, ready_messages
+from tests.conftest import redis_url
+
+QUEUE = "test.contract"
+MAINTENANCE_ALWAYS = 1_000_000  # dramatiq's maintenance_chance scale: every dispatch call does maintenance
+
+
+def _declared(broker: RedisBroker) -> RedisBroker:
+    broker.declare_queue(QUEUE)
+    return broker
+
+
+def _wait_until(condition: Any, secs: float = 10.0) -> bool:
+    deadline = time.monotonic() + secs
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+# --- dramatiq ----------------------------------------------------------------------------------------------
+
+def test_enqueue_many_writes_messages_a_stock_dramatiq_worker_runs_and_acks(redis_client: redis_lib.Redis) -> None:
+    broker = _declared(RedisBroker(client=redis_client))
+    seen: list[str] = []
+    dramatiq.actor(broker=broker, actor_name="collect", queue_name=QUEUE)(seen.append)
+    assert enqueue_many(broker, QUEUE, "collect", [str(i) for i in range(20)]) == 20
+    assert (ready_messages(broker, QUEUE), pending_messages(broker, QUEUE)) == (20, 20)
+    worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=2, worker_timeout=10)
+    worker.start()
+    try:
+        assert _wait_until(lambda: len(seen) == 20 and pending_messages(broker, QUEUE) == 0)
+    finally:
+        worker.stop()
+    assert sorted(seen, key=int) == [str(i) for i in range(20)]
+    assert ready_messages(broker, QUEUE) == 0
+
+
+def _state(client: redis_lib.Redis, broker: RedisBroker, arg_of: dict[bytes, str]) -> dict[str, Any]:
+    """Every key of ``broker``'s namespace, with names and message ids replaced by stable ones."""
+    def name(key: bytes) -> str:
+        return key.decode().replace(broker.namespace, "NS").replace(broker.broker_id, "BROKER")
+
+    state: dict[str, Any] = {}
+    for key in client.scan_iter(match=f"{broker.namespace}:*"):
+        kind = client.type(key).decode()
+        if kind == "list":
+            state[name(key)] = [arg_of[i] for i in client.lrange(key, 0, -1)]
+        elif kind == "hash":
+            state[name(key)] = sorted(arg_of[i] for i in client.hkeys(key))
+        elif kind == "set":
+            state[name(key)] = sorted(arg_of[i] for i in client.smembers(key))
+        else:  # the heartbeats: members only (scores are clock readings)
+            state[name(key)] = sorted(m.decode().replace(broker.broker_id, "BROKER")
+                                      for m in client.zrange(key, 0, -1))
+    return state
+
+
+def test_batched_acks_leave_the_state_stock_acks_leave(redis_client: redis_lib.Redis) -> None:
+    states = []
+    for broker in (RedisBroker(client=redis_client, namespace="stock"),
+                   SluiceBroker(client=redis_client, namespace="batched")):
+        _declared(broker)
+        enqueue_many(broker, QUEUE, "noop", [str(i) for i in range(8)])
+        consumer = broker.consume(QUEUE, prefetch=6, timeout=10)
+        fetched = [next(consumer) for _ in range(6)]
+        for message in fetched[:4]:
+            consumer.ack(message)
+        consumer.close()
+        arg_of = {m.options["redis_message_id"].encode(): m.args[0] for m in fetched}
+        arg_of.update({i: dramatiq.Message.decode(data).args[0]
+                       for i, data in redis_client.hgetall(f"{broker.namespace}:{QUEUE}.msgs").items()})
+        states.append(_state(redis_client, broker, arg_of))
+    stock, batched = states
+    assert batched == stock
+    assert stock["NS:test.contract"] == ["6", "7"] and stock["NS:__acks__.BROKER.test.contract"] == ["4", "5"]
+
+
+def test_a_dramatiq_worker_consumes_through_consumer_class_and_no_delay_queue(redis_client: redis_lib.Redis) -> None:
+    broker = _declared(SluiceBroker(client=redis_client))
+    assert broker.get_declared_queues() == {QUEUE} and broker.get_declared_delay_queues() == set()
+    dramatiq.actor(broker=broker, actor_name="noop", queue_name=QUEUE)(lambda _value: None)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=10)
+    worker.start()
+    try:
+        assert _wait_until(lambda: all(t.consumer is not None for t in worker.consumers.values()))
+        assert {name: type(t.consumer) for name, t in worker.consumers.items()} == {QUEUE: BatchedAckConsumer}
+    finally:
+        worker.stop()
+
+
+def test_a_dead_workers_unacked_messages_are_requeued_with_batched_acks(redis_client: redis_lib.Redis) -> None:
+    dead = _declared(SluiceBroker(client=redis_client))
+    enqueue_many(dead, QUEUE, "noop", [str(i) for i in range(5)])
+    consumer = dead.consume(QUEUE, prefetch=5, timeout=10)
+    fetched = [next(consumer) for _ in range(5)]
+    for message in fetched[:2]:
+        consumer.ack(message)
+    consumer.flush_acks()  # its last heartbeat; then the process "dies" with three messages unacknowledged
+    assert (pending_messages(dead, QUEUE), ready_messages(dead, QUEUE)) == (3, 0)
+
+    time.sleep(0.2)
+    alive = _declared(SluiceBroker(client=redis_client, heartbeat_timeout=100, maintenance_chance=MAINTENANCE_ALWAYS))
+    survivor = alive.consume(QUEUE, prefetch=5, timeout=10)
+    requeued = [next(survivor) for _ in range(3)]
+    assert sorted(m.args[0] for m in requeued) == ["2", "3", "4"]
+    assert redis_client.zscore("dramatiq:__heartbeats__", dead.broker_id) is None
+
+
+# --- redis-py ----------------------------------------------------------------------------------------------
+
+def _script(body: str) -> LuaScript:
+    """A script no Redis has cached yet (a unique comment), so its first EVALSHA meets NOSCRIPT."""
+    return LuaScript(f"-- {uuid.uuid4()}\n{body}")
+
+
+def _connections(client: redis_lib.Redis, name: str) -> list[dict[str, Any]]:
+    return [c for c in client.client_list() if c.get("name") == name]
+
+
+REPLIES = ("return {1, 'two', {3, 'four'}, redis.status_reply('OK')}", "return 7", "return 'bytes'", "return nil")
+
+
+@pytest.mark.parametrize("body", REPLIES)
+def test_thread_scripts_parse_replies_like_the_client(redis_client: redis_lib.Redis, body: str) -> None:
+    script = _script(body)
+    assert ThreadScripts(redis_client).run(script, [], []) == redis_client.eval(script.text, 0)
+
+
+def test_thread_scripts_use_the_clients_settings_and_evalsha_after_noscript(redis_client: redis_lib.Redis) -> None:
+    name = f"contract-{uuid.uuid4().hex[:8]}"
+    client = redis_lib.Redis.from_url(redis_url(), client_name=name)
+    scripts, script = ThreadScripts(client), _script("redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1]")
+    assert scripts.run(script, ["contract:key"], ["first"]) == b"first"  # NOSCRIPT, then EVAL
+    assert redis_client.get("contract:key") == b"first"  # the client's database
+    assert redis_client.script_exists(script.sha) == [True]
+    assert scripts.run(script, ["contract:key"], [2]) == b"2"
+    [connection] = _connections(redis_client, name)  # the client's name: its connection options were used
+    assert connection["cmd"] == "evalsha"
+    client.close()
+
+
+def test_thread_scripts_keep_one_connection_per_thread(redis_client: redis_lib.Redis) -> None:
+    name = f"contract-{uuid.uuid4().hex[:8]}"
+    scripts, script = ThreadScripts(redis_lib.Redis.from_url(redis_url(), client_name=name)), _script("return 1")
+    counts: list[int] = []
+
+    def run_three() -> None:
+        for _ in range(3):
+            scripts.run(script, [], [])
+        counts.append(len(_connections(redis_client, name)))
+
+    run_three()
+    other = threading.Thread(target=run_three)
+    other.start()
+    other.join()
+    assert counts == [1, 2]
+    assert _wait_until(lambda: len(_connections(redis_client, name)) == 1)  # a finished thread's is closed
+
+
+def test_thread_scripts_raise_errors_and_reconnect(redis_client: redis_lib.Redis) -> None:
+    name = f"contract-{uuid.uuid4().hex[:8]}"
+    scripts = ThreadScripts(redis_lib.Redis.from_url(redis_url(), client_name=name))
+    with pytest.raises(redis_lib.exceptions.ResponseError, match="boom"):
+        scripts.run(_script("return redis.error_reply('boom')"), [], [])
+    ok = _script("return 1")
+    assert scripts.run(ok, [], []) == 1
+    [connection] = _connections(redis_client, name)
+    redis_client.client_kill_filter(_id=connection["id"])  # as a Redis restart or an idle timeout would
+    with pytest.raises((redis_lib.exceptions.ConnectionError, OSError)):
+        scripts.run(ok, [], [])
+    assert scripts.run(ok, [], []) == 1

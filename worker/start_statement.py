@@ -1,0 +1,118 @@
+"""The one statement that picks a run and starts its attempt, built from the admission rules and the
+transition table::
+
+    WITH hinted AS (<:hint, if it may go now and no ready run has a higher priority> FOR UPDATE OF r),
+         best   AS (<the best ready run, if :best> LIMIT 1 FOR UPDATE OF r SKIP LOCKED),
+         picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM best LIMIT 1),
+         moved  AS (UPDATE runs SET <queued → executing, from the table> FROM picked
+                    WHERE picked.startable AND (NOT picked.limited OR :in_transaction) …),
+         logged AS (INSERT INTO run_events <[delayed → queued,] queued → executing, attempt_started>)
+    SELECT <the run and what its attempt needs>, moved.attempt, … FROM picked LEFT JOIN moved …
+
+Which run (``:hint``, ``:best``, ``:wake``):
+
+- a message's run: ``:hint`` names it; it is picked when it is ready (``queued``, not held, job enabled)
+  and no ready run has a higher priority — an index range that is empty in the common case — else the
+  best ready run (highest ``priority``, then the earliest ``queued_at``, then id) when ``:best``. Messages
+  are interchangeable wake-up tokens: every message claims something while anything is claimable.
+- a slot waiter (``worker.handoff``): ``:hint`` names it and ``:wake`` lets it be ``delayed`` too, once its
+  retry back-off (``next_retry_at``) is over; it is woken (``delayed → queued``, message ``slot released``)
+  and started in the same statement. Never ahead of a ready run of higher priority.
+
+Whether it starts: every rule of ``shared.runs.admission`` holds in SQL (``startable``); a run of a job
+with a limit that applies (``limited``) is started only inside a transaction (``:in_transaction``), which
+the limit script's answer commits or rolls back (``worker.start``). A run that is picked but not started
+comes back unstarted (``attempt`` NULL) with its candidate fields, for the rules in Python to say why;
+``:window_open_id`` and ``:settings_checked_id`` name the run whose window or version snapshot Python has
+just checked, when the statement is sent again for it (``:snapshot_version`` and ``:snapshot_endpoint`` are
+then what its ``attempt_started`` event records).
+
+``SKIP LOCKED`` on the best run and the conditional update mean a duplicate message never starts a second
+attempt; the hinted run is locked blocking: whoever holds it (a start deciding on its limits) holds it
+only for a moment, and the run is then re-checked as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from shared.db.prepared import HotStatement
+from shared.egress.addresses import USERINFO_PATTERN
+from shared.runs.admission import FIELDS, UNLIMITED, startable_sql
+from shared.runs.status import RunStatus
+from shared.runs.transitions import MARKER, set_clause, set_clause_through, state_change_event
+
+S = RunStatus
+NOW = "CAST(:now AS timestamptz)"
+# What the attempt needs, in this order in every row (``worker.start.Picked``).
+ATTEMPT_COLUMNS = ("id", "status", "job_id", "payload", "concurrency_key", "debug_mode", "max_attempts_override",
+                   "timeout_secs_override", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts",
+                   "retry_strategy", "retry_delays_secs", "version", "version_id", "webhook_secret")
+_RUN_COLUMNS = {"id", "status", "job_id", "payload", "concurrency_key", "debug_mode", "max_attempts_override",
+                "timeout_secs_override", "queued_at", "priority", "metadata", "tags"} | {
+    name for name, sql in FIELDS.items() if sql.startswith("r.")}
+_JOB_COLUMNS = {"timezone", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts", "retry_strategy",
+                "retry_delays_secs", "version", "version_id", "webhook_secret"} | {
+    name for name, sql in FIELDS.items() if sql.startswith("j.")}
+_SELECTED = ", ".join([f"r.{c}" for c in sorted(_RUN_COLUMNS)]
+                      + [f"j.{c}" for c in sorted(_JOB_COLUMNS - _RUN_COLUMNS)])
+_READY = "r.held_at IS NULL AND j.enabled IS true"
+# "status is queued" for a row looked up by id, written so the planner does not take the partial ready index
+# (it holds id as its last column) and filter the whole ready set for the id instead of one key lookup.
+_BY_ID = (f"((r.status = 'queued') IS TRUE OR (CAST(:wake AS boolean) AND (r.status = 'delayed') IS TRUE "
+          f"AND (r.next_retry_at IS NULL OR r.next_retry_at <= {NOW})))")
+_PICK = (f"SELECT {_SELECTED}, {startable_sql()} AS startable, NOT {UNLIMITED.sql} AS limited "
+         "FROM runs r JOIN jobs j ON j.id = r.job_id")
+_STRIP_USERINFO = f"regexp_replace({{url}}, '{USERINFO_PATTERN}', '\\1//')"
+_SETTINGS_CHECKED = "picked.id = :settings_checked_id"
+# A run whose snapshot settings Python checked records the snapshot's version and endpoint in attempt_started.
+_EVENT_VERSION = f"CASE WHEN {_SETTINGS_CHECKED} THEN :snapshot_version ELSE picked.version END"
+_EVENT_ENDPOINT = f"CASE WHEN {_SETTINGS_CHECKED} THEN :snapshot_endpoint ELSE picked.endpoint_url END"
+_CANDIDATE = "json_build_object(" + ", ".join(f"'{name}', picked.{name}" for name in (*FIELDS, "timezone")) + ")"
+_LIMITS = ("json_build_array(picked.attempt, picked.priority, picked.metadata, picked.tags, picked.max_concurrency, "
+           "picked.max_concurrency_per_key, picked.rate_limit_max, picked.rate_limit_window_secs, "
+           "picked.rate_limit_keys)")
+
+SQL = f"""{MARKER}
+WITH hinted AS (
+    {_PICK}
+    WHERE r.id = :hint AND {_BY_ID} AND {_READY}
+      -- OFFSET 0 keeps this a correlated subquery: an index range "priority > this run's", empty in the
+      -- common case. As an anti-join the planner may scan the whole ready set for it.
+      AND NOT EXISTS (SELECT 1 FROM runs b JOIN jobs bj ON bj.id = b.job_id
+                      WHERE b.status = 'queued' AND b.priority > r.priority AND b.held_at IS NULL
+                        AND bj.enabled IS true OFFSET 0)
+    FOR UPDATE OF r
+), best AS (
+    {_PICK}
+    WHERE r.status = 'queued' AND {_READY} AND CAST(:best AS boolean)
+    ORDER BY r.priority DESC, r.queued_at, r.id
+    LIMIT 1
+    FOR UPDATE OF r SKIP LOCKED
+), picked AS (
+    SELECT * FROM hinted UNION ALL SELECT * FROM best LIMIT 1
+), moved AS (
+    UPDATE runs SET {set_clause(S.EXECUTING, ())},
+                    {set_clause_through(S.QUEUED, S.EXECUTING, "picked.status = 'delayed'")}
+    FROM picked WHERE runs.id = picked.id AND runs.status = picked.status AND picked.startable
+      AND (NOT picked.limited OR CAST(:in_transaction AS boolean))
+    RETURNING runs.id, runs.attempt, runs.queued_at
+), logged AS (
+    INSERT INTO run_events (id, run_id, type, message, data, created_at)
+    {state_change_event(":e0_id", "moved.id", "'delayed'", S.QUEUED, ":wake_message")}
+        FROM moved JOIN picked ON picked.id = moved.id WHERE picked.status = 'delayed'
+    UNION ALL
+    {state_change_event(":e1_id", "moved.id", "'queued'", S.EXECUTING)} FROM moved
+    UNION ALL
+    SELECT :e2_id, moved.id, 'attempt_started', NULL,
+           jsonb_build_object('attempt', moved.attempt, 'job_version', {_EVENT_VERSION},
+                              'endpoint_url', {_STRIP_USERINFO.format(url=_EVENT_ENDPOINT)}),
+           {NOW} FROM moved JOIN picked ON picked.id = moved.id
+)
+SELECT {", ".join(f"picked.{c}" for c in ATTEMPT_COLUMNS)}, moved.attempt, COALESCE(moved.queued_at, picked.queued_at),
+       picked.limited, CASE WHEN picked.limited THEN {_LIMITS} END,
+       CASE WHEN NOT picked.startable THEN {_CANDIDATE} END
+FROM picked LEFT JOIN moved ON moved.id = picked.id
+"""
+
+START = HotStatement.build(f"sluice_move_start_{hashlib.sha1(SQL.encode()).hexdigest()[:12]}", SQL)
