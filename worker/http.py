@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeAlias
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from typing import Protocol, TypeAlias, cast
+from urllib.parse import SplitResult, urlsplit
 
 import requests
+from requests.utils import requote_uri
+from urllib3 import BaseHTTPResponse
 from urllib3.exceptions import ConnectTimeoutError
 
 from shared.config import Settings
@@ -45,7 +47,7 @@ from shared.runs.retries import (
     parse_retry_after,
 )
 from worker.failures import TIMED_OUT, Failure, describe
-from worker.transport import Exchange, PinnedAdapter, exchange_scope, trust_store
+from worker.transport import Exchange, PinnedAdapter, bind, trust_store, unbind
 from worker.watchdog import POLL_SECS, CallAborted, DeadlinePassed, Guard, Watchdog
 
 __all__ = ["CallAborted", "CallResult", "CallTimings", "HttpClient", "PostFunction", "Resolver", "post"]
@@ -119,6 +121,7 @@ def _failure(kind: str, error_class: str, reason: str, timings: CallTimings | No
     return CallResult(Outcome(kind, error_class, error), timings=timings or CallTimings())
 
 
+@functools.lru_cache(maxsize=1024)  # a job's hosts repeat
 def _is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -154,39 +157,56 @@ def _resolve_within(resolve: Resolver, url: str, guard: Guard) -> tuple[str, int
 
 
 def _prepare(parts: SplitResult, host: str, port: int, body: bytes,
-             headers: dict[str, str]) -> requests.PreparedRequest:
-    """The POST to send: the checked (IDNA, lowercase) host in the URL and ``Host``; user-info never sent."""
+             headers: dict[str, str]) -> tuple[requests.PreparedRequest, str]:
+    """The POST to send and its request target: the checked (IDNA, lowercase) host in the URL and ``Host``;
+    user-info is never sent.
+
+    Built field by field rather than with ``PreparedRequest.prepare``, whose URL re-parsing, cookie jar and
+    header checks cost more than the rest of a call's Python work: the URL has passed the address policy
+    (no whitespace or control characters), and ``http.client`` still refuses an illegal header.
+    """
     default_port = 443 if parts.scheme.lower() == "https" else 80
     authority = f"[{host}]" if ":" in host else host
     if port != default_port:
         authority = f"{authority}:{port}"
-    sent = {name: value for name, value in headers.items() if name.lower() not in _OWN_HEADERS}
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not target.isascii():
+        target = requote_uri(target)
     request = requests.PreparedRequest()
-    request.prepare(method="POST", url=urlunsplit((parts.scheme.lower(), authority, parts.path or "/",
-                                                   parts.query, "")),
-                    headers={"Host": authority, **sent}, data=body)
-    return request
+    request.method = "POST"
+    request.url = f"{parts.scheme.lower()}://{authority}{target}"
+    request.headers = {"Host": authority, "Content-Length": str(len(body))}  # type: ignore[assignment]
+    request.headers.update((name, value) for name, value in headers.items() if name.lower() not in _OWN_HEADERS)
+    request.body = body
+    return request, target
 
 
-def _read_body(response: requests.Response, max_body: int) -> tuple[bytes, bool]:
+def _read_body(response: BaseHTTPResponse, max_body: int) -> tuple[bytes, bool]:
     """At most ``max_body`` bytes of the body and whether more came; stops reading as soon as it knows."""
-    raw = response.raw
-    if response.status_code < 200:
+    if response.status < 200:
         # A 1xx as the final answer (101 switches protocols): nothing more to read on this connection.
-        response.close()
+        _discard(response)
         return b"", False
-    length = raw.length_remaining  # None when chunked or delimited by the connection closing
+    length = response.length_remaining  # None when chunked or delimited by the connection closing
     limit = max_body if length is not None and length > max_body else max_body + 1
+    # With a Content-Length, stop at it: the read that ends the body also returns the connection to its pool.
+    want = limit if length is None else min(length, limit)
     data = bytearray()
-    while len(data) < limit:
-        chunk = raw.read(min(READ_BYTES, limit - len(data)))
+    while len(data) < want:
+        chunk = response.read(min(READ_BYTES, want - len(data)))
         if not chunk:
             break
         data += chunk
     truncated = len(data) > max_body or (length is not None and length > max_body)
     if truncated:
-        response.close()  # unread bytes remain, so the connection cannot carry another request
+        _discard(response)  # unread bytes remain, so the connection cannot carry another request
     return bytes(data[:max_body]), truncated
+
+
+def _discard(response: BaseHTTPResponse) -> None:
+    """Close the response's connection and give its pool slot back (closed: the next user reconnects)."""
+    response.close()
+    response.release_conn()
 
 
 def _failed(failure: Failure, timeout_secs: int, exchange: Exchange | None) -> CallResult:
@@ -256,11 +276,14 @@ class HttpClient:
             if parts.scheme.lower() not in ("http", "https"):  # the resolver refuses these; never guess
                 return _failure(NON_RETRYABLE, "client", "destination refused by address policy: not http(s)")
             host = host.strip("[]").rstrip(".")
-            request = _prepare(parts, host, port, body, headers)
-            exchange = Exchange(guard, host, port)
-            with exchange_scope(exchange):
+            request, target = _prepare(parts, host, port, body, headers)
+            exchange = Exchange(guard, host, port, target)
+            token = bind(exchange)
+            try:
                 response = self._send(request, exchange, ips, self._proxies.proxy_for(url))
                 content, truncated = _read_body(response, max_body)
+            finally:
+                unbind(token)
             guard.detach()  # the connection may be back in the pool: the watchdog must not touch it now
             done = time.monotonic()
         except CallAborted:
@@ -272,8 +295,8 @@ class HttpClient:
             return _failed(failure, timeout_secs, exchange)
         finally:
             self._watchdog.release(guard)
-        status = response.status_code
-        resp_headers = {name.lower(): value for name, value in response.raw.headers.itermerged()}
+        status = response.status
+        resp_headers = {name.lower(): value for name, value in response.headers.itermerged()}
         kind, error_class = classify_status(status)
         error = None if kind == SUCCESS else _USERINFO.sub(r"\1", http_error_text(status, content))
         retry_after = parse_retry_after(resp_headers.get("retry-after"), now()) if status in (429, 503) else None
@@ -281,7 +304,7 @@ class HttpClient:
                           _timings(exchange, done), retry_after)
 
     def _send(self, request: requests.PreparedRequest, exchange: Exchange, ips: list[str],
-              proxy: str | None) -> requests.Response:
+              proxy: str | None) -> BaseHTTPResponse:
         """Send through the proxy, or to the first checked address that accepts a connection, in order.
 
         Each address gets an equal share of the time left, so one black-holed address cannot starve the
@@ -300,7 +323,7 @@ class HttpClient:
         raise AssertionError("unreachable: the last address re-raises")
 
     def _send_once(self, request: requests.PreparedRequest, exchange: Exchange,
-                   proxies: dict[str, str] | None) -> requests.Response:
+                   proxies: dict[str, str] | None) -> BaseHTTPResponse:
         """One send; again on a fresh connection if a kept-alive one turns out closed by the server.
 
         A server may close an idle connection just as a request goes out on it; nothing came back, so
@@ -309,7 +332,8 @@ class HttpClient:
         """
         while True:
             try:
-                return self._adapter.send(request, stream=True, timeout=exchange.guard.time_left(), proxies=proxies)
+                response = self._adapter.send(request, stream=True, proxies=proxies, timeout=exchange.guard.time_left())
+                return cast(BaseHTTPResponse, response)  # PinnedAdapter.build_response
             except requests.ConnectionError as exc:
                 exchange.guard.raise_if_stopped()
                 failure = describe(exc)

@@ -13,13 +13,12 @@ must watch, and when each phase ended (connect start, established, request sent,
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +43,7 @@ class Exchange:
     guard: Guard
     host: str  # the URL's host name: Host header, SNI, certificate check
     port: int
+    target: str  # the request target: path and query
     address: str | None = None  # the checked IP this try connects to; None through a proxy
     connect_deadline: float = 0.0  # this address's share of the time left
     connect_started: float | None = None  # the first connect of the call (failed addresses included)
@@ -61,13 +61,13 @@ class Exchange:
 _exchange: ContextVar[Exchange] = ContextVar("sluice_exchange")
 
 
-@contextlib.contextmanager
-def exchange_scope(exchange: Exchange) -> Iterator[Exchange]:
-    token = _exchange.set(exchange)
-    try:
-        yield exchange
-    finally:
-        _exchange.reset(token)
+def bind(exchange: Exchange) -> Token[Exchange]:
+    """Make ``exchange`` the calling thread's call in progress, until ``unbind(token)``."""
+    return _exchange.set(exchange)
+
+
+def unbind(token: Token[Exchange]) -> None:
+    _exchange.reset(token)
 
 
 def _current() -> Exchange:
@@ -128,17 +128,19 @@ class _TracedConnection(HTTPConnection):
     response_class = _CompleteHeadResponse
     watch_handle: SocketHandle | None = None
     _fresh = False
+    _body: bytes | None = None  # sent together with the request head
 
     def _new_conn(self) -> socket.socket:
         exchange = _current()
-        pinned = exchange.address is not None
         host = self._dns_host.strip("[]")
-        try:
-            # A pinned pool's host is a checked IP literal: AI_NUMERICHOST guarantees no lookup happens.
-            infos = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_NUMERICHOST if pinned else 0)
-        except socket.gaierror as exc:
-            raise NameResolutionError(self.host, self, exc) from exc
+        if exchange.address is not None:  # a pinned pool's host is the checked IP itself: nothing to look up
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            infos: list[tuple[Any, ...]] = [(family, socket.SOCK_STREAM, 0, "", (host, self.port))]
+        else:  # the proxy's address, from the operator's own configuration
+            try:
+                infos = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                raise NameResolutionError(self.host, self, exc) from exc
         last: OSError = OSError("no address")
         for family, kind, proto, _, address in infos:
             sock = socket.socket(family, kind, proto)
@@ -181,9 +183,20 @@ class _TracedConnection(HTTPConnection):
         if self.watch_handle is not None:
             exchange.guard.attach(self.watch_handle)
         self.timeout = max(0.001, exchange.guard.deadline - time.monotonic())  # the send's socket timeout
-        super().request(method, url, body=body, headers=headers, **kwargs)
+        # urllib3 sends the head and then the body: two packets, two wake-ups of the server. The body (with
+        # its Content-Length already among the headers) goes out with the head instead, in one send.
+        self._body = body
+        try:
+            super().request(method, url, body=None, headers=headers, **kwargs)
+        finally:
+            self._body = None
         self._fresh = False
         exchange.sent = time.monotonic()
+
+    def send(self, data: Any) -> None:
+        if self._body:
+            data, self._body = data + self._body, None
+        super().send(data)
 
     def getresponse(self) -> Any:
         response = super().getresponse()
@@ -252,5 +265,14 @@ class PinnedAdapter(HTTPAdapter):
             return manager.connection_from_host(exchange.host, exchange.port, scheme, pool_kwargs)
         return self.poolmanager.connection_from_host(exchange.address, exchange.port, scheme, pool_kwargs)
 
+    def request_url(self, request: Any, proxies: Mapping[str, str] | None) -> str:
+        exchange = _current()
+        return exchange.target if exchange.address is not None else super().request_url(request, proxies)
+
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
         """Nothing to set per request: every pool verifies with the adapter's TLS context."""
+
+    def build_response(self, req: Any, resp: Any) -> Any:
+        """The urllib3 response itself, its body unread: the client reads at most ``max_body`` bytes of it,
+        and endpoint cookies are never kept (a ``requests.Response`` starts a cookie jar for each call)."""
+        return resp

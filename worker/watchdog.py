@@ -13,10 +13,14 @@ touch a descriptor that was closed and reused elsewhere.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import socket
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger("sluice.worker")
 
 POLL_SECS = 0.25  # how often abort hooks are polled: a cancel is noticed within this (plus the hook's own lag)
 
@@ -99,7 +103,12 @@ class Guard:
             return
         if self._should_abort is not None and now >= self._next_abort_check:
             self._next_abort_check = now + POLL_SECS
-            if self._should_abort():
+            try:
+                aborted = self._should_abort()
+            except Exception:  # a broken hook must not stop the watchdog: the deadline still holds
+                log.exception("abort hook failed; the call continues until its deadline")
+                aborted = False
+            if aborted:
                 self._stop(CallAborted)
                 return
         if now >= self.deadline:
@@ -117,9 +126,10 @@ class Watchdog:
 
     def __init__(self) -> None:
         self._guards: set[Guard] = set()
-        self._wake = threading.Condition()
+        self._wake = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._wakes_at = math.inf  # when the thread looks at the guards next
 
     def watch(self, deadline: float, should_abort: Callable[[], bool] | None) -> Guard:
         guard = Guard(deadline, should_abort)
@@ -128,7 +138,10 @@ class Watchdog:
                 self._thread = threading.Thread(target=self._run, name="sluice-http-watchdog", daemon=True)
                 self._thread.start()
             self._guards.add(guard)
-            self._wake.notify()  # its deadline may be the nearest
+            # Wake the thread only if it would look too late; with calls running it looks every POLL_SECS,
+            # so most calls cost no thread switch.
+            if deadline < self._wakes_at:
+                self._wake.notify()
         return guard
 
     def release(self, guard: Guard) -> None:
@@ -150,4 +163,6 @@ class Watchdog:
                     guard.check(now)
                 running = [g.deadline for g in self._guards if not g.stopped]
                 # Sleep until the nearest deadline or the next abort poll; with no call running, until one starts.
-                self._wake.wait(max(0.0, min(POLL_SECS, min(running) - time.monotonic())) if running else None)
+                sleep = max(0.0, min(POLL_SECS, min(running) - time.monotonic())) if running else None
+                self._wakes_at = math.inf if sleep is None else time.monotonic() + sleep
+                self._wake.wait(sleep)
