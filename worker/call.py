@@ -16,8 +16,9 @@ from typing import Any
 
 from shared.runs.retries import Outcome, combine_fallback
 from shared.webhooks.signing import signature_headers
+from worker.call_result import CallResult
 from worker.debug_events import debug_event
-from worker.http import CallResult, PostFunction, Resolver
+from worker.http import PostFunction, Resolver
 
 
 @dataclass(frozen=True)

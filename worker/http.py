@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import ipaddress
 import math
 import os
-import re
 import ssl
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeAlias, cast
+from typing import Protocol, cast
 from urllib.parse import SplitResult, urlsplit
 
 import requests
@@ -37,29 +33,19 @@ from urllib3.exceptions import ConnectTimeoutError
 from shared.config import Settings
 from shared.egress.addresses import AddressRefused, ResolutionFailed
 from shared.egress.proxies import ProxyRoutes
-from shared.runs.retries import (
-    NON_RETRYABLE,
-    RETRYABLE,
-    SUCCESS,
-    Outcome,
-    classify_status,
-    http_error_text,
-    parse_retry_after,
-)
+from shared.runs.retries import NON_RETRYABLE, RETRYABLE
+from worker.call_result import CallResult, CallTimings, answered_call, failed_call
 from worker.failures import TIMED_OUT, Failure, describe
+from worker.lookup import Resolver, resolve_within
 from worker.transport import Exchange, PinnedAdapter, bind, trust_store, unbind
-from worker.watchdog import POLL_SECS, CallAborted, DeadlinePassed, Guard, Watchdog
+from worker.watchdog import CallAborted, DeadlinePassed, Guard, Watchdog
 
-__all__ = ["CallAborted", "CallResult", "CallTimings", "HttpClient", "PostFunction", "Resolver", "post"]
-
-Resolver: TypeAlias = Callable[[str], tuple[str, int, list[str]]]
-"""``url -> (host, port, checked IPs)``; raises ``AddressRefused`` or ``ResolutionFailed``."""
+__all__ = ["CallAborted", "HttpClient", "PostFunction", "Resolver", "post", "user_agent"]
 
 MAX_BODY = 1 << 20
 READ_BYTES = 64 * 1024
 # Headers the transport owns; a caller's copy would corrupt framing or the Host/SNI pairing.
 _OWN_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@]*@")
 
 
 @functools.cache
@@ -69,32 +55,6 @@ def user_agent() -> str:
         return f"sluice/{importlib.metadata.version('sluice')}"
     except importlib.metadata.PackageNotFoundError:
         return "sluice/0+unknown"
-
-
-@dataclass(frozen=True)
-class CallTimings:
-    """Whole milliseconds per phase (§5.16); ``None`` for a phase that did not complete.
-
-    connect: TCP connect start → TCP (+TLS) established, 0 on a reused connection; ttfb: request fully sent
-    → response head read; transfer: head read → body fully read.
-    """
-
-    connect_ms: int | None = None
-    ttfb_ms: int | None = None
-    transfer_ms: int | None = None
-
-
-@dataclass(frozen=True)
-class CallResult:
-    """What one call produced. ``body`` holds at most ``max_body`` bytes; ``truncated`` says more came."""
-
-    outcome: Outcome
-    status: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)  # names lowercased, repeats joined by ", "
-    body: bytes = b""
-    truncated: bool = False
-    timings: CallTimings = field(default_factory=CallTimings)
-    retry_after_secs: int | None = None  # parsed Retry-After, only on 429 and 503
 
 
 class PostFunction(Protocol):
@@ -114,46 +74,6 @@ def _timings(exchange: Exchange | None, done: float | None = None) -> CallTiming
         return CallTimings()
     connect = 0 if exchange.reused else _ms(exchange.connect_started, exchange.established)
     return CallTimings(connect, _ms(exchange.sent, exchange.head_read), _ms(exchange.head_read, done))
-
-
-def _failure(kind: str, error_class: str, reason: str, timings: CallTimings | None = None) -> CallResult:
-    error = _USERINFO.sub(r"\1", f"{error_class}: {reason}")
-    return CallResult(Outcome(kind, error_class, error), timings=timings or CallTimings())
-
-
-@functools.lru_cache(maxsize=1024)  # a job's hosts repeat
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def _resolve_within(resolve: Resolver, url: str, guard: Guard) -> tuple[str, int, list[str]]:
-    """Run the resolver within the call's deadline.
-
-    ``getaddrinfo`` cannot be interrupted, so a name lookup runs on a daemon thread we stop waiting for at
-    the deadline or on abort. IP literals need no lookup and skip the thread.
-    """
-    if _is_ip_literal(urlsplit(url).hostname or ""):
-        guard.raise_if_stopped()
-        return resolve(url)
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = resolve(url)
-        except BaseException as exc:  # handed to the caller's thread below
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="sluice-resolve", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(min(POLL_SECS, max(0.0, guard.time_left())))
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
 
 
 def _prepare(parts: SplitResult, host: str, port: int, body: bytes,
@@ -211,7 +131,7 @@ def _discard(response: BaseHTTPResponse) -> None:
 
 def _failed(failure: Failure, timeout_secs: int, exchange: Exchange | None) -> CallResult:
     reason = failure.reason if failure.reason is not None else f"no response within {timeout_secs} s"
-    return _failure(failure.kind, failure.error_class, reason, _timings(exchange))
+    return failed_call(failure.kind, failure.error_class, reason, _timings(exchange))
 
 
 def _failure_of(exc: Exception, guard: Guard) -> Failure | None:
@@ -265,16 +185,16 @@ class HttpClient:
         exchange: Exchange | None = None
         try:
             try:
-                host, port, ips = _resolve_within(resolve, url, guard)
+                host, port, ips = resolve_within(resolve, url, guard)
             except AddressRefused as exc:
-                return _failure(NON_RETRYABLE, "client", f"destination refused by address policy: {exc}")
+                return failed_call(NON_RETRYABLE, "client", f"destination refused by address policy: {exc}")
             except ResolutionFailed:
-                return _failure(RETRYABLE, "connection", "DNS resolution failed")
+                return failed_call(RETRYABLE, "connection", "DNS resolution failed")
             parts = urlsplit(url)
             if not ips:
-                return _failure(RETRYABLE, "connection", "DNS resolution failed")
+                return failed_call(RETRYABLE, "connection", "DNS resolution failed")
             if parts.scheme.lower() not in ("http", "https"):  # the resolver refuses these; never guess
-                return _failure(NON_RETRYABLE, "client", "destination refused by address policy: not http(s)")
+                return failed_call(NON_RETRYABLE, "client", "destination refused by address policy: not http(s)")
             host = host.strip("[]").rstrip(".")
             request, target = _prepare(parts, host, port, body, headers)
             exchange = Exchange(guard, host, port, target)
@@ -295,13 +215,8 @@ class HttpClient:
             return _failed(failure, timeout_secs, exchange)
         finally:
             self._watchdog.release(guard)
-        status = response.status
-        resp_headers = {name.lower(): value for name, value in response.headers.itermerged()}
-        kind, error_class = classify_status(status)
-        error = None if kind == SUCCESS else _USERINFO.sub(r"\1", http_error_text(status, content))
-        retry_after = parse_retry_after(resp_headers.get("retry-after"), now()) if status in (429, 503) else None
-        return CallResult(Outcome(kind, error_class, error, status), status, resp_headers, content, truncated,
-                          _timings(exchange, done), retry_after)
+        return answered_call(response.status, dict(response.headers.itermerged()), content, truncated,
+                             _timings(exchange, done), now)
 
     def _send(self, request: requests.PreparedRequest, exchange: Exchange, ips: list[str],
               proxy: str | None) -> BaseHTTPResponse:

@@ -20,7 +20,8 @@ from shared.egress.proxies import ProxyRoutes
 from shared.errors import ConfigError
 from tests.integration import servers
 from tests.integration.servers import RawServer, TunnelProxy
-from worker.http import CallAborted, CallResult, HttpClient, Resolver
+from worker.call_result import CallResult
+from worker.http import CallAborted, HttpClient, Resolver
 from worker.transport import trust_store
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)

@@ -19,7 +19,8 @@ from werkzeug import Request, Response
 from shared.egress.addresses import AddressRefused, ResolutionFailed, resolve_checked
 from tests.integration import servers
 from tests.integration.servers import RawServer
-from worker.http import CallAborted, CallResult, HttpClient, PostFunction, post
+from worker.call_result import CallResult
+from worker.http import CallAborted, HttpClient, PostFunction, post
 from worker.transport import trust_store
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
