@@ -204,7 +204,9 @@ class HttpClient:
                 content, truncated = _read_body(response, max_body)
             finally:
                 unbind(token)
-            guard.detach()  # the connection may be back in the pool: the watchdog must not touch it now
+            stopped_by = guard.detach()  # the connection may be back in the pool: the watchdog must not touch it
+            if stopped_by is not None:
+                raise stopped_by()
             done = time.monotonic()
         except CallAborted:
             raise

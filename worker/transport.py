@@ -126,7 +126,6 @@ class _TracedConnection(HTTPConnection):
     """Connects only where the exchange allows, under the watchdog, and marks each phase."""
 
     response_class = _CompleteHeadResponse
-    watch_handle: SocketHandle | None = None
     _fresh = False
     _body: bytes | None = None  # sent together with the request head
 
@@ -134,6 +133,8 @@ class _TracedConnection(HTTPConnection):
         exchange = _current()
         host = self._dns_host.strip("[]")
         if exchange.address is not None:  # a pinned pool's host is the checked IP itself: nothing to look up
+            if host != exchange.address:
+                raise RuntimeError(f"pool for {host} used for a call pinned to {exchange.address}")
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             infos: list[tuple[Any, ...]] = [(family, socket.SOCK_STREAM, 0, "", (host, self.port))]
         else:  # the proxy's address, from the operator's own configuration
@@ -149,7 +150,6 @@ class _TracedConnection(HTTPConnection):
             try:
                 exchange.guard.raise_if_stopped()
             except BaseException:
-                handle.close()
                 sock.close()
                 raise
             if exchange.connect_started is None:
@@ -161,11 +161,9 @@ class _TracedConnection(HTTPConnection):
                     sock.setsockopt(*option)
                 sock.settimeout(max(0.001, exchange.guard.deadline - time.monotonic()))
             except OSError as exc:
-                handle.close()
                 sock.close()
                 last = exc
                 continue
-            self.watch_handle = handle
             return sock
         if isinstance(last, TimeoutError):
             raise ConnectTimeoutError(self, f"connect to {self.host} timed out") from last
@@ -180,8 +178,8 @@ class _TracedConnection(HTTPConnection):
         exchange = _current()
         exchange.guard.raise_if_stopped()
         exchange.reused = self.sock is not None and not self._fresh
-        if self.watch_handle is not None:
-            exchange.guard.attach(self.watch_handle)
+        if exchange.reused:  # a new connection's socket is watched since _new_conn
+            exchange.guard.attach(SocketHandle(self.sock))
         self.timeout = max(0.001, exchange.guard.deadline - time.monotonic())  # the send's socket timeout
         # urllib3 sends the head and then the body: two packets, two wake-ups of the server. The body (with
         # its Content-Length already among the headers) goes out with the head instead, in one send.
@@ -202,14 +200,6 @@ class _TracedConnection(HTTPConnection):
         response = super().getresponse()
         _current().head_read = time.monotonic()
         return response
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            if self.watch_handle is not None:
-                self.watch_handle.close()
-                self.watch_handle = None
 
 
 class _TracedHTTPSConnection(_TracedConnection, HTTPSConnection):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -34,10 +35,14 @@ class DeadlinePassed(Exception):
 
 
 class SocketHandle:
-    """A duplicate descriptor of one connection's socket that another thread may shut down at any time."""
+    """A duplicate descriptor of one connection's socket that another thread may shut down at any time.
+
+    It lives as long as one call uses the connection (an idle pooled connection holds no duplicate).
+    """
 
     def __init__(self, sock: socket.socket) -> None:
-        self._dup: socket.socket | None = sock.dup()
+        # os.dup, not sock.dup(): an SSLSocket refuses dup(), and the descriptor is all that is needed.
+        self._dup: socket.socket | None = socket.socket(fileno=os.dup(sock.fileno()))
         self._lock = threading.Lock()
 
     def shutdown(self) -> None:
@@ -66,20 +71,24 @@ class Guard:
         self._stopped_by: type[Exception] | None = None
 
     def attach(self, handle: SocketHandle) -> None:
-        """Watch ``handle`` from now on (shut at once if the call was stopped meanwhile)."""
+        """Watch ``handle`` from now on (shut at once if the call was stopped meanwhile); the guard owns it
+        and closes it when another is attached or on ``detach``."""
         with self._lock:
-            self._handle = handle
+            previous, self._handle = self._handle, handle
             if self._stopped_by is not None:
                 handle.shutdown()
+        if previous is not None and previous is not handle:
+            previous.close()
 
-    def detach(self) -> None:
-        """Stop watching the socket (it may go back to the pool); raise if the watchdog stopped the call
-        while it watched, since what was read since may have been cut short."""
+    def detach(self) -> type[Exception] | None:
+        """Stop watching (the connection may go back to its pool) and close the handle. Returns what stopped
+        the call while it was watched, if anything: what was read since may have been cut short."""
         with self._lock:
-            self._handle = None
+            handle, self._handle = self._handle, None
             stopped_by = self._stopped_by
-        if stopped_by is not None:
-            raise stopped_by()
+        if handle is not None:
+            handle.close()
+        return stopped_by
 
     def time_left(self) -> float:
         """Seconds until the deadline; raises ``CallAborted``/``DeadlinePassed`` if the call must stop."""
@@ -147,6 +156,7 @@ class Watchdog:
     def release(self, guard: Guard) -> None:
         with self._wake:
             self._guards.discard(guard)
+        guard.detach()
 
     def close(self) -> None:
         with self._wake:

@@ -4,6 +4,7 @@ call in any phase — against real servers, a real CONNECT proxy and a black-hol
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import ssl
 import threading
@@ -362,3 +363,35 @@ def test_the_watchdog_leaves_a_finished_calls_connection_alone(client: HttpClien
     time.sleep(0.8)  # past the first call's deadline while its connection idles in the pool
     again = call(client, server.url())
     assert (again.outcome.kind, again.timings.connect_ms, server.connections) == ("success", 0, 1)
+
+
+def test_cancel_reaches_a_call_on_a_reused_connection(client: HttpClient, raw: list[RawServer]) -> None:
+    def answer_once_then_hang(conn: socket.socket, server: RawServer) -> None:
+        servers.read_request(conn, server)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        while servers.read_request(conn, server):  # every later request on this connection waits forever
+            server.stopped.wait()
+
+    server = start(raw, answer_once_then_hang)
+    assert call(client, server.url()).outcome.kind == "success"
+    started = time.monotonic()
+    with pytest.raises(CallAborted):
+        call(client, server.url(), timeout=30, should_abort=abort_after(0.3).is_set)
+    assert time.monotonic() - started < 1.3
+    assert server.connections == 1  # the hanging request went out on the kept-alive connection
+
+
+def test_calls_leave_no_descriptors_behind(client: HttpClient, raw: list[RawServer]) -> None:
+    kept, closing = start(raw, servers.keep_alive()), start(raw, servers.respond(b"HTTP/1.1 200 OK\r\n\r\nbye"))
+    refused = f"http://127.0.0.1:{servers.closed_port()}/"
+
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    for url in (kept.url(), closing.url(), refused):  # warm up: one pooled connection per server
+        call(client, url)
+    before = open_descriptors()
+    for _ in range(50):
+        for url in (kept.url(), closing.url(), refused):
+            call(client, url)
+    assert open_descriptors() <= before
