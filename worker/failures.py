@@ -16,7 +16,8 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProxyError, ReadTimeoutError
+from requests import RequestException
+from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, NewConnectionError, ProxyError, ReadTimeoutError
 
 from shared.runs.retries import NON_RETRYABLE, RETRYABLE
 
@@ -67,12 +68,14 @@ def _tls_reason(exc: ssl.SSLError) -> str:
     return "TLS failure: " + detail.replace("_", " ").lower()  # e.g. WRONG_VERSION_NUMBER
 
 
-def _malformed(exc: http.client.HTTPException) -> str:
+def _malformed(exc: http.client.HTTPException | InvalidHeader) -> str:
     if isinstance(exc, http.client.LineTooLong):
         return "response head too large"
     if isinstance(exc, http.client.BadStatusLine):
         return "malformed status line"
-    return str(exc).lower() or "malformed head"
+    if isinstance(exc, http.client.UnknownProtocol):
+        return f"unsupported protocol {exc.args[0]}"
+    return str(exc).lower() or "malformed head"  # e.g. "got more than 100 headers", conflicting Content-Length
 
 
 def _connection_reason(causes: list[BaseException]) -> str | None:
@@ -89,8 +92,9 @@ def _connection_reason(causes: list[BaseException]) -> str | None:
     for cause in causes:
         if isinstance(cause, ConnectionResetError | BrokenPipeError):
             return _RESET
-    for cause in causes:
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError) and str(cause):
+    for cause in reversed(causes):  # innermost first: the wrappers' own texts repeat their causes
+        if (isinstance(cause, OSError) and not isinstance(cause, TimeoutError | RequestException)
+                and str(cause)):
             return str(cause).lower()  # e.g. a proxy's "tunnel connection failed: 403 forbidden"
     return None
 
@@ -108,7 +112,7 @@ def describe(exc: BaseException) -> Failure | None:
     if any(isinstance(c, ReadTimeoutError | TimeoutError) for c in causes):
         return TIMED_OUT
     for cause in causes:
-        if (isinstance(cause, http.client.HTTPException)
+        if (isinstance(cause, http.client.HTTPException | InvalidHeader)
                 and not isinstance(cause, http.client.RemoteDisconnected | http.client.IncompleteRead)):
             return Failure(NON_RETRYABLE, "invalid_response", f"malformed response: {_malformed(cause)}")
     reason = _connection_reason(causes)

@@ -174,6 +174,19 @@ def test_a_status_line_that_is_not_http_is_an_invalid_response(raw: list[RawServ
         "non_retryable", "invalid_response", "invalid_response: malformed response: malformed status line")
 
 
+@pytest.mark.parametrize(("raw_response", "reason"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+     "content-length contained multiple unmatching values (5, 6)"),
+    (b"HTTP/2 200\r\nContent-Length: 2\r\n\r\nok", "unsupported protocol HTTP/2"),
+    (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", "response head too large"),
+    (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", "got more than 100 headers"),
+])
+def test_a_malformed_head_is_an_invalid_response(raw: list[RawServer], raw_response: bytes, reason: str) -> None:
+    result = call(start(raw, servers.respond(raw_response)).url())
+    assert (result.outcome.kind, result.outcome.error_class) == ("non_retryable", "invalid_response")
+    assert result.outcome.error == f"invalid_response: malformed response: {reason}"
+
+
 def test_garbage_is_an_invalid_response(raw: list[RawServer]) -> None:
     server = start(raw, servers.respond(b"SSH-2.0-OpenSSH\r\n\r\n"))
     result = call(server.url())
