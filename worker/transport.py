@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
@@ -228,6 +229,7 @@ class PinnedAdapter(HTTPAdapter):
         if tls.verify_mode != ssl.CERT_REQUIRED or not tls.check_hostname:
             raise ValueError("TLS verification cannot be turned off")
         self._tls = tls
+        self._proxy_lock = threading.Lock()  # requests' lookup-then-create would race between threads
         super().__init__(pool_connections=MAX_POOLS, pool_maxsize=pool_size,
                          max_retries=Retry(total=False, redirect=False))
 
@@ -236,8 +238,9 @@ class PinnedAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES  # type: ignore[assignment]
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, proxy_ssl_context=self._tls, **proxy_kwargs)
-        manager.pool_classes_by_scheme = _POOL_CLASSES
+        with self._proxy_lock:
+            manager = super().proxy_manager_for(proxy, proxy_ssl_context=self._tls, **proxy_kwargs)
+            manager.pool_classes_by_scheme = _POOL_CLASSES
         return manager
 
     def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Mapping[str, str] | None = None,
