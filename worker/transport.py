@@ -146,9 +146,8 @@ class _TracedConnection(HTTPConnection):
         last: OSError = OSError("no address")
         for family, kind, proto, _, address in infos:
             sock = socket.socket(family, kind, proto)
-            handle = SocketHandle(sock)
-            exchange.guard.attach(handle)
             try:
+                exchange.guard.attach(SocketHandle(sock))  # before connecting: a cancel must reach the connect
                 exchange.guard.raise_if_stopped()
             except BaseException:
                 sock.close()

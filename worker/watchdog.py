@@ -42,7 +42,12 @@ class SocketHandle:
 
     def __init__(self, sock: socket.socket) -> None:
         # os.dup, not sock.dup(): an SSLSocket refuses dup(), and the descriptor is all that is needed.
-        self._dup: socket.socket | None = socket.socket(fileno=os.dup(sock.fileno()))
+        fd = os.dup(sock.fileno())
+        try:
+            self._dup: socket.socket | None = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            raise
         self._lock = threading.Lock()
 
     def shutdown(self) -> None:
