@@ -80,6 +80,7 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = True
     worker_threads: int = 8
+    ca_bundle: str | None = None  # PEM file of extra CAs trusted for endpoint and webhook TLS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -98,6 +99,7 @@ class Settings:
             log_level=(env.get("SLUICE_LOG_LEVEL") or "INFO").upper(),
             log_json=_bool(env, "SLUICE_LOG_JSON", True),
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
+            ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
         )
 
     def with_overrides(self, **changes: object) -> Settings:

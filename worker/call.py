@@ -12,20 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from shared.runs.retries import Outcome, combine_fallback
 from shared.webhooks.signing import signature_headers
+from worker.call_result import CallResult
 from worker.debug_events import debug_event
-from worker.http import CallResult, Resolver
-
-
-class PostFunction(Protocol):
-    """``worker.http.post``'s signature (tests may wrap it)."""
-
-    def __call__(self, url: str, body: bytes, headers: dict[str, str], *, deadline: float, resolve: Resolver,
-                 now: Callable[[], datetime], should_abort: Callable[[], bool] | None = None,
-                 max_body: int = ..., timeout_secs: int | None = None) -> CallResult: ...
+from worker.http import PostFunction, Resolver
 
 
 @dataclass(frozen=True)

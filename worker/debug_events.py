@@ -12,7 +12,7 @@ from typing import Any
 
 from shared.egress.addresses import strip_userinfo
 from shared.runs.attempts import clean_text
-from worker.http import CallResult
+from worker.call_result import CallResult
 
 DEBUG_BODY_BYTES = 4096
 REDACTED = "[redacted]"

@@ -1,61 +1,51 @@
-"""One endpoint call with a hard deadline, exact phase timings and no DNS rebinding (§5.2, §5.3, §5.16).
+"""One endpoint call through ``requests``: pinned addresses, keep-alive, one deadline, cancel (§5.2, §5.3, §5.16).
 
-``post`` resolves the URL once through the injected resolver (which applies the address policy, §10.1),
-connects only to the addresses it returned, verifies TLS against the URL's host, sends one request
-with ``Connection: close`` and classifies what happened into an ``Outcome``. Redirects are never
-followed. The only exception it raises on purpose is ``CallAborted`` (cancel, §5.17); anything else
-escaping is a Sluice-side bug for the caller to record as ``internal``.
+``HttpClient.post`` resolves the URL once through the injected resolver (which applies the address policy,
+§10.1), sends one POST over a pooled keep-alive connection to one of the addresses it returned (Host, SNI
+and the certificate check use the URL's host name; ``worker.transport``), reads at most ``max_body`` bytes
+of the response and classifies what happened into an ``Outcome``. Redirects are never followed and TLS is
+always verified, against the system's CAs plus ``SLUICE_CA_BUNDLE``. Behind a proxy (``HTTPS_PROXY``,
+``HTTP_PROXY``, ``NO_PROXY``) the connection goes to the proxy, after the same check of the destination.
+
+One client per worker process, shared by its threads (endpoint calls and webhook deliveries alike). The only
+exception ``post`` raises on purpose is ``CallAborted`` (cancel, §5.17); anything else escaping is a
+Sluice-side bug for the caller to record as ``internal``.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
-import ipaddress
 import math
-import re
+import os
 import ssl
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import TypeAlias
-from urllib.parse import SplitResult, quote, urlsplit
+from typing import Protocol, cast
+from urllib.parse import SplitResult, urlsplit
 
+import requests
+from requests.utils import requote_uri
+from urllib3 import BaseHTTPResponse
+from urllib3.exceptions import ConnectTimeoutError
+
+from shared.config import Settings
 from shared.egress.addresses import AddressRefused, ResolutionFailed
-from shared.runs.retries import (
-    NON_RETRYABLE,
-    RETRYABLE,
-    SUCCESS,
-    Outcome,
-    classify_status,
-    http_error_text,
-    parse_retry_after,
-)
-from worker.http_wire import (
-    Budget,
-    CallAborted,
-    DeadlineExceeded,
-    MalformedResponse,
-    ResponseReader,
-    WireError,
-    open_socket,
-    read_response,
-    send_all,
-    start_tls,
-)
+from shared.egress.proxies import ProxyRoutes
+from shared.runs.retries import NON_RETRYABLE, RETRYABLE
+from worker.call_result import CallResult, CallTimings, answered_call, failed_call
+from worker.failures import TIMED_OUT, Failure, describe
+from worker.lookup import Resolver, resolve_within
+from worker.transport import Exchange, PinnedAdapter, bind, trust_store, unbind
+from worker.watchdog import CallAborted, DeadlinePassed, Guard, Watchdog
 
-__all__ = ["CallAborted", "CallResult", "CallTimings", "Resolver", "post"]
+__all__ = ["CallAborted", "HttpClient", "PostFunction", "Resolver", "post", "user_agent"]
 
-Resolver: TypeAlias = Callable[[str], tuple[str, int, list[str]]]
-"""``url -> (host, port, checked IPs)``; raises ``AddressRefused`` or ``ResolutionFailed``."""
-
-# Headers the wire format owns; a caller's copy would corrupt framing or the Host/SNI pairing.
+MAX_BODY = 1 << 20
+READ_BYTES = 64 * 1024
+# Headers the transport owns; a caller's copy would corrupt framing or the Host/SNI pairing.
 _OWN_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@]*@")
-_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
-
 
 
 @functools.cache
@@ -66,165 +56,219 @@ def user_agent() -> str:
     except importlib.metadata.PackageNotFoundError:
         return "sluice/0+unknown"
 
-@dataclass(frozen=True)
-class CallTimings:
-    """Whole milliseconds per phase (§5.16); ``None`` for a phase that did not complete.
 
-    connect: TCP connect start → TCP (+TLS) established; ttfb: request fully sent → first response
-    byte; transfer: first byte → body fully read.
-    """
+class PostFunction(Protocol):
+    """``HttpClient.post``'s signature: what the Runner and webhook delivery are given."""
 
-    connect_ms: int | None = None
-    ttfb_ms: int | None = None
-    transfer_ms: int | None = None
-
-
-@dataclass(frozen=True)
-class CallResult:
-    """What one call produced. ``body`` holds at most ``max_body`` bytes; ``truncated`` says more came."""
-
-    outcome: Outcome
-    status: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)  # names lowercased, repeats joined by ", "
-    body: bytes = b""
-    truncated: bool = False
-    timings: CallTimings = field(default_factory=CallTimings)
-    retry_after_secs: int | None = None  # parsed Retry-After, only on 429 and 503
-
-
-@functools.cache
-def _default_tls_context() -> ssl.SSLContext:
-    # Loading the CA store costs milliseconds; build it once, on first use rather than at import.
-    return ssl.create_default_context()
+    def __call__(self, url: str, body: bytes, headers: dict[str, str], *, deadline: float, resolve: Resolver,
+                 now: Callable[[], datetime], should_abort: Callable[[], bool] | None = None,
+                 max_body: int = MAX_BODY, timeout_secs: int | None = None) -> CallResult: ...
 
 
 def _ms(start: float | None, end: float | None) -> int | None:
     return None if start is None or end is None else round((end - start) * 1000)
 
 
-def _failure(kind: str, error_class: str, reason: str, timings: CallTimings | None = None) -> CallResult:
-    error = _USERINFO.sub(r"\1", f"{error_class}: {reason}")
-    return CallResult(Outcome(kind, error_class, error), timings=timings or CallTimings())
+def _timings(exchange: Exchange | None, done: float | None = None) -> CallTimings:
+    if exchange is None:
+        return CallTimings()
+    connect = 0 if exchange.reused else _ms(exchange.connect_started, exchange.established)
+    return CallTimings(connect, _ms(exchange.sent, exchange.head_read), _ms(exchange.head_read, done))
 
 
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
+def _prepare(parts: SplitResult, host: str, port: int, body: bytes,
+             headers: dict[str, str]) -> tuple[requests.PreparedRequest, str]:
+    """The POST to send and its request target: the checked (IDNA, lowercase) host in the URL and ``Host``;
+    user-info is never sent.
 
-
-def _resolve_within(resolve: Resolver, url: str, budget: Budget) -> tuple[str, int, list[str]]:
-    """Run the resolver within the budget.
-
-    ``getaddrinfo`` cannot be interrupted, so a name lookup runs on a daemon thread we stop waiting for
-    at the deadline or on abort. IP literals need no lookup and skip the thread (the hot path).
+    Built field by field rather than with ``PreparedRequest.prepare``, whose URL re-parsing, cookie jar and
+    header checks cost more than the rest of a call's Python work: the URL has passed the address policy
+    (no whitespace or control characters), and ``http.client`` still refuses an illegal header.
     """
-    host = urlsplit(url).hostname or ""
-    if _is_ip_literal(host):
-        budget.slice()
-        return resolve(url)
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = resolve(url)
-        except BaseException as exc:  # handed to the caller's thread below
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="sluice-resolve", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(budget.slice())
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
-
-
-def _build_request(parts: SplitResult, host: str, port: int, body: bytes, headers: dict[str, str]) -> bytes:
-    """The request head + body. User-info in the URL is never sent."""
+    default_port = 443 if parts.scheme.lower() == "https" else 80
+    authority = f"[{host}]" if ":" in host else host
+    if port != default_port:
+        authority = f"{authority}:{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not target.isascii():
-        target = quote(target, safe="!#$%&'()*+,/:;=?@[]~")
-    if _UNSAFE_TARGET.search(target):
-        raise ValueError("request target contains whitespace or control characters")
-    host_header = f"[{host}]" if ":" in host else host
-    if port != (443 if parts.scheme.lower() == "https" else 80):
-        host_header = f"{host_header}:{port}"
-    lines = [f"POST {target} HTTP/1.1", f"Host: {host_header}", f"Content-Length: {len(body)}",
-             "Connection: close"]
-    for name, value in headers.items():
-        if "\r" in name or "\n" in name or "\r" in value or "\n" in value or ":" in name:
-            raise ValueError(f"invalid header {name!r}")  # header injection is a Sluice-side bug
-        if name.lower() not in _OWN_HEADERS:
-            lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        target = requote_uri(target)
+    request = requests.PreparedRequest()
+    request.method = "POST"
+    request.url = f"{parts.scheme.lower()}://{authority}{target}"
+    request.headers = {"Host": authority, "Content-Length": str(len(body))}  # type: ignore[assignment]
+    request.headers.update((name, value) for name, value in headers.items() if name.lower() not in _OWN_HEADERS)
+    request.body = body
+    return request, target
+
+
+def _read_body(response: BaseHTTPResponse, max_body: int) -> tuple[bytes, bool]:
+    """At most ``max_body`` bytes of the body and whether more came; stops reading as soon as it knows."""
+    if response.status < 200:
+        # A 1xx as the final answer (101 switches protocols): nothing more to read on this connection.
+        _discard(response)
+        return b"", False
+    length = response.length_remaining  # None when chunked or delimited by the connection closing
+    limit = max_body if length is not None and length > max_body else max_body + 1
+    # With a Content-Length, stop at it: the read that ends the body also returns the connection to its pool.
+    want = limit if length is None else min(length, limit)
+    data = bytearray()
+    while len(data) < want:
+        chunk = response.read(min(READ_BYTES, want - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    truncated = len(data) > max_body or (length is not None and length > max_body)
+    if truncated:
+        _discard(response)  # unread bytes remain, so the connection cannot carry another request
+    return bytes(data[:max_body]), truncated
+
+
+def _discard(response: BaseHTTPResponse) -> None:
+    """Close the response's connection and give its pool slot back (closed: the next user reconnects)."""
+    response.close()
+    response.release_conn()
+
+
+def _failed(failure: Failure, timeout_secs: int, exchange: Exchange | None) -> CallResult:
+    reason = failure.reason if failure.reason is not None else f"no response within {timeout_secs} s"
+    return failed_call(failure.kind, failure.error_class, reason, _timings(exchange))
+
+
+def _failure_of(exc: Exception, guard: Guard) -> Failure | None:
+    """What ``exc`` means for the call: a timeout if the deadline stopped it, else ``describe``'s reading.
+    Raises ``CallAborted`` if a cancel stopped it (the socket error is only the watchdog's doing)."""
+    if isinstance(exc, DeadlinePassed):
+        return TIMED_OUT
+    try:
+        guard.raise_if_stopped()
+    except DeadlinePassed:
+        return TIMED_OUT
+    return describe(exc)
+
+
+class HttpClient:
+    """Endpoint calls and webhook deliveries of one worker process: a keep-alive pool and a watchdog.
+
+    ``tls`` must verify certificates and host names (verification cannot be turned off); ``proxies`` says
+    which calls go through a proxy; ``pool_size`` is how many idle connections each host address keeps
+    (the process's thread count: more can never be in use at once).
+    """
+
+    def __init__(self, tls: ssl.SSLContext, proxies: ProxyRoutes | None = None, *, pool_size: int = 8) -> None:
+        self._adapter = PinnedAdapter(tls, pool_size)
+        self._proxies = proxies or ProxyRoutes({})
+        self._watchdog = Watchdog()
+
+    @classmethod
+    def configured(cls, settings: Settings, environ: Mapping[str, str], *, pool_size: int) -> HttpClient:
+        """The worker's client: ``SLUICE_CA_BUNDLE`` from ``settings``, proxies from ``environ``."""
+        return cls(trust_store(settings.ca_bundle), ProxyRoutes.from_env(environ), pool_size=pool_size)
+
+    def close(self) -> None:
+        self._watchdog.close()
+        self._adapter.close()
+
+    def post(self, url: str, body: bytes, headers: dict[str, str], *, deadline: float, resolve: Resolver,
+             now: Callable[[], datetime], should_abort: Callable[[], bool] | None = None,
+             max_body: int = MAX_BODY, timeout_secs: int | None = None) -> CallResult:
+        """POST ``body`` to ``url`` and classify the result (§5.3); never follows redirects.
+
+        ``deadline`` is a ``time.monotonic()`` value covering DNS, connect, TLS, send, wait and read; past it
+        the outcome is retryable ``timeout: no response within <timeout_secs> s`` (``timeout_secs`` defaults
+        to the time left, rounded up). ``should_abort`` (quick and thread-safe: the watchdog calls it) is
+        polled about every 0.25 s; when it returns true the call stops and ``CallAborted`` is raised. ``now``
+        dates an HTTP-date ``Retry-After``.
+        """
+        if timeout_secs is None:
+            timeout_secs = max(1, math.ceil(deadline - time.monotonic()))
+        guard = self._watchdog.watch(deadline, should_abort)
+        exchange: Exchange | None = None
+        try:
+            try:
+                host, port, ips = resolve_within(resolve, url, guard)
+            except AddressRefused as exc:
+                return failed_call(NON_RETRYABLE, "client", f"destination refused by address policy: {exc}")
+            except ResolutionFailed:
+                return failed_call(RETRYABLE, "connection", "DNS resolution failed")
+            parts = urlsplit(url)
+            if not ips:
+                return failed_call(RETRYABLE, "connection", "DNS resolution failed")
+            if parts.scheme.lower() not in ("http", "https"):  # the resolver refuses these; never guess
+                return failed_call(NON_RETRYABLE, "client", "destination refused by address policy: not http(s)")
+            host = host.strip("[]").rstrip(".")
+            request, target = _prepare(parts, host, port, body, headers)
+            exchange = Exchange(guard, host, port, target)
+            token = bind(exchange)
+            try:
+                response = self._send(request, exchange, ips, self._proxies.proxy_for(url))
+                content, truncated = _read_body(response, max_body)
+            finally:
+                unbind(token)
+            stopped_by = guard.detach()  # the connection may be back in the pool: the watchdog must not touch it
+            if stopped_by is not None:
+                raise stopped_by()
+            done = time.monotonic()
+        except CallAborted:
+            raise
+        except Exception as exc:
+            failure = _failure_of(exc, guard)
+            if failure is None:
+                raise
+            return _failed(failure, timeout_secs, exchange)
+        finally:
+            self._watchdog.release(guard)
+        return answered_call(response.status, dict(response.headers.itermerged()), content, truncated,
+                             _timings(exchange, done), now)
+
+    def _send(self, request: requests.PreparedRequest, exchange: Exchange, ips: list[str],
+              proxy: str | None) -> BaseHTTPResponse:
+        """Send through the proxy, or to the first checked address that accepts a connection, in order.
+
+        Each address gets an equal share of the time left, so one black-holed address cannot starve the
+        others; a connection refused or timed out sent nothing, so the next address may take the request.
+        """
+        addresses: list[str | None] = [None] if proxy else list(ips)
+        proxies = {urlsplit(request.url or "").scheme: proxy} if proxy else None
+        for index, address in enumerate(addresses):
+            share = exchange.guard.time_left() / (len(addresses) - index)
+            exchange.next_try(address, time.monotonic() + share)
+            try:
+                return self._send_once(request, exchange, proxies)
+            except ConnectTimeoutError:  # NewConnectionError included
+                if index == len(addresses) - 1:
+                    raise
+        raise AssertionError("unreachable: the last address re-raises")
+
+    def _send_once(self, request: requests.PreparedRequest, exchange: Exchange,
+                   proxies: dict[str, str] | None) -> BaseHTTPResponse:
+        """One send; again on a fresh connection if a kept-alive one turns out closed by the server.
+
+        A server may close an idle connection just as a request goes out on it; nothing came back, so
+        the request is sent again on a new connection (delivery is at least once; endpoints deduplicate on
+        ``Idempotency-Key``). A failure on a fresh connection is final.
+        """
+        while True:
+            try:
+                response = self._adapter.send(request, stream=True, proxies=proxies, timeout=exchange.guard.time_left())
+                return cast(BaseHTTPResponse, response)  # PinnedAdapter.build_response
+            except requests.ConnectionError as exc:
+                exchange.guard.raise_if_stopped()
+                failure = describe(exc)
+                if not (exchange.reused and exchange.head_read is None and failure is not None
+                        and failure.error_class == "connection"):
+                    raise
+                exchange.next_try(exchange.address, exchange.connect_deadline)
+
+
+@functools.cache
+def default_client() -> HttpClient:
+    """A client for callers not handed one (tests, tools): system CAs, proxies from the environment."""
+    return HttpClient(trust_store(None), ProxyRoutes.from_env(os.environ))
 
 
 def post(url: str, body: bytes, headers: dict[str, str], *, deadline: float, resolve: Resolver,
          now: Callable[[], datetime], should_abort: Callable[[], bool] | None = None,
-         max_body: int = 1 << 20, timeout_secs: int | None = None,
-         ssl_context: ssl.SSLContext | None = None) -> CallResult:
-    """POST ``body`` to ``url`` and classify the result (§5.3); never follows redirects.
-
-    ``deadline`` is a ``time.monotonic()`` value covering DNS, connect, TLS, send, wait and read; past it
-    the outcome is retryable ``timeout: no response within <timeout_secs> s`` (``timeout_secs`` defaults
-    to the time left, rounded up). ``should_abort`` is polled about every 0.25 s; when it returns true
-    the call stops and ``CallAborted`` is raised. ``ssl_context`` must verify certificates and host
-    names (default: the system trust store); verification cannot be turned off. ``now`` dates an
-    HTTP-date ``Retry-After``.
-    """
-    budget = Budget(deadline, should_abort)
-    if timeout_secs is None:
-        timeout_secs = max(1, math.ceil(deadline - time.monotonic()))
-    context = ssl_context or _default_tls_context()
-    if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
-        raise ValueError("TLS verification cannot be turned off (CONTRACT §10.2)")
-    connect_start = established = sent = done = None
-    reader: ResponseReader | None = None
-
-    def timings() -> CallTimings:
-        first = reader.first_byte_at if reader is not None else None
-        return CallTimings(_ms(connect_start, established), _ms(sent, first), _ms(first, done))
-
-    try:
-        try:
-            host, port, ips = _resolve_within(resolve, url, budget)
-        except AddressRefused as exc:
-            return _failure(NON_RETRYABLE, "client", f"destination refused by address policy: {exc}")
-        except ResolutionFailed:
-            return _failure(RETRYABLE, "connection", "DNS resolution failed")
-        if not ips:
-            return _failure(RETRYABLE, "connection", "DNS resolution failed")
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):  # the resolver refuses these; never send plaintext by accident
-            return _failure(NON_RETRYABLE, "client", "destination refused by address policy: not http(s)")
-        host = host.strip("[]").rstrip(".")
-        request = _build_request(parts, host, port, body, headers)
-        connect_start = time.monotonic()
-        sock = open_socket(ips, port, budget)
-        try:
-            if scheme == "https":
-                sock = start_tls(sock, host, context, budget)
-            established = time.monotonic()
-            send_all(sock, request, budget)
-            sent = time.monotonic()
-            reader = ResponseReader(sock, budget)
-            status, resp_headers, resp_body, truncated = read_response(reader, max_body)
-            done = time.monotonic()
-        finally:
-            sock.close()
-    except DeadlineExceeded:
-        return _failure(RETRYABLE, "timeout", f"no response within {timeout_secs} s", timings())
-    except WireError as exc:
-        return _failure(RETRYABLE, "connection", str(exc), timings())
-    except MalformedResponse as exc:
-        return _failure(NON_RETRYABLE, "invalid_response", f"malformed response: {exc}", timings())
-
-    kind, error_class = classify_status(status)
-    error = None if kind == SUCCESS else _USERINFO.sub(r"\1", http_error_text(status, resp_body))
-    retry_after = parse_retry_after(resp_headers.get("retry-after"), now()) if status in (429, 503) else None
-    return CallResult(Outcome(kind, error_class, error, status), status, resp_headers, resp_body, truncated,
-                      timings(), retry_after)
+         max_body: int = MAX_BODY, timeout_secs: int | None = None) -> CallResult:
+    """``default_client().post``: the default ``PostFunction`` where no client is passed in."""
+    return default_client().post(url, body, headers, deadline=deadline, resolve=resolve, now=now,
+                                 should_abort=should_abort, max_body=max_body, timeout_secs=timeout_secs)

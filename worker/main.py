@@ -45,6 +45,7 @@ from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, make_broker
 from shared.metrics import WORKER_METRICS_PORT, expose_process_metrics
 from worker.actors import declare_dispatch_actor
 from worker.heartbeat import AttemptMonitor
+from worker.http import HttpClient
 from worker.runner import Runner
 from worker.webhook_actor import register_webhook_actor
 
@@ -200,15 +201,16 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     redis_client = redis.Redis.from_url(settings.redis_url)
     limits = Limits(redis_client, per_thread_connections=True)  # its threads live as long as the process
     broker = make_broker(settings)  # batched acks, no delay-queue consumers (shared.messages.SluiceBroker)
+    http = HttpClient.configured(settings, os.environ, pool_size=threads)  # endpoint calls and webhooks
     monitor = AttemptMonitor(session_factory, redis_client, limits, clock=utcnow,
                              heartbeat_interval_secs=settings.heartbeat_interval_secs).start()
     runner = Runner(session_factory=session_factory, limits=limits, broker=broker, settings=settings,
-                    monitor=monitor, stopping=stop.is_set)
+                    monitor=monitor, stopping=stop.is_set, post_function=http.post)
     consumed = {DISPATCH_QUEUE} & queues
     if consumed:
         declare_dispatch_actor(broker, runner)
     if WEBHOOK_QUEUE in queues:
-        register_webhook_actor(broker, session_factory=session_factory, settings=settings)
+        register_webhook_actor(broker, session_factory=session_factory, settings=settings, post_function=http.post)
         consumed.add(WEBHOOK_QUEUE)
     worker = dramatiq.Worker(broker, queues=consumed, worker_threads=threads, worker_timeout=idle_poll_ms)
     worker.start()
@@ -221,6 +223,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
             "pid": os.getpid(), "in_flight": monitor.in_flight()})
         worker.stop(timeout=GRACEFUL_STOP_MS)
         monitor.stop()
+        http.close()
         broker.close()
         redis_client.close()
         engine.dispose()

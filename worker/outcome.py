@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from shared.runs.attempts import clean_text
-from worker.http import CallResult
+from worker.call_result import CallResult
 
 MAX_RESULT_BYTES = 1 << 20
 

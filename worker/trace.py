@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from worker.http import CallTimings
+from worker.call_result import CallTimings
 
 
 def _ms(start: float | None, end: float | None) -> int | None:

@@ -20,19 +20,21 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.messages import WEBHOOK_ACTOR, WEBHOOK_QUEUE
+from worker.http import PostFunction, post
 from worker.webhooks import deliver
 
 log = logging.getLogger("sluice.webhooks")
 
 
 def register_webhook_actor(broker: dramatiq.Broker, *, session_factory: sessionmaker[Session],
-                           settings: Settings,
+                           settings: Settings, post_function: PostFunction = post,
                            now_fn: Callable[[], datetime] = utcnow) -> dramatiq.Actor[Any, Any]:
-    """Declare ``deliver_webhook(delivery_id)`` on ``broker``."""
+    """Declare ``deliver_webhook(delivery_id)`` on ``broker``; ``post_function`` is the worker's client's."""
 
     def deliver_webhook(delivery_id: str) -> None:
         try:
-            deliver(delivery_id, session_factory=session_factory, settings=settings, now_fn=now_fn)
+            deliver(delivery_id, session_factory=session_factory, settings=settings, now_fn=now_fn,
+                    http_post=post_function)
         except Exception:
             # The delivery stays safely in PostgreSQL; the sweep re-enqueues it (after the claim lease if
             # an attempt was claimed). Re-raising would only park the message in dramatiq's dead letters.

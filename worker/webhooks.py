@@ -7,8 +7,9 @@
    due) bumps ``attempts`` and pushes ``next_attempt_at`` a lease ahead, so a duplicate message — now
    or during the call — finds nothing to do, and a worker that dies mid-call leaves a row the sweeper
    (``scheduler.webhook_sweeps``) re-enqueues once the lease has passed.
-2. **Call** — POST the stored body bytes through ``worker.http.post`` (10 s, no redirects, address
-   policy checked on this attempt's one resolution, connection to a checked address).
+2. **Call** — POST the stored body bytes through the worker's HTTP client (``worker.http``, the same one
+   endpoint calls use: 10 s, no redirects, address policy checked on this attempt's one resolution,
+   connection to a checked address).
 3. **Record** — conditional on ``attempts`` still being ours: ``delivered`` on 2xx, ``abandoned`` when the
    address policy refused the destination, else ``pending`` with the next due time, or ``failed``
    after the 6th attempt; plus one ``webhook_delivery`` run event. The run itself is never touched.
@@ -18,7 +19,6 @@ Retries are not dramatiq's (the actor has ``max_retries=0``): the sweeper enqueu
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import time
@@ -38,7 +38,7 @@ from shared.metrics import observe_webhook_delivery
 from shared.runs.retries import RETRYABLE, Outcome
 from shared.runs.transitions import event, insert_events
 from shared.webhooks.signing import signature_headers
-from worker.http import CallResult, post, user_agent
+from worker.http import PostFunction, post, user_agent
 
 log = logging.getLogger("sluice.webhooks")
 
@@ -50,12 +50,6 @@ TIMEOUT_SECS = 10
 # transactions around it; if the worker dies, the sweeper picks the row up again after it.
 CLAIM_LEASE_SECS = 60
 MAX_ERROR_BODY = 1024  # response bytes read on failure: enough for ``HTTP <status>: <first 1 KiB>``
-
-HttpPost = Callable[..., CallResult]
-
-
-@functools.cache
-
 
 def retry_delay_secs(attempt: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed attempt ``attempt`` (1-based, < MAX_ATTEMPTS), jittered ±20 %."""
@@ -78,7 +72,7 @@ class _Claim:
 
 
 class _PolicyResolver:
-    """``resolve_checked`` for ``worker.http.post``, remembering whether the address policy said no.
+    """``resolve_checked`` for the HTTP client, remembering whether the address policy said no.
 
     ``post`` reports a policy refusal as a non-retryable ``client`` failure, the same class as a 4xx;
     webhooks retry a 4xx but abandon a refused destination, so the distinction is kept here.
@@ -97,7 +91,7 @@ class _PolicyResolver:
 
 
 def deliver(delivery_id: str, *, session_factory: sessionmaker[Session], settings: Settings,
-            now_fn: Callable[[], datetime], http_post: HttpPost = post,
+            now_fn: Callable[[], datetime], http_post: PostFunction = post,
             rng: random.Random | None = None) -> None:
     """Make one delivery attempt for ``delivery_id`` if it is pending and due; otherwise do nothing.
 
@@ -156,7 +150,7 @@ def _finish_orphan(session: Session, delivery: WebhookDelivery, now: datetime) -
 
 
 def _send(claim: _Claim, resolver: _PolicyResolver, now_fn: Callable[[], datetime],
-          http_post: HttpPost) -> Outcome:
+          http_post: PostFunction) -> Outcome:
     timestamp = int(now_fn().timestamp())
     headers = {
         "Content-Type": "application/json",

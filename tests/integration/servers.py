@@ -7,28 +7,39 @@ every request it read. Handlers may block on ``server.stopped`` to model an endp
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import select
 import socket
 import ssl
 import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 Handler = Callable[[socket.socket, "RawServer"], None]
 
 
 class RawServer:
-    """Listen on 127.0.0.1:<free port>; optionally TLS with ``tls_context``."""
+    """Listen on ``host``:``port`` (127.0.0.1 and a free port by default); optionally TLS with ``tls_context``.
 
-    def __init__(self, handler: Handler, tls_context: ssl.SSLContext | None = None) -> None:
+    ``requests`` holds every request read, ``connections`` counts the connections accepted.
+    """
+
+    def __init__(self, handler: Handler, tls_context: ssl.SSLContext | None = None, *, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
         self.handler = handler
         self.tls_context = tls_context
+        self.host = host
         self.requests: list[bytes] = []
+        self.connections = 0
         self.stopped = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family)
         self.port: int = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
+        self._accepted: list[socket.socket] = []
         self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True)
 
     def __enter__(self) -> RawServer:
@@ -40,11 +51,15 @@ class RawServer:
 
     def url(self, path: str = "/hook") -> str:
         scheme = "https" if self.tls_context else "http"
-        return f"{scheme}://127.0.0.1:{self.port}{path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}{path}"
 
     def stop(self) -> None:
         self.stopped.set()
         self._listener.close()
+        for conn in self._accepted:  # wakes handlers blocked reading a kept-alive connection
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -54,6 +69,8 @@ class RawServer:
                 conn, _ = self._listener.accept()
             except OSError:
                 return  # listener closed by stop()
+            self.connections += 1
+            self._accepted.append(conn)
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -107,6 +124,24 @@ def respond_then_hang(raw: bytes) -> Handler:
         read_request(conn, server)
         conn.sendall(raw)
         server.stopped.wait()
+    return handler
+
+
+def keep_alive(body: bytes = b"ok", *, answers_per_connection: int | None = None) -> Handler:
+    """Handler: answer every request on the connection with 200 and ``body``, HTTP/1.1 keep-alive.
+
+    With ``answers_per_connection`` the server reads the next request after that many and closes without
+    answering it, as a server closing an idle connection just as a request arrives would.
+    """
+    def handler(conn: socket.socket, server: RawServer) -> None:
+        answered = 0
+        while not server.stopped.is_set():
+            if not read_request(conn, server):
+                return
+            if answers_per_connection is not None and answered >= answers_per_connection:
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            answered += 1
     return handler
 
 
@@ -185,3 +220,64 @@ def make_self_signed(directory: Path, names: list[str]) -> tuple[Path, Path]:
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
+
+
+class TunnelProxy:
+    """A small HTTP proxy on 127.0.0.1: ``CONNECT`` tunnels and absolute-form forwarding.
+
+    Every host name "resolves" to 127.0.0.1 here (the proxy does the final lookup, as a real one would with
+    its own DNS). ``seen`` records each request line the proxy received; ``refuse`` answers 403 instead.
+    """
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.seen: list[str] = []
+        self._server = RawServer(self._handle)
+        self.port = self._server.port
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> TunnelProxy:
+        self._server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop()
+
+    def _handle(self, conn: socket.socket, server: RawServer) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            head += chunk
+        line, _, rest = head.partition(b"\r\n")
+        method, target, version = line.decode("latin-1").split(" ", 2)
+        self.seen.append(f"{method} {target}")
+        if self.refuse:
+            conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            return
+        if method == "CONNECT":
+            upstream = socket.create_connection(("127.0.0.1", int(target.rsplit(":", 1)[1])))
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            first = head.partition(b"\r\n\r\n")[2]
+        else:
+            parts = urlsplit(target)
+            upstream = socket.create_connection(("127.0.0.1", parts.port or 80))
+            origin_form = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            first = f"{method} {origin_form} {version}\r\n".encode("latin-1") + rest
+        with upstream:
+            if first:
+                upstream.sendall(first)
+            _pipe(conn, upstream, server.stopped)
+
+
+def _pipe(a: socket.socket, b: socket.socket, stopped: threading.Event) -> None:
+    """Copy bytes both ways until either side closes or the server stops."""
+    peers = {a: b, b: a}
+    while not stopped.is_set():
+        readable, _, _ = select.select(list(peers), [], [], 0.1)
+        for sock in readable:
+            data = sock.recv(65536)
+            if not data:
+                return
+            peers[sock].sendall(data)

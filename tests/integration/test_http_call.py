@@ -1,4 +1,4 @@
-"""worker.http.post against real servers on 127.0.0.1: every §5.3 outcome row, deadlines, abort, TLS."""
+"""Endpoint calls against real servers on 127.0.0.1: every §5.3 outcome row, deadlines, abort, TLS."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from werkzeug import Request, Response
 from shared.egress.addresses import AddressRefused, ResolutionFailed, resolve_checked
 from tests.integration import servers
 from tests.integration.servers import RawServer
-from worker.http import CallAborted, CallResult, post
+from worker.call_result import CallResult
+from worker.http import CallAborted, HttpClient, PostFunction, post
+from worker.transport import trust_store
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 PAYLOAD = b'{"order": 42, "note": "caf\xc3\xa9"}'
@@ -29,10 +31,11 @@ HEADERS = {"Content-Type": "application/json", "User-Agent": "sluice/0.1.0", "X-
 RESOLVE = functools.partial(resolve_checked, allow_private=True)
 
 
-def call(url: str, *, timeout: float = 5.0, body: bytes = PAYLOAD, **kwargs: object) -> CallResult:
+def call(url: str, *, timeout: float = 5.0, body: bytes = PAYLOAD, post_with: PostFunction = post,
+         **kwargs: object) -> CallResult:
     kwargs.setdefault("resolve", RESOLVE)
-    return post(url, body, HEADERS, deadline=time.monotonic() + timeout, now=lambda: NOW,
-                timeout_secs=max(1, round(timeout)), **kwargs)  # type: ignore[arg-type]
+    return post_with(url, body, HEADERS, deadline=time.monotonic() + timeout, now=lambda: NOW,
+                     timeout_secs=max(1, round(timeout)), **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -140,9 +143,8 @@ def test_redirect_is_not_followed(sink: HTTPServer) -> None:
 
 @pytest.mark.parametrize("raw_response", [
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
     b"HTTP/1.1 600 Beyond\r\nContent-Length: 3\r\n\r\nodd",
-    b"HTTP/1.1 099 Below\r\nContent-Length: 0\r\n\r\n",
 ])
 def test_1xx_and_out_of_range_statuses_are_invalid(raw: list[RawServer], raw_response: bytes) -> None:
     server = start(raw, servers.respond_then_hang(raw_response))  # a hanging peer proves we do not wait
@@ -153,6 +155,36 @@ def test_1xx_and_out_of_range_statuses_are_invalid(raw: list[RawServer], raw_res
     assert (result.outcome.kind, result.outcome.error_class, result.status) == (
         "non_retryable", "invalid_response", status)
     assert result.outcome.error is not None and result.outcome.error.startswith(f"HTTP {status}: ")
+
+
+def test_100_continue_before_the_final_response_is_skipped(raw: list[RawServer]) -> None:
+    server = start(raw, servers.respond(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    result = call(server.url())
+    assert (result.outcome.kind, result.status, result.body) == ("success", 200, b"ok")
+
+
+@pytest.mark.parametrize("raw_response", [
+    b"HTTP/1.1 099 Below\r\nContent-Length: 0\r\n\r\n",
+    b"SSH-2.0-OpenSSH\r\n\r\n",
+])
+def test_a_status_line_that_is_not_http_is_an_invalid_response(raw: list[RawServer], raw_response: bytes) -> None:
+    server = start(raw, servers.respond_then_hang(raw_response))
+    result = call(server.url())
+    assert result.outcome == result.outcome.__class__(
+        "non_retryable", "invalid_response", "invalid_response: malformed response: malformed status line")
+
+
+@pytest.mark.parametrize(("raw_response", "reason"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+     "content-length contained multiple unmatching values (5, 6)"),
+    (b"HTTP/2 200\r\nContent-Length: 2\r\n\r\nok", "unsupported protocol HTTP/2"),
+    (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", "response head too large"),
+    (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", "got more than 100 headers"),
+])
+def test_a_malformed_head_is_an_invalid_response(raw: list[RawServer], raw_response: bytes, reason: str) -> None:
+    result = call(start(raw, servers.respond(raw_response)).url())
+    assert (result.outcome.kind, result.outcome.error_class) == ("non_retryable", "invalid_response")
+    assert result.outcome.error == f"invalid_response: malformed response: {reason}"
 
 
 def test_garbage_is_an_invalid_response(raw: list[RawServer]) -> None:
@@ -359,17 +391,20 @@ def test_tls_uses_url_host_for_sni_and_checked_ip_for_tcp(raw: list[RawServer],
     context.load_cert_chain(*tls_files)
     context.sni_callback = lambda sock, name, ctx: sni_seen.append(name)  # type: ignore[assignment,func-returns-value]
     server = start(raw, servers.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), tls=context)
-    trusting = ssl.create_default_context(cafile=str(tls_files[0]))
+    client = HttpClient(trust_store(str(tls_files[0])))  # the certificate's CA, as SLUICE_CA_BUNDLE gives it
 
     def resolver(url: str) -> tuple[str, int, list[str]]:
         return "sink.test", server.port, ["127.0.0.1"]
 
-    result = call(f"https://sink.test:{server.port}/hook", resolve=resolver, ssl_context=trusting)
-    assert result.outcome.kind == "success" and result.body == b"ok" and sni_seen == ["sink.test"]
-    assert result.timings.connect_ms is not None
-    # Same certificate, another name: the hostname check (not the IP) decides.
-    other = call(f"https://other.test:{server.port}/hook", ssl_context=trusting,
-                 resolve=lambda url: ("other.test", server.port, ["127.0.0.1"]))
+    try:
+        result = call(f"https://sink.test:{server.port}/hook", resolve=resolver, post_with=client.post)
+        assert result.outcome.kind == "success" and result.body == b"ok" and sni_seen == ["sink.test"]
+        assert result.timings.connect_ms is not None
+        # Same certificate, another name: the hostname check (not the IP) decides.
+        other = call(f"https://other.test:{server.port}/hook", post_with=client.post,
+                     resolve=lambda url: ("other.test", server.port, ["127.0.0.1"]))
+    finally:
+        client.close()
     assert other.outcome.error is not None and other.outcome.error.startswith("connection: TLS failure:")
     assert "mismatch" in other.outcome.error.lower()
 
@@ -378,15 +413,15 @@ def test_tls_verification_cannot_be_disabled() -> None:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with pytest.raises(ValueError):
-        call("https://127.0.0.1:1/", ssl_context=context)
+    with pytest.raises(ValueError, match="cannot be turned off"):
+        HttpClient(context)
 
 
 def test_sends_exactly_the_expected_header_names(sink: HTTPServer) -> None:
-    """The endpoint sees the caller's headers plus Host, Content-Length and Connection, nothing else."""
+    """The endpoint sees the caller's headers plus Host, Content-Length and Accept-Encoding, nothing else."""
     def echo(request: Request) -> Response:
         return Response(json.dumps(sorted(request.headers.keys())), content_type="application/json")
 
     sink.expect_request("/hook").respond_with_handler(echo)
     names = json.loads(call(sink.url_for("/hook")).body)
-    assert names == sorted(["Host", "Content-Length", "Connection", *HEADERS])
+    assert names == sorted(["Host", "Content-Length", "Accept-Encoding", *HEADERS])

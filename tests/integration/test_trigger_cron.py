@@ -1,4 +1,5 @@
-"""``shared.runs.creation.create_cron_run`` (CONTRACT §6.3, §6.6): one run per (job, tick), gated by dependencies."""
+"""Cron runs (``shared.triggers.cron.create_cron_runs``, CONTRACT §6.3, §6.6): one run per (job, tick),
+gated by dependencies."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from shared.db.models import Run, RunEvent
-from shared.runs.creation import create_cron_run
 from shared.runs.effects import Effects
+from shared.triggers.cron import create_cron_runs
 from tests.factories import make_dependency, make_job
 
 
@@ -17,7 +18,8 @@ def test_cron_run_contents_and_uniqueness(session):
     tick = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
     now = tick + timedelta(seconds=1)
     effects = Effects()
-    run = create_cron_run(session, job, tick, now, effects)
+    [created] = create_cron_runs(session, [job], tick, now, effects)
+    run = session.get(Run, created["id"])
     assert run is not None
     assert run.status == "queued" and run.payload == "{}" and run.tags == {"t": "1"}
     assert run.run_metadata == {"m": "1"} and run.priority == 0 and run.triggered_by == "cron"
@@ -25,7 +27,7 @@ def test_cron_run_contents_and_uniqueness(session):
     assert run.idempotency_key == f"cron:{job.id}:2030-01-01T09:00:00Z"
     assert run.expires_at == tick + timedelta(seconds=30)
     assert effects.enqueue == [run.id]
-    assert create_cron_run(session, job, tick, now, Effects()) is None
+    assert create_cron_runs(session, [job], tick, now, Effects()) == []  # the tick has its run already
     assert session.scalar(sa.select(sa.func.count()).select_from(Run)) == 1
     assert session.scalar(sa.select(sa.func.count()).select_from(RunEvent)) == 1
 
@@ -33,8 +35,8 @@ def test_cron_run_contents_and_uniqueness(session):
 def test_cron_run_future_tick_is_delayed_and_dependencies_gate(session):
     up, job = make_job(session), make_job(session)
     tick = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
-    ahead = create_cron_run(session, up, tick, tick - timedelta(seconds=5), Effects())
-    assert ahead is not None and ahead.status == "delayed" and ahead.due_at == tick
+    [ahead] = create_cron_runs(session, [up], tick, tick - timedelta(seconds=5), Effects())
+    assert ahead["status"] == "delayed" and ahead["due_at"] == tick
     make_dependency(session, job, up)
-    gated = create_cron_run(session, job, tick, tick, Effects())
-    assert gated is not None and gated.status == "waiting" and gated.expires_at is None
+    [gated] = create_cron_runs(session, [job], tick, tick, Effects())
+    assert gated["status"] == "waiting" and gated["expires_at"] is None

@@ -259,6 +259,21 @@ def test_six_attempts_then_failed_with_the_schedule(session, session_factory, se
                      "error": "HTTP 503: receiver says 503", "delivered": False} for e in events)
 
 
+def test_each_failed_delivery_draws_its_own_jitter(session, session_factory, settings, receiver):
+    """Two deliveries failing their first attempt wait different times (±20 % drawn per delivery)."""
+    respond_in_turn(receiver, [500])
+    finish_run(session, hook_url(receiver))
+    finish_run(session, hook_url(receiver))
+    rows = session.scalars(sa.select(WebhookDelivery)).all()
+    for row in rows:
+        send(row.id, session_factory, settings)
+    session.expire_all()
+    delays = {(row.next_attempt_at - row.updated_at).total_seconds() for row in
+              session.scalars(sa.select(WebhookDelivery)).all()}
+    assert len(delays) == 2
+    assert all(RETRY_DELAYS_SECS[0] * 0.8 <= delay <= RETRY_DELAYS_SECS[0] * 1.2 for delay in delays)
+
+
 def test_4xx_and_3xx_are_retried_too(session, session_factory, settings, receiver):
     respond_in_turn(receiver, [404, 302, 200])
     run_id, _ = finish_run(session, hook_url(receiver))
