@@ -1,7 +1,8 @@
 """A fast HTTP sink for benchmarks and crash tests: answers every POST at once with ``200 ok``.
 
-Runs in its own process (``python -m bench.sink --port 0 --ready-file F``) on an asyncio loop, one
-connection per request (``Connection: close``, as Sluice sends). Each POST is recorded as
+Runs in its own process (``python -m bench.sink --port 0 --ready-file F``) on an asyncio loop. Connections
+are kept alive, as by any HTTP/1.1 server, unless the client asks to close them (``Connection: close``).
+Each POST is recorded as
 ``(X-Sluice-Run-Id, X-Sluice-Attempt, arrival unix time)``. ``GET /records`` returns the records as JSON
 and clears them; ``GET /count`` returns how many are held. ``--delay-secs`` makes every answer slow (crash
 tests need attempts that are in flight when a worker is killed).
@@ -18,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-_OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+_OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+_OK_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
 class Sink:
@@ -28,30 +30,37 @@ class Sink:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            arrived = time.time()
-            lines = head.decode("latin-1").split("\r\n")
-            method, path = lines[0].split(" ")[:2]
-            headers = {}
-            for line in lines[1:]:
-                name, sep, value = line.partition(":")
-                if sep:
-                    headers[name.strip().lower()] = value.strip()
-            length = int(headers.get("content-length", "0") or 0)
-            if length:
-                await reader.readexactly(length)
-            if method == "GET":
-                await self._control(path, writer)
-                return
-            self.records.append((headers.get("x-sluice-run-id", ""), headers.get("x-sluice-attempt", ""), arrived))
-            if self.delay_secs:
-                await asyncio.sleep(self.delay_secs)
-            writer.write(_OK)
-            await writer.drain()
+            while await self._answer(reader, writer):
+                pass
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
             writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Read and answer one request; whether the connection stays open for the next one."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        arrived = time.time()
+        lines = head.decode("latin-1").split("\r\n")
+        method, path = lines[0].split(" ")[:2]
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0") or 0)
+        if length:
+            await reader.readexactly(length)
+        if method == "GET":
+            await self._control(path, writer)
+            return False
+        self.records.append((headers.get("x-sluice-run-id", ""), headers.get("x-sluice-attempt", ""), arrived))
+        if self.delay_secs:
+            await asyncio.sleep(self.delay_secs)
+        keep = headers.get("connection", "").lower() != "close"
+        writer.write(_OK if keep else _OK_CLOSE)
+        await writer.drain()
+        return keep
 
     async def _control(self, path: str, writer: asyncio.StreamWriter) -> None:
         if path == "/records":
