@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bench.dispatch_systems import Reference, Sluice, System  # noqa: E402
 from bench.support import (  # noqa: E402
     SinkProcess,
+    busy_cpu_secs,
     cpu_secs_of_database_backends,
     cpu_secs_of_group,
     fmt_number,
@@ -52,6 +53,7 @@ class Result:
     idle_cpu: float = float("nan")
     worker_cpu_ms: list[float] = field(default_factory=list)  # worker processes' CPU per drained run
     db_cpu_ms: list[float] = field(default_factory=list)  # PostgreSQL backends' CPU per drained run
+    machine_cpu_ms: list[float] = field(default_factory=list)  # the whole machine's busy CPU per drained run
     lost: int = 0
     duplicates: int = 0
 
@@ -74,6 +76,7 @@ def drain(system: System, n: int, result: Result) -> None:
     system.sink.records()
     assert system.proc is not None
     worker_cpu, db_cpu = cpu_secs_of_group(system.proc.pid), cpu_secs_of_database_backends(system.args.db_name)
+    machine_cpu = busy_cpu_secs()
     started = time.time()
     go()
     system.wait_terminal(n)
@@ -82,6 +85,7 @@ def drain(system: System, n: int, result: Result) -> None:
     # CPU per run is what a busy shared host cannot distort much (throughput is, when others load the cores).
     result.worker_cpu_ms.append((cpu_secs_of_group(system.proc.pid) - worker_cpu) * 1000 / n)
     result.db_cpu_ms.append((cpu_secs_of_database_backends(system.args.db_name) - db_cpu) * 1000 / n)
+    result.machine_cpu_ms.append((busy_cpu_secs() - machine_cpu) * 1000 / n)
     records = system.sink.records()
     result.lost += system.not_completed() + max(0, n - len({r[0] for r in records}))
     result.duplicates += _sink_duplicates(records) + system.duplicate_starts()
@@ -170,6 +174,7 @@ def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -
         ("idle worker CPU (cores)", sluice.idle_cpu, ref.idle_cpu, ""),
         ("drain worker CPU ms/run", _median(sluice.worker_cpu_ms), _median(ref.worker_cpu_ms), ""),
         ("drain db CPU ms/run", _median(sluice.db_cpu_ms), _median(ref.db_cpu_ms), ""),
+        ("drain machine CPU ms/run", _median(sluice.machine_cpu_ms), _median(ref.machine_cpu_ms), ""),
         ("lost runs", sluice.lost, ref.lost if reference else float("nan"), "0"),
         ("duplicate attempts", sluice.duplicates, ref.duplicates if reference else float("nan"), "0"),
     ]

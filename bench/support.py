@@ -80,6 +80,14 @@ def cpu_secs_of_group(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def busy_cpu_secs() -> float:
+    """CPU seconds the whole machine has spent busy (every process and the kernel, all cores): what a
+    drain costs in all, the sink, Redis and the network stack included."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     if not ordered:

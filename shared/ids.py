@@ -14,15 +14,21 @@ _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-f
 
 def uuid7() -> str:
     """A UUIDv7 string: 48-bit Unix milliseconds, then 74 random bits, so ids sort by creation time."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= (rand >> 68) << 64  # 12 bits rand_a
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    h = f"{value:032x}"  # the canonical text form, without building a uuid.UUID (several ids per attempt)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return uuid7s(1)[0]
+
+
+def uuid7s(count: int) -> list[str]:
+    """``count`` UUIDv7 strings of this millisecond, sorted (in the order they sort in), from one read of the
+    clock and one of the random source: several ids per attempt."""
+    ms = (time.time_ns() // 1_000_000) & ((1 << 48) - 1)
+    random_bytes = os.urandom(10 * count)
+    ids = []
+    for index in range(count):
+        rand = int.from_bytes(random_bytes[10 * index:10 * index + 10], "big")
+        value = ms << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | rand & ((1 << 62) - 1)
+        h = f"{value:032x}"  # the canonical text form, without building a uuid.UUID
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return sorted(ids) if count > 1 else ids
 
 
 def new_version_id() -> str:

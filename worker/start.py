@@ -37,7 +37,13 @@ from shared.config import Settings
 from shared.limits.limiter import LimitDecision, LimitRequest, Limits, rate_rules_for
 from shared.metrics import observe_redelay
 from shared.runs.admission import first_refusal
-from shared.runs.execution_settings import ExecutionSettings, SettingsUnresolvable, settings_of, snapshot_settings
+from shared.runs.execution_settings import (
+    ExecutionSettings,
+    SettingsUnresolvable,
+    checked_settings,
+    settings_of,
+    snapshot_settings,
+)
 from shared.runs.status import RunStatus
 from shared.runs.transitions import event_ids
 from shared.schedules.cron import CronError, CronSpec, is_minute_open, next_open_minute, parse_cron
@@ -105,11 +111,8 @@ class Starter:
             row = (self._connection.begin_first if in_transaction else self._connection.first)(START, params)
             picked = None if row is None else Picked.of(row)
             if picked is not None and picked.attempt is not None:
-                try:
-                    settings = snapshot if params["settings_checked_id"] == picked.run_id and snapshot else (
-                        settings_of(picked.live, picked.version, picked.version_id))
-                except SettingsUnresolvable as exc:  # the rules in SQL and Python disagree: never silently
-                    return self._unstart(picked, in_transaction, now, str(exc))
+                settings = snapshot if params["settings_checked_id"] == picked.run_id and snapshot else (
+                    checked_settings(picked.live, picked.version, picked.version_id))
                 if picked.limited:
                     return self._admit(picked, settings, now, hand_over)
                 if in_transaction:
@@ -153,17 +156,6 @@ class Starter:
             else:
                 return self._fail(picked, now, _unusable(picked))
         return NotStarted("lost", params["hint"])
-
-    def _unstart(self, picked: Picked, in_transaction: bool, now: datetime, why: str) -> NotStarted:
-        """A run the statement started whose settings Python refuses: undone, or failed as an attempt."""
-        log.error("start with unusable settings", extra={"run_id": picked.run_id, "job_id": picked.job_id})
-        if in_transaction:
-            self._connection.rollback()
-            return self._fail(picked, now, why)
-        reason = f"internal: cannot resolve execution settings: {why}"
-        self._recorder.move(picked.run_id, S.SYSTEM_FAILED, now=now, from_=S.EXECUTING,
-                            values={"error": reason, "error_class": "internal"}, where={"attempt": picked.attempt})
-        return NotStarted("system_failed", picked.run_id, reason)
 
     def _snapshot(self, picked: Picked) -> ExecutionSettings:
         assert picked.candidate is not None

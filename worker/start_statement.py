@@ -96,18 +96,18 @@ WITH hinted AS (
                     {set_clause_through(S.QUEUED, S.EXECUTING, "picked.status = 'delayed'")}
     FROM picked WHERE runs.id = picked.id AND runs.status = picked.status AND picked.startable
       AND (NOT picked.limited OR CAST(:in_transaction AS boolean))
-    RETURNING runs.id, runs.attempt, runs.queued_at
+    RETURNING runs.id, runs.attempt, runs.queued_at, picked.status AS old_status,
+              {_EVENT_VERSION} AS version, {_STRIP_USERINFO.format(url=_EVENT_ENDPOINT)} AS endpoint_url
 ), logged AS (
     INSERT INTO run_events (id, run_id, type, message, data, created_at)
     {state_change_event(":e0_id", "moved.id", "'delayed'", S.QUEUED, ":wake_message")}
-        FROM moved JOIN picked ON picked.id = moved.id WHERE picked.status = 'delayed'
+        FROM moved WHERE moved.old_status = 'delayed'
     UNION ALL
     {state_change_event(":e1_id", "moved.id", "'queued'", S.EXECUTING)} FROM moved
     UNION ALL
     SELECT :e2_id, moved.id, 'attempt_started', NULL,
-           jsonb_build_object('attempt', moved.attempt, 'job_version', {_EVENT_VERSION},
-                              'endpoint_url', {_STRIP_USERINFO.format(url=_EVENT_ENDPOINT)}),
-           {NOW} FROM moved JOIN picked ON picked.id = moved.id
+           jsonb_build_object('attempt', moved.attempt, 'job_version', moved.version,
+                              'endpoint_url', moved.endpoint_url), {NOW} FROM moved
 )
 SELECT {", ".join(f"picked.{c}" for c in ATTEMPT_COLUMNS)}, moved.attempt, COALESCE(moved.queued_at, picked.queued_at),
        picked.limited, CASE WHEN picked.limited THEN {_LIMITS} END,

@@ -139,10 +139,9 @@ def int_between(name: str, low: int, high: int) -> Predicate:
 
 
 def counts(name: str) -> Predicate:
-    """A JSON list of non-negative integers, or null."""
+    """A JSON list of non-negative integers, or null (in SQL: the column's canonical JSON text has that shape)."""
     column = FIELDS[name]
-    sql = (f"({column} IS NULL OR jsonb_typeof({column}) = 'null' OR (jsonb_typeof({column}) = 'array' AND NOT EXISTS "
-           f"(SELECT 1 FROM jsonb_array_elements({column}) e WHERE e.value::text !~ '^[0-9]+$')))")
+    sql = f"({column} IS NULL OR {column}::text ~ '^(null|\\[([0-9]+(, [0-9]+)*)?\\])$')"
     return Predicate(sql, lambda c, p: c[name] is None or (
         isinstance(c[name], list) and all(_is_int(d) and d >= 0 for d in c[name])))
 

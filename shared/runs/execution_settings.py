@@ -60,11 +60,17 @@ def settings_of(config: Mapping[str, Any], version: int, version_id: str) -> Exe
     problem = settings_problem(values)
     if problem is not None:
         raise SettingsUnresolvable(f"version {version_id}: {problem}")
+    return checked_settings(values, version, version_id)
+
+
+def checked_settings(config: Mapping[str, Any], version: int, version_id: str) -> ExecutionSettings:
+    """The settings in ``config`` that the same clauses have already passed: the live job's, as the start
+    statement returns them for a run it started (its SQL holds them to ``shared.runs.admission.SETTINGS``)."""
     return ExecutionSettings(
-        endpoint_url=values["endpoint_url"], fallback_endpoint_url=values["fallback_endpoint_url"] or None,
-        timeout_secs=values["timeout_secs"], max_attempts=values["max_attempts"],
-        retry_strategy=values["retry_strategy"] or "exponential",
-        retry_delays_secs=tuple(values["retry_delays_secs"] or ()), version=version, version_id=version_id)
+        endpoint_url=config["endpoint_url"], fallback_endpoint_url=config["fallback_endpoint_url"] or None,
+        timeout_secs=config["timeout_secs"], max_attempts=config["max_attempts"],
+        retry_strategy=config["retry_strategy"] or "exponential",
+        retry_delays_secs=tuple(config["retry_delays_secs"] or ()), version=version, version_id=version_id)
 
 
 def snapshot_settings(session: Session, job_id: str, version_id: str) -> ExecutionSettings:
