@@ -72,6 +72,9 @@ def create_app(settings: Settings) -> Flask:
     _register_blueprints(api)
     service.document(app, api.spec)
     app.wsgi_app = front.install(services, app.wsgi_app)  # type: ignore[method-assign]
+    if settings.api_metrics_port is not None:
+        app.wsgi_app = metrics.metrics_port_only(  # type: ignore[method-assign,assignment]
+            settings.api_metrics_port, app.wsgi_app)
     return app
 
 
