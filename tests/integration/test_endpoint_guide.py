@@ -69,7 +69,10 @@ def documented_headers() -> list[str]:
     return re.findall(r"^\| `([^`]+)` \|", section, flags=re.M)
 
 
-def real_call(harness: Harness, httpserver: HTTPServer, path: str, secret: str | None) -> tuple[dict[str, str], bytes, str]:
+Call = tuple[dict[str, str], bytes, str]  # headers (lower-case names), raw body, run id
+
+
+def real_call(harness: Harness, httpserver: HTTPServer, path: str, secret: str | None) -> Call:
     httpserver.expect_request(path).respond_with_data("{}", content_type="application/json")
     job = harness.job(endpoint_url=httpserver.url_for(path), **({"webhook_secret": secret} if secret else {}))
     run = harness.run(job, payload='{"user_id": 42, "note": "caf\\u00e9"}')
