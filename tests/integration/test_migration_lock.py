@@ -1,8 +1,9 @@
 """``sluice db upgrade`` run by several pods at once (each pod's init container) on an empty database:
-every one exits 0 and the schema is applied once."""
+every one exits 0, writes JSON log lines only, and the schema is applied once."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,9 @@ def test_concurrent_upgrades_of_an_empty_database_all_succeed(pg_engine: sa.Engi
                                    stderr=subprocess.STDOUT, text=True) for _ in range(RACERS)]
         outputs = [(racer.wait(120), racer.stdout.read() if racer.stdout else "") for racer in racers]
         assert all(code == 0 for code, _ in outputs), outputs
+        lines = [line for _, output in outputs for line in output.splitlines() if line.strip()]
+        events = [json.loads(line)["event"] for line in lines]  # JSON lines only, like every process's
+        assert events.count("database is at the newest schema") == RACERS
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
