@@ -109,3 +109,21 @@ def test_worker_and_scheduler_answer_healthz_on_their_metrics_port(tmp_path: Pat
         status, text = call("GET", f"{base}/metrics")  # a worker's children may not have recorded a sample yet
         assert status == 200 and (args[0] == "worker" or "sluice_schedule_lag_seconds" in text)
         assert call("GET", f"{base}/nothing-here")[0] == 404
+
+
+def test_healthz_fails_while_the_process_check_fails() -> None:
+    from shared.metrics_listener import Heartbeat, serve
+
+    now = [0.0]
+    heartbeat = Heartbeat(30.0, clock=lambda: now[0])
+    port = free_port()
+    server = serve(port, lambda: b"", "text/plain", health=heartbeat.fresh, addr="127.0.0.1")
+    try:
+        assert call("GET", f"http://127.0.0.1:{port}/healthz") == (200, {"status": "ok"})
+        now[0] = 31.0  # the loop stopped turning
+        assert call("GET", f"http://127.0.0.1:{port}/healthz") == (503, {"status": "unhealthy"})
+        heartbeat.beat()
+        assert call("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
