@@ -51,8 +51,9 @@ def test_services_and_start_order() -> None:
     assert migrate["command"] == ["sluice", "db", "upgrade"]
     assert migrate["restart"] == "no"
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    images = {services[name]["image"] for name in ("migrate", *SLUICE_SERVICES)}
-    assert len(images) == 1  # one image, built once by the migrate service
+    images = {(services[name]["image"], services[name]["build"]["dockerfile"])
+              for name in ("migrate", *SLUICE_SERVICES)}
+    assert images == {("${SLUICE_IMAGE:-sluice:local}", "deploy/Dockerfile")}  # one image for every process
     for name, port in SLUICE_SERVICES.items():
         service = services[name]
         assert service["command"] == ["sluice", name]
