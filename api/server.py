@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 from shared.config import Settings
 from shared.metrics import prepare_multiprocess_dir
 
 
-def gunicorn_args(settings: Settings, env: dict[str, str] | os._Environ[str], argv: list[str]) -> list[str]:
+def gunicorn_args(settings: Settings, env: Mapping[str, str], argv: list[str]) -> list[str]:
     """The gunicorn command line ``sluice api`` runs (``argv``: extra gunicorn flags)."""
     bind = env.get("SLUICE_API_BIND", f"0.0.0.0:{env.get('PORT', '8080')}")
     binds = ["--bind", bind]
