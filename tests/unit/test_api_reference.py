@@ -1,13 +1,21 @@
-"""docs/api.md is the API reference generated from /openapi.json (``python -m tools.api_reference``):
+"""docs/api.md is the API reference generated from /openapi.json (``python docs/api_reference.py``):
 it must match what the current API would generate, and name every operation."""
 
 from __future__ import annotations
 
-from tools.api_reference import OUTPUT, main, openapi, render
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location(
+    "api_reference", Path(__file__).resolve().parents[2] / "docs" / "api_reference.py")
+assert _spec is not None and _spec.loader is not None
+_generator = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_generator)
+OUTPUT, main, openapi, render = _generator.OUTPUT, _generator.main, _generator.openapi, _generator.render
 
 
 def test_docs_api_md_is_up_to_date() -> None:
-    assert OUTPUT.read_text() == render(openapi()), "docs/api.md is out of date: run python -m tools.api_reference"
+    assert OUTPUT.read_text() == render(openapi()), "docs/api.md is out of date: run python docs/api_reference.py"
     assert main(["--check"]) == 0
 
 

@@ -1,9 +1,9 @@
 """Write docs/api.md, the API reference, from the API's own /openapi.json.
 
-    python -m tools.api_reference            # rewrite docs/api.md
-    python -m tools.api_reference --check    # exit 1 if docs/api.md is out of date
+    python docs/api_reference.py            # rewrite docs/api.md
+    python docs/api_reference.py --check    # exit 1 if docs/api.md is out of date
 
-tests/integration/test_api_reference.py fails while docs/api.md differs from what this prints.
+tests/unit/test_api_reference.py fails while docs/api.md differs from what this prints.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "docs" / "api.md"
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the API's packages are beside docs/
 METHODS = ("get", "post", "put", "patch", "delete")
 
 
