@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(openapi())
     if args.check:
         if OUTPUT.read_text() != text:
-            print(f"{OUTPUT} is out of date: run python -m tools.api_reference", file=sys.stderr)
+            print(f"{OUTPUT} is out of date: run python docs/api_reference.py", file=sys.stderr)
             return 1
         return 0
     OUTPUT.write_text(text)
