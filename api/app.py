@@ -10,7 +10,7 @@ from flask import Flask, g
 from webargs import core
 from webargs.flaskparser import FlaskParser
 
-from api import front, gate, metrics, request_log, service
+from api import console, front, gate, metrics, request_log, service
 from api.access import Access
 from api.context import Services, autocommit_read_factory, close_session
 from api.errors import handle_http_exception, register_error_handlers
@@ -70,6 +70,7 @@ def create_app(settings: Settings) -> Flask:
     metrics.install(app)
     request_log.install(app)
     _register_blueprints(api)
+    console.install(app)
     service.document(app, api.spec)
     app.wsgi_app = front.install(services, app.wsgi_app)  # type: ignore[method-assign]
     return app

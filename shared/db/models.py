@@ -157,6 +157,8 @@ class Run(Base):
         sa.Index("ix_runs_batch", "batch_id",
                  postgresql_where=sa.text("batch_id IS NOT NULL")),
         sa.Index("ix_runs_status_created", "project_id", "status", "created_at"),
+        sa.Index("ix_runs_continuation_of", "continuation_of",
+                 postgresql_where=sa.text("continuation_of IS NOT NULL")),
         # The ready set, best first (§5.11): what a worker claims and the sweeper counts.
         # (an expression index, created by hand in migration 0001: autogenerate cannot compare it)
         sa.Index("ix_runs_ready", sa.text("priority DESC"), "queued_at", "id",
