@@ -188,3 +188,47 @@ def test_new_job_form_creates_a_job_or_shows_the_apis_errors(signed_in, session)
     again = signed_in.post("/ui/new-job", data={"csrf_token": token, "name": "N", "slug": "n",
                                                 "endpoint_url": "https://example.com/n"})
     assert again.status_code == 409 and "already exists" in again.get_data(as_text=True)
+
+
+def test_fleet_shows_slots_in_use_and_the_rate_window_of_a_limited_job(signed_in, session, redis_client):
+    from shared.limits.limiter import LimitRequest, Limits, rate_rules_for
+
+    job = make_job(session, slug="limited", name="Limited", max_concurrency=3, rate_limit_max=10,
+                   rate_limit_window_secs=60)
+    session.commit()
+    limits = Limits(redis_client)
+    for n in range(2):
+        decision = limits.acquire(LimitRequest(run_id=f"run-{n}", job_id=job.id, max_concurrency=3,
+                                               concurrency_key=None, max_concurrency_per_key=None, lease_ms=60_000,
+                                               rate_rules=rate_rules_for(job.id, 10, 60, [], {}, {}, {})))
+        assert decision.admitted
+    page = signed_in.get("/ui/fleet").get_data(as_text=True)
+    row = page[page.index(">Limited<"):]
+    assert re.search(r"<td>2\s*/ 3", row) and "2 / 10 starts per 60 s" in row
+
+
+def test_job_search_matches_part_of_a_name_or_slug_literally(signed_in, session):
+    make_job(session, slug="nightly-report", name="Nightly report")
+    make_job(session, slug="hourly-sync", name="Sync 100% of rows")
+    session.commit()
+    found = signed_in.get("/ui/jobs?q=REPORT").get_data(as_text=True)
+    assert "nightly-report" in found and "hourly-sync" not in found
+    percent = signed_in.get("/ui/jobs?q=100%25").get_data(as_text=True)
+    assert "hourly-sync" in percent and "nightly-report" not in percent
+    underscore = signed_in.get("/ui/jobs?q=_").get_data(as_text=True)  # a literal "_", not any character
+    assert "hourly-sync" not in underscore and "nightly-report" not in underscore
+
+
+def test_the_jobs_page_health_is_the_apis_health_of_each_job(signed_in, client, auth, session):
+    now = utcnow()
+    jobs = [make_job(session, slug=f"h{n}", name=f"H{n}") for n in range(3)]
+    for n, job in enumerate(jobs):
+        for i in range(n * 3):
+            make_run(session, job, status="completed" if i % 3 else "failed", started_at=now, finished_at=now)
+    session.commit()
+    page = signed_in.get("/ui/jobs").get_data(as_text=True)
+    for job in jobs:
+        score = client.get(f"/v1/jobs/{job.slug}/health", headers=auth).get_json()["health_score"]
+        row = page[page.index(f">{job.name}<"):]
+        shown = "no runs" if score == -1 else f">{score}<"
+        assert shown in row[:row.index("</tr>")], (job.slug, score)
