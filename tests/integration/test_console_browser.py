@@ -34,7 +34,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 SLUICE = str(Path(sys.executable).parent / "sluice")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900")
-WAIT_SECS = 20
+WAIT_SECS = 45  # generous: a loaded CI machine starts the worker slowly; a passing run waits far less
 SHOTS = os.environ.get("SLUICE_CONSOLE_SCREENSHOTS")
 
 
