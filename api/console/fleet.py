@@ -23,7 +23,7 @@ from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, live_workers, pending
 from shared.runs.overview import cron_lags, executing_job_ids, status_counts
 
 JOBS_SHOWN = 50
-RECENT = timedelta(hours=24)
+RECENT = timedelta(hours=1)
 
 
 def _limits(session: Any, project_id: str, now_ms: int) -> list[dict[str, Any]]:

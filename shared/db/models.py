@@ -60,6 +60,8 @@ class Job(Base):
         sa.UniqueConstraint("project_id", "slug", name="uq_jobs_project_slug"),
         sa.Index("ix_jobs_project_created", "project_id", "created_at", "id"),
         sa.Index("ix_jobs_scheduled", "cron", postgresql_where=sa.text("cron IS NOT NULL")),
+        sa.Index("ix_jobs_limited", "project_id", "created_at",
+                 postgresql_where=sa.text("max_concurrency IS NOT NULL OR rate_limit_max IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)

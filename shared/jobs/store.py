@@ -200,10 +200,14 @@ def before_position(created_at: Any, row_id: Any, after: tuple[datetime, str]) -
     return sa.or_(created_at < after[0], sa.and_(created_at == after[0], row_id < after[1]))
 
 
-def limited_job_records(session: Session, project_id: str, *, also: list[str], limit: int) -> list[JobRecord]:
-    """The project's jobs that have a concurrency or rate limit, plus the jobs ``also`` names, newest first."""
-    condition = sa.or_(JOBS.c.max_concurrency.is_not(None), JOBS.c.rate_limit_max.is_not(None),
-                       JOBS.c.id.in_(also))
-    return list(session.execute(
-        sa.select(JOBS).where(JOBS.c.project_id == project_id, condition)
-        .order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(limit)).mappings().all())
+LIMITED = sa.or_(JOBS.c.max_concurrency.is_not(None), JOBS.c.rate_limit_max.is_not(None))
+
+
+def limited_job_records(session: Session, project_id: str, *, also: list[str], limit: int) -> list[Any]:
+    """The project's newest ``limit`` jobs that have a concurrency or rate limit (``ix_jobs_limited``), plus
+    the jobs ``also`` names, newest first."""
+    limited = sa.select(JOBS).where(JOBS.c.project_id == project_id, LIMITED)
+    named = sa.select(JOBS).where(JOBS.c.project_id == project_id, JOBS.c.id.in_(also))
+    rows = {row["id"]: row for query in (limited.order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(limit),
+                                         named) for row in session.execute(query).mappings()}
+    return sorted(rows.values(), key=lambda row: (row["created_at"], row["id"]), reverse=True)[:limit]
