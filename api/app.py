@@ -10,7 +10,7 @@ from flask import Flask, g
 from webargs import core
 from webargs.flaskparser import FlaskParser
 
-from api import docs_assets, front, gate, metrics, openapi_document, request_log, service
+from api import console, docs_assets, front, gate, metrics, openapi_document, request_log, service
 from api.access import Access
 from api.context import Services, autocommit_read_factory, close_session
 from api.errors import handle_http_exception, register_error_handlers
@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> Flask:
     docs_assets.install(app)
     request_log.install(app)
     _register_blueprints(api)
+    console.install(app)
     service.document(app, api.spec)
     app.wsgi_app = front.install(services, app.wsgi_app)  # type: ignore[method-assign]
     if settings.api_metrics_port is not None:

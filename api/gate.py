@@ -27,6 +27,12 @@ def optional_body(view: Any) -> Any:
     return view
 
 
+def form_body(view: Any) -> Any:
+    """Mark a view that reads an HTML form (the console): its body is not JSON and is left to the view."""
+    view.form_body = True
+    return view
+
+
 def request_id_for(incoming: str) -> str:
     """The request's id: the caller's ``X-Request-Id`` when it is well-formed, else a new one."""
     return incoming if _REQUEST_ID_RE.match(incoming) else uuid7()
@@ -35,7 +41,7 @@ def request_id_for(incoming: str) -> str:
 def _read_body(view: Any) -> None:
     """Parse the JSON body once into ``g.body`` (``None`` when the request has no body)."""
     g.body = None
-    if request.method not in _BODY_METHODS:
+    if request.method not in _BODY_METHODS or getattr(view, "form_body", False):
         return
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:

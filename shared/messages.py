@@ -19,6 +19,7 @@ import contextlib
 import threading
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -221,3 +222,28 @@ def pending_messages(broker: RedisBroker, queue_name: str = DISPATCH_QUEUE) -> i
 def ready_messages(broker: RedisBroker, queue_name: str = DISPATCH_QUEUE) -> int:
     """Messages waiting in the queue (not yet fetched by a worker)."""
     return int(broker.client.llen(_queue_key(broker, queue_name)))
+
+
+@dataclass(frozen=True)
+class WorkerProcess:
+    """A worker process as its broker's heartbeats show it: its broker id, its last heartbeat (unix ms) and
+    the run messages it has fetched and not yet acknowledged."""
+
+    broker_id: str
+    last_heartbeat_ms: int
+    in_flight: int
+
+
+def live_workers(broker: RedisBroker, now_ms: int) -> list[WorkerProcess]:
+    """The worker processes whose consumers heartbeated within ``HEARTBEAT_TIMEOUT_MS`` of ``now_ms``
+    (senders never heartbeat: ``enqueue_many``), most recent first."""
+    client = broker.client
+    beats = client.zrevrangebyscore(f"{broker.namespace}:__heartbeats__", "+inf",
+                                    now_ms - HEARTBEAT_TIMEOUT_MS, withscores=True)
+    ids = [member.decode() if isinstance(member, bytes) else str(member) for member, _score in beats]
+    pipe = client.pipeline(transaction=False)
+    for broker_id in ids:
+        pipe.scard(f"{broker.namespace}:__acks__.{broker_id}.{DISPATCH_QUEUE}")
+    in_flight = pipe.execute() if ids else []
+    return [WorkerProcess(broker_id, int(score), int(count))
+            for broker_id, (_member, score), count in zip(ids, beats, in_flight, strict=True)]

@@ -60,6 +60,8 @@ class Job(Base):
         sa.UniqueConstraint("project_id", "slug", name="uq_jobs_project_slug"),
         sa.Index("ix_jobs_project_created", "project_id", "created_at", "id"),
         sa.Index("ix_jobs_scheduled", "cron", postgresql_where=sa.text("cron IS NOT NULL")),
+        sa.Index("ix_jobs_limited", "project_id", "created_at",
+                 postgresql_where=sa.text("max_concurrency IS NOT NULL OR rate_limit_max IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -157,6 +159,8 @@ class Run(Base):
         sa.Index("ix_runs_batch", "batch_id",
                  postgresql_where=sa.text("batch_id IS NOT NULL")),
         sa.Index("ix_runs_status_created", "project_id", "status", "created_at"),
+        sa.Index("ix_runs_continuation_of", "continuation_of",
+                 postgresql_where=sa.text("continuation_of IS NOT NULL")),
         # The ready set, best first (§5.11): what a worker claims and the sweeper counts.
         # (an expression index, created by hand in migration 0001: autogenerate cannot compare it)
         sa.Index("ix_runs_ready", sa.text("priority DESC"), "queued_at", "id",

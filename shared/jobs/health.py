@@ -24,12 +24,13 @@ DEFAULT_WINDOW = "7d"
 _TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
 
 _DURATIONS = sa.text("""
-    SELECT avg(d) AS avg_d, percentile_cont(0.95) WITHIN GROUP (ORDER BY d) AS p95_d
-    FROM (SELECT EXTRACT(EPOCH FROM finished_at - started_at) AS d
+    SELECT job_id, avg(d) AS avg_d, percentile_cont(0.95) WITHIN GROUP (ORDER BY d) AS p95_d
+    FROM (SELECT job_id, EXTRACT(EPOCH FROM finished_at - started_at) AS d
           FROM runs
-          WHERE job_id = :job_id AND status IN :statuses AND finished_at >= :since
+          WHERE job_id IN :job_ids AND status IN :statuses AND finished_at >= :since
                 AND started_at IS NOT NULL) AS durations
-""").bindparams(sa.bindparam("statuses", expanding=True))
+    GROUP BY job_id
+""").bindparams(sa.bindparam("job_ids", expanding=True), sa.bindparam("statuses", expanding=True))
 
 
 def parse_window(value: str | None) -> str:
@@ -49,21 +50,38 @@ def health_score(total: int, success_rate: float, avg: float, p95: float) -> flo
     return min(100.0, 0.7 * success_rate + stability)
 
 
-def _durations(session: Session, job_id: str, since: datetime) -> tuple[float, float]:
-    row = session.execute(_DURATIONS, {"job_id": job_id, "statuses": _TERMINAL_VALUES, "since": since}).one()
-    return float(row.avg_d or 0.0), float(row.p95_d or 0.0)
+def _durations(session: Session, job_ids: list[str], since: datetime) -> dict[str, tuple[float, float]]:
+    rows = session.execute(_DURATIONS, {"job_ids": job_ids, "statuses": _TERMINAL_VALUES, "since": since})
+    return {row.job_id: (float(row.avg_d or 0.0), float(row.p95_d or 0.0)) for row in rows}
 
 
 def job_health(session: Session, job_id: str, window: str, *, now: datetime) -> dict[str, Any]:
     """The §8 response body (``since`` as a datetime; the caller formats it)."""
+    return jobs_health(session, [job_id], window, now=now)[job_id]
+
+
+def jobs_health(session: Session, job_ids: list[str], window: str, *, now: datetime) -> dict[str, dict[str, Any]]:
+    """``job_health`` of several jobs at once (two statements whatever their number), by job id."""
+    if not job_ids:
+        return {}
     since = now - WINDOWS[window]
-    counts: dict[str, int] = {status: count for status, count in session.execute(
-        sa.select(Run.status, sa.func.count())
-        .where(Run.job_id == job_id, Run.status.in_(_TERMINAL_VALUES), Run.finished_at >= since)
-        .group_by(Run.status))}
+    counts: dict[str, dict[str, int]] = {job_id: {} for job_id in job_ids}
+    for job_id, status, count in session.execute(
+            sa.select(Run.job_id, Run.status, sa.func.count())
+            .where(Run.job_id.in_(job_ids), Run.status.in_(_TERMINAL_VALUES), Run.finished_at >= since)
+            .group_by(Run.job_id, Run.status)):
+        counts[job_id][status] = count
+    with_runs = [job_id for job_id, per_status in counts.items() if per_status]
+    durations = _durations(session, with_runs, since) if with_runs else {}
+    return {job_id: _body(job_id, window, since, per_status, durations.get(job_id, (0.0, 0.0)))
+            for job_id, per_status in counts.items()}
+
+
+def _body(job_id: str, window: str, since: datetime, counts: dict[str, int],
+          durations: tuple[float, float]) -> dict[str, Any]:
     total = sum(counts.values())
     completed = counts.get("completed", 0)
-    avg, p95 = _durations(session, job_id, since) if total else (0.0, 0.0)
+    avg, p95 = durations if total else (0.0, 0.0)
     success_rate = 100.0 * completed / total if total else 0.0
     score = health_score(total, success_rate, avg, p95)
     return {

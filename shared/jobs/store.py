@@ -125,9 +125,13 @@ def update_job(session: Session, job_id: str, values: Mapping[str, Any]) -> None
 
 
 @lru_cache(maxsize=64)
-def _list_statement(slug: bool, enabled: bool, tag_key: str | None, tag_value: bool, after: bool) -> sa.Select[Any]:
+def _list_statement(slug: bool, enabled: bool, tag_key: str | None, tag_value: bool, after: bool,
+                    search: bool = False) -> sa.Select[Any]:
     """One statement per filter combination, reused with new bound values (see ``_lookup_statement``)."""
     query = sa.select(JOBS).where(JOBS.c.project_id == sa.bindparam("project_id"))
+    if search:
+        pattern: sa.BindParameter[str] = sa.bindparam("search")
+        query = query.where(sa.or_(JOBS.c.name.ilike(pattern, escape="\\"), JOBS.c.slug.ilike(pattern, escape="\\")))
     if slug:
         query = query.where(JOBS.c.slug == sa.bindparam("slug"))
     if enabled:
@@ -171,19 +175,22 @@ _PLAIN_PAGE = {after: page_query("sluice_jobs_page", page_sql("m", ":project_id"
 
 def list_job_records(session: Session, project_id: str, *, limit: int, after: tuple[datetime, str] | None = None,
                      slug: str | None = None, tag_key: str | None = None, tag_value: str | None = None,
-                     enabled: bool | None = None) -> list[JobRecord]:
+                     enabled: bool | None = None, search: str | None = None) -> list[JobRecord]:
     """Newest first (``created_at`` desc, ``id`` desc), strictly after the keyset position ``after``.
 
-    Returns up to ``limit`` rows; ask for one more than a page to learn whether another page exists.
+    ``search``: jobs whose name or slug contains it, case-insensitively. Returns up to ``limit`` rows; ask
+    for one more than a page to learn whether another page exists.
     """
     params: dict[str, Any] = {"project_id": project_id, "limit": limit}
     if after is not None:
         params["after_created_at"], params["after_id"] = after
-    if slug is None and tag_key is None and enabled is None:  # the common page: a prepared statement
+    if search:
+        params["search"] = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    if slug is None and tag_key is None and enabled is None and not search:  # the common page: prepared
         return list(_PLAIN_PAGE[after is not None].all(session.connection(), params))
     # The tag key stays a literal JSON path, so it is part of the cache key (a bounded LRU).
     statement = _list_statement(slug is not None, enabled is not None, tag_key, tag_value is not None,
-                                after is not None)
+                                after is not None, bool(search))
     params.update(slug=slug, enabled=enabled, tag_value=tag_value)
     return list(session.execute(statement, params).mappings().all())
 
@@ -191,3 +198,16 @@ def list_job_records(session: Session, project_id: str, *, limit: int, after: tu
 def before_position(created_at: Any, row_id: Any, after: tuple[datetime, str]) -> sa.ColumnElement[bool]:
     """Keyset condition "strictly after ``after`` in newest-first order" over (created_at, id)."""
     return sa.or_(created_at < after[0], sa.and_(created_at == after[0], row_id < after[1]))
+
+
+LIMITED = sa.or_(JOBS.c.max_concurrency.is_not(None), JOBS.c.rate_limit_max.is_not(None))
+
+
+def limited_job_records(session: Session, project_id: str, *, also: list[str], limit: int) -> list[Any]:
+    """The project's newest ``limit`` jobs that have a concurrency or rate limit (``ix_jobs_limited``), plus
+    the jobs ``also`` names, newest first."""
+    limited = sa.select(JOBS).where(JOBS.c.project_id == project_id, LIMITED)
+    named = sa.select(JOBS).where(JOBS.c.project_id == project_id, JOBS.c.id.in_(also))
+    rows = {row["id"]: row for query in (limited.order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(limit),
+                                         named) for row in session.execute(query).mappings()}
+    return sorted(rows.values(), key=lambda row: (row["created_at"], row["id"]), reverse=True)[:limit]

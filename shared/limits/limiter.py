@@ -221,6 +221,10 @@ class Limits:
                else redis_keys.concurrency_job(job_id))
         return int(self._count(keys=[key], args=[_now_arg(now_ms)]))
 
+    def starts_in_window(self, job_id: str, window_secs: int, now_ms: int) -> int:
+        """Attempt starts of the job counted in its rate window (``rate_limit_max``) ending at ``now_ms``."""
+        return int(self._redis.zcount(redis_keys.rate_job(job_id), f"({now_ms - window_secs * 1000}", "+inf"))
+
 
 def rate_rules_for(job_id: str, rate_limit_max: int | None, rate_limit_window_secs: int | None,
                    rate_limit_keys: list[dict[str, object]], metadata: Mapping[str, str],
