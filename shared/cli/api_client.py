@@ -29,8 +29,9 @@ DEFAULT_TIMEOUT_SECS = 30.0
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 
 
-class ApiFailure(Exception):
-    """A request that did not succeed: ``message`` is the line to print, ``exit_code`` the process's code."""
+class CommandFailure(Exception):
+    """A command that cannot succeed (a refused request, a wrong option): ``message`` is the line to print,
+    ``exit_code`` the process's code."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
@@ -89,7 +90,7 @@ class Page:
 
 
 class ApiClient:
-    """One ``requests`` session to the API; each method returns the decoded body or raises ``ApiFailure``."""
+    """One ``requests`` session to the API; each method returns the decoded body or raises ``CommandFailure``."""
 
     def __init__(self, target: ApiTarget) -> None:
         self.target = target
@@ -118,17 +119,17 @@ class ApiClient:
             response = self._session.request(method, url, params=query, json=body,
                                              timeout=self.target.timeout_secs)
         except requests.Timeout:
-            raise ApiFailure(f"no answer from {self.target.url} within {self.target.timeout_secs:g} s "
+            raise CommandFailure(f"no answer from {self.target.url} within {self.target.timeout_secs:g} s "
                              "(--timeout)", exit_codes.UNAVAILABLE) from None
         except requests.RequestException as exc:
-            raise ApiFailure(f"cannot reach the Sluice API at {self.target.url} (SLUICE_URL): {_reason(exc)}; "
+            raise CommandFailure(f"cannot reach the Sluice API at {self.target.url} (SLUICE_URL): {_reason(exc)}; "
                              "is `sluice api` or `sluice dev` running there?", exit_codes.UNAVAILABLE) from None
         if response.status_code >= 400:
             raise failure_of(response, self.target.url)
         try:
             response.json()
         except ValueError:
-            raise ApiFailure(f"{self.target.url} answered {method} {path} with something other than JSON; "
+            raise CommandFailure(f"{self.target.url} answered {method} {path} with something other than JSON; "
                              "is SLUICE_URL the Sluice API?", exit_codes.UNAVAILABLE) from None
         return response
 
@@ -143,7 +144,7 @@ def _reason(exc: requests.RequestException) -> str:
     return type(exc).__name__
 
 
-def failure_of(response: requests.Response, base_url: str) -> ApiFailure:
+def failure_of(response: requests.Response, base_url: str) -> CommandFailure:
     """The one line and exit code of an error answer (the API's error body, or whatever the server sent)."""
     status = response.status_code
     try:
@@ -151,18 +152,18 @@ def failure_of(response: requests.Response, base_url: str) -> ApiFailure:
         message = str(body.get("message") or response.reason)
         details = _flatten(body.get("errors") or {})
     except (ValueError, AttributeError):
-        return ApiFailure(f"{base_url} answered {status} {response.reason} with something other than Sluice's "
+        return CommandFailure(f"{base_url} answered {status} {response.reason} with something other than Sluice's "
                           "error body; is SLUICE_URL the Sluice API?", exit_codes.UNAVAILABLE)
     line = f"{message} ({status})" + (f": {'; '.join(details)}" if details else "")
     if status == 401:
-        return ApiFailure(f"{line}; check SLUICE_API_KEY or --api-key", exit_codes.AUTH)
+        return CommandFailure(f"{line}; check SLUICE_API_KEY or --api-key", exit_codes.AUTH)
     if status == 403:
-        return ApiFailure(line, exit_codes.AUTH)
+        return CommandFailure(line, exit_codes.AUTH)
     if status == 404:
-        return ApiFailure(line, exit_codes.NOT_FOUND)
+        return CommandFailure(line, exit_codes.NOT_FOUND)
     if status >= 500:
-        return ApiFailure(line, exit_codes.UNAVAILABLE)
-    return ApiFailure(line, exit_codes.REFUSED)
+        return CommandFailure(line, exit_codes.UNAVAILABLE)
+    return CommandFailure(line, exit_codes.REFUSED)
 
 
 def _flatten(errors: Any, prefix: str = "") -> list[str]:

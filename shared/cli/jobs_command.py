@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from shared.cli import exit_codes
-from shared.cli.api_client import ApiClient, ApiFailure, add_target_options
+from shared.cli.api_client import ApiClient, CommandFailure, add_target_options
 from shared.cli.runs_command import add_watch_options
 from shared.cli.tables import render_fields, render_table, show_json, show_time, show_value
 from shared.cli.watch import watch_run
@@ -125,19 +125,19 @@ def read_payload(text: str | None, path: str | None) -> Any:
         try:
             text = sys.stdin.read() if path == "-" else Path(path).read_text()
         except OSError as exc:
-            raise ApiFailure(f"{where}: {exc.strerror}", exit_codes.USAGE) from None
+            raise CommandFailure(f"{where}: {exc.strerror}", exit_codes.USAGE) from None
     if text is None:
         return {}
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ApiFailure(f"{where}: not JSON ({exc})", exit_codes.USAGE) from None
+        raise CommandFailure(f"{where}: not JSON ({exc})", exit_codes.USAGE) from None
 
 
 def _pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise ApiFailure(f"--tag: expected KEY=VALUE, got {text!r}", exit_codes.USAGE)
+        raise CommandFailure(f"--tag: expected KEY=VALUE, got {text!r}", exit_codes.USAGE)
     return key, value
 
 
@@ -146,8 +146,8 @@ def toggle_jobs(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int
     for ref in args.jobs:  # every job is found before any changes (the batch routes skip unknown ones)
         try:
             jobs.append(client.get(f"/v1/jobs/{ref}"))
-        except ApiFailure as exc:
-            raise ApiFailure(f"job {ref}: {exc.message}", exc.exit_code) from None
+        except CommandFailure as exc:
+            raise CommandFailure(f"job {ref}: {exc.message}", exc.exit_code) from None
     verb = "enable" if args.enable else "disable"
     answer = client.post(f"/v1/jobs/batch-{verb}", {"ids": [job["id"] for job in jobs]})
     if args.json:

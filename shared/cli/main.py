@@ -7,8 +7,9 @@
   (``shared.cli.api_client``).
 
 Before a role or ``keys`` runs, PostgreSQL is reached once and its schema compared with this release's
-migrations: a missing or malformed setting, an unreachable server or a schema behind the code stops the
-command with one line on stderr and exit code 2. Exit codes: ``shared.cli.exit_codes`` (docs/cli.md).
+migrations, and a role pings Redis (``shared.cli.startup``): a missing or malformed setting, an unreachable
+server or a schema behind the code stops the command with one line on stderr and exit code 2. Exit codes:
+``shared.cli.exit_codes`` (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from shared.cli import dlq_command, exit_codes, jobs_command, runs_command
-from shared.cli.api_client import ApiClient, ApiFailure, ApiTarget, package_version
+from shared.cli.api_client import ApiClient, ApiTarget, CommandFailure, package_version
 from shared.cli.roles import RoleEntry, run_scheduler, run_worker, serve_api
+from shared.cli.startup import check_redis, check_serving_database
 from shared.config import Settings
 from shared.db.engine import check_database
 from shared.errors import ConfigError
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sluice: {exc.message}", file=sys.stderr)
         return exit_codes.USAGE
-    except ApiFailure as exc:
+    except CommandFailure as exc:
         print(f"sluice: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -112,7 +114,7 @@ def _run(argv: list[str]) -> int:
         upgrade(settings.database_url)
         print("database is at the newest schema")
         return exit_codes.OK
-    _check_serving_database(settings)
+    check_serving_database(settings)
     from shared.cli.keys import run_keys_command
 
     return run_keys_command(settings, args)
@@ -122,15 +124,10 @@ def _run_process(command: str, argv: list[str]) -> int:
     if command == "dev":
         return run_dev(argv)  # brings its own database
     if not HELP_FLAGS & set(argv):
-        _check_serving_database(Settings.from_env())
+        settings = Settings.from_env()
+        check_serving_database(settings)
+        check_redis(settings.redis_url)
     return ROLES[command](argv)
-
-
-def _check_serving_database(settings: Settings) -> None:
-    """PostgreSQL answers and its schema is this release's (or newer), else ``ConfigError``."""
-    from shared.db.schema_version import ShippedSchema
-
-    check_database(settings.database_url, verify=ShippedSchema.load().verify)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from shared.cli import exit_codes
-from shared.cli.api_client import ApiClient, ApiFailure, Page, add_target_options
+from shared.cli.api_client import ApiClient, CommandFailure, Page, add_target_options
 from shared.cli.tables import (
     render_fields,
     render_table,
@@ -98,7 +98,7 @@ def moment(text: str | None, now: datetime, option: str) -> str | None:
     try:
         datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiFailure(f"{option}: expected an RFC 3339 time (2025-03-01T09:00:00Z) or an age like 30m, 6h, 2d; "
+        raise CommandFailure(f"{option}: expected an RFC 3339 time (2025-03-01T09:00:00Z) or an age like 30m, 6h, 2d; "
                          f"got {text!r}", exit_codes.USAGE) from None
     return text
 
@@ -114,7 +114,7 @@ class JobNames:
         if job_id not in self._slugs:
             try:
                 self._slugs[job_id] = self._client.get(f"/v1/jobs/{job_id}")["slug"]
-            except ApiFailure:
+            except CommandFailure:
                 self._slugs[job_id] = job_id
         return self._slugs[job_id]
 
@@ -187,8 +187,8 @@ def cancel_runs(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int
     for run_id in args.run_ids:
         try:
             run = client.post(f"/v1/runs/{run_id}/cancel")
-        except ApiFailure as exc:
-            raise ApiFailure(f"run {run_id}: {exc.message}", exc.exit_code) from None
+        except CommandFailure as exc:
+            raise CommandFailure(f"run {run_id}: {exc.message}", exc.exit_code) from None
         print(json.dumps(run, ensure_ascii=False) if args.json else f"run {run['id']} {run['status']}", file=out)
     return exit_codes.OK
 

@@ -156,3 +156,15 @@ def test_keys_list_loads_no_process_package(db_engine) -> None:  # type: ignore[
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_an_unreachable_or_malformed_redis_stops_every_role_with_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    line = one_line(sluice(["scheduler"], pg_url(), REDIS_URL=f"redis://:s3cret@127.0.0.1:{port}/0"))
+    assert line.startswith(f"sluice: cannot connect to Redis at redis://***@127.0.0.1:{port}/0 (REDIS_URL): ")
+    assert line.endswith(f"Connection refused; is Redis running at 127.0.0.1:{port}?\n") and "s3cret" not in line
+    for args in (["worker"], ["api"]):
+        monkeypatch.setenv("REDIS_URL", "localhost:6379")
+        assert one_line(sluice_here(args, pg_url(), monkeypatch, capsys)).startswith(
+            "sluice: REDIS_URL: Redis URL must specify one of the following schemes"), args
