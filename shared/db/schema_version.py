@@ -8,6 +8,7 @@ first, as a rolling upgrade does, and older processes keep serving until they ar
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ class ShippedSchema:
     older: frozenset[str]
 
     @classmethod
+    @functools.cache  # the migration files of an installed release do not change while it runs
     def load(cls) -> ShippedSchema:
         script = ScriptDirectory.from_config(alembic_config(""))
         heads = frozenset(script.get_heads())
