@@ -19,6 +19,7 @@ from api.schemas.resources import schema_of
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.prepared import enable_prepared_statements
+from shared.db.schema_version import ShippedSchema
 from shared.messages import make_broker
 
 
@@ -91,7 +92,8 @@ def _services(settings: Settings) -> Services:
     client = redis.Redis.from_url(settings.redis_url)
     return Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),
                     read_engine=read_engine, read_session_factory=autocommit_read_factory(read_engine),
-                    redis=client, broker=make_broker(settings), access=Access(settings.api_rate_limit, client))
+                    redis=client, broker=make_broker(settings), access=Access(settings.api_rate_limit, client),
+                    shipped_schema=ShippedSchema.load())
 
 
 def _register_blueprints(api: flask_smorest.Api) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.access import Access
 from shared.config import Settings
+from shared.db.schema_version import ShippedSchema
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Services:
     redis: redis.Redis
     broker: Any  # a dramatiq broker: runs are enqueued by actor name through shared.messages
     access: Access
+    shipped_schema: ShippedSchema  # /readyz refuses a database whose schema is older
 
     def close(self) -> None:
         """Close the pools (the process's end, or a test's)."""

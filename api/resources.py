@@ -67,7 +67,8 @@ ERROR = Resource("Error", (
     Field("request_id", STRING, description="The X-Request-Id of the response"),
 ))
 
-_CHECKS = Resource("Checks", tuple(Field(name, STRING, enum=("ok", "unavailable")) for name in ("database", "redis")))
+_CHECKS = Resource("Checks", (Field("database", STRING, enum=("ok", "unavailable", "outdated")),
+                              Field("redis", STRING, enum=("ok", "unavailable"))))
 NOT_READY = ERROR.extended("NotReady", (
     Field("checks", _CHECKS, description="Which backing service is unavailable"),
 ), before="request_id")

@@ -8,6 +8,7 @@ read-only root filesystem). With ``SLUICE_API_METRICS_PORT`` set, a second liste
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Mapping
@@ -16,19 +17,34 @@ from shared.config import Settings
 from shared.metrics import prepare_multiprocess_dir
 
 
-def gunicorn_args(settings: Settings, env: Mapping[str, str], argv: list[str]) -> list[str]:
-    """The gunicorn command line ``sluice api`` runs (``argv``: extra gunicorn flags)."""
-    bind = env.get("SLUICE_API_BIND", f"0.0.0.0:{env.get('PORT', '8080')}")
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sluice api", description="Serve the Sluice HTTP API under gunicorn.",
+        epilog="Any other option is passed to gunicorn as it is (for example --graceful-timeout 5); see "
+               "gunicorn's documentation.")
+    parser.add_argument("--bind", default=None, metavar="HOST:PORT",
+                        help="address to listen on (default SLUICE_API_BIND, else 0.0.0.0:$PORT, else 0.0.0.0:8080)")
+    parser.add_argument("--workers", default=None, metavar="N",
+                        help="processes (default SLUICE_API_WORKERS, else 2)")
+    parser.add_argument("--threads", default=None, metavar="N",
+                        help="threads per process (default SLUICE_API_THREADS, else 8)")
+    return parser
+
+
+def gunicorn_args(settings: Settings, env: Mapping[str, str], options: argparse.Namespace,
+                  passed_on: list[str]) -> list[str]:
+    """The gunicorn command line ``sluice api`` runs (``passed_on``: extra gunicorn flags)."""
+    bind = options.bind or env.get("SLUICE_API_BIND", f"0.0.0.0:{env.get('PORT', '8080')}")
     binds = ["--bind", bind]
     if settings.api_metrics_port is not None:
         host = bind.rsplit(":", 1)[0] if ":" in bind and not bind.startswith("unix:") else "0.0.0.0"
         binds += ["--bind", f"{host}:{settings.api_metrics_port}"]
-    return ["gunicorn", *binds, "--workers", env.get("SLUICE_API_WORKERS", "2"),
-            "--threads", env.get("SLUICE_API_THREADS", "8"),
+    return ["gunicorn", *binds, "--workers", options.workers or env.get("SLUICE_API_WORKERS", "2"),
+            "--threads", options.threads or env.get("SLUICE_API_THREADS", "8"),
             "--worker-class", "api.gunicorn_worker.BalancedThreadWorker",
             "--logger-class", "api.gunicorn_logging.JsonLogger", "--error-logfile", "-",
             "--no-control-socket", "--worker-tmp-dir", _worker_tmp_dir(),
-            "--graceful-timeout", "30", *argv, "api.wsgi:app"]
+            "--graceful-timeout", "30", *passed_on, "api.wsgi:app"]
 
 
 def _worker_tmp_dir() -> str:
@@ -37,8 +53,9 @@ def _worker_tmp_dir() -> str:
 
 
 def main(argv: list[str]) -> int:
+    options, passed_on = _parser().parse_known_args(argv)  # --help prints and exits before anything starts
     settings = Settings.from_env()
     prepare_multiprocess_dir()  # gunicorn's worker processes merge their samples in /metrics
-    args = gunicorn_args(settings, os.environ, argv)
+    args = gunicorn_args(settings, os.environ, options, passed_on)
     os.execvp(sys.executable, [sys.executable, "-m", *args])
     return 0  # not reached

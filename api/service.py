@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from apispec import APISpec
 from flask import Flask, Response, g
 
@@ -13,6 +12,7 @@ from api.errors import error_response
 from api.pagination import json_response
 from api.resources import NOT_READY, READINESS, STATUS
 from api.schemas.resources import schema_of
+from shared.db.schema_version import current_revisions
 from shared.resource import Resource
 
 
@@ -23,17 +23,22 @@ def healthz() -> Response:
 def readyz() -> Response:
     checks = {"database": "ok", "redis": "ok"}
     svc = services()
+    lag = None
     try:
         with svc.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+            lag = svc.shipped_schema.lag(current_revisions(conn))
     except Exception:
         checks["database"] = "unavailable"
+    if lag is not None:
+        checks["database"] = "outdated"
     try:
         svc.redis.ping()
     except Exception:
         checks["redis"] = "unavailable"
     if all(v == "ok" for v in checks.values()):
         return json_response({"status": "ok", "checks": checks})
+    if lag is not None:
+        return error_response(503, f"Not ready: {lag}", extra={"checks": checks})
     failing = ", ".join(k for k, v in checks.items() if v != "ok")
     return error_response(503, f"Not ready: {failing} unavailable", extra={"checks": checks})
 
@@ -56,9 +61,11 @@ def document(app: Flask, spec: APISpec) -> None:
         "tags": ["service"], "summary": "Liveness: the process serves requests (no key, no dependencies)",
         "responses": {"200": _json("Alive", STATUS)}}})
     spec.path(rule=rules["readyz"], operations={"get": {
-        "tags": ["service"], "summary": "Readiness: PostgreSQL and Redis answer (no key)",
+        "tags": ["service"], "summary": "Readiness: PostgreSQL and Redis answer, and the database schema is this "
+                   "release's or newer (no key)",
         "responses": {"200": _json("Ready", READINESS),
-                      "503": _json("A backing service is unavailable; `checks` names it", NOT_READY)}}})
+                      "503": _json("A backing service is unavailable, or the database schema is older than this "
+                                   "release (`outdated`: run `sluice db upgrade`); `checks` names it", NOT_READY)}}})
     spec.path(rule=rules["metrics"], operations={"get": {
         "tags": ["service"], "summary": "Prometheus metrics in the text exposition format (no key)",
         "responses": {"200": {"description": "Metric families",

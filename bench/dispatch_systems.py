@@ -83,7 +83,7 @@ class Sluice(System):
 
     def __init__(self, args: argparse.Namespace, sink: SinkProcess) -> None:
         super().__init__(args, sink)
-        self.settings = Settings.from_env({}).with_overrides(database_url=args.dsn, redis_url=args.redis_url,
+        self.settings = Settings.from_env({"DATABASE_URL": args.dsn}).with_overrides(redis_url=args.redis_url,
                                                              allow_private_endpoints=True)
         self.engine = make_engine(args.dsn, pool_size=4)
         self.factory = make_session_factory(self.engine)

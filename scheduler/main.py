@@ -6,6 +6,7 @@ watches one stop event. A signal sets the event; the process exits 0 once every 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import threading
@@ -25,7 +26,17 @@ from shared.metrics import SCHEDULER_METRICS_PORT, expose_process_metrics
 log = logging.getLogger("sluice.scheduler")
 
 
+def _parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="sluice scheduler",
+        description="Run the cron schedules and the maintenance loops (delayed runs, expiry, lost-worker "
+                    "reaping, re-enqueueing, webhook retries) until SIGTERM or Ctrl-C. Run one per deployment; "
+                    "a second one is harmless. Configured by environment variables (DATABASE_URL, REDIS_URL, "
+                    "SLUICE_*), not options.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _parser().parse_args(list(argv or []))
     settings = Settings.from_env()
     configure_logging(settings, process="scheduler")
     engine = make_engine(settings.database_url, pool_size=4)

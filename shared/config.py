@@ -8,8 +8,6 @@ from dataclasses import dataclass, replace
 
 from shared.errors import ConfigError
 
-# libpq's defaults fill in the rest (user and password from PGUSER / PGPASSWORD or the login name).
-DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/sluice"
 _POSTGRES_SCHEMES = ("postgresql://", "postgresql+psycopg2://")
 
 
@@ -22,6 +20,15 @@ def postgres_url(raw: str) -> str:
         raise ConfigError(f"DATABASE_URL: PostgreSQL is required (postgresql://user:password@host:5432/dbname), "
                           f"got a {scheme!r} URL; to try Sluice without a database server, run `sluice dev`")
     return url
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    raw = (env.get("DATABASE_URL") or "").strip()
+    if not raw:
+        raise ConfigError("DATABASE_URL is not set: point it at PostgreSQL "
+                          "(postgresql://user:password@host:5432/dbname); to try Sluice without a database server, "
+                          "run `sluice dev`")
+    return postgres_url(raw)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -40,12 +47,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     raw = env.get(name)
     if raw is None or raw == "":
         return default
+    unit = " of seconds" if name.endswith("_SECS") else ""
     try:
-        value = int(raw)
+        value = int(raw.strip())
     except ValueError as exc:
-        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be a whole number{unit}, got {raw!r}") from exc
     if value < minimum:
-        raise ConfigError(f"{name}: must be >= {minimum}")
+        raise ConfigError(f"{name} must be a whole number{unit} of at least {minimum}, got {raw!r}")
     return value
 
 
@@ -95,8 +103,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        return cls(
-            database_url=postgres_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
+        return check_together(cls(
+            database_url=_database_url(env),
             redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
             allow_private_endpoints=_bool(env, "SLUICE_ALLOW_PRIVATE_ENDPOINTS", False),
             cron_misfire_grace_secs=_int(env, "SLUICE_CRON_MISFIRE_GRACE_SECS", 60),
@@ -111,7 +119,29 @@ class Settings:
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
             api_metrics_port=_port(env, "SLUICE_API_METRICS_PORT"),
-        )
+        ))
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+# A live attempt marks itself every heartbeat interval; the reaper treats one silent for ``stale_after_secs``
+# as lost. Two missed heartbeats in a row (a slow database write, a GC pause) must not kill a live attempt.
+STALE_HEARTBEATS = 2
+# The contract promises that a changed cron is picked up within 30 s.
+MAX_SCHEDULER_SYNC_SECS = 30
+
+
+def check_together(settings: Settings) -> Settings:
+    """``settings`` if its values make sense together, else ``ConfigError`` naming the settings and the fix."""
+    needed = STALE_HEARTBEATS * settings.heartbeat_interval_secs
+    if settings.stale_after_secs < needed:
+        raise ConfigError(
+            f"SLUICE_STALE_AFTER_SECS ({settings.stale_after_secs}) must be at least {STALE_HEARTBEATS} x "
+            f"SLUICE_HEARTBEAT_INTERVAL_SECS ({settings.heartbeat_interval_secs}), i.e. >= {needed}: "
+            "otherwise live attempts are reaped as lost between two heartbeats")
+    if settings.scheduler_sync_secs > MAX_SCHEDULER_SYNC_SECS:
+        raise ConfigError(f"SLUICE_SCHEDULER_SYNC_SECS ({settings.scheduler_sync_secs}) must be at most "
+                          f"{MAX_SCHEDULER_SYNC_SECS}: a changed cron must be picked up within "
+                          f"{MAX_SCHEDULER_SYNC_SECS} s")
+    return settings

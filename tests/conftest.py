@@ -107,8 +107,7 @@ def redis_client() -> Iterator[redis_lib.Redis]:
 @pytest.fixture()
 def settings(db_engine: Engine, redis_client: redis_lib.Redis) -> Settings:
     """Settings pointing at the test PostgreSQL database and Redis DB; private endpoints allowed."""
-    return Settings.from_env({}).with_overrides(
-        database_url=pg_url(),
+    return Settings.from_env({"DATABASE_URL": pg_url()}).with_overrides(
         redis_url=redis_url(),
         allow_private_endpoints=True,
         log_json=False,

@@ -61,11 +61,11 @@ RESTART_DELAY_SECS = 1.0
 SUPERVISOR_STALL_SECS = 30.0  # /healthz fails when the supervisor's loop has not turned for this long
 
 
-def _parser(settings: Settings) -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice worker", description="Run Sluice worker processes.")
     parser.add_argument("--processes", type=int, default=DEFAULT_PROCESSES,
                         help=f"worker processes (default {DEFAULT_PROCESSES}; 1 = run in this process)")
-    parser.add_argument("--threads", type=int, default=settings.worker_threads,
+    parser.add_argument("--threads", type=int, default=None,
                         help="threads per process (default SLUICE_WORKER_THREADS)")
     parser.add_argument("--idle-poll-ms", type=int, default=DEFAULT_IDLE_POLL_MS,
                         help=f"longest idle poll interval of a queue in ms (default {DEFAULT_IDLE_POLL_MS})")
@@ -75,8 +75,10 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(list(argv or []))
     settings = Settings.from_env()
-    args = _parser(settings).parse_args(list(argv or []))
+    if args.threads is None:
+        args.threads = settings.worker_threads
     if args.processes < 1 or args.threads < 1 or args.idle_poll_ms < 1:
         raise SystemExit("sluice worker: --processes, --threads and --idle-poll-ms must be >= 1")
     configure_logging(settings, process="worker")

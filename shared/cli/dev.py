@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from shared.cli.api_client import DEFAULT_URL
 from shared.cli.children import Child
 from shared.cli.echo import EchoEndpoint
 from shared.cli.embedded_postgres import start_embedded_postgres
@@ -103,7 +104,9 @@ def _api_is_up(base_url: str) -> bool:
 
 
 def banner(base_url: str, key: str, database_url: str, redis: EmbeddedRedis, echo_url: str, data_dir: Path) -> str:
-    auth = '-H "Authorization: Bearer $SLUICE_KEY"'
+    auth = '-H "Authorization: Bearer $SLUICE_API_KEY"'
+    cli_env = "" if base_url == DEFAULT_URL else f"""
+  export SLUICE_URL={base_url}"""
     return f"""
 Sluice dev is running
   API       {base_url}   (docs {base_url}/docs, metrics {base_url}/metrics)
@@ -112,13 +115,13 @@ Sluice dev is running
   echo      {echo_url}   (an endpoint that answers with what it received; ?status=503 to fail)
   API key   {key}   (project "{DEV_PROJECT}", saved in {data_dir / 'dev-key'})
 
-Try it (private addresses are allowed in dev, so any local endpoint works too):
-  export SLUICE_KEY={key}
+Try it, in another terminal (private addresses are allowed in dev, so any local endpoint works too):
+  export SLUICE_API_KEY={key}{cli_env}
   curl -s -X POST {base_url}/v1/jobs {auth} -H 'Content-Type: application/json' \\
        -d '{{"name": "hello", "slug": "hello", "endpoint_url": "{echo_url}"}}'
-  curl -s -X POST {base_url}/v1/jobs/hello/trigger {auth} -H 'Content-Type: application/json' \\
-       -d '{{"payload": {{"greeting": "hi"}}}}'
-  curl -s {base_url}/v1/runs/<id from the trigger response> {auth}
+  sluice jobs trigger hello --payload '{{"greeting": "hi"}}' --watch
+  sluice runs list
+  sluice runs get <run id>
 
 Ctrl-C stops everything; delete {data_dir} to start afresh.
 """

@@ -1,4 +1,4 @@
-"""``sluice keys create|list|revoke`` (CONTRACT §9.1)."""
+"""``sluice keys create|list|revoke``: API keys, directly in the database."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
                 key = revoke_key(session, args.key_id, utcnow())
                 print(f"revoked {key.id} at {format_ts(key.revoked_at)}")
     except SluiceError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"sluice: {exc.message}", file=sys.stderr)
         return 2
     finally:
         engine.dispose()

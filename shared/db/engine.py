@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import postgres_url
@@ -36,20 +36,40 @@ def make_engine(database_url: str, *, pool_size: int = 10, single_use: bool = Fa
     )
 
 
-def check_database(database_url: str, timeout_secs: int = 5) -> None:
-    """Connect once and return, or raise ``ConfigError`` with one line naming the server and the reason
-    (a process that cannot reach its database says so at start instead of failing on first use)."""
+def check_database(database_url: str, timeout_secs: int = 5,
+                   verify: Callable[[Connection], str | None] | None = None) -> None:
+    """Connect once and return, or raise ``ConfigError`` with one line naming the server, the reason and the
+    likely fix (a process that cannot reach its database says so at start instead of failing on first use).
+    ``verify`` looks at the connected database and returns why it cannot serve and the fix (one clause, the
+    end of the error), or ``None``."""
     url = sa.make_url(postgres_url(database_url))
+    shown = url.render_as_string(hide_password=True)
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": timeout_secs})
     try:
-        with engine.connect():
-            pass
+        with engine.connect() as connection:
+            problem = verify(connection) if verify is not None else None
     except sa.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-        raise ConfigError(f"cannot connect to PostgreSQL at {url.render_as_string(hide_password=True)} "
-                          f"(DATABASE_URL): {reason}") from None
+        raise ConfigError(f"cannot connect to PostgreSQL at {shown} (DATABASE_URL): {reason}"
+                          f"{connection_hint(reason, url)}") from None
     finally:
         engine.dispose()
+    if problem is not None:
+        raise ConfigError(f"PostgreSQL at {shown} (DATABASE_URL): {problem}")
+
+
+def connection_hint(reason: str, url: sa.URL) -> str:
+    """What to try after libpq's ``reason`` for not connecting to ``url``, as a clause to append."""
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    lowered = reason.lower()
+    if ("password authentication failed" in lowered or "no password supplied" in lowered
+            or ("role" in lowered and "does not exist" in lowered)):
+        return "; check the user and password in DATABASE_URL (or PGUSER / PGPASSWORD)"
+    if "database" in lowered and "does not exist" in lowered:
+        return f"; create it (createdb -h {url.host or 'localhost'} {url.database}) or fix DATABASE_URL"
+    if "could not translate host name" in lowered:
+        return "; check the host name in DATABASE_URL"
+    return f"; is PostgreSQL running at {where}?"
 
 
 _EMPTY_JSON = {"{}": dict, "[]": list}

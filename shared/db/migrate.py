@@ -6,6 +6,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError
+
+from shared.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -18,4 +21,10 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+    """Migrate up to ``revision``; a database at a revision this release does not know (migrated by a newer
+    release) is refused with ``ConfigError``."""
+    try:
+        command.upgrade(alembic_config(database_url), revision)
+    except CommandError as exc:
+        raise ConfigError(f"cannot migrate the database (DATABASE_URL): {exc}; a newer Sluice release may have "
+                          "migrated it: run that release's `sluice db upgrade`") from None

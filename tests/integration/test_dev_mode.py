@@ -165,6 +165,15 @@ def test_dev_runs_a_job_keeps_it_across_restarts_and_leaves_nothing_running(tmp_
         run = run_to_completion(base, key, {"greeting": "hi"})
         assert run["attempt"] == 1
         assert run["result"] == {"received": {"greeting": "hi"}, "run_id": run["id"], "attempt": 1}
+        # The console log names the run, job, status, attempt and duration of each attempt.
+        assert re.search(rf" worker INFO attempt finished run={run['id']} job={job['id']} status=completed "
+                         r"attempt=1 duration=\d+ms outcome=success http_status=200", first.stderr()), first.stderr()
+        # The CLI finds the dev key in ./.sluice by itself.
+        env = {k: v for k, v in dev_env(None).items() if not k.startswith("SLUICE_")}
+        watched = subprocess.run([*sluice_command(), "runs", "watch", run["id"], "--url", base], cwd=tmp_path,
+                                 env=env, capture_output=True, text=True, timeout=60)
+        assert watched.returncode == 0, watched.stderr
+        assert watched.stdout.splitlines()[-1] == f"run {run['id']} completed after 1 attempt(s)"
 
         # One metrics directory for every dev process: the API's /metrics shows the worker's counters.
         status, text = call("GET", f"{base}/metrics")

@@ -92,7 +92,8 @@ def test_private_ca_from_sluice_ca_bundle_and_kept_alive_tls(raw: list[RawServer
     assert refused.outcome.error is not None
     assert refused.outcome.error.startswith("connection: TLS failure: certificate verify failed")
 
-    trusting = HttpClient.configured(Settings.from_env({"SLUICE_CA_BUNDLE": str(tls_files[0])}), {}, pool_size=2)
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://db/sluice", "SLUICE_CA_BUNDLE": str(tls_files[0])})
+    trusting = HttpClient.configured(settings, {}, pool_size=2)
     try:
         results = [call(trusting, url, resolve=resolve) for _ in range(3)]
     finally:
@@ -107,7 +108,8 @@ def test_an_unreadable_ca_bundle_stops_the_worker_at_start(tmp_path: Path) -> No
         if bundle.name == "empty.pem":
             bundle.write_text("not a certificate\n")
         with pytest.raises(ConfigError, match="SLUICE_CA_BUNDLE"):
-            HttpClient.configured(Settings.from_env({"SLUICE_CA_BUNDLE": str(bundle)}), {}, pool_size=1)
+            settings = Settings.from_env({"DATABASE_URL": "postgresql://db/sluice", "SLUICE_CA_BUNDLE": str(bundle)})
+            HttpClient.configured(settings, {}, pool_size=1)
 
 
 def test_a_connection_the_server_dropped_while_idle_is_replaced(client: HttpClient, raw: list[RawServer]) -> None:

@@ -181,7 +181,7 @@ class Rig:
 
 def run_maintenance(database_url: str, redis_address: str, stop: Any) -> None:
     """The scheduler's maintenance loop (delayed promotion, reaper, sweeper) until ``stop`` is set."""
-    settings = Settings.from_env({}).with_overrides(database_url=database_url, redis_url=redis_address,
+    settings = Settings.from_env({"DATABASE_URL": database_url}).with_overrides(redis_url=redis_address,
                                                     allow_private_endpoints=True, log_json=False,
                                                     lease_margin_secs=LEASE_MARGIN_SECS,
                                                     stale_after_secs=STALE_AFTER_SECS)
@@ -195,7 +195,7 @@ def run_maintenance(database_url: str, redis_address: str, stop: Any) -> None:
 
 @pytest.fixture(scope="module")
 def rig_module(pg_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    settings = Settings.from_env({}).with_overrides(database_url=pg_url(), redis_url=redis_url(),
+    settings = Settings.from_env({"DATABASE_URL": pg_url()}).with_overrides(redis_url=redis_url(),
                                                     allow_private_endpoints=True, log_json=False,
                                                     lease_margin_secs=LEASE_MARGIN_SECS,
                                                     stale_after_secs=STALE_AFTER_SECS)

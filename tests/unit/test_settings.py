@@ -4,13 +4,48 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import DEFAULT_DATABASE_URL, Settings
+from shared.config import Settings
 from shared.db.engine import make_engine
 from shared.errors import ConfigError
 
+URL = "postgresql://db/sluice"
 
-def test_without_database_url_the_local_postgresql_is_the_default() -> None:
-    assert Settings.from_env({}).database_url == DEFAULT_DATABASE_URL == "postgresql://127.0.0.1:5432/sluice"
+
+@pytest.mark.parametrize("env", [{}, {"DATABASE_URL": ""}, {"DATABASE_URL": "  "}])
+def test_database_url_is_required_and_the_message_names_the_fix(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.message.startswith("DATABASE_URL is not set: point it at PostgreSQL")
+    assert "sluice dev" in caught.value.message
+
+
+@pytest.mark.parametrize(("name", "raw", "expected"), [
+    ("SLUICE_STALE_AFTER_SECS", "abc", "SLUICE_STALE_AFTER_SECS must be a whole number of seconds, got 'abc'"),
+    ("SLUICE_HEARTBEAT_INTERVAL_SECS", "1.5", "SLUICE_HEARTBEAT_INTERVAL_SECS must be a whole number of seconds"),
+    ("SLUICE_HEARTBEAT_INTERVAL_SECS", "0", "SLUICE_HEARTBEAT_INTERVAL_SECS must be a whole number of seconds of "
+                                            "at least 1, got '0'"),
+    ("SLUICE_WORKER_THREADS", "many", "SLUICE_WORKER_THREADS must be a whole number, got 'many'"),
+])
+def test_a_malformed_number_says_what_is_expected(name: str, raw: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"DATABASE_URL": URL, name: raw})
+    assert caught.value.message.startswith(expected)
+
+
+def test_stale_after_must_leave_room_for_two_missed_heartbeats() -> None:
+    env = {"DATABASE_URL": URL, "SLUICE_HEARTBEAT_INTERVAL_SECS": "10"}
+    assert Settings.from_env({**env, "SLUICE_STALE_AFTER_SECS": "20"}).stale_after_secs == 20
+    for stale in ("19", "5"):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({**env, "SLUICE_STALE_AFTER_SECS": stale})
+        assert caught.value.message.startswith(f"SLUICE_STALE_AFTER_SECS ({stale}) must be at least 2 x "
+                                               "SLUICE_HEARTBEAT_INTERVAL_SECS (10), i.e. >= 20")
+
+
+def test_cron_changes_are_picked_up_within_thirty_seconds() -> None:
+    assert Settings.from_env({"DATABASE_URL": URL, "SLUICE_SCHEDULER_SYNC_SECS": "30"}).scheduler_sync_secs == 30
+    with pytest.raises(ConfigError, match=r"SLUICE_SCHEDULER_SYNC_SECS \(31\) must be at most 30"):
+        Settings.from_env({"DATABASE_URL": URL, "SLUICE_SCHEDULER_SYNC_SECS": "31"})
 
 
 @pytest.mark.parametrize("url", ["postgresql://u:p@db:5432/sluice", "postgresql+psycopg2://db/sluice"])
