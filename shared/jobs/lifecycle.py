@@ -21,7 +21,7 @@ from shared.apikeys import Principal
 from shared.db.models import JobDependency, Run, RunEvent
 from shared.errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
 from shared.ids import new_version_id, uuid7
-from shared.jobs.config import SCHEDULE_FIELDS, URL_FIELDS, changed_fields, config_for_create, config_of, merge
+from shared.jobs.config import SCHEDULE_FIELDS, changed_fields, config_for_create, config_of, merge
 from shared.jobs.enablement import release_held_runs
 from shared.jobs.rules import check_config, field_of
 from shared.jobs.store import (
@@ -149,11 +149,12 @@ def clone_job(session: Session, principal: Principal, ref: str, body: Mapping[st
     return _insert_new_jobs(session, principal, [config], now)[0]
 
 
-def _drop_echoed_mask(job: JobRecord, patch: dict[str, Any]) -> None:
-    """§2.3: the current masked secret sent back means "unchanged"; any other masked-looking value is 422."""
+def _drop_echoed_mask(job: JobRecord | None, patch: dict[str, Any]) -> None:
+    """§2.3: the current masked secret sent back means "unchanged"; any other masked-looking value is 422
+    (also when there is no such job: the 422 is the body's, and comes before the lookup's 404)."""
     secret = patch.get("webhook_secret")
     if isinstance(secret, str) and is_masked_value(secret):
-        if secret != mask_secret(job["webhook_secret"]):
+        if job is None or secret != mask_secret(job["webhook_secret"]):
             raise ValidationFailed({"webhook_secret": [MASKED_SECRET_MESSAGE]})
         del patch["webhook_secret"]
 
@@ -167,16 +168,19 @@ def patch_job(session: Session, principal: Principal, ref: str, body: Mapping[st
     writes nothing.
     """
     effects = Effects()
-    check_project_id(body.get("project_id"), principal)
-    job = require_job(session, principal, ref, for_update=True)
+    found = find_job_record(session, principal.project_id, ref, for_update=True)
     patch = dict(body)
-    _drop_echoed_mask(job, patch)
+    _drop_echoed_mask(found, patch)  # a body check (422): before the 403 and the 404 (§1.5)
+    check_project_id(body.get("project_id"), principal)
+    if found is None:
+        raise NotFound("job not found")
+    job = found
     stored = config_of(job)
     merged = merge(stored, patch)
     changed = changed_fields(stored, merged)
     if not changed:
         return job, effects
-    check_config(merged, allow_private=allow_private, url_fields=[f for f in URL_FIELDS if f in changed])
+    check_config(merged, allow_private=allow_private)
     if "slug" in changed and taken_slugs(session, principal.project_id, [merged["slug"]]):
         raise slug_conflict(merged["slug"])
     version_id = new_version_id()
