@@ -19,11 +19,11 @@ from sqlalchemy.orm import Session
 
 from shared.apikeys import Principal
 from shared.db.models import JobDependency, Run, RunEvent
-from shared.errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
+from shared.errors import Conflict, Forbidden, NotFound, SluiceError, ValidationFailed
 from shared.ids import new_version_id, uuid7
 from shared.jobs.config import SCHEDULE_FIELDS, changed_fields, config_for_create, config_of, merge
 from shared.jobs.enablement import release_held_runs
-from shared.jobs.rules import check_config, field_of
+from shared.jobs.rules import check_config
 from shared.jobs.store import (
     JOBS,
     JobRecord,
@@ -42,6 +42,7 @@ from shared.webhooks.signing import is_masked_value, mask_secret
 log = logging.getLogger("sluice.jobs")
 
 MASKED_SECRET_MESSAGE = "looks like a masked value; send the full secret"
+BATCH_FAILED = "Validation failed for some jobs; none were created"
 
 
 def slug_conflict(slug: str) -> Conflict:
@@ -61,9 +62,10 @@ def require_job(session: Session, principal: Principal, ref: str, *, for_update:
     return job
 
 
-def _insert_new_jobs(session: Session, principal: Principal, configs: Sequence[Mapping[str, Any]],
-                     now: datetime) -> list[dict[str, Any]]:
-    """Insert jobs at version 1 with their first snapshot. A slug taken by a racing writer → 409."""
+def insert_new_jobs(session: Session, principal: Principal, configs: Sequence[Mapping[str, Any]],
+                    now: datetime) -> list[dict[str, Any]]:
+    """Insert jobs at version 1 with their first snapshot. One job whose slug a racing writer has just
+    taken → 409; in a batch, that slug's items → 422 by index (§3.3), the transaction still usable."""
     records, versions = [], []
     for config in configs:
         job_id, version_id = uuid7(), new_version_id()
@@ -71,20 +73,33 @@ def _insert_new_jobs(session: Session, principal: Principal, configs: Sequence[M
                                       version_id=version_id, actor=principal.actor, now=now))
         versions.append(version_record(version_id=version_id, job_id=job_id, version=1, config=config,
                                        actor=principal.actor, now=now))
-    try:
-        if len(records) == 1:
+    if len(records) == 1:
+        try:
             _insert_job_with_version(session, records[0], versions[0])
-            versions = []  # written by the same statement
-        else:
-            insert_jobs(session, records)
-    except IntegrityError:
-        if len(configs) == 1:
+        except IntegrityError:
             raise slug_conflict(configs[0]["slug"]) from None
-        raise Conflict("a slug of this batch was just taken by another request; nothing was created") from None
+        versions = []  # written by the same statement
+    else:
+        try:
+            with session.begin_nested():  # a savepoint: after a failure the slugs can still be read
+                insert_jobs(session, records)
+        except IntegrityError:
+            raise _slugs_taken_meanwhile(session, principal, configs) from None
     insert_versions(session, versions)
     for record in records:
         log.info("job created", extra={"job_id": record["id"], "project_id": record["project_id"]})
     return records
+
+
+def _slugs_taken_meanwhile(session: Session, principal: Principal,
+                           configs: Sequence[Mapping[str, Any]]) -> SluiceError:
+    """The error for a batch insert that hit a slug another request inserted after this one checked."""
+    taken = taken_slugs(session, principal.project_id, [config["slug"] for config in configs])
+    errors = {str(index): {"slug": [slug_conflict(config["slug"]).message]}
+              for index, config in enumerate(configs) if config["slug"] in taken}
+    if not errors:  # not a slug after all: a conflict this request cannot fix by itself
+        return Conflict("a job of this batch conflicts with a concurrent change; nothing was created")
+    return ValidationFailed(errors, BATCH_FAILED)
 
 
 @lru_cache(maxsize=8)
@@ -112,31 +127,7 @@ def create_job(session: Session, principal: Principal, body: Mapping[str, Any], 
     check_project_id(body.get("project_id"), principal)
     config = config_for_create(body)
     check_config(config, allow_private=allow_private)
-    return _insert_new_jobs(session, principal, [config], now)[0]
-
-
-def create_jobs_batch(session: Session, principal: Principal, items: Sequence[Mapping[str, Any]], *,
-                      now: datetime, allow_private: bool) -> list[dict[str, Any]]:
-    """§3.3: all items or none. Per-item 400/409 failures become one 422 keyed by item index."""
-    for item in items:
-        check_project_id(item.get("project_id"), principal)
-    configs = [config_for_create(item) for item in items]
-    errors: dict[str, Any] = {}
-    for index, config in enumerate(configs):
-        try:
-            check_config(config, allow_private=allow_private)
-        except BadRequest as exc:
-            errors[str(index)] = {field_of(exc): [exc.message]}
-    taken = taken_slugs(session, principal.project_id, [c["slug"] for c in configs])
-    seen: set[str] = set()
-    for index, config in enumerate(configs):
-        slug = config["slug"]
-        if (slug in taken or slug in seen) and str(index) not in errors:
-            errors[str(index)] = {"slug": [slug_conflict(slug).message]}
-        seen.add(slug)
-    if errors:
-        raise ValidationFailed(errors, "Validation failed for some jobs; none were created")
-    return _insert_new_jobs(session, principal, configs, now)
+    return insert_new_jobs(session, principal, [config], now)[0]
 
 
 def clone_job(session: Session, principal: Principal, ref: str, body: Mapping[str, Any], *, now: datetime,
@@ -146,7 +137,7 @@ def clone_job(session: Session, principal: Principal, ref: str, body: Mapping[st
     config = config_of(source)
     config.update(name=body["name"], slug=body["slug"], enabled=True)
     check_config(config, allow_private=allow_private)
-    return _insert_new_jobs(session, principal, [config], now)[0]
+    return insert_new_jobs(session, principal, [config], now)[0]
 
 
 def _drop_echoed_mask(job: JobRecord | None, patch: dict[str, Any]) -> None:
