@@ -192,7 +192,8 @@ def patch_job(session: Session, principal: Principal, ref: str, body: Mapping[st
 
 
 def delete_job(session: Session, principal: Principal, ref: str, *, force: bool, now: datetime) -> Effects:
-    """§3.6: hard delete; with active runs only when ``force`` (they are canceled first, without webhooks).
+    """§3.6: hard delete; with active runs only when ``force`` (they are canceled first, without webhooks;
+    the workers of executing ones are signalled after the commit, as for any cancel).
 
     FK cascades remove versions, edges on either side, runs and webhook deliveries; run events have no
     foreign key (migration 0003) and are deleted first, here. Jobs that depended on this one have their
@@ -200,13 +201,16 @@ def delete_job(session: Session, principal: Principal, ref: str, *, force: bool,
     """
     job = require_job(session, principal, ref, for_update=True)
     job_id = job["id"]
-    active = list(session.scalars(
-        sa.select(Run.id).where(Run.job_id == job_id, Run.status.in_([s.value for s in ACTIVE]))
-        .order_by(Run.created_at, Run.id)))
+    keys = {run_id: key for run_id, key in session.execute(
+        sa.select(Run.id, Run.concurrency_key).where(Run.job_id == job_id, Run.status.in_([s.value for s in ACTIVE]))
+        .order_by(Run.created_at, Run.id))}
+    active = list(keys)
     if active and not force:
         raise Conflict(f"job has {len(active)} active runs; cancel them or retry with ?force=true")
     effects = Effects(suppress_webhooks=True)
-    move_many(session, active, RunStatus.CANCELED, now=now, effects=effects)
+    for moved in move_many(session, active, RunStatus.CANCELED, now=now, effects=effects):
+        if moved.old_status == RunStatus.EXECUTING.value:  # its worker stops within about a second (§5.17)
+            effects.canceled_attempts.append((moved.id, job_id, keys[moved.id]))
     dependents = sorted(set(session.scalars(
         sa.select(JobDependency.job_id).where(JobDependency.depends_on_job_id == job_id,
                                               JobDependency.job_id != job_id))))
