@@ -14,6 +14,7 @@ from api import front, gate, metrics, request_log, service
 from api.access import Access
 from api.context import Services, autocommit_read_factory, close_session
 from api.errors import handle_http_exception, register_error_handlers
+from api.forwarded import ForwardedHeaders
 from api.resources import ERROR
 from api.schemas.resources import schema_of
 from shared.config import Settings
@@ -72,6 +73,8 @@ def create_app(settings: Settings) -> Flask:
     _register_blueprints(api)
     service.document(app, api.spec)
     app.wsgi_app = front.install(services, app.wsgi_app)  # type: ignore[method-assign]
+    if settings.trusted_proxies:  # outermost: the front layer builds URLs from the request too
+        app.wsgi_app = ForwardedHeaders(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
     return app
 
 

@@ -15,6 +15,9 @@ def main(argv: list[str]) -> int:
     args = ["gunicorn", "--bind", bind, "--workers", os.environ.get("SLUICE_API_WORKERS", "2"),
             "--threads", os.environ.get("SLUICE_API_THREADS", "8"),
             "--worker-class", "api.gunicorn_worker.BalancedThreadWorker",
-            "--graceful-timeout", "30", *argv, "api.wsgi:app"]
+            "--graceful-timeout", "30",
+            # X-Forwarded-* are honoured by the app, from SLUICE_TRUSTED_PROXIES only (api.forwarded), not
+            # also by gunicorn (which would trust X-Forwarded-Proto from 127.0.0.1 by default)
+            "--forwarded-allow-ips", "", *argv, "api.wsgi:app"]
     os.execvp(sys.executable, [sys.executable, "-m", *args])
     return 0  # not reached
