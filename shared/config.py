@@ -77,6 +77,14 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    """A TCP port (1..65535); unset, empty or ``0`` is ``None``."""
+    value = _int(env, name, 0)
+    if value > 65535:
+        raise ConfigError(f"{name}: must be 0..65535")
+    return value or None
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -90,12 +98,14 @@ class Settings:
     api_rate_limit: tuple[int, int] | None = None
     # Not in the contract: operational knobs with documented defaults (README, deploy/README.md).
     sweep_interval_secs: float = 1.0
-    scheduler_sync_secs: int = 10  # how often cron entries are reconciled with the jobs table (§6.5: ≤ 30 s)
+    scheduler_sync_secs: int = 10  # how often cron entries are re-read (≤ 25 s: changes seen within 30 s)
     log_level: str = "INFO"
     log_json: bool = True
     worker_threads: int = 8
     ca_bundle: str | None = None  # PEM file of extra CAs trusted for endpoint and webhook TLS
     trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-* the API honours (api.forwarded)
+    # The API's /metrics on a port of its own (then not on the public port); None = on the public port.
+    api_metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +126,7 @@ class Settings:
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
             trusted_proxies=_networks(env, "SLUICE_TRUSTED_PROXIES"),
+            api_metrics_port=_port(env, "SLUICE_API_METRICS_PORT"),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
