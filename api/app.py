@@ -14,6 +14,7 @@ from api import console, docs_assets, front, gate, metrics, openapi_document, re
 from api.access import Access
 from api.context import Services, autocommit_read_factory, close_session
 from api.errors import handle_http_exception, register_error_handlers
+from api.forwarded import ForwardedHeaders
 from api.resources import ERROR
 from api.schemas.resources import schema_of
 from shared.config import Settings
@@ -75,6 +76,8 @@ def create_app(settings: Settings) -> Flask:
     console.install(app)
     service.document(app, api.spec)
     app.wsgi_app = front.install(services, app.wsgi_app)  # type: ignore[method-assign]
+    if settings.trusted_proxies:  # around the front layer: it builds URLs from the request too
+        app.wsgi_app = ForwardedHeaders(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
     if settings.api_metrics_port is not None:
         app.wsgi_app = metrics.metrics_port_only(  # type: ignore[method-assign,assignment]
             settings.api_metrics_port, app.wsgi_app)

@@ -30,9 +30,9 @@ blp = Blueprint("dependencies", __name__, url_prefix="/v1", description="Job dep
 def list_dependencies_view(job: str, limit: int | None = None, cursor: str | None = None) -> Response:
     """The jobs whose runs this job's new runs wait for, newest first."""
     page = clamp_limit(limit)
-    after = decode_time_cursor(CURSOR_KIND, cursor)
     session = get_session()
     found = require_job(session, current_principal(), job)
+    after = decode_time_cursor(CURSOR_KIND, cursor)  # after the lookup: 404 precedes 400 (§1.5)
     rows = list_edges(session, found["id"], limit=page + 1, after=after)
     next_cursor = None
     if len(rows) > page:

@@ -36,9 +36,9 @@ def _cursor_version(cursor: str | None) -> int | None:
 def list_versions_view(job: str, limit: int | None = None, cursor: str | None = None) -> Response:
     """All versions of the job, current first."""
     page = clamp_limit(limit)
-    before = _cursor_version(cursor)
     session = get_session()
     found = require_job(session, current_principal(), job)
+    before = _cursor_version(cursor)  # after the lookup: 404 precedes 400 (§1.5)
     rows = list_versions(session, found["id"], limit=page + 1, before_version=before)
     next_cursor = None
     if len(rows) > page:

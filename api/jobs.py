@@ -31,8 +31,9 @@ from api.schemas.jobs import (
 from api.schemas.resources import schema_of
 from shared.clock import utcnow
 from shared.errors import NotFound, ValidationFailed
+from shared.jobs.batch import BatchItem, create_jobs_batch
 from shared.jobs.enablement import set_jobs_enabled
-from shared.jobs.lifecycle import clone_job, create_job, create_jobs_batch, delete_job, patch_job
+from shared.jobs.lifecycle import clone_job, create_job, delete_job, patch_job
 from shared.jobs.resource import JOB
 from shared.jobs.store import find_key_and_job, list_job_records
 from shared.runs.commit import commit_and_apply
@@ -114,19 +115,17 @@ def batch_create_view() -> Response:
     """Create up to 100 jobs atomically: all or none; failures are reported by index."""
     items, wrapped = _batch_items()
     schema = JobCreateSchema()
-    loaded: list[dict[str, Any]] = []
-    errors: dict[str, Any] = {}
-    for index, item in enumerate(items):
-        item_errors = schema.validate(item) if isinstance(item, dict) else {"_schema": ["Invalid input type."]}
-        if item_errors:
-            errors[str(index)] = item_errors
-        else:
-            loaded.append(schema.load(item))
+    checked: list[BatchItem] = []
+    for item in items:
+        errors = schema.validate(item) if isinstance(item, dict) else {"_schema": ["Invalid input type."]}
+        if not errors:
+            checked.append(BatchItem(schema.load(item)))
+            continue
+        slug = item.get("slug") if isinstance(item, dict) and "slug" not in errors else None
+        checked.append(BatchItem(None, errors, slug if isinstance(slug, str) else None))
     try:
-        if errors:
-            raise ValidationFailed(errors, "Validation failed for some jobs; none were created")
         session = get_session()
-        jobs = create_jobs_batch(session, current_principal(), loaded, now=utcnow(),
+        jobs = create_jobs_batch(session, current_principal(), checked, now=utcnow(),
                                  allow_private=services().settings.allow_private_endpoints)
     except ValidationFailed as exc:
         raise ValidationFailed({"jobs": exc.errors} if wrapped else exc.errors, exc.message) from None

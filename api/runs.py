@@ -25,7 +25,7 @@ from api.schemas.runs import PageQuerySchema, RunFilterQuerySchema, RunIdsSchema
 from shared.clock import utcnow
 from shared.errors import NotFound
 from shared.jobs.lookup import get_job
-from shared.runs.actions import CancelResult, bulk_cancel, bulk_replay, cancel_run, replay_run, signal_canceled
+from shared.runs.actions import CancelResult, bulk_cancel, bulk_replay, cancel_run, replay_run
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
 from shared.runs.queries import get_project_run, list_events, list_runs, parse_filters
@@ -128,7 +128,6 @@ def _cancel(run_id: str) -> Response:
     run = cancel_run(session, current_principal().project_id, run_id, now=utcnow(), effects=effects,
                      result=result)
     commit_and_apply(session, effects, services().broker)
-    signal_canceled(services().redis, result.executing)
     return json_response(RUN.render(run))
 
 
@@ -160,7 +159,6 @@ def bulk_cancel_view(body: dict[str, Any]) -> Response:
     results = bulk_cancel(session, current_principal().project_id, body["run_ids"], now=utcnow(),
                           effects=effects, result=result)
     commit_and_apply(session, effects, services().broker)
-    signal_canceled(services().redis, result.executing)
     canceled = sum(1 for r in results if r["error"] is None)
     return json_response({"results": results, "total": len(results), "canceled": canceled,
                           "failed": len(results) - canceled})

@@ -44,7 +44,10 @@ def gunicorn_args(settings: Settings, env: Mapping[str, str], options: argparse.
             "--worker-class", "api.gunicorn_worker.BalancedThreadWorker",
             "--logger-class", "api.gunicorn_logging.JsonLogger", "--error-logfile", "-",
             "--no-control-socket", "--worker-tmp-dir", _worker_tmp_dir(),
-            "--graceful-timeout", "30", *passed_on, "api.wsgi:app"]
+            "--graceful-timeout", "30",
+            # X-Forwarded-* are honoured by the app, from SLUICE_TRUSTED_PROXIES only (api.forwarded), not
+            # also by gunicorn (which would trust X-Forwarded-Proto from 127.0.0.1 by default)
+            "--forwarded-allow-ips", "", *passed_on, "api.wsgi:app"]
 
 
 def _worker_tmp_dir() -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 
-_OFFSET_RE = re.compile(r"(Z|z|[+-]\d{2}:\d{2})$")
+# RFC 3339 ``date-time`` (section 5.6): full-date "T" partial-time time-offset; "T" and "Z" in either case.
+_RFC3339_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))", re.ASCII)
+_PARSE_ERROR = "must be an RFC 3339 timestamp with an offset"
 
 
 def utcnow() -> datetime:
@@ -35,14 +38,24 @@ def _format_utc(value: datetime) -> str:
 
 
 def parse_ts(text: str) -> datetime:
-    """Parse RFC 3339 with an explicit offset; raise ``ValueError`` otherwise."""
-    if not isinstance(text, str) or not _OFFSET_RE.search(text) or "T" not in text.upper():
-        raise ValueError("must be an RFC 3339 timestamp with an offset")
-    normalized = text[:-1] + "+00:00" if text[-1] in "Zz" else text
+    """Parse an RFC 3339 ``date-time`` (``2025-03-01T09:00:00Z``, ``2025-03-01T10:00:00.5+01:00``) into aware
+    UTC; raise ``ValueError`` for anything else: a missing offset, ISO 8601's other forms (basic
+    ``20250301T090000Z``, week dates, times without seconds), impossible dates and times, leap seconds
+    (Python cannot hold them). Fractions beyond microseconds are cut."""
+    match = _RFC3339_RE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(_PARSE_ERROR)
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    fraction, zulu, sign, offset_hours, offset_minutes = match.group(7, 8, 9, 10, 11)
+    microsecond = int((fraction or "0")[:6].ljust(6, "0"))
+    if zulu:
+        offset = timedelta(0)
+    else:
+        if int(offset_hours) > 23 or int(offset_minutes) > 59:
+            raise ValueError(_PARSE_ERROR)
+        offset = timedelta(hours=int(offset_hours), minutes=int(offset_minutes)) * (-1 if sign == "-" else 1)
     try:
-        parsed = datetime.fromisoformat(normalized.replace("t", "T"))
-    except ValueError as exc:
-        raise ValueError("must be an RFC 3339 timestamp with an offset") from exc
-    if parsed.tzinfo is None:
-        raise ValueError("must be an RFC 3339 timestamp with an offset")
+        parsed = datetime(year, month, day, hour, minute, second, microsecond, tzinfo=timezone(offset))
+    except ValueError as exc:  # month 13, February 30th, hour 24, second 60 ...
+        raise ValueError(_PARSE_ERROR) from exc
     return parsed.astimezone(UTC)

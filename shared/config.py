@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -71,6 +72,19 @@ def _rate_limit(env: Mapping[str, str]) -> tuple[int, int] | None:
     return parsed
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or CIDR ranges, each normalised (``10.0.0.7/8`` → ``10.0.0.0/8``)."""
+    networks = []
+    for part in (p.strip() for p in (env.get(name) or "").split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {part!r} is not an IP address or CIDR range") from exc
+    return tuple(networks)
+
+
 def _port(env: Mapping[str, str], name: str) -> int | None:
     """A TCP port (1..65535); unset, empty or ``0`` is ``None``."""
     value = _int(env, name, 0)
@@ -97,6 +111,7 @@ class Settings:
     log_json: bool = True
     worker_threads: int = 8
     ca_bundle: str | None = None  # PEM file of extra CAs trusted for endpoint and webhook TLS
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-* the API honours (api.forwarded)
     # The API's /metrics on a port of its own (then not on the public port); None = on the public port.
     api_metrics_port: int | None = None
 
@@ -118,6 +133,7 @@ class Settings:
             log_json=_bool(env, "SLUICE_LOG_JSON", True),
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
+            trusted_proxies=_networks(env, "SLUICE_TRUSTED_PROXIES"),
             api_metrics_port=_port(env, "SLUICE_API_METRICS_PORT"),
         ))
 

@@ -8,7 +8,7 @@ Two kinds:
   runs) are sampled from Redis
   and the database when ``/metrics`` is scraped (``api.metrics``); only their specs live here.
 
-The scheduler's ``sluice_schedule_lag_seconds`` gauge is defined in ``scheduler/metrics.py`` (it is
+The scheduler's ``sluice_schedule_lag_seconds`` histogram is defined in ``scheduler/metrics.py`` (it is
 measured inside the scheduler loop); ``docs/operations.md`` lists every family.
 
 Multiprocess mode: when ``PROMETHEUS_MULTIPROC_DIR`` is set *before this module is first imported*,
@@ -43,9 +43,9 @@ WORKER_METRICS_PORT = 9101
 SCHEDULER_METRICS_PORT = 9102
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-# Latency buckets: API calls are milliseconds; endpoint calls can take up to the 3600 s timeout cap.
+# Latency buckets: API calls are milliseconds; endpoint calls can take up to the 86 400 s timeout cap.
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_ATTEMPT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+ATTEMPT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
 
 # ---- event metrics -------------------------------------------------------------------------------------
 
@@ -66,7 +66,7 @@ RUNS_FINISHED = Counter(
 ATTEMPT_DURATION = Histogram(
     "sluice_attempt_duration_seconds",
     "Endpoint call attempts: wall time from the call's start to its recorded outcome, by outcome.",
-    ["outcome"], buckets=_ATTEMPT_BUCKETS,
+    ["outcome"], buckets=ATTEMPT_BUCKETS,
 )
 RUN_REDELAYS = Counter(
     "sluice_run_redelays", "Runs a worker put back to delayed without using an attempt, by reason "

@@ -38,9 +38,16 @@ def rate_key(job_id: str, name: str, value: str) -> str:
     """ZSET of start marks for one ``rate_limit_keys`` entry and one key value.
 
     Same members and TTL as ``rate_job`` (window + 1 s, renewed on each start). Values longer than 256
-    chars arrive here as ``sha256:<hex>`` (see ``shared.limits.limiter.rate_rules_for``).
+    chars arrive here as ``sha256:<hex>`` (see ``shared.limits.limiter.rate_rules_for``). The name is
+    written with ``%`` and ``:`` percent-encoded (``%25``, ``%3A``), so the first ``:`` after it ends it and
+    no two (name, value) pairs share a key; a name without either character reads as it is.
     """
-    return f"{PREFIX}rate:key:{job_id}:{name}:{value}"
+    return f"{PREFIX}rate:key:{job_id}:{_encode_part(name)}:{value}"
+
+
+def _encode_part(text: str) -> str:
+    """``text`` without ``:``: ``%`` → ``%25`` first, then ``:`` → ``%3A`` (reversible, injective)."""
+    return text.replace("%", "%25").replace(":", "%3A")
 
 
 def run_cancel(run_id: str) -> str:

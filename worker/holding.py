@@ -1,8 +1,9 @@
 """Holding the ready runs of a disabled job (CONTRACT §5.12): they stay ``queued``, undispatched.
 
-When a message finds nothing to start, its own run may be ready but its job disabled: the run is marked
-held (``held_at``, event ``held``) once, so the sweeper stops re-creating its message; enabling the job
-clears the mark and enqueues it again (``shared.jobs.enablement``). Holding is not a status change.
+When a message's own run is not the one it starts (another ready run was started instead, or nothing),
+that run may be ready but its job disabled: it is marked held (``held_at``, event ``held``) then, once, so
+the sweeper stops re-creating its message; enabling the job clears the mark and enqueues it again
+(``shared.jobs.enablement``). Holding is not a status change.
 """
 
 from __future__ import annotations

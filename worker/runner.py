@@ -88,9 +88,12 @@ class Runner:
         picked = time.monotonic()
         now = self._clock()
         started = self._starter.start(run_id, now)
-        if started is None:
+        if started is None or started.run_id != run_id:
+            # The message's own run did not start: if its job is disabled, it is held now (event ``held``),
+            # whether or not another ready run was started instead (§5.1 step 2).
             held = hold_if_disabled(self.connection, run_id, now)
-            return Handled("held" if held else "idle", run_id)
+            if started is None:
+                return Handled("held" if held else "idle", run_id)
         if isinstance(started, NotStarted):
             return Handled(started.action, started.run_id)
         trace = TraceClock(picked=picked, picked_wall=now, queued_at=started.queued_at, acquired=time.monotonic())

@@ -3,8 +3,8 @@
 Registered by the worker's entry point with ``register_webhook_actor``; nothing is built at import time.
 ``max_retries=0``: a failed attempt is not an exception, and its retry is scheduled in PostgreSQL and
 enqueued by ``scheduler.webhook_sweeps`` (dramatiq's retries would be lost with the message and cannot
-follow the §5.15 schedule). No ``time_limit``: each attempt carries its own 10 s deadline, and the
-worker removes dramatiq's ``TimeLimit`` middleware (``worker.actors.strip_time_limits``).
+follow the §5.15 schedule). No ``time_limit`` of its own: each attempt carries its own 10 s deadline, far
+inside dramatiq's default ``TimeLimit`` (10 minutes), which therefore never ends a delivery.
 """
 
 from __future__ import annotations

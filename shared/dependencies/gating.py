@@ -3,8 +3,10 @@
 An edge ``job_id → depends_on_job_id`` with a ``condition`` is evaluated on the upstream job's newest
 **terminal** run (by ``finished_at``, then ``created_at``, then ``id``) among the runs correlated with the
 dependent run: same ``idempotency_key`` if it has one; else same ``metadata.dependency_key`` if it has one;
-else any run of the upstream job. A run is created ``waiting`` unless every edge holds, and released
-(``waiting → queued``, or ``delayed`` if ``scheduled_at`` is ahead) once they all do.
+else any run of the upstream job. A cron run's tick key (``cron:<job>:<tick>``) is not a correlation key:
+no upstream run can have it, so a cron run correlates by its dependency key, else on any run. A run is
+created ``waiting`` unless every edge holds, and released (``waiting → queued``, or ``delayed`` if
+``scheduled_at`` is ahead) once they all do.
 
 No lost wake-ups. Both sides take the transaction-scoped advisory lock ``("deps", <dependent job id>)``:
 
@@ -33,6 +35,7 @@ from sqlalchemy.orm import Session
 from shared.db.locks import lock_key
 from shared.db.models import JobDependency, Run
 from shared.runs.status import TERMINAL, RunStatus
+from shared.schedules.cron import is_tick_key
 
 _FAILURES = frozenset({"failed", "timed_out", "crashed", "system_failed", "expired"})
 CONDITION_STATUSES: dict[str, frozenset[str]] = {
@@ -73,8 +76,10 @@ class Verdict:
 
 
 def correlation_of(idempotency_key: str | None, metadata: dict[str, str] | None) -> Correlation:
+    """What a run with this key and metadata correlates on (a cron tick key is no correlation key)."""
     dependency_key = (metadata or {}).get("dependency_key")
-    return Correlation(idempotency_key or None, dependency_key if isinstance(dependency_key, str) else None)
+    return Correlation(None if is_tick_key(idempotency_key) else idempotency_key or None,
+                       dependency_key if isinstance(dependency_key, str) else None)
 
 
 def edges_of(session: Session, job_id: str) -> list[JobDependency]:

@@ -19,11 +19,11 @@ from sqlalchemy.orm import Session
 
 from shared.apikeys import Principal
 from shared.db.models import JobDependency, Run, RunEvent
-from shared.errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
+from shared.errors import Conflict, Forbidden, NotFound, SluiceError, ValidationFailed
 from shared.ids import new_version_id, uuid7
-from shared.jobs.config import SCHEDULE_FIELDS, URL_FIELDS, changed_fields, config_for_create, config_of, merge
+from shared.jobs.config import SCHEDULE_FIELDS, changed_fields, config_for_create, config_of, merge
 from shared.jobs.enablement import release_held_runs
-from shared.jobs.rules import check_config, field_of
+from shared.jobs.rules import check_config
 from shared.jobs.store import (
     JOBS,
     JobRecord,
@@ -42,6 +42,7 @@ from shared.webhooks.signing import is_masked_value, mask_secret
 log = logging.getLogger("sluice.jobs")
 
 MASKED_SECRET_MESSAGE = "looks like a masked value; send the full secret"
+BATCH_FAILED = "Validation failed for some jobs; none were created"
 
 
 def slug_conflict(slug: str) -> Conflict:
@@ -61,9 +62,10 @@ def require_job(session: Session, principal: Principal, ref: str, *, for_update:
     return job
 
 
-def _insert_new_jobs(session: Session, principal: Principal, configs: Sequence[Mapping[str, Any]],
-                     now: datetime) -> list[dict[str, Any]]:
-    """Insert jobs at version 1 with their first snapshot. A slug taken by a racing writer → 409."""
+def insert_new_jobs(session: Session, principal: Principal, configs: Sequence[Mapping[str, Any]],
+                    now: datetime) -> list[dict[str, Any]]:
+    """Insert jobs at version 1 with their first snapshot. One job whose slug a racing writer has just
+    taken → 409; in a batch, that slug's items → 422 by index (§3.3), the transaction still usable."""
     records, versions = [], []
     for config in configs:
         job_id, version_id = uuid7(), new_version_id()
@@ -71,20 +73,33 @@ def _insert_new_jobs(session: Session, principal: Principal, configs: Sequence[M
                                       version_id=version_id, actor=principal.actor, now=now))
         versions.append(version_record(version_id=version_id, job_id=job_id, version=1, config=config,
                                        actor=principal.actor, now=now))
-    try:
-        if len(records) == 1:
+    if len(records) == 1:
+        try:
             _insert_job_with_version(session, records[0], versions[0])
-            versions = []  # written by the same statement
-        else:
-            insert_jobs(session, records)
-    except IntegrityError:
-        if len(configs) == 1:
+        except IntegrityError:
             raise slug_conflict(configs[0]["slug"]) from None
-        raise Conflict("a slug of this batch was just taken by another request; nothing was created") from None
+        versions = []  # written by the same statement
+    else:
+        try:
+            with session.begin_nested():  # a savepoint: after a failure the slugs can still be read
+                insert_jobs(session, records)
+        except IntegrityError:
+            raise _slugs_taken_meanwhile(session, principal, configs) from None
     insert_versions(session, versions)
     for record in records:
         log.info("job created", extra={"job_id": record["id"], "project_id": record["project_id"]})
     return records
+
+
+def _slugs_taken_meanwhile(session: Session, principal: Principal,
+                           configs: Sequence[Mapping[str, Any]]) -> SluiceError:
+    """The error for a batch insert that hit a slug another request inserted after this one checked."""
+    taken = taken_slugs(session, principal.project_id, [config["slug"] for config in configs])
+    errors = {str(index): {"slug": [slug_conflict(config["slug"]).message]}
+              for index, config in enumerate(configs) if config["slug"] in taken}
+    if not errors:  # not a slug after all: a conflict this request cannot fix by itself
+        return Conflict("a job of this batch conflicts with a concurrent change; nothing was created")
+    return ValidationFailed(errors, BATCH_FAILED)
 
 
 @lru_cache(maxsize=8)
@@ -112,31 +127,7 @@ def create_job(session: Session, principal: Principal, body: Mapping[str, Any], 
     check_project_id(body.get("project_id"), principal)
     config = config_for_create(body)
     check_config(config, allow_private=allow_private)
-    return _insert_new_jobs(session, principal, [config], now)[0]
-
-
-def create_jobs_batch(session: Session, principal: Principal, items: Sequence[Mapping[str, Any]], *,
-                      now: datetime, allow_private: bool) -> list[dict[str, Any]]:
-    """§3.3: all items or none. Per-item 400/409 failures become one 422 keyed by item index."""
-    for item in items:
-        check_project_id(item.get("project_id"), principal)
-    configs = [config_for_create(item) for item in items]
-    errors: dict[str, Any] = {}
-    for index, config in enumerate(configs):
-        try:
-            check_config(config, allow_private=allow_private)
-        except BadRequest as exc:
-            errors[str(index)] = {field_of(exc): [exc.message]}
-    taken = taken_slugs(session, principal.project_id, [c["slug"] for c in configs])
-    seen: set[str] = set()
-    for index, config in enumerate(configs):
-        slug = config["slug"]
-        if (slug in taken or slug in seen) and str(index) not in errors:
-            errors[str(index)] = {"slug": [slug_conflict(slug).message]}
-        seen.add(slug)
-    if errors:
-        raise ValidationFailed(errors, "Validation failed for some jobs; none were created")
-    return _insert_new_jobs(session, principal, configs, now)
+    return insert_new_jobs(session, principal, [config], now)[0]
 
 
 def clone_job(session: Session, principal: Principal, ref: str, body: Mapping[str, Any], *, now: datetime,
@@ -146,14 +137,15 @@ def clone_job(session: Session, principal: Principal, ref: str, body: Mapping[st
     config = config_of(source)
     config.update(name=body["name"], slug=body["slug"], enabled=True)
     check_config(config, allow_private=allow_private)
-    return _insert_new_jobs(session, principal, [config], now)[0]
+    return insert_new_jobs(session, principal, [config], now)[0]
 
 
-def _drop_echoed_mask(job: JobRecord, patch: dict[str, Any]) -> None:
-    """§2.3: the current masked secret sent back means "unchanged"; any other masked-looking value is 422."""
+def _drop_echoed_mask(job: JobRecord | None, patch: dict[str, Any]) -> None:
+    """§2.3: the current masked secret sent back means "unchanged"; any other masked-looking value is 422
+    (also when there is no such job: the 422 is the body's, and comes before the lookup's 404)."""
     secret = patch.get("webhook_secret")
     if isinstance(secret, str) and is_masked_value(secret):
-        if secret != mask_secret(job["webhook_secret"]):
+        if job is None or secret != mask_secret(job["webhook_secret"]):
             raise ValidationFailed({"webhook_secret": [MASKED_SECRET_MESSAGE]})
         del patch["webhook_secret"]
 
@@ -167,16 +159,19 @@ def patch_job(session: Session, principal: Principal, ref: str, body: Mapping[st
     writes nothing.
     """
     effects = Effects()
-    check_project_id(body.get("project_id"), principal)
-    job = require_job(session, principal, ref, for_update=True)
+    found = find_job_record(session, principal.project_id, ref, for_update=True)
     patch = dict(body)
-    _drop_echoed_mask(job, patch)
+    _drop_echoed_mask(found, patch)  # a body check (422): before the 403 and the 404 (§1.5)
+    check_project_id(body.get("project_id"), principal)
+    if found is None:
+        raise NotFound("job not found")
+    job = found
     stored = config_of(job)
     merged = merge(stored, patch)
     changed = changed_fields(stored, merged)
     if not changed:
         return job, effects
-    check_config(merged, allow_private=allow_private, url_fields=[f for f in URL_FIELDS if f in changed])
+    check_config(merged, allow_private=allow_private)
     if "slug" in changed and taken_slugs(session, principal.project_id, [merged["slug"]]):
         raise slug_conflict(merged["slug"])
     version_id = new_version_id()
@@ -197,7 +192,8 @@ def patch_job(session: Session, principal: Principal, ref: str, body: Mapping[st
 
 
 def delete_job(session: Session, principal: Principal, ref: str, *, force: bool, now: datetime) -> Effects:
-    """§3.6: hard delete; with active runs only when ``force`` (they are canceled first, without webhooks).
+    """§3.6: hard delete; with active runs only when ``force`` (they are canceled first, without webhooks;
+    the workers of executing ones are signalled after the commit, as for any cancel).
 
     FK cascades remove versions, edges on either side, runs and webhook deliveries; run events have no
     foreign key (migration 0003) and are deleted first, here. Jobs that depended on this one have their
@@ -205,13 +201,16 @@ def delete_job(session: Session, principal: Principal, ref: str, *, force: bool,
     """
     job = require_job(session, principal, ref, for_update=True)
     job_id = job["id"]
-    active = list(session.scalars(
-        sa.select(Run.id).where(Run.job_id == job_id, Run.status.in_([s.value for s in ACTIVE]))
-        .order_by(Run.created_at, Run.id)))
+    keys = {run_id: key for run_id, key in session.execute(
+        sa.select(Run.id, Run.concurrency_key).where(Run.job_id == job_id, Run.status.in_([s.value for s in ACTIVE]))
+        .order_by(Run.created_at, Run.id))}
+    active = list(keys)
     if active and not force:
         raise Conflict(f"job has {len(active)} active runs; cancel them or retry with ?force=true")
     effects = Effects(suppress_webhooks=True)
-    move_many(session, active, RunStatus.CANCELED, now=now, effects=effects)
+    for moved in move_many(session, active, RunStatus.CANCELED, now=now, effects=effects):
+        if moved.old_status == RunStatus.EXECUTING.value:  # its worker stops within about a second (§5.17)
+            effects.canceled_attempts.append((moved.id, job_id, keys[moved.id]))
     dependents = sorted(set(session.scalars(
         sa.select(JobDependency.job_id).where(JobDependency.depends_on_job_id == job_id,
                                               JobDependency.job_id != job_id))))

@@ -7,7 +7,7 @@ field: ``cron: invalid expression "61 * * * *"``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -22,13 +22,10 @@ from shared.schedules.cron import CronError, is_valid_timezone, parse_cron
 _REF_KEYWORDS = ("$ref", "$dynamicRef")
 
 
-def check_config(config: Mapping[str, Any], *, allow_private: bool,
-                 url_fields: Iterable[str] = URL_FIELDS) -> None:
-    """Raise ``BadRequest`` for the first §2.2 rule ``config`` breaks.
-
-    ``url_fields`` limits the address-policy check (which may resolve DNS) to the URLs being written:
-    a PATCH re-checks only the URLs it changes; a stored URL already passed at its own write.
-    """
+def check_config(config: Mapping[str, Any], *, allow_private: bool) -> None:
+    """Raise ``BadRequest`` for the first §2.2 rule ``config`` breaks (the whole configuration: a PATCH
+    re-checks every URL of the merged job too, since an address that passed at its write may be refused
+    now, a name that resolves privately since or a policy that changed)."""
     for field in ("cron", "execution_window_cron"):
         expr = config.get(field)
         if expr is not None:
@@ -41,7 +38,7 @@ def check_config(config: Mapping[str, Any], *, allow_private: bool,
         raise semantic("timezone", f'unknown time zone "{timezone}"')
     if config.get("payload_schema") is not None:
         check_payload_schema(config["payload_schema"])
-    for field in url_fields:
+    for field in URL_FIELDS:
         url = config.get(field)
         if url is not None:
             check_url_for_write(field, url, allow_private=allow_private)

@@ -2,8 +2,10 @@
 
 Cancel goes through the state machine (``canceled`` with ``error: "canceled"``, ``error_class`` null; the
 terminal hooks queue the webhook and release dependents). An executing run is canceled in PostgreSQL at
-once; its worker learns about it from a Redis flag set after the commit (``signal_canceled``), which also
-frees the run's concurrency leases so the slot is usable before the worker notices.
+once; its worker learns about it from a Redis flag set after the commit (``signal_canceled``, run by
+``shared.runs.commit.commit_and_apply`` for every canceled attempt in ``Effects.canceled_attempts``: a
+cancel, a bulk cancel or a forced job delete), which also frees the run's concurrency leases so the slot
+is usable before the worker notices.
 Replay creates a new run through ``shared.runs.creation``; the original is never touched.
 """
 
@@ -23,7 +25,7 @@ from shared.errors import Conflict, NotFound
 from shared.ids import canonical_uuid
 from shared.limits.limiter import Limits
 from shared.runs.creation import create_replay_run
-from shared.runs.effects import Effects
+from shared.runs.effects import CanceledAttempt, Effects
 from shared.runs.moves import move
 from shared.runs.queries import get_project_run
 from shared.runs.status import TERMINAL, RunStatus
@@ -34,10 +36,9 @@ CANCEL_FLAG_TTL_SECS = 86_400
 
 @dataclass
 class CancelResult:
-    """Runs canceled by one call; ``executing`` ones need ``signal_canceled`` after the commit."""
+    """Runs canceled by one call (the executing ones are also in ``Effects.canceled_attempts``)."""
 
     canceled: list[Run] = field(default_factory=list)
-    executing: list[Run] = field(default_factory=list)
 
 
 def _cancel(session: Session, run: Run, *, now: datetime, effects: Effects, result: CancelResult) -> Run | None:
@@ -47,7 +48,7 @@ def _cancel(session: Session, run: Run, *, now: datetime, effects: Effects, resu
     session.refresh(run)
     result.canceled.append(run)
     if moved.old_status == RunStatus.EXECUTING.value:
-        result.executing.append(run)
+        effects.canceled_attempts.append((run.id, run.job_id, run.concurrency_key))
         effects.wake_slots.append((run.job_id, run.concurrency_key))  # a waiter gets its slot
     return run
 
@@ -91,7 +92,7 @@ def bulk_cancel(session: Session, project_id: str, run_ids: list[str], *, now: d
     return results
 
 
-def signal_canceled(client: redis.Redis, runs: list[Run]) -> None:
+def signal_canceled(client: redis.Redis, runs: list[CanceledAttempt]) -> None:
     """After the commit: flag each canceled executing run for its worker and free its leases.
 
     Best effort (the worker also checks the run's status when it records the outcome): a Redis failure
@@ -101,12 +102,12 @@ def signal_canceled(client: redis.Redis, runs: list[Run]) -> None:
         return
     try:
         pipe = client.pipeline(transaction=False)
-        for run in runs:
-            pipe.set(redis_keys.run_cancel(run.id), "1", ex=CANCEL_FLAG_TTL_SECS)
+        for run_id, _, _ in runs:
+            pipe.set(redis_keys.run_cancel(run_id), "1", ex=CANCEL_FLAG_TTL_SECS)
         pipe.execute()
         limits = Limits(client)
-        for run in runs:
-            limits.release(run.id, run.job_id, run.concurrency_key)
+        for run_id, job_id, concurrency_key in runs:
+            limits.release(run_id, job_id, concurrency_key)
     except (redis.exceptions.RedisError, OSError) as exc:
         log.warning("could not signal a canceled run to its worker", extra={
             "runs": len(runs), "error": type(exc).__name__})

@@ -1,4 +1,5 @@
-"""After-commit work a unit of work gathers: runs to enqueue, webhook deliveries to send, freed slots.
+"""After-commit work a unit of work gathers: runs to enqueue, webhook deliveries to send, canceled attempts
+to signal, freed slots.
 
 Enqueueing happens only after the commit, so a worker never sees a message for a row it cannot read
 yet. A failed enqueue never fails the caller: the run is safely ``queued`` in PostgreSQL and the
@@ -18,6 +19,7 @@ from shared.messages import enqueue_runs, enqueue_webhooks
 log = logging.getLogger("sluice.effects")
 
 Slot = tuple[str, str | None]  # (job id, concurrency key or None): what a released lease frees
+CanceledAttempt = tuple[str, str, str | None]  # (run id, job id, concurrency key) of a canceled executing run
 
 
 @dataclass
@@ -27,6 +29,9 @@ class Effects:
     enqueue: list[str] = field(default_factory=list)
     webhooks: list[str] = field(default_factory=list)
     wake_slots: list[Slot] = field(default_factory=list)  # handed to waiting runs (shared.limits.waiters)
+    # Executing runs canceled (a cancel, a forced job delete): their workers are signalled, their leases
+    # released (``shared.runs.actions.signal_canceled``).
+    canceled_attempts: list[CanceledAttempt] = field(default_factory=list)
     # A forced job delete cancels runs without webhooks.
     suppress_webhooks: bool = False
 

@@ -133,8 +133,8 @@ def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def event_ids(count: int) -> list[str]:
-    """``count`` new event ids in write order: uuid7 is random within a millisecond, so they are sorted
-    (events are read in (created_at, id) order)."""
+    """``count`` new event ids in write order (events are read in (created_at, id) order, and ids made in
+    one process sort in the order they were made)."""
     return uuid7s(count)
 
 
@@ -248,7 +248,7 @@ def move_params(shape: Shape, targets: str | list[str], now: datetime, values: d
         params[f"w_{name}"] = where[name]
     if shape.many:
         params["ids"] = list(targets)
-        params["e0_ids"] = [uuid7() for _ in targets]
+        params["e0_ids"] = uuid7s(len(targets))
         return params
     params["run_id"] = targets
     ids = event_ids(1 + len(events))

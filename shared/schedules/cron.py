@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from shared.schedules.spec import DESCRIPTORS, CronError, CronSpec, parse_cron
 
 __all__ = [
-    "DESCRIPTORS", "CronError", "CronSpec", "is_minute_open", "is_valid_timezone", "next_fire_time",
-    "next_open_minute", "parse_cron", "previous_fire_time", "tick_key",
+    "DESCRIPTORS", "TICK_KEY_PREFIX", "CronError", "CronSpec", "is_minute_open", "is_tick_key", "is_valid_timezone",
+    "next_fire_time", "next_open_minute", "parse_cron", "previous_fire_time", "tick_key",
 ]
 
 _MINUTE = timedelta(minutes=1)
@@ -212,6 +212,14 @@ def next_open_minute(spec: CronSpec, tz: str, at: datetime) -> datetime:
     return found
 
 
+TICK_KEY_PREFIX = "cron:"  # reserved: a trigger's idempotency key may not start with it
+
+
 def tick_key(job_id: str, tick: datetime) -> str:
     """The idempotency key of a cron run (§6.3): ``cron:<job id>:<YYYY-MM-DDTHH:MM:SSZ>``."""
-    return f"cron:{job_id}:{_utc(tick, 'tick').strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    return f"{TICK_KEY_PREFIX}{job_id}:{_utc(tick, 'tick').strftime('%Y-%m-%dT%H:%M:%SZ')}"
+
+
+def is_tick_key(key: str | None) -> bool:
+    """Whether ``key`` is a cron run's tick key (only cron runs can have one: the prefix is reserved)."""
+    return key is not None and key.startswith(TICK_KEY_PREFIX)

@@ -12,7 +12,7 @@ starts with ``*`` (so ``*`` and ``*/2``); we extend that to *any* list item star
 * otherwise → it must match **both** (a plain ``*`` allows every day, so "only the other counts";
   ``*/2`` still filters: ``0 0 */2 * 1`` is odd-numbered days that are Mondays, as in Vixie cron).
 
-Accepted beyond the §6.1 list, because it is common and unambiguous: ``a/n`` means ``a-max/n`` (cronie).
+``a/n`` means ``a-<max>/n`` in every field (§6.1, as cronie reads it).
 Descriptors are the five of §6.1, case-insensitive like names; any other ``@…`` is refused. Surrounding
 whitespace is ignored and fields may be separated by any run of blanks.
 """

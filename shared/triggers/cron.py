@@ -1,9 +1,10 @@
 """Cron runs for many jobs sharing one tick, in a few statements (CONTRACT §6.3, §6.6).
 
-The batched sibling of ``shared.runs.creation.create_cron_run``, built from the same row builders so a
-cron run looks the same whichever path made it. With 1,000 jobs due on the same minute the scheduler
-spends one transaction, one dependency query, one ``INSERT … ON CONFLICT DO NOTHING`` (paged by
-SQLAlchemy's insertmanyvalues) and one events insert, instead of a thousand of each.
+The one way cron runs are created, built from the row builders every other run uses
+(``shared.runs.creation.build_run_row``, ``shared.runs.creation.insert_run_rows``). With 1,000 jobs due on
+the same minute the scheduler spends one transaction, one dependency query, one
+``INSERT … ON CONFLICT DO NOTHING`` (paged by SQLAlchemy's insertmanyvalues) and one events insert, instead
+of a thousand of each.
 
 Replicas: the partial unique index ``uq_runs_cron_tick`` makes the insert of a (job, tick) that already
 has a run do nothing, so a second scheduler replica firing the same tick creates nothing. Rows are

@@ -37,11 +37,12 @@ from shared.runs.creation import (
 )
 from shared.runs.effects import Effects
 from shared.runs.status import ACTIVE
+from shared.schedules.cron import TICK_KEY_PREFIX
 from shared.triggers.payloads import canonical_payload, payload_hash, payload_size_error, schema_errors
 
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
-RESERVED_KEY_PREFIX = "cron:"
+RESERVED_KEY_PREFIX = TICK_KEY_PREFIX
 DISABLED_MESSAGE = "job is disabled; enable it before triggering runs"
 _ACTIVE_VALUES = [s.value for s in ACTIVE]
 

@@ -331,3 +331,20 @@ def test_a_slot_waiter_is_not_started_ahead_of_a_higher_priority_ready_run(harne
     assert harness.get(urgent[0]).status == "queued"
     assert harness.get(waiter.id).status == "queued"  # woken the ordinary way, behind the urgent run
     assert [r.path for r, _ in httpserver.log] == ["/p"]
+
+
+def test_a_disabled_jobs_run_is_held_even_when_its_message_starts_another_run(harness: Harness,
+                                                                              httpserver: HTTPServer) -> None:
+    """The ``held`` event is written when the run is held, not only once the worker runs out of work."""
+    httpserver.expect_request("/other").respond_with_data("ok")
+    disabled = harness.job(endpoint_url=httpserver.url_for("/never"), enabled=False)
+    other = harness.job(endpoint_url=httpserver.url_for("/other"))
+    run = harness.run(disabled)
+    ready = harness.run(other)
+    handled = harness.handle(run.id)
+    assert (handled.action, handled.run_id) == ("completed", ready.id)  # its message started the other run
+    assert [e.type for e in harness.events(run.id)] == ["held"]
+    held = harness.get(run.id)
+    assert held.status == "queued" and held.held_at is not None
+    assert harness.handle(run.id).action == "idle"  # held once
+    assert [e.type for e in harness.events(run.id)] == ["held"]

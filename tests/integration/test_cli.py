@@ -158,6 +158,34 @@ def test_keys_list_loads_no_process_package(db_engine) -> None:  # type: ignore[
     assert result.stdout.splitlines()[-1] == "[]"
 
 
+def test_keys_list_shows_every_column_but_the_key(session_factory, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from shared.apikeys import create_key, parse_scopes
+    from shared.cli.main import main
+    from shared.db.engine import transaction
+    from shared.db.models import ApiKey
+
+    created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    used = datetime(2026, 2, 3, 4, 5, 6, 789, tzinfo=UTC)
+    with transaction(session_factory) as s:
+        named, plaintext = create_key(s, project_id="cli-proj", scopes=parse_scopes("runs:read"), name="nightly ETL",
+                                      now=created)
+        unnamed, _ = create_key(s, project_id="cli-proj", scopes=parse_scopes("*"), name=None, now=created)
+        s.execute(sa.update(ApiKey).where(ApiKey.id == named.id).values(last_used_at=used))
+    monkeypatch.setenv("DATABASE_URL", pg_url())
+    assert main(["keys", "list", "--project", "cli-proj"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["id", "project", "name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
+    by_id = {row.split()[0]: row for row in rows}
+    assert set(by_id) == {named.id, unnamed.id}
+    assert "nightly ETL" in by_id[named.id] and "2026-02-03T04:05:06.000789Z" in by_id[named.id]
+    assert by_id[unnamed.id].split()[2] == "-" and by_id[unnamed.id].split()[-2:] == ["-", "-"]
+    assert plaintext not in "\n".join(rows) and plaintext[3:] not in "\n".join(rows)
+
+
 def test_an_unreachable_or_malformed_redis_stops_every_role_with_one_line(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 import sqlalchemy as sa
 
+from shared.apikeys import Principal
+from shared.clock import utcnow
 from shared.db.models import Job, JobVersion, Run
+from shared.jobs.lifecycle import create_job
 from shared.messages import ready_messages
 from tests.factories import make_run
 from tests.integration.jobs_support import JOB_FIELDS, assert_error, create, job_body
@@ -33,9 +40,18 @@ def test_batch_is_atomic_and_reports_every_failing_index(client, auth, session):
     items = [job_body("ok-1"), job_body("Bad Slug"), job_body("exists"), job_body("ok-2", cron="61 * * * *"),
              job_body("ok-1"), "not-an-object", job_body("ok-3", endpoint_url="ftp://127.0.0.1/")]
     error = assert_error(client.post("/v1/jobs/batch", json=items, headers=auth), 422)
-    # schema failures are reported first; no semantic check runs while any item fails its schema
-    assert set(error["errors"]) == {"1", "5"}
-    assert "slug" in error["errors"]["1"] and error["errors"]["5"] == {"_schema": ["Invalid input type."]}
+    # every failing item, each with the message a single create would give it (schema 422, semantic 400,
+    # slug 409), whatever kind of failure came first
+    assert error["errors"] == {
+        "1": {"slug": ["Must match ^[a-z0-9][a-z0-9_-]*$."]},
+        "2": {"slug": ['slug "exists" already exists in this project']},
+        "3": {"cron": ['cron: invalid expression "61 * * * *"']},
+        "4": {"slug": ['slug "ok-1" already exists in this project']},
+        "5": {"_schema": ["Invalid input type."]},
+        "6": {"endpoint_url": ["endpoint_url: must use http or https"]},
+    }
+    single = client.post("/v1/jobs", json=job_body("Bad Slug"), headers=auth)
+    assert assert_error(single, 422)["errors"] == error["errors"]["1"]
     items = [job_body("ok-1"), job_body("exists"), job_body("ok-2", cron="61 * * * *"), job_body("ok-1"),
              job_body("ok-3", endpoint_url="ftp://127.0.0.1/")]
     error = assert_error(client.post("/v1/jobs/batch", json={"jobs": items}, headers=auth), 422)
@@ -100,3 +116,57 @@ def test_batch_toggle_validation(client, auth):
                  {"ids": [1]}, {"job_ids": None}):
         assert_error(client.post("/v1/jobs/batch-enable", json=body, headers=auth), 422)
     assert client.post("/v1/jobs/batch-disable", json={"ids": ["x"] * 100}, headers=auth).json == {"updated": 0}
+
+
+def test_a_schema_failure_first_does_not_hide_later_failures(client, auth, session):
+    """The issue's case: item 0 fails its schema, later items a slug conflict and a bad cron."""
+    create(client, auth, "taken")
+    items = [job_body("zero", max_attempts="3"), job_body("taken"), job_body("fine", cron="0 0 30 2 *"),
+             {**job_body("claims-it"), "name": ""}, job_body("claims-it")]
+    error = assert_error(client.post("/v1/jobs/batch", json={"jobs": items}, headers=auth), 422)
+    assert set(error["errors"]["jobs"]) == {"0", "1", "2", "3", "4"}
+    assert set(error["errors"]["jobs"]["0"]) == {"max_attempts"}
+    assert error["errors"]["jobs"]["2"] == {"cron": ["cron: expression never matches"]}
+    assert set(error["errors"]["jobs"]["3"]) == {"name"}  # a schema failure; its valid slug is still claimed
+    assert error["errors"]["jobs"]["4"] == {"slug": ['slug "claims-it" already exists in this project']}
+    assert _count(session, Job) == 1
+
+
+def test_a_schema_failure_precedes_a_project_mismatch_which_precedes_the_rest(client, auth):
+    mismatch = {**job_body("p1"), "project_id": "proj-b"}
+    assert_error(client.post("/v1/jobs/batch", json=[mismatch, job_body("p2", cron="61 * * * *")], headers=auth),
+                 403)
+    error = assert_error(client.post("/v1/jobs/batch", json=[mismatch, job_body("p2", name="")], headers=auth), 422)
+    assert set(error["errors"]) == {"1"}
+
+
+def test_a_slug_taken_between_check_and_insert_is_422_by_index(client, auth, app, session_factory):
+    """Another request inserts a slug of the batch after the batch checked it: 422 naming that item."""
+    principal = Principal("racer", "proj-a", frozenset({"jobs:write"}))
+    rival = session_factory()
+    create_job(rival, principal, job_body("contested"), now=utcnow(), allow_private=True)  # not committed yet
+    answer: list[Any] = []
+    batch = [job_body("free-1"), job_body("contested"), job_body("free-2")]
+    worker = threading.Thread(target=lambda: answer.append(client.post("/v1/jobs/batch", json=batch, headers=auth)))
+    worker.start()
+    try:
+        _wait_for_lock_wait(session_factory)  # the batch passed its check and waits on the rival's slug
+    finally:
+        rival.commit()
+        rival.close()
+    worker.join(timeout=30)
+    error = assert_error(answer[0], 422)
+    assert error["errors"] == {"1": {"slug": ['slug "contested" already exists in this project']}}
+    assert [j["slug"] for j in client.get("/v1/jobs", headers=auth).json] == ["contested"]
+
+
+def _wait_for_lock_wait(session_factory, timeout_secs: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_secs
+    while time.monotonic() < deadline:
+        with session_factory() as s:
+            waiting = s.scalar(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                       "AND wait_event_type = 'Lock' AND query ILIKE '%INSERT INTO jobs%'"))
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the batch never waited on the rival's insert")

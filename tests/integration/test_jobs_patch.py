@@ -165,3 +165,37 @@ def test_concurrent_patches_each_get_their_own_version(client, auth, app, sessio
     descriptions = {v.config["description"] for v in session.scalars(
         sa.select(JobVersion).where(JobVersion.job_id == final["id"], JobVersion.version > 1))}
     assert descriptions == {f"d{i}" for i in range(12)}
+
+
+def test_a_wrong_masked_secret_is_422_before_403_and_404(client, auth, other_auth):
+    """The masked-secret check is a body check: it answers in schema order, before ``project_id`` and the
+    lookup."""
+    create(client, auth, "masked", webhook_secret=SECRET)
+    wrong = {"webhook_secret": "whsec_…zzzz"}
+    masked_error = {"webhook_secret": ["looks like a masked value; send the full secret"]}
+    with_project = {**wrong, "project_id": "proj-b"}
+    assert assert_error(_patch(client, auth, "masked", with_project), 422)["errors"] == masked_error
+    assert assert_error(_patch(client, auth, "missing", wrong), 422)["errors"] == masked_error
+    assert assert_error(_patch(client, other_auth, "masked", wrong), 422)["errors"] == masked_error
+    echoed = {"webhook_secret": "whsec_…" + SECRET[-4:]}  # the current mask: "unchanged", then the usual order
+    assert_error(_patch(client, auth, "masked", {**echoed, "project_id": "proj-b"}), 403)
+    # another project's job is no job at all for this key: nothing to echo, as for an unknown job
+    assert assert_error(_patch(client, other_auth, "masked", echoed), 422)["errors"] == masked_error
+    assert_error(_patch(client, other_auth, "masked", {"name": "x"}), 404)
+    assert _patch(client, auth, "masked", echoed).json["version"] == 1
+
+
+def test_patch_checks_every_url_of_the_merged_job(app, client, auth):
+    """An address that passed when it was written is checked again by any changing PATCH."""
+    create(client, auth, "urls", endpoint_url="http://127.0.0.1/x", webhook_url="http://10.0.0.1/hook")
+    settings = app.extensions["sluice"].settings
+    app.extensions["sluice"].settings = settings.with_overrides(allow_private_endpoints=False)
+    try:
+        assert_error(_patch(client, auth, "urls", {"name": "renamed"}), 400,
+                     "endpoint_url: host is a private address")
+        assert_error(_patch(client, auth, "urls", {"endpoint_url": "http://93.184.216.34/"}), 400,
+                     "webhook_url: host is a private address")
+        fixed = _patch(client, auth, "urls", {"endpoint_url": "http://93.184.216.34/", "webhook_url": None})
+        assert fixed.status_code == 200 and fixed.json["version"] == 2
+    finally:
+        app.extensions["sluice"].settings = settings

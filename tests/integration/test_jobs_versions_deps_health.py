@@ -170,3 +170,12 @@ def test_health_empty_and_errors(client, auth, other_auth):
                  "window: must be one of 1h, 1d, 7d, 30d")
     assert_error(client.get("/v1/jobs/nope/health?window=2d", headers=auth), 404)  # 404 before 400
     assert_error(client.get("/v1/jobs/empty/health", headers=other_auth), 404)
+
+
+@pytest.mark.parametrize("path", ["versions", "dependencies"])
+def test_an_unknown_job_is_404_before_a_bad_cursor_is_400(client, auth, other_auth, path):
+    """Precedence: the lookup's 404 comes before the cursor's 400 (and the cursor is then checked)."""
+    create(client, auth, "known")
+    assert_error(client.get(f"/v1/jobs/missing/{path}?cursor=bad!", headers=auth), 404, "job not found")
+    assert_error(client.get(f"/v1/jobs/known/{path}?cursor=bad!", headers=other_auth), 404, "job not found")
+    assert_error(client.get(f"/v1/jobs/known/{path}?cursor=bad!", headers=auth), 400)

@@ -357,3 +357,15 @@ def test_an_admission_is_roomy_while_every_cap_is_at_most_a_quarter_used(limits:
     assert limits.acquire(req("n1", rules=(job_rule(1000, 1000),)), now_ms=T0).roomy  # rate limits only
     redis_client.zadd(redis_keys.slot_waiters_job(JOB), {"waiting": 1})
     assert not limits.acquire(req("n2", rules=(job_rule(1000, 1000),)), now_ms=T0).roomy  # someone waits
+
+
+def test_rate_key_names_and_values_never_share_a_log() -> None:
+    """A ``:`` (or ``%``) in an entry's name cannot make two (name, value) pairs one sliding log."""
+    pairs = [("a:b", "c"), ("a", "b:c"), ("a%3Ab", "c"), ("a%b", "c"), ("a%25b", "c"), ("a", "b%3Ac")]
+    keys = [redis_keys.rate_key(JOB, name, value) for name, value in pairs]
+    assert len(set(keys)) == len(pairs)
+    assert redis_keys.rate_key(JOB, "customer", "acme:eu") == f"sluice:rate:key:{JOB}:customer:acme:eu"
+    rules = rate_rules_for(JOB, None, None, [{"name": "a:b", "max": 1, "window_secs": 60},
+                                             {"name": "a", "max": 1, "window_secs": 60}],
+                           metadata={"a:b": "c", "a": "b:c"}, tags={}, payload=None)
+    assert len({rule.key for rule in rules}) == 2

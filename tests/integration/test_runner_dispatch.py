@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -229,3 +230,22 @@ def test_heartbeat_refreshes_executing_runs(harness: Harness) -> None:
         assert first is not None and second is not None and second > first
         _cancel(harness, run.id, flag=True)
         thread.join(timeout=5)
+
+
+def test_a_forced_job_delete_stops_an_executing_call_within_a_second(harness: Harness, client: Any,
+                                                                    auth: dict[str, str]) -> None:
+    """A forced delete cancels like a cancel: the worker is signalled at once and the slot freed, not at
+    its next heartbeat."""
+    with RawServer(never_answer) as server:
+        job = harness.job(endpoint_url=server.url(), max_concurrency=3)
+        run = harness.run(job, concurrency_key="k")
+        thread, results = _start_in_thread(harness, run.id)
+        assert harness.limits.slots_in_use(job.id) == 1
+        deleted_at = time.monotonic()
+        assert client.delete(f"/v1/jobs/{job.id}?force=true", headers=auth).status_code == 204
+        assert harness.redis.get(run_cancel(run.id)) is not None
+        assert harness.limits.slots_in_use(job.id) == 0 and harness.limits.slots_in_use(job.id, "k") == 0
+        thread.join(timeout=5)
+        stopped_after = time.monotonic() - deleted_at
+    assert results == ["discarded"]
+    assert stopped_after < 1.2  # the heartbeat would have taken SLUICE_HEARTBEAT_INTERVAL_SECS

@@ -107,6 +107,8 @@ def test_created_range(client, auth, world):
     ("status=bogus", "status"), ("status=", "status"), ("triggered_by=api", "triggered_by"),
     ("tag_value=x", "tag_value"), ("created_after=yesterday", "created_after"),
     ("created_before=2024-01-01T00:00:00", "created_before"), ("limit=0", "limit"), ("limit=abc", "limit"),
+    ("created_after=20250301T090000Z", "created_after"), ("created_after=2025-W09-6T09:00:00Z", "created_after"),
+    ("created_before=2025-03-01T09:00Z", "created_before"),
 ])
 def test_filter_errors(client, auth, world, query, field):
     response = client.get(f"/v1/runs?{query}", headers=auth)

@@ -29,7 +29,7 @@ from shared.limits.waiters import (
     waiter_score,
 )
 from shared.messages import ready_messages
-from shared.runs.actions import CancelResult, cancel_run, signal_canceled
+from shared.runs.actions import CancelResult, cancel_run
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
 from tests.integration.runner_harness import Harness
@@ -250,8 +250,8 @@ def test_cancel_of_an_executing_run_wakes_a_waiter(harness: Harness, redis_clien
         effects, result = Effects(), CancelResult()
         cancel_run(s, holder.project_id, holder.id, now=utcnow(), effects=effects, result=result)
         assert effects.wake_slots == [(job_id, "t1")]
-        commit_and_apply(s, effects, harness.broker)
-        signal_canceled(redis_client, result.executing)
+        assert effects.canceled_attempts == [(holder.id, job_id, "t1")]
+        commit_and_apply(s, effects, harness.broker)  # signals the canceled attempt, then wakes the waiter
     assert harness.get(waiter.id).status == "queued"
     assert harness.limits.slots_in_use(job_id, "t1") == 0
 

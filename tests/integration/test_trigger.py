@@ -85,6 +85,8 @@ def test_delay_secs_and_past_schedule(client, auth, job):
     ({"idempotency_key": "cron:abc"}, "idempotency_key"), ({"idempotency_key": 5}, "idempotency_key"),
     ({"scheduled_at": "2030-01-01T00:00:00"}, "scheduled_at"), ({"scheduled_at": "tomorrow"}, "scheduled_at"),
     ({"scheduled_at": "2999-01-01T00:00:00Z"}, "scheduled_at"),
+    ({"scheduled_at": "20300301T090000Z"}, "scheduled_at"), ({"scheduled_at": "2030-W09-6T09:00:00Z"}, "scheduled_at"),
+    ({"scheduled_at": "2030-03-01T09:00Z"}, "scheduled_at"),
     ({"scheduled_at": "2030-01-01T00:00:00Z", "delay_secs": 1}, "delay_secs"),
     ({"tags": {f"k{i}": "v" for i in range(21)}}, "tags"), ({"tags": {"k": 1}}, "tags"),
     ({"metadata": {"k": "v" * 1025}}, "metadata"), ({"metadata": []}, "metadata"),

@@ -9,8 +9,9 @@ import sqlalchemy as sa
 
 from shared.db.models import Run, RunEvent
 from shared.runs.effects import Effects
+from shared.runs.moves import release_waiting
 from shared.triggers.cron import create_cron_runs
-from tests.factories import make_dependency, make_job
+from tests.factories import make_dependency, make_job, make_run
 
 
 def test_cron_run_contents_and_uniqueness(session):
@@ -40,3 +41,42 @@ def test_cron_run_future_tick_is_delayed_and_dependencies_gate(session):
     make_dependency(session, job, up)
     [gated] = create_cron_runs(session, [job], tick, tick, Effects())
     assert gated["status"] == "waiting" and gated["expires_at"] is None
+
+
+def test_a_cron_run_does_not_correlate_on_its_tick_key(session):
+    """A cron run's tick key is no correlation key (no upstream run can have it): the edge is evaluated on
+    the upstream job's newest terminal run, so a satisfied edge lets the cron run start."""
+    up, job = make_job(session), make_job(session)
+    make_dependency(session, job, up)
+    tick = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
+    make_run(session, up, status="completed", now=tick - timedelta(minutes=5))
+    [created] = create_cron_runs(session, [job], tick, tick, Effects())
+    assert created["status"] == "queued"
+
+
+def test_a_waiting_cron_run_is_released_when_its_upstream_finishes(session):
+    up, job = make_job(session), make_job(session)
+    make_dependency(session, job, up)
+    tick = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
+    [waiting] = create_cron_runs(session, [job], tick, tick, Effects())
+    assert waiting["status"] == "waiting"
+    make_run(session, up, status="completed", now=tick + timedelta(seconds=5))
+    effects = Effects()
+    assert release_waiting(session, job.id, now=tick + timedelta(seconds=6), effects=effects) == 1
+    assert effects.enqueue == [waiting["id"]]
+
+
+def test_a_cron_run_with_a_dependency_key_correlates_on_it(session):
+    up = make_job(session)
+    job = make_job(session, default_run_metadata={"dependency_key": "nightly"})
+    make_dependency(session, job, up)
+    tick = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
+    make_run(session, up, status="completed", now=tick - timedelta(minutes=5),
+             run_metadata={"dependency_key": "other"})
+    [held] = create_cron_runs(session, [job], tick, tick, Effects())
+    assert held["status"] == "waiting"
+    make_run(session, up, status="completed", now=tick - timedelta(minutes=1),
+             run_metadata={"dependency_key": "nightly"})
+    later = tick + timedelta(minutes=1)
+    [created] = create_cron_runs(session, [job], later, later, Effects())
+    assert created["status"] == "queued"

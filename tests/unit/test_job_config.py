@@ -118,11 +118,10 @@ def test_payload_schema_errors():
     check_payload_schema({"properties": {"$ref": {"type": "string"}}})  # a property named $ref is fine
 
 
-def test_url_check_only_on_requested_fields():
-    config = _config(endpoint_url="ftp://x/")
-    check_config(config, allow_private=True, url_fields=[])
-    with pytest.raises(BadRequest):
-        check_config(config, allow_private=True)
+@pytest.mark.parametrize("field", ["endpoint_url", "fallback_endpoint_url", "webhook_url"])
+def test_every_url_of_the_configuration_is_checked(field):
+    with pytest.raises(BadRequest, match=f"{field}: must use http or https"):
+        check_config(_config(**{field: "ftp://x/"}), allow_private=True)
 
 
 def test_health_score_formula():

@@ -54,6 +54,9 @@ def ticks(expr: str, tz: str, after: str, count: int) -> list[str]:
         ("*/15 * * * *", "minutes", (0, 15, 30, 45)),
         ("10-20/5 * * * *", "minutes", (10, 15, 20)),
         ("5/20 * * * *", "minutes", (5, 25, 45)),
+        ("0 0 10/7 * *", "days", (10, 17, 24, 31)),  # a/n is a-<max>/n in every field
+        ("0 0 * feb/3 *", "months", (2, 5, 8, 11)),
+        ("0 0 * * 1/2", "weekdays", (0, 1, 3, 5)),  # 1-7/2: 7 is Sunday
         ("1-3,7,9-10 * * * *", "minutes", (1, 2, 3, 7, 9, 10)),
         ("0 */6 * * *", "hours", (0, 6, 12, 18)),
         ("0 0 1,15 * *", "days", (1, 15)),
