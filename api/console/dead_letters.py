@@ -12,7 +12,7 @@ from api.console.runs import page_of_runs
 from api.context import get_session, services
 from shared.clock import utcnow
 from shared.errors import ValidationFailed
-from shared.runs.actions import CancelResult, bulk_cancel, bulk_replay, signal_canceled
+from shared.runs.actions import CancelResult, bulk_cancel, bulk_replay
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
 from shared.runs.overview import replays_of
@@ -66,7 +66,6 @@ def cancel_replays() -> Response:
     results = bulk_cancel(session, project, [run.id for run in replays.values()], now=utcnow(), effects=effects,
                           result=result)
     commit_and_apply(session, effects, services().broker)
-    signal_canceled(services().redis, result.executing)
     return page("bulk_result.html", action="Cancel replays", results=[
         {"original_run_id": original, "new_run_id": r["id"], "status": r["status"], "error": r["error"]}
         for original, r in zip(replays, results, strict=True)], done=sum(1 for r in results if r["error"] is None))

@@ -16,7 +16,7 @@ from shared.clock import utcnow
 from shared.db.models import Run
 from shared.errors import NotFound
 from shared.jobs.store import find_job_record
-from shared.runs.actions import CancelResult, cancel_run, replay_run, signal_canceled
+from shared.runs.actions import CancelResult, cancel_run, replay_run
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
 from shared.runs.queries import get_project_run, list_events
@@ -53,7 +53,6 @@ def cancel_action(run_id: str) -> Response:
     run = cancel_run(session, current_visitor().principal.project_id, run_id, now=utcnow(), effects=effects,
                      result=result)
     commit_and_apply(session, effects, services().broker)
-    signal_canceled(services().redis, result.executing)
     return redirect(url_for("console.run_page", run_id=run.id), code=303)  # type: ignore[return-value]
 
 
