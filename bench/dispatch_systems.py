@@ -27,6 +27,7 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import Job, Run
+from shared.egress.addresses import AddressPolicy
 from shared.jobs.lifecycle import create_job
 from shared.messages import enqueue_many, enqueue_runs, make_broker
 from shared.runs.commit import commit_and_apply
@@ -102,7 +103,7 @@ class Sluice(System):
         with self.factory() as s:
             record = create_job(s, Principal("bench", "bench", frozenset({"*"})),
                                 {"name": "bench", "slug": f"bench-{time.time_ns()}", "endpoint_url": self.sink.url},
-                                now=utcnow(), allow_private=True)
+                                now=utcnow(), policy=AddressPolicy(allow_private=True))
             s.commit()
             self.job = s.get(Job, record["id"])
 

@@ -50,6 +50,7 @@ from shared.apikeys import Principal  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.db.engine import make_engine, make_session_factory  # noqa: E402
 from shared.db.models import Job, Run  # noqa: E402
+from shared.egress.addresses import AddressPolicy  # noqa: E402
 from shared.jobs.lifecycle import create_job  # noqa: E402
 from shared.messages import make_broker  # noqa: E402
 from shared.runs.creation import RunInputs, create_runs  # noqa: E402
@@ -101,7 +102,7 @@ class Bench:
         with self.factory() as s:
             record = create_job(s, Principal("bench", "bench", frozenset({"*"})),
                                 {"name": "bench", "slug": f"limits-{time.time_ns()}", "endpoint_url": url, **fields},
-                                now=datetime.now(UTC), allow_private=True)
+                                now=datetime.now(UTC), policy=AddressPolicy(allow_private=True))
             s.commit()
             job = s.get(Job, record["id"])
             assert job is not None

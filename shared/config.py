@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 
+from shared.egress.addresses import AddressPolicy
 from shared.errors import ConfigError
 
 # libpq's defaults fill in the rest (user and password from PGUSER / PGPASSWORD or the login name).
@@ -63,11 +65,23 @@ def _rate_limit(env: Mapping[str, str]) -> tuple[int, int] | None:
     return parsed
 
 
+def _allowlist(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``SLUICE_ALLOWED_PRIVATE_ENDPOINTS``: comma- or space-separated networks, addresses and host names."""
+    raw = env.get("SLUICE_ALLOWED_PRIVATE_ENDPOINTS", "")
+    entries = tuple(entry for entry in raw.replace(",", " ").split() if entry)
+    try:
+        AddressPolicy.parse(False, entries)
+    except ValueError as exc:
+        raise ConfigError(f"SLUICE_ALLOWED_PRIVATE_ENDPOINTS: {exc}") from exc
+    return entries
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
     redis_url: str
     allow_private_endpoints: bool = False
+    allowed_private_endpoints: tuple[str, ...] = ()  # networks, addresses, host names (``*.domain``)
     cron_misfire_grace_secs: int = 60
     heartbeat_interval_secs: int = 10
     stale_after_secs: int = 60
@@ -89,6 +103,7 @@ class Settings:
             database_url=postgres_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
             allow_private_endpoints=_bool(env, "SLUICE_ALLOW_PRIVATE_ENDPOINTS", False),
+            allowed_private_endpoints=_allowlist(env),
             cron_misfire_grace_secs=_int(env, "SLUICE_CRON_MISFIRE_GRACE_SECS", 60),
             heartbeat_interval_secs=_int(env, "SLUICE_HEARTBEAT_INTERVAL_SECS", 10, minimum=1),
             stale_after_secs=_int(env, "SLUICE_STALE_AFTER_SECS", 60, minimum=1),
@@ -101,6 +116,11 @@ class Settings:
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
         )
+
+    @cached_property
+    def address_policy(self) -> AddressPolicy:
+        """The outbound address policy of the switch and the allowlist (built once per Settings)."""
+        return AddressPolicy.parse(self.allow_private_endpoints, self.allowed_private_endpoints)
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -81,7 +81,7 @@ class Runner:
                                     broker=broker, clock=clock)
 
     def _checked_resolver(self, url: str) -> tuple[str, int, list[str]]:
-        return resolve_checked(url, allow_private=self._settings.allow_private_endpoints)
+        return resolve_checked(url, policy=self._settings.address_policy)
 
     def handle(self, run_id: str) -> Handled:
         """Start the best ready run (``run_id`` if it is one) and run one attempt of it."""

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.clock import format_ts
 from shared.config import Settings
 from shared.db.models import Job, WebhookDelivery
-from shared.egress.addresses import AddressRefused, resolve_checked
+from shared.egress.addresses import AddressPolicy, AddressRefused, resolve_checked
 from shared.metrics import observe_webhook_delivery
 from shared.runs.retries import RETRYABLE, Outcome
 from shared.runs.transitions import event, insert_events
@@ -78,13 +78,13 @@ class _PolicyResolver:
     webhooks retry a 4xx but abandon a refused destination, so the distinction is kept here.
     """
 
-    def __init__(self, allow_private: bool) -> None:
-        self.allow_private = allow_private
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
         self.refused = False
 
     def __call__(self, url: str) -> tuple[str, int, list[str]]:
         try:
-            return resolve_checked(url, allow_private=self.allow_private)
+            return resolve_checked(url, policy=self.policy)
         except AddressRefused:
             self.refused = True
             raise
@@ -101,7 +101,7 @@ def deliver(delivery_id: str, *, session_factory: sessionmaker[Session], setting
     claim = _claim(session_factory, delivery_id, now_fn())
     if claim is None:
         return
-    resolver = _PolicyResolver(settings.allow_private_endpoints)
+    resolver = _PolicyResolver(settings.address_policy)
     outcome = _send(claim, resolver, now_fn, http_post)
     _record(session_factory, claim, outcome, refused=resolver.refused, now=now_fn(), rng=rng)
 

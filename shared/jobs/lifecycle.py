@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared.apikeys import Principal
 from shared.db.models import JobDependency, Run, RunEvent
+from shared.egress.addresses import AddressPolicy
 from shared.errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
 from shared.ids import new_version_id, uuid7
 from shared.jobs.config import SCHEDULE_FIELDS, URL_FIELDS, changed_fields, config_for_create, config_of, merge
@@ -106,17 +107,17 @@ def _insert_job_with_version(session: Session, record: Mapping[str, Any], versio
 
 
 def create_job(session: Session, principal: Principal, body: Mapping[str, Any], *, now: datetime,
-               allow_private: bool) -> dict[str, Any]:
+               policy: AddressPolicy) -> dict[str, Any]:
     """§3.2: the new job's record (version 1 stored alongside). On PostgreSQL its only write is one
     statement, so the API may run it in autocommit (``api.jobs``): keep it that way."""
     check_project_id(body.get("project_id"), principal)
     config = config_for_create(body)
-    check_config(config, allow_private=allow_private)
+    check_config(config, policy=policy)
     return _insert_new_jobs(session, principal, [config], now)[0]
 
 
 def create_jobs_batch(session: Session, principal: Principal, items: Sequence[Mapping[str, Any]], *,
-                      now: datetime, allow_private: bool) -> list[dict[str, Any]]:
+                      now: datetime, policy: AddressPolicy) -> list[dict[str, Any]]:
     """§3.3: all items or none. Per-item 400/409 failures become one 422 keyed by item index."""
     for item in items:
         check_project_id(item.get("project_id"), principal)
@@ -124,7 +125,7 @@ def create_jobs_batch(session: Session, principal: Principal, items: Sequence[Ma
     errors: dict[str, Any] = {}
     for index, config in enumerate(configs):
         try:
-            check_config(config, allow_private=allow_private)
+            check_config(config, policy=policy)
         except BadRequest as exc:
             errors[str(index)] = {field_of(exc): [exc.message]}
     taken = taken_slugs(session, principal.project_id, [c["slug"] for c in configs])
@@ -140,12 +141,12 @@ def create_jobs_batch(session: Session, principal: Principal, items: Sequence[Ma
 
 
 def clone_job(session: Session, principal: Principal, ref: str, body: Mapping[str, Any], *, now: datetime,
-              allow_private: bool) -> dict[str, Any]:
+              policy: AddressPolicy) -> dict[str, Any]:
     """§3.8: a new job with the source's current configuration, a new name and slug, enabled."""
     source = require_job(session, principal, ref)
     config = config_of(source)
     config.update(name=body["name"], slug=body["slug"], enabled=True)
-    check_config(config, allow_private=allow_private)
+    check_config(config, policy=policy)
     return _insert_new_jobs(session, principal, [config], now)[0]
 
 
@@ -159,7 +160,7 @@ def _drop_echoed_mask(job: JobRecord, patch: dict[str, Any]) -> None:
 
 
 def patch_job(session: Session, principal: Principal, ref: str, body: Mapping[str, Any], *, now: datetime,
-              allow_private: bool) -> tuple[JobRecord, Effects]:
+              policy: AddressPolicy) -> tuple[JobRecord, Effects]:
     """§3.5: apply a partial update; return (the job as it now is, after-commit effects).
 
     The row is locked (``SELECT … FOR UPDATE``) for the rest of the transaction, so concurrent PATCHes of
@@ -176,7 +177,7 @@ def patch_job(session: Session, principal: Principal, ref: str, body: Mapping[st
     changed = changed_fields(stored, merged)
     if not changed:
         return job, effects
-    check_config(merged, allow_private=allow_private, url_fields=[f for f in URL_FIELDS if f in changed])
+    check_config(merged, policy=policy, url_fields=[f for f in URL_FIELDS if f in changed])
     if "slug" in changed and taken_slugs(session, principal.project_id, [merged["slug"]]):
         raise slug_conflict(merged["slug"])
     version_id = new_version_id()
