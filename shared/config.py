@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from shared.egress.addresses import AddressPolicy
 from shared.errors import ConfigError
+from shared.webhooks.sealing import SecretBox, parse_keys
 
 # libpq's defaults fill in the rest (user and password from PGUSER / PGPASSWORD or the login name).
 DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/sluice"
@@ -76,6 +77,25 @@ def _allowlist(env: Mapping[str, str]) -> tuple[str, ...]:
     return entries
 
 
+def _secret_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The keys webhook secrets are sealed with, current first: ``SLUICE_SECRET_KEY`` (comma- or
+    space-separated) or ``SLUICE_SECRET_KEY_FILE`` (one key per line, ``#`` comments), never both."""
+    inline, path = env.get("SLUICE_SECRET_KEY", "").strip(), env.get("SLUICE_SECRET_KEY_FILE", "").strip()
+    if inline and path:
+        raise ConfigError("SLUICE_SECRET_KEY and SLUICE_SECRET_KEY_FILE are both set; set one")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as file:
+                text = "\n".join(line.split("#", 1)[0] for line in file)
+        except OSError as exc:
+            raise ConfigError(f"SLUICE_SECRET_KEY_FILE: cannot read {path!r}: {exc.strerror}") from exc
+        keys = parse_keys(text.replace(",", " ").split(), "SLUICE_SECRET_KEY_FILE")
+        if not keys:
+            raise ConfigError(f"SLUICE_SECRET_KEY_FILE: {path!r} holds no key")
+        return keys
+    return parse_keys(inline.replace(",", " ").split(), "SLUICE_SECRET_KEY")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -95,6 +115,7 @@ class Settings:
     log_json: bool = True
     worker_threads: int = 8
     ca_bundle: str | None = None  # PEM file of extra CAs trusted for endpoint and webhook TLS
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)  # seal webhook secrets; the first seals
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -115,12 +136,19 @@ class Settings:
             log_json=_bool(env, "SLUICE_LOG_JSON", True),
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
+            secret_keys=_secret_keys(env),
         )
 
     @cached_property
     def address_policy(self) -> AddressPolicy:
         """The outbound address policy of the switch and the allowlist (built once per Settings)."""
         return AddressPolicy.parse(self.allow_private_endpoints, self.allowed_private_endpoints)
+
+    @cached_property
+    def secret_box(self) -> SecretBox:
+        """Seals and opens webhook secrets; ``ConfigError`` when no key is configured (the API and the
+        worker read it at start, so they refuse to run without one)."""
+        return SecretBox(self.secret_keys)
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

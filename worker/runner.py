@@ -155,7 +155,7 @@ class Runner:
         return CallPlan(run_id=attempt.run_id, job_id=attempt.job_id, attempt=attempt.attempt,
                         body=attempt.payload.encode("utf-8"), endpoint_url=attempt.settings.endpoint_url,
                         fallback_endpoint_url=attempt.settings.fallback_endpoint_url,
-                        webhook_secret=attempt.webhook_secret, deadline=deadline,
+                        webhook_secrets=self._settings.secret_box.open_all(*attempt.webhook_secrets), deadline=deadline,
                         timeout_secs=attempt.timeout_secs, user_agent=self._user_agent, debug=attempt.debug_mode)
 
     def _record(self, attempt: Attempt, call: AttemptCall | None, trace: TraceClock) -> Handled:

@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--project", default=None)
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
+    secrets = sub.add_parser("secrets", help="the key webhook secrets are encrypted with").add_subparsers(
+        dest="secrets_command", required=True)
+    secrets.add_parser("generate-key", help="print a new random key for SLUICE_SECRET_KEY")
+    secrets.add_parser("reencrypt", help="encrypt every stored webhook secret with the first key (after a "
+                                         "key rotation, or for secrets stored before encryption)")
     return parser
 
 
@@ -62,14 +67,20 @@ def _run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command in HELP:
         return _run_process(args.command, list(args.args))
+    from shared.cli.secrets import run_secrets_command
+
+    if args.command == "secrets" and args.secrets_command == "generate-key":
+        return run_secrets_command(None, args)  # needs no setting, no database
     settings = Settings.from_env()
     check_database(settings.database_url)
     if args.command == "db":
         from shared.db.migrate import upgrade
 
-        upgrade(settings.database_url)
+        upgrade(settings.database_url, secret_keys=settings.secret_keys)
         print("database is at the newest schema")
         return 0
+    if args.command == "secrets":
+        return run_secrets_command(settings, args)
     from shared.cli.keys import run_keys_command
 
     return run_keys_command(settings, args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from alembic import command
@@ -17,5 +18,8 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str, revision: str = "head", *, secret_keys: Sequence[str] = ()) -> None:
+    """Migrate to ``revision``; with ``secret_keys``, data migrations seal plain webhook secrets."""
+    config = alembic_config(database_url)
+    config.attributes["secret_keys"] = tuple(secret_keys)
+    command.upgrade(config, revision)

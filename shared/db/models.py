@@ -86,7 +86,9 @@ class Job(Base):
     dedup_window_secs: Mapped[int | None] = mapped_column(sa.Integer)
     enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     webhook_url: Mapped[str | None] = mapped_column(sa.String(2048))
-    webhook_secret: Mapped[str | None] = mapped_column(sa.String(1024))
+    # Sealed (shared.webhooks.sealing): the mask, then the encrypted secret; plain only in rows written before.
+    webhook_secret: Mapped[str | None] = mapped_column(sa.Text)
+    webhook_secret_previous: Mapped[str | None] = mapped_column(sa.Text)  # still signs during a rotation
     run_ttl_secs: Mapped[int | None] = mapped_column(sa.Integer)
     retry_strategy: Mapped[str] = mapped_column(sa.String(16), default="exponential")
     retry_delays_secs: Mapped[list[int]] = mapped_column(JSONType, default=list)
