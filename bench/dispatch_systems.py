@@ -84,8 +84,8 @@ class Sluice(System):
 
     def __init__(self, args: argparse.Namespace, sink: SinkProcess) -> None:
         super().__init__(args, sink)
-        self.settings = Settings.from_env({}).with_overrides(database_url=args.dsn, redis_url=args.redis_url,
-                                                             allow_private_endpoints=True)
+        self.settings = Settings.from_env({"SLUICE_SECRET_KEY": os.environ["SLUICE_SECRET_KEY"]}).with_overrides(
+            database_url=args.dsn, redis_url=args.redis_url, allow_private_endpoints=True)
         self.engine = make_engine(args.dsn, pool_size=4)
         self.factory = make_session_factory(self.engine)
         self.broker = make_broker(self.settings)
@@ -103,7 +103,8 @@ class Sluice(System):
         with self.factory() as s:
             record = create_job(s, Principal("bench", "bench", frozenset({"*"})),
                                 {"name": "bench", "slug": f"bench-{time.time_ns()}", "endpoint_url": self.sink.url},
-                                now=utcnow(), policy=AddressPolicy(allow_private=True))
+                                now=utcnow(), policy=AddressPolicy(allow_private=True),
+                                box=self.settings.secret_box)
             s.commit()
             self.job = s.get(Job, record["id"])
 

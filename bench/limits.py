@@ -64,13 +64,16 @@ TERMINAL_VALUES = [s.value for s in TERMINAL]
 NEVER_BINDING = {"max_concurrency": 10_000, "rate_limit_max": 100_000, "rate_limit_window_secs": 1}
 
 
+BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="  # seals webhook secrets; benchmark data only
+
+
 class Bench:
     """Database, broker, worker fleet and maintenance loop shared by every measurement."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.settings = Settings.from_env({}).with_overrides(database_url=args.dsn, redis_url=args.redis_url,
-                                                             allow_private_endpoints=True, log_json=False)
+        self.settings = Settings.from_env({"SLUICE_SECRET_KEY": os.environ["SLUICE_SECRET_KEY"]}).with_overrides(
+            database_url=args.dsn, redis_url=args.redis_url, allow_private_endpoints=True, log_json=False)
         self.engine = make_engine(args.dsn, pool_size=4)
         self.factory = make_session_factory(self.engine)
         self.redis = redis.Redis.from_url(args.redis_url)
@@ -102,7 +105,8 @@ class Bench:
         with self.factory() as s:
             record = create_job(s, Principal("bench", "bench", frozenset({"*"})),
                                 {"name": "bench", "slug": f"limits-{time.time_ns()}", "endpoint_url": url, **fields},
-                                now=datetime.now(UTC), policy=AddressPolicy(allow_private=True))
+                                now=datetime.now(UTC), policy=AddressPolicy(allow_private=True),
+                                box=self.settings.secret_box)
             s.commit()
             job = s.get(Job, record["id"])
             assert job is not None
@@ -350,6 +354,7 @@ def report(plain: list[Drain], limited: list[Drain], rows: list[Row], args: argp
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("SLUICE_SECRET_KEY", BENCH_SECRET_KEY)  # processes started here need one
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20_000, help="runs per overhead round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per side (alternating)")
