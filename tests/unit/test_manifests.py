@@ -325,9 +325,9 @@ def test_migrate_job() -> None:
 def test_configmap_holds_no_secrets() -> None:
     data = _one("ConfigMap")["data"]
     assert all(isinstance(v, str) for v in data.values())
-    assert not {"DATABASE_URL", "REDIS_URL"} & set(data)
+    assert not {"DATABASE_URL", "REDIS_URL", "SLUICE_SECRET_KEY"} & set(data)
     secret = _one("Secret")
-    assert set(secret["stringData"]) == {"DATABASE_URL", "REDIS_URL"}
+    assert set(secret["stringData"]) == {"DATABASE_URL", "REDIS_URL", "SLUICE_SECRET_KEY"}
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
