@@ -30,6 +30,7 @@ class CallPlan:
     endpoint_url: str
     fallback_endpoint_url: str | None
     webhook_secrets: tuple[str, ...] = field(repr=False)  # current first; none: unsigned
+    traceparent: str  # this attempt's: the run's trace, a new parent id
     deadline: float  # time.monotonic() value: attempt start + effective timeout
     timeout_secs: int
     user_agent: str
@@ -55,6 +56,7 @@ def base_headers(plan: CallPlan) -> dict[str, str]:
         "X-Sluice-Job-Id": plan.job_id,
         "X-Sluice-Attempt": str(plan.attempt),
         "Idempotency-Key": plan.run_id,
+        "traceparent": plan.traceparent,
     }
 
 

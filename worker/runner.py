@@ -32,6 +32,7 @@ from shared.metrics import observe_attempt
 from shared.runs.attempts import AttemptEnd, PlannedEnd, RetryPolicy, plan_end
 from shared.runs.retries import NON_RETRYABLE, Outcome
 from shared.runs.status import RunStatus, is_terminal
+from shared.runs.trace_context import attempt_traceparent
 from worker.attempt import Attempt
 from worker.call import AttemptCall, CallPlan, PostFunction, perform_call
 from worker.connection import ThreadConnection
@@ -155,7 +156,8 @@ class Runner:
         return CallPlan(run_id=attempt.run_id, job_id=attempt.job_id, attempt=attempt.attempt,
                         body=attempt.payload.encode("utf-8"), endpoint_url=attempt.settings.endpoint_url,
                         fallback_endpoint_url=attempt.settings.fallback_endpoint_url,
-                        webhook_secrets=self._settings.secret_box.open_all(*attempt.webhook_secrets), deadline=deadline,
+                        webhook_secrets=self._settings.secret_box.open_all(*attempt.webhook_secrets),
+                        traceparent=attempt_traceparent(attempt.traceparent), deadline=deadline,
                         timeout_secs=attempt.timeout_secs, user_agent=self._user_agent, debug=attempt.debug_mode)
 
     def _record(self, attempt: Attempt, call: AttemptCall | None, trace: TraceClock) -> Handled:

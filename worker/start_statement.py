@@ -48,9 +48,9 @@ NOW = "CAST(:now AS timestamptz)"
 ATTEMPT_COLUMNS = ("id", "status", "job_id", "payload", "concurrency_key", "debug_mode", "max_attempts_override",
                    "timeout_secs_override", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts",
                    "retry_strategy", "retry_delays_secs", "version", "version_id", "webhook_secret",
-                   "webhook_secret_previous")
+                   "webhook_secret_previous", "traceparent")
 _RUN_COLUMNS = {"id", "status", "job_id", "payload", "concurrency_key", "debug_mode", "max_attempts_override",
-                "timeout_secs_override", "queued_at", "priority", "metadata", "tags"} | {
+                "timeout_secs_override", "queued_at", "priority", "metadata", "tags", "traceparent"} | {
     name for name, sql in FIELDS.items() if sql.startswith("r.")}
 _JOB_COLUMNS = {"timezone", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts", "retry_strategy",
                 "retry_delays_secs", "version", "version_id", "webhook_secret", "webhook_secret_previous"} | {

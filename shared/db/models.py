@@ -212,6 +212,8 @@ class Run(Base):
     batch_id: Mapped[str | None] = mapped_column(ID)
     concurrency_key: Mapped[str | None] = mapped_column(sa.String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # W3C trace context the run was created with (shared.runs.trace_context); NULL for runs from before.
+    traceparent: Mapped[str | None] = mapped_column(sa.String(55))
     # Internal bookkeeping, not part of the Run resource:
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last became queued (§5.16, §5.11)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # delayed: max(scheduled_at, next_retry_at)
