@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import sys
 
+from shared.config import Settings
 from shared.metrics import prepare_multiprocess_dir
 
 
 def main(argv: list[str]) -> int:
+    # No secret key: one line and exit code 2 here (ConfigError), rather than every gunicorn worker failing to boot.
+    Settings.from_env().secret_box  # noqa: B018
     prepare_multiprocess_dir()  # gunicorn's worker processes merge their samples in /metrics
     bind = os.environ.get("SLUICE_API_BIND", f"0.0.0.0:{os.environ.get('PORT', '8080')}")
     args = ["gunicorn", "--bind", bind, "--workers", os.environ.get("SLUICE_API_WORKERS", "2"),
