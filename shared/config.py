@@ -96,6 +96,14 @@ def _secret_keys(env: Mapping[str, str]) -> tuple[str, ...]:
     return parse_keys(inline.replace(",", " ").split(), "SLUICE_SECRET_KEY")
 
 
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    """A TCP port (1..65535); unset, empty or ``0`` is ``None``."""
+    value = _int(env, name, 0)
+    if value > 65535:
+        raise ConfigError(f"{name}: must be 0..65535")
+    return value or None
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -110,12 +118,14 @@ class Settings:
     api_rate_limit: tuple[int, int] | None = None
     # Not in the contract: operational knobs with documented defaults (README, deploy/README.md).
     sweep_interval_secs: float = 1.0
-    scheduler_sync_secs: int = 10  # how often cron entries are reconciled with the jobs table (§6.5: ≤ 30 s)
+    scheduler_sync_secs: int = 10  # how often cron entries are re-read (≤ 25 s: changes seen within 30 s)
     log_level: str = "INFO"
     log_json: bool = True
     worker_threads: int = 8
     ca_bundle: str | None = None  # PEM file of extra CAs trusted for endpoint and webhook TLS
     secret_keys: tuple[str, ...] = field(default=(), repr=False)  # seal webhook secrets; the first seals
+    # The API's /metrics on a port of its own (then not on the public port); None = on the public port.
+    api_metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +147,7 @@ class Settings:
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
             secret_keys=_secret_keys(env),
+            api_metrics_port=_port(env, "SLUICE_API_METRICS_PORT"),
         )
 
     @cached_property

@@ -1,0 +1,157 @@
+"""Write docs/api.md, the API reference, from the API's own /openapi.json.
+
+    python docs/api_reference.py            # rewrite docs/api.md
+    python docs/api_reference.py --check    # exit 1 if docs/api.md is out of date
+
+tests/unit/test_api_reference.py fails while docs/api.md differs from what this prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "docs" / "api.md"
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the API's packages are beside docs/
+METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def openapi() -> dict[str, Any]:
+    """The document ``GET /openapi.json`` serves (built offline: no connection is opened)."""
+    from api.app import create_app
+    from shared.config import Settings
+    from shared.webhooks.sealing import generate_key
+
+    app = create_app(Settings.from_env({"DATABASE_URL": "postgresql://sluice@127.0.0.1:5432/sluice",
+                                        "SLUICE_SECRET_KEY": generate_key()}))  # the API needs one to start
+    try:
+        response = app.test_client().get("/openapi.json")
+        return response.get_json()  # type: ignore[no-any-return]
+    finally:
+        app.extensions["sluice"].close()
+
+
+def _ref_name(schema: dict[str, Any]) -> str | None:
+    ref = schema.get("$ref") or schema.get("items", {}).get("$ref")
+    return ref.rsplit("/", 1)[-1] if ref else None
+
+
+def _type(schema: dict[str, Any]) -> str:
+    name = _ref_name(schema)
+    if name:
+        return f"[{name}](#{name.lower()})" + ("[]" if schema.get("type") == "array" else "")
+    if "type" in schema:
+        kind = schema["type"]
+        if kind == "array":
+            return f"array of {_type(schema.get('items', {}))}"
+        suffix = f" ({schema['format']})" if "format" in schema else ""
+        return f"{kind}{suffix}" + (" or null" if schema.get("nullable") else "")
+    for combinator in ("oneOf", "anyOf", "allOf"):
+        if combinator in schema:
+            return " or ".join(_type(s) for s in schema[combinator])
+    return "any"
+
+
+def _cell(text: str | None) -> str:
+    return (text or "").replace("\n", " ").replace("|", "\\|").strip()
+
+
+def _operation(method: str, path: str, op: dict[str, Any], components: dict[str, Any]) -> list[str]:
+    lines = [f"### {op.get('summary', '').rstrip('.')}", "",
+             f"`{method.upper()} {path}` · operationId `{op['operationId']}`", ""]
+    if op.get("description"):
+        lines += [" ".join(op["description"].split()), ""]
+    params = op.get("parameters", [])
+    if params:
+        lines += ["| Parameter | In | Type | Required | Description |", "|---|---|---|---|---|"]
+        for p in params:
+            lines.append(f"| `{p['name']}` | {p['in']} | {_type(p.get('schema', {}))} | "
+                         f"{'yes' if p.get('required') else 'no'} | {_cell(p.get('description'))} |")
+        lines.append("")
+    body = op.get("requestBody")
+    if body:
+        schema = body["content"]["application/json"]["schema"]
+        lines += [f"Request body: {_type(schema)}", ""]
+    responses = op.get("responses", {})
+    if responses:
+        lines += ["| Status | Meaning | Body |", "|---|---|---|"]
+        for status, response in sorted(responses.items(), key=lambda item: (item[0] == "default", item[0])):
+            if "$ref" in response:
+                response = components["responses"][response["$ref"].rsplit("/", 1)[-1]]
+            content = response.get("content", {})
+            schema = next(iter(content.values()), {}).get("schema") if content else None
+            lines.append(f"| {status} | {_cell(response.get('description'))} | {_type(schema) if schema else ''} |")
+        lines.append("")
+    return lines
+
+
+def _schema(name: str, schema: dict[str, Any]) -> list[str]:
+    lines = [f"### {name}", ""]
+    if schema.get("description"):
+        lines += [" ".join(schema["description"].split()), ""]
+    required = set(schema.get("required", []))
+    properties = schema.get("properties", {})
+    if properties:
+        lines += ["| Field | Type | Required | Description |", "|---|---|---|---|"]
+        for field, spec in properties.items():
+            notes = [_cell(spec.get("description"))]
+            if "enum" in spec:
+                notes.append("one of " + ", ".join(f"`{v}`" for v in spec["enum"]))
+            if spec.get("readOnly"):
+                notes.append("read-only")
+            lines.append(f"| `{field}` | {_type(spec)} | {'yes' if field in required else 'no'} | "
+                         f"{'; '.join(n for n in notes if n)} |")
+        lines.append("")
+    if "example" in schema:
+        lines += ["Example:", "", "```json", json.dumps(schema["example"], indent=2, ensure_ascii=False), "```", ""]
+    return lines
+
+
+def render(spec: dict[str, Any]) -> str:
+    lines = ["# API reference", "",
+             "<!-- Generated by `python docs/api_reference.py` from /openapi.json: do not edit by hand. -->", "",
+             spec["info"]["description"].strip(), "",
+             "A running API serves the same document at `/openapi.json` and an interactive version at `/docs`.", ""]
+    groups: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for path, item in spec["paths"].items():
+        for method in METHODS:
+            if method in item:
+                operation = item[method]
+                groups.setdefault((operation.get("tags") or ["other"])[0], []).append((method, path, operation))
+    tags = {tag["name"]: tag.get("description", tag["name"]) for tag in spec.get("tags", [])}
+    tags.setdefault("service", "Service: health, readiness, metrics (no key)")
+    lines += ["## Contents", ""]
+    lines += [f"- {tags.get(tag, tag)}: " + ", ".join(f"`{op['operationId']}`" for _, _, op in ops)
+              for tag, ops in groups.items()]
+    lines.append("")
+    for tag, ops in groups.items():
+        lines += [f"## {tags.get(tag, tag)}", ""]
+        for method, path, operation in ops:
+            lines += _operation(method, path, operation, spec["components"])
+    lines += ["## Schemas", ""]
+    for name, schema in spec["components"]["schemas"].items():
+        if name != "PaginationMetadata":
+            lines += _schema(name, schema)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if docs/api.md is out of date")
+    args = parser.parse_args(argv)
+    text = render(openapi())
+    if args.check:
+        if OUTPUT.read_text() != text:
+            print(f"{OUTPUT} is out of date: run python -m tools.api_reference", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
