@@ -59,7 +59,9 @@ def _openapi_config(app: Flask) -> None:
 
 def create_app(settings: Settings) -> Flask:
     """Build the API over PostgreSQL and Redis as ``settings`` name them: two connection pools (writes, and
-    reads in autocommit), both preparing their hot statements, the broker, and the front layer."""
+    reads in autocommit), both preparing their hot statements, the broker, and the front layer. Without a
+    secret key (``Settings.secret_box``) there is no API: it could not store a webhook secret."""
+    settings.secret_box  # noqa: B018 -- ConfigError at start, not at the first job with a secret
     app = Flask("sluice")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sluice"] = services = _services(settings)

@@ -85,7 +85,7 @@ def create_job_view(body: dict[str, Any]) -> Response:
     # Autocommit: the job and its version are one statement.
     session = get_session()
     job = create_job(session, current_principal(), body, now=utcnow(),
-                     allow_private=services().settings.allow_private_endpoints)
+                     policy=services().settings.address_policy, box=services().settings.secret_box)
     session.commit()
     return json_response(JOB.render(job), 201, {"Location": f"/v1/jobs/{job['id']}"})
 
@@ -126,7 +126,7 @@ def batch_create_view() -> Response:
     try:
         session = get_session()
         jobs = create_jobs_batch(session, current_principal(), checked, now=utcnow(),
-                                 allow_private=services().settings.allow_private_endpoints)
+                                 policy=services().settings.address_policy, box=services().settings.secret_box)
     except ValidationFailed as exc:
         raise ValidationFailed({"jobs": exc.errors} if wrapped else exc.errors, exc.message) from None
     session.commit()
@@ -182,7 +182,7 @@ def patch_job_view(body: dict[str, Any], job: str) -> Response:
         raise ValidationFailed({"_schema": ["Invalid input type."]})
     session = get_session()
     updated, effects = patch_job(session, current_principal(), job, body, now=utcnow(),
-                                 allow_private=services().settings.allow_private_endpoints)
+                                 policy=services().settings.address_policy, box=services().settings.secret_box)
     commit_and_apply(session, effects, services().broker)
     return json_response(JOB.render(updated))
 
@@ -207,6 +207,6 @@ def clone_job_view(body: dict[str, Any], job: str) -> Response:
     """Copy a job's configuration under a new name and slug."""
     session = get_session()
     created = clone_job(session, current_principal(), job, body, now=utcnow(),
-                        allow_private=services().settings.allow_private_endpoints)
+                        policy=services().settings.address_policy, box=services().settings.secret_box)
     session.commit()
     return json_response(JOB.render(created), 201, {"Location": f"/v1/jobs/{created['id']}"})

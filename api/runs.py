@@ -30,6 +30,7 @@ from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
 from shared.runs.queries import get_project_run, list_events, list_runs, parse_filters
 from shared.runs.resource import RUN, RUN_EVENT
+from shared.runs.trace_context import accepted_traceparent
 
 blp = Blueprint("runs", __name__, url_prefix="/v1", description="Runs: list, inspect, cancel, replay")
 _RUN = schema_of(RUN)
@@ -173,7 +174,8 @@ def replay_run_view(run_id: str) -> Response:
     session = get_session()
     principal = current_principal()
     effects = Effects()
-    run = replay_run(session, principal.project_id, run_id, actor=principal.actor, now=utcnow(), effects=effects)
+    run = replay_run(session, principal.project_id, run_id, actor=principal.actor, now=utcnow(), effects=effects,
+                     traceparent=accepted_traceparent(request.headers.get("traceparent")))
     commit_and_apply(session, effects, services().broker)
     return json_response(RUN.render(run), 201, {"Location": f"/v1/runs/{run.id}"})
 

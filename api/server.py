@@ -58,6 +58,8 @@ def _worker_tmp_dir() -> str:
 def main(argv: list[str]) -> int:
     options, passed_on = _parser().parse_known_args(argv)  # --help prints and exits before anything starts
     settings = Settings.from_env()
+    # No secret key: one line and exit code 2 here (ConfigError), rather than every gunicorn worker failing to boot.
+    settings.secret_box  # noqa: B018
     prepare_multiprocess_dir()  # gunicorn's worker processes merge their samples in /metrics
     args = gunicorn_args(settings, os.environ, options, passed_on)
     os.execvp(sys.executable, [sys.executable, "-m", *args])

@@ -14,7 +14,13 @@ from api.gate import optional_body
 from api.pagination import json_response
 from api.resources import BULK_TRIGGER_RESULT, TRIGGER_RESULT
 from api.schemas.resources import schema_of
-from api.schemas.triggers import IDEMPOTENCY_HEADER, BulkTriggerSchema, TriggerItemSchema, TriggerSchema
+from api.schemas.triggers import (
+    IDEMPOTENCY_HEADER,
+    TRACEPARENT_HEADER,
+    BulkTriggerSchema,
+    TriggerItemSchema,
+    TriggerSchema,
+)
 from shared.clock import utcnow
 from shared.errors import ValidationFailed
 from shared.jobs.lookup import get_job
@@ -66,7 +72,7 @@ def trigger_view(body: dict[str, Any], job: str) -> Response:
     session = transactional_session() if needs_transaction(found, body, has_edges) else get_session()
     effects = Effects()
     outcome = trigger_run(session, found, body, actor=principal.actor, now=utcnow(), effects=effects,
-                          has_edges=has_edges)
+                          has_edges=has_edges, traceparent=request.headers.get(TRACEPARENT_HEADER))
     if not outcome.created:
         session.commit()  # ends the transaction (and its advisory locks) early
         return json_response(TRIGGER_RESULT.render(outcome), 200)

@@ -44,6 +44,8 @@ from bench.support import (  # noqa: E402
     prepare_database,
 )
 
+BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="  # seals webhook secrets; benchmark data only
+
 
 @dataclass
 class Result:
@@ -192,6 +194,7 @@ def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("SLUICE_SECRET_KEY", BENCH_SECRET_KEY)  # processes started here need one
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)

@@ -27,6 +27,7 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import Job, Run
+from shared.egress.addresses import AddressPolicy
 from shared.jobs.lifecycle import create_job
 from shared.messages import enqueue_many, enqueue_runs, make_broker
 from shared.runs.commit import commit_and_apply
@@ -83,8 +84,9 @@ class Sluice(System):
 
     def __init__(self, args: argparse.Namespace, sink: SinkProcess) -> None:
         super().__init__(args, sink)
-        self.settings = Settings.from_env({"DATABASE_URL": args.dsn}).with_overrides(redis_url=args.redis_url,
-                                                             allow_private_endpoints=True)
+        self.settings = Settings.from_env({"DATABASE_URL": args.dsn,
+                                           "SLUICE_SECRET_KEY": os.environ["SLUICE_SECRET_KEY"]}).with_overrides(
+            redis_url=args.redis_url, allow_private_endpoints=True)
         self.engine = make_engine(args.dsn, pool_size=4)
         self.factory = make_session_factory(self.engine)
         self.broker = make_broker(self.settings)
@@ -102,7 +104,8 @@ class Sluice(System):
         with self.factory() as s:
             record = create_job(s, Principal("bench", "bench", frozenset({"*"})),
                                 {"name": "bench", "slug": f"bench-{time.time_ns()}", "endpoint_url": self.sink.url},
-                                now=utcnow(), allow_private=True)
+                                now=utcnow(), policy=AddressPolicy(allow_private=True),
+                                box=self.settings.secret_box)
             s.commit()
             self.job = s.get(Job, record["id"])
 

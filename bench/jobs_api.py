@@ -55,6 +55,9 @@ PROJECT = "bench"
 ENDPOINT = "http://127.0.0.1:9/endpoint"
 
 
+BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="  # seals webhook secrets; benchmark data only
+
+
 @dataclass
 class OpStats:
     latencies_ms: list[float] = field(default_factory=list)
@@ -205,7 +208,8 @@ def cpu_per_request(url: str, redis_url: str, headers: dict[str, str], ids: list
     from shared.config import Settings
 
     settings = Settings.from_env({"DATABASE_URL": url, "REDIS_URL": redis_url, "SLUICE_LOG_LEVEL": "WARNING",
-                                  "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true"})
+                                  "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true",
+                                  "SLUICE_SECRET_KEY": os.environ["SLUICE_SECRET_KEY"]})
     client = create_app(settings).test_client()
     rng = random.Random(7)
     calls: dict[str, Callable[[int], Any]] = {
@@ -249,6 +253,7 @@ def wrk_init(ids_file: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("SLUICE_SECRET_KEY", BENCH_SECRET_KEY)  # processes started here need one
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--secs", type=float, default=20.0, help="seconds per operation (default 20)")
     parser.add_argument("--clients", type=int, default=32)

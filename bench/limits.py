@@ -50,6 +50,7 @@ from shared.apikeys import Principal  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.db.engine import make_engine, make_session_factory  # noqa: E402
 from shared.db.models import Job, Run  # noqa: E402
+from shared.egress.addresses import AddressPolicy  # noqa: E402
 from shared.jobs.lifecycle import create_job  # noqa: E402
 from shared.messages import make_broker  # noqa: E402
 from shared.runs.creation import RunInputs, create_runs  # noqa: E402
@@ -63,13 +64,18 @@ TERMINAL_VALUES = [s.value for s in TERMINAL]
 NEVER_BINDING = {"max_concurrency": 10_000, "rate_limit_max": 100_000, "rate_limit_window_secs": 1}
 
 
+BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="  # seals webhook secrets; benchmark data only
+
+
 class Bench:
     """Database, broker, worker fleet and maintenance loop shared by every measurement."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.settings = Settings.from_env({"DATABASE_URL": args.dsn}).with_overrides(redis_url=args.redis_url,
-                                                             allow_private_endpoints=True, log_json=False)
+        self.settings = Settings.from_env({"DATABASE_URL": args.dsn,
+                                           "SLUICE_SECRET_KEY": os.environ["SLUICE_SECRET_KEY"]}).with_overrides(
+            redis_url=args.redis_url, allow_private_endpoints=True,
+                                                           log_json=False)
         self.engine = make_engine(args.dsn, pool_size=4)
         self.factory = make_session_factory(self.engine)
         self.redis = redis.Redis.from_url(args.redis_url)
@@ -101,7 +107,8 @@ class Bench:
         with self.factory() as s:
             record = create_job(s, Principal("bench", "bench", frozenset({"*"})),
                                 {"name": "bench", "slug": f"limits-{time.time_ns()}", "endpoint_url": url, **fields},
-                                now=datetime.now(UTC), allow_private=True)
+                                now=datetime.now(UTC), policy=AddressPolicy(allow_private=True),
+                                box=self.settings.secret_box)
             s.commit()
             job = s.get(Job, record["id"])
             assert job is not None
@@ -349,6 +356,7 @@ def report(plain: list[Drain], limited: list[Drain], rows: list[Row], args: argp
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("SLUICE_SECRET_KEY", BENCH_SECRET_KEY)  # processes started here need one
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20_000, help="runs per overhead round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per side (alternating)")

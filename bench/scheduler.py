@@ -54,6 +54,9 @@ FULL_SCHEDULER = [str(ROOT / ".venv" / "bin" / "sluice"), "scheduler"]  # cron +
 CRON_ONLY = [sys.executable, "-m", "scheduler.cron"]  # the cron part alone
 
 
+BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="  # seals webhook secrets; benchmark data only
+
+
 class Sink(ThreadingHTTPServer):
     """Records when each job's endpoint (``/<job id>``) is first called."""
 
@@ -249,6 +252,7 @@ def print_table(rows: list[tuple[str, str]]) -> None:
 
 
 def main() -> None:
+    os.environ.setdefault("SLUICE_SECRET_KEY", BENCH_SECRET_KEY)  # processes started here need one
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--rest-jobs", type=int, default=10_000)

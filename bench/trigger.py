@@ -61,6 +61,9 @@ SLUG = "bench-trigger"
 BULK_ITEMS = 1000
 
 
+BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="  # seals webhook secrets; benchmark data only
+
+
 @dataclass
 class Measure:
     latencies_ms: list[float] = field(default_factory=list)
@@ -236,7 +239,8 @@ def cpu_per_request(url: str, redis_url: str, headers: dict[str, str], requests:
     from shared.config import Settings
 
     settings = Settings.from_env({"DATABASE_URL": url, "REDIS_URL": redis_url, "SLUICE_LOG_LEVEL": "WARNING",
-                                  "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true"})
+                                  "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true",
+                                  "SLUICE_SECRET_KEY": os.environ["SLUICE_SECRET_KEY"]})
     os.environ.update(REF_DATABASE_URL=url, REF_REDIS_URL=redis_url)
     from bench.reference_app import create_app as create_reference
 
@@ -258,6 +262,7 @@ def cpu_per_request(url: str, redis_url: str, headers: dict[str, str], requests:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("SLUICE_SECRET_KEY", BENCH_SECRET_KEY)  # processes started here need one
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--secs", type=float, default=20.0, help="seconds per measurement (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating reference/Sluice rounds (default 3)")

@@ -24,8 +24,10 @@ def openapi() -> dict[str, Any]:
     """The document ``GET /openapi.json`` serves (built offline: no connection is opened)."""
     from api.app import create_app
     from shared.config import Settings
+    from shared.webhooks.sealing import generate_key
 
-    app = create_app(Settings.from_env({"DATABASE_URL": "postgresql://sluice@127.0.0.1:5432/sluice"}))
+    app = create_app(Settings.from_env({"DATABASE_URL": "postgresql://sluice@127.0.0.1:5432/sluice",
+                                        "SLUICE_SECRET_KEY": generate_key()}))  # the API needs one to start
     try:
         response = app.test_client().get("/openapi.json")
         return response.get_json()  # type: ignore[no-any-return]

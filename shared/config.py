@@ -5,9 +5,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
+from shared.egress.addresses import AddressPolicy
 from shared.errors import ConfigError
+from shared.webhooks.sealing import SecretBox, parse_keys
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgresql+psycopg2://")
 
@@ -85,6 +88,36 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _allowlist(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``SLUICE_ALLOWED_PRIVATE_ENDPOINTS``: comma- or space-separated networks, addresses and host names."""
+    raw = env.get("SLUICE_ALLOWED_PRIVATE_ENDPOINTS", "")
+    entries = tuple(entry for entry in raw.replace(",", " ").split() if entry)
+    try:
+        AddressPolicy.parse(False, entries)
+    except ValueError as exc:
+        raise ConfigError(f"SLUICE_ALLOWED_PRIVATE_ENDPOINTS: {exc}") from exc
+    return entries
+
+
+def _secret_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The keys webhook secrets are sealed with, current first: ``SLUICE_SECRET_KEY`` (comma- or
+    space-separated) or ``SLUICE_SECRET_KEY_FILE`` (one key per line, ``#`` comments), never both."""
+    inline, path = env.get("SLUICE_SECRET_KEY", "").strip(), env.get("SLUICE_SECRET_KEY_FILE", "").strip()
+    if inline and path:
+        raise ConfigError("SLUICE_SECRET_KEY and SLUICE_SECRET_KEY_FILE are both set; set one")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as file:
+                text = "\n".join(line.split("#", 1)[0] for line in file)
+        except OSError as exc:
+            raise ConfigError(f"SLUICE_SECRET_KEY_FILE: cannot read {path!r}: {exc.strerror}") from exc
+        keys = parse_keys(text.replace(",", " ").split(), "SLUICE_SECRET_KEY_FILE")
+        if not keys:
+            raise ConfigError(f"SLUICE_SECRET_KEY_FILE: {path!r} holds no key")
+        return keys
+    return parse_keys(inline.replace(",", " ").split(), "SLUICE_SECRET_KEY")
+
+
 def _port(env: Mapping[str, str], name: str) -> int | None:
     """A TCP port (1..65535); unset, empty or ``0`` is ``None``."""
     value = _int(env, name, 0)
@@ -98,6 +131,7 @@ class Settings:
     database_url: str
     redis_url: str
     allow_private_endpoints: bool = False
+    allowed_private_endpoints: tuple[str, ...] = ()  # networks, addresses, host names (``*.domain``)
     cron_misfire_grace_secs: int = 60
     heartbeat_interval_secs: int = 10
     stale_after_secs: int = 60
@@ -112,6 +146,7 @@ class Settings:
     worker_threads: int = 8
     ca_bundle: str | None = None  # PEM file of extra CAs trusted for endpoint and webhook TLS
     trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-* the API honours (api.forwarded)
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)  # seal webhook secrets; the first seals
     # The API's /metrics on a port of its own (then not on the public port); None = on the public port.
     api_metrics_port: int | None = None
 
@@ -122,6 +157,7 @@ class Settings:
             database_url=_database_url(env),
             redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
             allow_private_endpoints=_bool(env, "SLUICE_ALLOW_PRIVATE_ENDPOINTS", False),
+            allowed_private_endpoints=_allowlist(env),
             cron_misfire_grace_secs=_int(env, "SLUICE_CRON_MISFIRE_GRACE_SECS", 60),
             heartbeat_interval_secs=_int(env, "SLUICE_HEARTBEAT_INTERVAL_SECS", 10, minimum=1),
             stale_after_secs=_int(env, "SLUICE_STALE_AFTER_SECS", 60, minimum=1),
@@ -134,8 +170,20 @@ class Settings:
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
             trusted_proxies=_networks(env, "SLUICE_TRUSTED_PROXIES"),
+            secret_keys=_secret_keys(env),
             api_metrics_port=_port(env, "SLUICE_API_METRICS_PORT"),
         ))
+
+    @cached_property
+    def address_policy(self) -> AddressPolicy:
+        """The outbound address policy of the switch and the allowlist (built once per Settings)."""
+        return AddressPolicy.parse(self.allow_private_endpoints, self.allowed_private_endpoints)
+
+    @cached_property
+    def secret_box(self) -> SecretBox:
+        """Seals and opens webhook secrets; ``ConfigError`` when no key is configured (the API and the
+        worker read it at start, so they refuse to run without one)."""
+        return SecretBox(self.secret_keys)
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

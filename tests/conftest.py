@@ -27,6 +27,14 @@ PG_DB_NAME = os.environ.get("SLUICE_TEST_DB_NAME", "sluice_test")
 REDIS_BASE_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("SLUICE_TEST_REDIS_DB", "15"))
 IN_CI = bool(os.environ.get("CI"))
+# The key webhook secrets are sealed with in tests (``Settings.secret_keys``); 32 bytes, URL-safe base64.
+TEST_SECRET_KEY = "c2x1aWNlLXRlc3Qtc2VjcmV0LWtleS0zMi1ieXRlcyE="
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The processes tests start (``sluice api``, ``sluice worker``, honcho) inherit this environment and,
+    like production, refuse to run without a secret key; ``sluice dev`` tests remove it (dev needs none)."""
+    os.environ.setdefault("SLUICE_SECRET_KEY", TEST_SECRET_KEY)
 
 TABLES = ["webhook_deliveries", "run_events", "runs", "batches", "job_dependencies", "job_versions", "jobs",
           "api_keys"]
@@ -111,6 +119,7 @@ def settings(db_engine: Engine, redis_client: redis_lib.Redis) -> Settings:
         redis_url=redis_url(),
         allow_private_endpoints=True,
         log_json=False,
+        secret_keys=(TEST_SECRET_KEY,),
     )
 
 

@@ -45,7 +45,8 @@ class Picked:
     live: dict[str, Any]  # the live job's six execution settings
     version: int
     version_id: str
-    webhook_secret: str | None
+    webhook_secrets: tuple[str, ...]  # the live job's, sealed, current first
+    traceparent: str | None  # the run's (None for runs from before runs recorded one)
     attempt: int | None  # the started attempt's number; None when the statement did not start it
     queued_at: datetime | None
     limited: bool
@@ -55,13 +56,13 @@ class Picked:
     @classmethod
     def of(cls, row: tuple[Any, ...]) -> Picked:
         (run_id, status, job_id, payload, key, debug, max_override, timeout_override, endpoint, fallback, timeout,
-         max_attempts, strategy, delays, version, version_id, secret, attempt, queued_at, limited, limits,
-         candidate) = row
+         max_attempts, strategy, delays, version, version_id, secret, previous, traceparent, attempt, queued_at,
+         limited, limits, candidate) = row
         live = {"endpoint_url": endpoint, "fallback_endpoint_url": fallback, "timeout_secs": timeout,
                 "max_attempts": max_attempts, "retry_strategy": strategy, "retry_delays_secs": delays}
         return cls(run_id, status, job_id, payload, key, bool(debug), max_override, timeout_override, live, version,
-                   version_id, secret, attempt, queued_at, bool(limited),
-                   None if limits is None else RunLimits.of(limits),
+                   version_id, tuple(value for value in (secret, previous) if value), traceparent, attempt, queued_at,
+                   bool(limited), None if limits is None else RunLimits.of(limits),
                    None if candidate is None else _candidate(candidate))
 
 
@@ -86,7 +87,8 @@ class Attempt:
     settings: ExecutionSettings
     max_attempts: int
     timeout_secs: int
-    webhook_secret: str | None  # always the live job's
+    webhook_secrets: tuple[str, ...]  # always the live job's, sealed (opened only to sign)
+    traceparent: str | None  # the run's
     queued_at: datetime | None
     # Started through the limit script with caps in use: its end may hand the slot to a waiting run
     # (worker.handoff). False for a run of a job without limits, or one started with room to spare
@@ -98,5 +100,6 @@ class Attempt:
         assert picked.attempt is not None
         return cls(picked.run_id, picked.job_id, picked.attempt, picked.concurrency_key, picked.payload,
                    picked.debug_mode, settings, picked.max_attempts_override or settings.max_attempts,
-                   picked.timeout_secs_override or settings.timeout_secs, picked.webhook_secret, picked.queued_at,
+                   picked.timeout_secs_override or settings.timeout_secs, picked.webhook_secrets, picked.traceparent,
+                   picked.queued_at,
                    hands_off)

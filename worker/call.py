@@ -29,7 +29,8 @@ class CallPlan:
     body: bytes
     endpoint_url: str
     fallback_endpoint_url: str | None
-    webhook_secret: str | None
+    webhook_secrets: tuple[str, ...] = field(repr=False)  # current first; none: unsigned
+    traceparent: str  # this attempt's: the run's trace, a new parent id
     deadline: float  # time.monotonic() value: attempt start + effective timeout
     timeout_secs: int
     user_agent: str
@@ -55,6 +56,7 @@ def base_headers(plan: CallPlan) -> dict[str, str]:
         "X-Sluice-Job-Id": plan.job_id,
         "X-Sluice-Attempt": str(plan.attempt),
         "Idempotency-Key": plan.run_id,
+        "traceparent": plan.traceparent,
     }
 
 
@@ -65,7 +67,7 @@ def perform_call(plan: CallPlan, *, post: PostFunction, resolve: Resolver, clock
     debug: list[tuple[str, dict[str, Any]]] = []
 
     def call(url: str, which: str) -> CallResult:
-        signed = {**headers, **signature_headers(plan.webhook_secret, f"{plan.run_id}:{plan.attempt}",
+        signed = {**headers, **signature_headers(plan.webhook_secrets, f"{plan.run_id}:{plan.attempt}",
                                                  int(clock().timestamp()), plan.body)}
         result = post(url, plan.body, signed, deadline=plan.deadline, resolve=resolve, now=clock,
                       should_abort=should_abort, timeout_secs=plan.timeout_secs)

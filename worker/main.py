@@ -79,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     if args.threads is None:
         args.threads = settings.worker_threads
+    settings.secret_box  # noqa: B018 -- refuse to start without a key, before any child is spawned
     if args.processes < 1 or args.threads < 1 or args.idle_poll_ms < 1:
         raise SystemExit("sluice worker: --processes, --threads and --idle-poll-ms must be >= 1")
     configure_logging(settings, process="worker")
@@ -196,6 +197,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
                        stop: threading.Event | None = None,
                        signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
     """One worker process: build dependencies, declare actors, consume until SIGTERM/SIGINT (or ``stop``)."""
+    settings.secret_box  # noqa: B018 -- no key, no worker: it could not sign (ConfigError at start)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_stop_handlers(stop, signals)

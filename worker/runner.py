@@ -32,6 +32,7 @@ from shared.metrics import observe_attempt
 from shared.runs.attempts import AttemptEnd, PlannedEnd, RetryPolicy, plan_end
 from shared.runs.retries import NON_RETRYABLE, Outcome
 from shared.runs.status import RunStatus, is_terminal
+from shared.runs.trace_context import attempt_traceparent
 from worker.attempt import Attempt
 from worker.call import AttemptCall, CallPlan, PostFunction, perform_call
 from worker.connection import ThreadConnection
@@ -81,7 +82,7 @@ class Runner:
                                     broker=broker, clock=clock)
 
     def _checked_resolver(self, url: str) -> tuple[str, int, list[str]]:
-        return resolve_checked(url, allow_private=self._settings.allow_private_endpoints)
+        return resolve_checked(url, policy=self._settings.address_policy)
 
     def handle(self, run_id: str) -> Handled:
         """Start the best ready run (``run_id`` if it is one) and run one attempt of it."""
@@ -158,7 +159,8 @@ class Runner:
         return CallPlan(run_id=attempt.run_id, job_id=attempt.job_id, attempt=attempt.attempt,
                         body=attempt.payload.encode("utf-8"), endpoint_url=attempt.settings.endpoint_url,
                         fallback_endpoint_url=attempt.settings.fallback_endpoint_url,
-                        webhook_secret=attempt.webhook_secret, deadline=deadline,
+                        webhook_secrets=self._settings.secret_box.open_all(*attempt.webhook_secrets),
+                        traceparent=attempt_traceparent(attempt.traceparent), deadline=deadline,
                         timeout_secs=attempt.timeout_secs, user_agent=self._user_agent, debug=attempt.debug_mode)
 
     def _record(self, attempt: Attempt, call: AttemptCall | None, trace: TraceClock) -> Handled:

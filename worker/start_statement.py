@@ -47,12 +47,13 @@ NOW = "CAST(:now AS timestamptz)"
 # What the attempt needs, in this order in every row (``worker.start.Picked``).
 ATTEMPT_COLUMNS = ("id", "status", "job_id", "payload", "concurrency_key", "debug_mode", "max_attempts_override",
                    "timeout_secs_override", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts",
-                   "retry_strategy", "retry_delays_secs", "version", "version_id", "webhook_secret")
+                   "retry_strategy", "retry_delays_secs", "version", "version_id", "webhook_secret",
+                   "webhook_secret_previous", "traceparent")
 _RUN_COLUMNS = {"id", "status", "job_id", "payload", "concurrency_key", "debug_mode", "max_attempts_override",
-                "timeout_secs_override", "queued_at", "priority", "metadata", "tags"} | {
+                "timeout_secs_override", "queued_at", "priority", "metadata", "tags", "traceparent"} | {
     name for name, sql in FIELDS.items() if sql.startswith("r.")}
 _JOB_COLUMNS = {"timezone", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts", "retry_strategy",
-                "retry_delays_secs", "version", "version_id", "webhook_secret"} | {
+                "retry_delays_secs", "version", "version_id", "webhook_secret", "webhook_secret_previous"} | {
     name for name, sql in FIELDS.items() if sql.startswith("j.")}
 _SELECTED = ", ".join([f"r.{c}" for c in sorted(_RUN_COLUMNS)]
                       + [f"j.{c}" for c in sorted(_JOB_COLUMNS - _RUN_COLUMNS)])

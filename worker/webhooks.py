@@ -33,10 +33,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.clock import format_ts
 from shared.config import Settings
 from shared.db.models import Job, WebhookDelivery
-from shared.egress.addresses import AddressRefused, resolve_checked
+from shared.egress.addresses import AddressPolicy, AddressRefused, resolve_checked
 from shared.metrics import observe_webhook_delivery
 from shared.runs.retries import RETRYABLE, Outcome
 from shared.runs.transitions import event, insert_events
+from shared.webhooks.sealing import SecretBox
 from shared.webhooks.signing import signature_headers
 from worker.http import PostFunction, post, user_agent
 
@@ -59,7 +60,7 @@ def retry_delay_secs(attempt: int, rng: random.Random | None = None) -> float:
 
 @dataclass(frozen=True)
 class _Claim:
-    """One claimed attempt. ``secret`` stays out of ``repr`` so no log line or traceback can show it."""
+    """One claimed attempt. ``secrets`` (sealed, current first) stay out of ``repr``."""
 
     delivery_id: str
     run_id: str
@@ -68,7 +69,7 @@ class _Claim:
     url: str
     body: bytes
     attempt: int
-    secret: str | None = field(repr=False)
+    secrets: tuple[str, ...] = field(repr=False)
 
 
 class _PolicyResolver:
@@ -78,13 +79,13 @@ class _PolicyResolver:
     webhooks retry a 4xx but abandon a refused destination, so the distinction is kept here.
     """
 
-    def __init__(self, allow_private: bool) -> None:
-        self.allow_private = allow_private
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
         self.refused = False
 
     def __call__(self, url: str) -> tuple[str, int, list[str]]:
         try:
-            return resolve_checked(url, allow_private=self.allow_private)
+            return resolve_checked(url, policy=self.policy)
         except AddressRefused:
             self.refused = True
             raise
@@ -101,21 +102,21 @@ def deliver(delivery_id: str, *, session_factory: sessionmaker[Session], setting
     claim = _claim(session_factory, delivery_id, now_fn())
     if claim is None:
         return
-    resolver = _PolicyResolver(settings.allow_private_endpoints)
-    outcome = _send(claim, resolver, now_fn, http_post)
+    resolver = _PolicyResolver(settings.address_policy)
+    outcome = _send(claim, resolver, now_fn, http_post, settings.secret_box)
     _record(session_factory, claim, outcome, refused=resolver.refused, now=now_fn(), rng=rng)
 
 
 def _claim(session_factory: sessionmaker[Session], delivery_id: str, now: datetime) -> _Claim | None:
     with session_factory() as session, session.begin():
         row = session.execute(
-            sa.select(WebhookDelivery, Job.webhook_secret)
+            sa.select(WebhookDelivery, Job.webhook_secret, Job.webhook_secret_previous)
             .join(Job, Job.id == WebhookDelivery.job_id)
             .where(WebhookDelivery.id == delivery_id)
         ).first()
         if row is None:  # unknown id, or the job (and with it the row) was deleted
             return None
-        delivery, secret = row
+        delivery, secret, previous = row
         if delivery.state != "pending" or delivery.next_attempt_at > now:
             return None
         if delivery.attempts >= MAX_ATTEMPTS:
@@ -133,7 +134,8 @@ def _claim(session_factory: sessionmaker[Session], delivery_id: str, now: dateti
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None  # a duplicate message won the race
         return _Claim(delivery.id, delivery.run_id, delivery.job_id, delivery.event_type, delivery.url,
-                      delivery.body.encode("utf-8"), delivery.attempts + 1, secret)
+                      delivery.body.encode("utf-8"), delivery.attempts + 1,
+                      tuple(value for value in (secret, previous) if value))
 
 
 def _finish_orphan(session: Session, delivery: WebhookDelivery, now: datetime) -> None:
@@ -150,16 +152,16 @@ def _finish_orphan(session: Session, delivery: WebhookDelivery, now: datetime) -
 
 
 def _send(claim: _Claim, resolver: _PolicyResolver, now_fn: Callable[[], datetime],
-          http_post: PostFunction) -> Outcome:
+          http_post: PostFunction, box: SecretBox) -> Outcome:
     timestamp = int(now_fn().timestamp())
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": user_agent(),
-        "webhook-id": claim.delivery_id,
-        "webhook-timestamp": str(timestamp),
-        **signature_headers(claim.secret, claim.delivery_id, timestamp, claim.body),
-    }
     try:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": user_agent(),
+            "webhook-id": claim.delivery_id,
+            "webhook-timestamp": str(timestamp),
+            **signature_headers(box.open_all(*claim.secrets), claim.delivery_id, timestamp, claim.body),
+        }
         result = http_post(claim.url, claim.body, headers, deadline=time.monotonic() + TIMEOUT_SECS,
                            resolve=resolver, now=now_fn, max_body=MAX_ERROR_BODY, timeout_secs=TIMEOUT_SECS)
     except Exception:

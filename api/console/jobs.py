@@ -97,7 +97,7 @@ def create_job_action() -> Response:
         body = load(JobCreateSchema(), body_of_form(request.form, text=_NEW_JOB_TEXT, integers=_NEW_JOB_INTEGERS,
                                                     json_fields=("payload_schema",)))
         job = create_job(session, current_visitor().principal, body, now=utcnow(),
-                         allow_private=services().settings.allow_private_endpoints)
+                         policy=services().settings.address_policy, box=services().settings.secret_box)
     except SluiceError as exc:  # 422 fields, 400 rules, 409 slug: the form again, with the API's words
         return page("new_job.html", status=exc.status_code, form=request.form, message=exc.message,
                     strategies=STRATEGIES, errors=exc.errors if isinstance(exc, ValidationFailed) else None)

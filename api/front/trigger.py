@@ -20,7 +20,7 @@ from api.context import Services
 from api.front.layer import Answer, FrontRequest
 from api.paths import ASCII_SEGMENT
 from api.resources import TRIGGER_RESULT
-from api.schemas.triggers import IDEMPOTENCY_HEADER, TriggerSchema
+from api.schemas.triggers import IDEMPOTENCY_HEADER, TRACEPARENT_HEADER, TriggerSchema
 from shared import json_codec
 from shared.clock import utcnow
 from shared.errors import SluiceError
@@ -28,6 +28,7 @@ from shared.runs.effects import Effects, apply_after_commit
 from shared.triggers.manual import find_key_and_trigger_job, needs_transaction, trigger_job_of, trigger_run
 
 _IDEMPOTENCY_HEADER = "HTTP_" + IDEMPOTENCY_HEADER.upper().replace("-", "_")
+_TRACEPARENT_HEADER = "HTTP_" + TRACEPARENT_HEADER.upper()
 
 
 class Trigger:
@@ -59,7 +60,7 @@ class Trigger:
         request.writing()
         try:
             outcome = trigger_run(session, job, body, actor=principal.actor, now=utcnow(), effects=effects,
-                                  has_edges=has_edges)
+                                  has_edges=has_edges, traceparent=environ.get(_TRACEPARENT_HEADER))
         except SluiceError:  # raised before the INSERT (disabled job, payload refused by its schema, …)
             return None
         apply_after_commit(effects, self._services.broker)  # autocommit: the INSERT is committed

@@ -145,6 +145,7 @@ class JobCreateSchema(_JobFieldsSchema):
     endpoint_url = StrictString(required=True, validate=[validate.Length(min=1), _absolute_url])
     enabled = StrictBoolean(allow_none=True)
     webhook_secret = StrictString(validate=_secret_shape_on_create, allow_none=True)
+    webhook_secret_previous = StrictString(validate=_secret_shape_on_create, allow_none=True)
 
 
 class JobPatchSchema(_JobFieldsSchema):
@@ -155,6 +156,8 @@ class JobPatchSchema(_JobFieldsSchema):
     endpoint_url = StrictString(validate=[validate.Length(min=1), _absolute_url])
     enabled = StrictBoolean()
     webhook_secret = StrictString(validate=_secret_shape, allow_none=True)
+    # Also takes the current webhook_secret's mask: that secret moves here (a rotation in one PATCH).
+    webhook_secret_previous = StrictString(validate=_secret_shape, allow_none=True)
 
 
 class JobCloneSchema(BaseSchema):

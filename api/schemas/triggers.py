@@ -12,6 +12,7 @@ from shared.clock import utcnow
 from shared.triggers.manual import idempotency_key_error, trigger_field_errors
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+TRACEPARENT_HEADER = "traceparent"  # W3C Trace Context: the run joins the caller's trace (shared.runs.trace_context)
 
 
 def _check_key(value: str) -> None:

@@ -78,6 +78,24 @@ def ensure_dev_key(database_url: str, key_path: Path) -> str:
     return plaintext
 
 
+def ensure_secret_key_file(key_path: Path) -> Path:
+    """The development key that seals webhook secrets, generated on first use and kept with the data."""
+    from shared.webhooks.sealing import generate_key
+
+    if not key_path.exists():
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(generate_key() + "\n")
+    return key_path
+
+
+def secret_key_env(base: Mapping[str, str], data_dir: Path) -> dict[str, str]:
+    """``SLUICE_SECRET_KEY_FILE`` for the children, unless the user gave a key of their own."""
+    if base.get("SLUICE_SECRET_KEY") or base.get("SLUICE_SECRET_KEY_FILE"):
+        return {}
+    return {"SLUICE_SECRET_KEY_FILE": str(ensure_secret_key_file(data_dir / "secret-key"))}
+
+
 def child_env(base: Mapping[str, str], *, database_url: str, redis_url: str, metrics_dir: Path) -> dict[str, str]:
     env = dict(base)
     env.pop("SLUICE_API_METRICS_PORT", None)  # the banner promises /metrics on the API's own port
@@ -159,6 +177,7 @@ def main(argv: list[str]) -> int:
         except (RuntimeError, ValueError) as exc:
             print(f"sluice dev: {exc}", file=sys.stderr)
             return 1
+        os.environ.update(secret_key_env(os.environ, data_dir))  # the migrations and every child seal with it
         key = _prepare_database(postgres.url, data_dir)
         echo = EchoEndpoint(args.port + 1 if args.port < 65535 and is_port_free("127.0.0.1", args.port + 1) else 0)
         cleanup.callback(echo.stop)
@@ -178,9 +197,10 @@ def main(argv: list[str]) -> int:
 
 def _prepare_database(database_url: str, data_dir: Path) -> str:
     """Bring the schema to the newest migration, empty the metrics directory, return the development key."""
+    from shared.config import Settings
     from shared.db.migrate import upgrade
 
-    upgrade(database_url)
+    upgrade(database_url, secret_keys=Settings.from_env().secret_keys)
     metrics_dir = data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)  # samples of a previous session would be merged in
     metrics_dir.mkdir()

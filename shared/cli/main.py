@@ -67,6 +67,14 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--project", default=None)
     revoke = key_commands.add_parser("revoke", help="revoke a key by id", description="Revoke a key by id.")
     revoke.add_argument("key_id")
+    secrets = sub.add_parser("secrets", help="the key webhook secrets are encrypted with",
+                             description="The key webhook secrets are encrypted with (SLUICE_SECRET_KEY).")
+    secret_commands = secrets.add_subparsers(dest="secrets_command", required=True, metavar="COMMAND")
+    secret_commands.add_parser("generate-key", help="print a new random key for SLUICE_SECRET_KEY",
+                               description="Print a new random key for SLUICE_SECRET_KEY (needs no database).")
+    secret_commands.add_parser("reencrypt", help="encrypt every stored webhook secret with the first key (after "
+                                                 "a key rotation, or for secrets stored before encryption)",
+                               description="Encrypt every stored webhook secret with the first key.")
     for module in (jobs_command, runs_command, dlq_command):
         module.add_commands(sub)
     return top
@@ -108,6 +116,10 @@ def _run(argv: list[str]) -> int:
             return int(args.handler(client, args, sys.stdout))
         finally:
             client.close()
+    from shared.cli.secrets import run_secrets_command
+
+    if args.command == "secrets" and args.secrets_command == "generate-key":
+        return run_secrets_command(None, args)  # needs no setting, no database
     settings = Settings.from_env()
     if args.command == "db":
         check_database(settings.database_url)
@@ -115,10 +127,12 @@ def _run(argv: list[str]) -> int:
 
         # A JSON line like every process's (it runs as the Kubernetes init container and Compose service).
         configure_logging(settings, process="migrate")
-        upgrade(settings.database_url)
+        upgrade(settings.database_url, secret_keys=settings.secret_keys)
         logging.getLogger("sluice.migrate").info("database is at the newest schema")
         return exit_codes.OK
     check_serving_database(settings)
+    if args.command == "secrets":
+        return run_secrets_command(settings, args)
     from shared.cli.keys import run_keys_command
 
     return run_keys_command(settings, args)

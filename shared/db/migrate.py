@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from alembic import command
@@ -20,11 +21,13 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Migrate up to ``revision``; a database at a revision this release does not know (migrated by a newer
-    release) is refused with ``ConfigError``."""
+def upgrade(database_url: str, revision: str = "head", *, secret_keys: Sequence[str] = ()) -> None:
+    """Migrate up to ``revision``; with ``secret_keys``, data migrations seal plain webhook secrets. A database
+    at a revision this release does not know (migrated by a newer release) is refused with ``ConfigError``."""
+    config = alembic_config(database_url)
+    config.attributes["secret_keys"] = tuple(secret_keys)
     try:
-        command.upgrade(alembic_config(database_url), revision)
+        command.upgrade(config, revision)
     except CommandError as exc:
         raise ConfigError(f"cannot migrate the database (DATABASE_URL): {exc}; a newer Sluice release may have "
                           "migrated it: run that release's `sluice db upgrade`") from None

@@ -88,7 +88,9 @@ class Job(Base):
     dedup_window_secs: Mapped[int | None] = mapped_column(sa.Integer)
     enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     webhook_url: Mapped[str | None] = mapped_column(sa.String(2048))
-    webhook_secret: Mapped[str | None] = mapped_column(sa.String(1024))
+    # Sealed (shared.webhooks.sealing): the mask, then the encrypted secret; plain only in rows written before.
+    webhook_secret: Mapped[str | None] = mapped_column(sa.Text)
+    webhook_secret_previous: Mapped[str | None] = mapped_column(sa.Text)  # still signs during a rotation
     run_ttl_secs: Mapped[int | None] = mapped_column(sa.Integer)
     retry_strategy: Mapped[str] = mapped_column(sa.String(16), default="exponential")
     retry_delays_secs: Mapped[list[int]] = mapped_column(JSONType, default=list)
@@ -214,6 +216,8 @@ class Run(Base):
     batch_id: Mapped[str | None] = mapped_column(ID)
     concurrency_key: Mapped[str | None] = mapped_column(sa.String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # W3C trace context the run was created with (shared.runs.trace_context); NULL for runs from before.
+    traceparent: Mapped[str | None] = mapped_column(sa.String(55))
     # Internal bookkeeping, not part of the Run resource:
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last became queued (§5.16, §5.11)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # delayed: max(scheduled_at, next_retry_at)

@@ -4,6 +4,11 @@ Call time (``resolve_checked``) resolves exactly once and returns the checked ad
 connects to one of them without a second lookup (DNS rebinding cannot redirect it). The resolver is
 injected so tests never touch the network. Ranges are listed explicitly rather than delegated to
 ``ipaddress.is_global``, whose answers have changed between Python versions.
+
+The operator's ``AddressPolicy``: the switch (``SLUICE_ALLOW_PRIVATE_ENDPOINTS``) opens every private
+address; the allowlist (``SLUICE_ALLOWED_PRIVATE_ENDPOINTS``) opens only the networks and host names it
+lists. Cloud metadata endpoints stay refused either way unless the allowlist names that very address (not
+a network around it) or that metadata host name.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TypeAlias
 from urllib.parse import urlsplit
@@ -34,6 +39,17 @@ _REFUSED_V6 = [ipaddress.IPv6Network(n) for n in (  # loopback, unspecified, uni
     "::1/128", "::/128", "fc00::/7", "fe80::/10",  # multicast, documentation, deprecated site-local
     "ff00::/8", "2001:db8::/32", "fec0::/10",
 )]
+# Instance metadata services (credentials, user data): AWS (IPv4, IPv6, ECS task endpoints), GCP, Azure,
+# OpenStack, DigitalOcean (169.254.169.254), Alibaba Cloud (100.100.100.200), Oracle Cloud's former
+# 192.0.0.192, Tencent Cloud (169.254.0.23).
+METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "169.254.170.2", "169.254.170.23", "169.254.0.23", "100.100.100.200", "192.0.0.192",
+    "fd00:ec2::254", "fd00:ec2::23",
+))
+METADATA_HOSTS: frozenset[str] = frozenset({
+    "metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal",
+    "metadata.tencentyun.com", "metadata.azure.internal",
+})
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # The last dot-separated label of a host that resolvers (inet_aton) would read as an IPv4 number.
@@ -49,6 +65,83 @@ class AddressRefused(Exception):
 
 class ResolutionFailed(Exception):
     """The host did not resolve at call time (the worker records error class ``connection``)."""
+
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which destinations may be private. ``networks`` and ``hosts`` come from the allowlist: a network
+    (or single address) whose addresses may be called, a host name whose addresses may be private
+    (``*.example.internal`` for every name under a domain). Build it with ``AddressPolicy.parse``."""
+
+    allow_private: bool = False
+    networks: tuple[IPNetwork, ...] = ()
+    hosts: frozenset[str] = frozenset()
+    domains: tuple[str, ...] = ()  # ".example.internal" for the entry "*.example.internal"
+    addresses: frozenset[IPAddress] = field(default=frozenset())  # entries naming one address exactly
+
+    @classmethod
+    def parse(cls, allow_private: bool, entries: Iterable[str]) -> AddressPolicy:
+        """The policy for the switch and the allowlist's entries; ``ValueError`` names a bad entry."""
+        networks: list[IPNetwork] = []
+        hosts: set[str] = set()
+        domains: list[str] = []
+        addresses: set[IPAddress] = set()
+        for raw in entries:
+            entry = raw.strip()
+            if not entry:
+                continue
+            try:
+                network = ipaddress.ip_network(entry.strip("[]"), strict=True)
+            except ValueError:
+                if "/" in entry:
+                    raise ValueError(f"{entry!r} is not a network (host bits set?)") from None
+                network = None
+            if network is not None:
+                networks.append(network)
+                if network.num_addresses == 1:
+                    addresses.add(network.network_address)
+                continue
+            wildcard = entry.startswith("*.")
+            name = _allowlisted_name(entry[2:] if wildcard else entry)
+            if name is None:
+                raise ValueError(f"{entry!r} is neither a network, an address nor a host name")
+            if wildcard:
+                domains.append("." + name)
+            else:
+                hosts.add(name)
+        return cls(allow_private, tuple(networks), frozenset(hosts), tuple(domains), frozenset(addresses))
+
+    def names_host(self, bare: str) -> bool:
+        """True when the allowlist names this host (exactly, or under a ``*.`` domain)."""
+        return bare in self.hosts or any(bare.endswith(domain) for domain in self.domains)
+
+    def allows_address(self, addr: IPAddress, host_named: bool, metadata_host_named: bool) -> bool:
+        """May Sluice connect to ``addr``, reached through a host the allowlist names (or not)?"""
+        inner = _embedded_ipv4(addr) if isinstance(addr, ipaddress.IPv6Address) else None
+        if addr in METADATA_ADDRESSES or inner in METADATA_ADDRESSES:
+            return metadata_host_named or addr in self.addresses or inner in self.addresses
+        if self.allow_private or host_named or _is_public(addr):
+            return True
+        return any(candidate in network for network in self.networks for candidate in (addr, inner)
+                   if candidate is not None and candidate.version == network.version)
+
+
+def _allowlisted_name(name: str) -> str | None:
+    """A host name as the policy compares it (lowercase IDNA, no trailing dot), or None if it is not one."""
+    try:
+        ascii_name = name.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+    labels = ascii_name.split(".")
+    if not ascii_name or any(not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", label) for label in labels):
+        return None
+    return ascii_name
+
+
+STRICT = AddressPolicy()  # the default: public addresses only
 
 
 @dataclass(frozen=True)
@@ -131,17 +224,29 @@ def _parse(url: str) -> _Target:
     return _Target(host=host, bare=bare, port=port, literal=literal)
 
 
-def _static_refusal(target: _Target) -> str | None:
-    """Reason to refuse without resolving (allow_private=False only), or None."""
+def _static_refusal(target: _Target, policy: AddressPolicy) -> str | None:
+    """Reason to refuse without resolving, or None."""
+    named = policy.names_host(target.bare)
+    if target.bare in METADATA_HOSTS and not named:
+        return "host is a cloud metadata endpoint"
+    if target.literal is not None:
+        if policy.allows_address(target.literal, False, False):
+            return None
+        return "host is a cloud metadata endpoint" if _is_metadata(target.literal) else "host is a private address"
+    if policy.allow_private or named:
+        return None
     if target.bare == "localhost" or target.bare.endswith(".localhost"):
         return "host is localhost"
-    if target.literal is not None:
-        return None if _is_public(target.literal) else "host is a private address"
     if _NUMERIC_LABEL.match(target.bare.rsplit(".", 1)[-1]):
         # Canonical dotted quads parsed as literals above; anything else numeric (0177.0.0.1, 0x7f.1,
         # 2130706433, 127.1) means different things to different parsers, so it is never allowed.
         return "non-canonical IPv4 address"
     return None
+
+
+def _is_metadata(addr: IPAddress) -> bool:
+    inner = _embedded_ipv4(addr) if isinstance(addr, ipaddress.IPv6Address) else None
+    return addr in METADATA_ADDRESSES or inner in METADATA_ADDRESSES
 
 
 def default_resolver(host: str, port: int) -> list[str]:
@@ -164,43 +269,52 @@ def _resolve(target: _Target, resolver: Resolver | None) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def check_url_for_write(field: str, url: str, *, allow_private: bool,
+def check_url_for_write(field: str, url: str, *, policy: AddressPolicy,
                         resolver: Resolver | None = None) -> None:
     """Validate a URL a client is storing (create, PATCH, batch, clone); raise a 400 naming ``field``.
 
     Messages: ``"<field>: must use http or https"``, ``"<field>: host is localhost"``,
     ``"<field>: host resolves to a private address"``, ... Resolved addresses are never quoted, so the
-    error cannot be used to map internal DNS. An unresolvable host is accepted (§10.1).
+    error cannot be used to map internal DNS. An unresolvable host is accepted (§10.1). With the switch
+    on, nothing is resolved: only the URL itself is judged (a literal or a metadata host name).
     """
     try:
-        if allow_private:
-            _parse(url)  # only the shape matters; nothing is resolved
+        if policy.allow_private:
+            reason = _static_refusal(_parse(url), policy)
+            if reason is not None:
+                raise AddressRefused(reason)
         else:
-            resolve_checked(url, allow_private=False, resolver=resolver)
+            resolve_checked(url, policy=policy, resolver=resolver)
     except ResolutionFailed:
         return  # nothing shows it private (§10.1); the call-time check will see it again
     except AddressRefused as exc:
         raise semantic(field, str(exc)) from None
 
 
-def resolve_checked(url: str, *, allow_private: bool,
+def resolve_checked(url: str, *, policy: AddressPolicy,
                     resolver: Resolver | None = None) -> tuple[str, int, list[str]]:
     """Call-time check: ``(host, port, addresses)`` where every address passed the policy.
 
     Resolves exactly once (a literal is not resolved); connect only to one of the returned addresses.
     ``host`` is the normalised (lowercase, IDNA) name for ``Host``/SNI. Raises ``AddressRefused`` when the
     URL or any address is refused (one bad address taints the host), ``ResolutionFailed`` when it does
-    not resolve. With ``allow_private`` only the scheme/host rules apply, but it still resolves once.
+    not resolve.
     """
     target = _parse(url)
-    if not allow_private:
-        reason = _static_refusal(target)
-        if reason is not None:
-            raise AddressRefused(reason)
+    reason = _static_refusal(target, policy)
+    if reason is not None:
+        raise AddressRefused(reason)
     if target.literal is not None:
         return target.host, target.port, [str(target.literal)]
     addresses = _resolve(target, resolver)
-    if not allow_private and not all(is_public_address(ip) for ip in addresses):
-        raise AddressRefused("host resolves to a private address")
+    named = policy.names_host(target.bare)
+    metadata_named = named and target.bare in METADATA_HOSTS
+    for ip in addresses:
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            raise AddressRefused("host resolves to a private address") from None
+        if not policy.allows_address(addr, named, metadata_named):
+            raise AddressRefused("host resolves to a cloud metadata address" if _is_metadata(addr)
+                                 else "host resolves to a private address")
     return target.host, target.port, addresses
-

@@ -25,11 +25,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from shared.apikeys import Principal
+from shared.egress.addresses import AddressPolicy
 from shared.errors import BadRequest, ValidationFailed
 from shared.jobs.config import config_for_create
 from shared.jobs.lifecycle import BATCH_FAILED, check_project_id, insert_new_jobs, slug_conflict
 from shared.jobs.rules import check_config, field_of
+from shared.jobs.secrets import check_secret_pair
 from shared.jobs.store import taken_slugs
+from shared.webhooks.sealing import SecretBox
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class BatchItem:
 
 
 def create_jobs_batch(session: Session, principal: Principal, items: Sequence[BatchItem], *, now: datetime,
-                      allow_private: bool) -> list[dict[str, Any]]:
+                      policy: AddressPolicy, box: SecretBox) -> list[dict[str, Any]]:
     """Create every item's job, or none: ``ValidationFailed`` keyed by item index (``Forbidden`` for a
     ``project_id`` mismatch). The caller owns the transaction."""
     errors: dict[str, Any] = {str(index): dict(item.errors) for index, item in enumerate(items) if item.errors}
@@ -57,7 +60,8 @@ def create_jobs_batch(session: Session, principal: Principal, items: Sequence[Ba
     configs = {index: config_for_create(item.body) for index, item in enumerate(items) if item.body is not None}
     for index, config in configs.items():
         try:
-            check_config(config, allow_private=allow_private)
+            check_config(config, policy=policy)
+            check_secret_pair(config, box)
         except BadRequest as exc:
             errors[str(index)] = {field_of(exc): [exc.message]}
     claimed = [item.claimed_slug for item in items]
@@ -71,4 +75,4 @@ def create_jobs_batch(session: Session, principal: Principal, items: Sequence[Ba
         seen.add(slug)
     if errors:
         raise ValidationFailed(errors, BATCH_FAILED)
-    return insert_new_jobs(session, principal, [configs[index] for index in range(len(items))], now)
+    return insert_new_jobs(session, principal, [configs[index] for index in range(len(items))], now, box)

@@ -16,6 +16,7 @@ W_FIELDS: tuple[str, ...] = (
     "timezone", "rate_limit_max", "rate_limit_window_secs", "max_concurrency_per_key", "rate_limit_keys",
     "default_run_metadata", "dedup_window_secs", "enabled", "webhook_url", "webhook_secret", "run_ttl_secs",
     "retry_strategy", "retry_delays_secs", "environment_id", "version_policy", "backwards_compatible",
+    "webhook_secret_previous",
 )
 
 REQUIRED_FIELDS: frozenset[str] = frozenset({"name", "slug", "endpoint_url"})
@@ -28,13 +29,13 @@ DEFAULTS: dict[str, Any] = {
     "max_concurrency_per_key": None, "rate_limit_keys": [], "default_run_metadata": {},
     "dedup_window_secs": None, "enabled": True, "webhook_url": None, "webhook_secret": None,
     "run_ttl_secs": None, "retry_strategy": "exponential", "retry_delays_secs": [], "environment_id": None,
-    "version_policy": "pin", "backwards_compatible": False,
+    "version_policy": "pin", "backwards_compatible": False, "webhook_secret_previous": None,
 }
 
 # "" for these means null (§2.3).
 OPTIONAL_STRINGS: frozenset[str] = frozenset({
     "group_id", "description", "cron", "execution_window_cron", "environment_id", "fallback_endpoint_url",
-    "webhook_url", "webhook_secret",
+    "webhook_url", "webhook_secret", "webhook_secret_previous",
 })
 
 # 0 for these means null = unlimited / never (§2.1).
@@ -47,6 +48,9 @@ NULLABLE_LIMITS: frozenset[str] = frozenset({
 SCHEDULE_FIELDS: frozenset[str] = frozenset({"cron", "timezone", "enabled"})
 
 URL_FIELDS: tuple[str, ...] = ("endpoint_url", "fallback_endpoint_url", "webhook_url")
+
+# Stored sealed, shown masked; the current secret first (shared.jobs.secrets).
+SECRET_FIELDS: tuple[str, ...] = ("webhook_secret", "webhook_secret_previous")
 
 
 def _copy(value: Any) -> Any:

@@ -19,11 +19,13 @@ from sqlalchemy.orm import Session
 
 from shared.apikeys import Principal
 from shared.db.models import JobDependency, Run, RunEvent
+from shared.egress.addresses import AddressPolicy
 from shared.errors import Conflict, Forbidden, NotFound, SluiceError, ValidationFailed
 from shared.ids import new_version_id, uuid7
-from shared.jobs.config import SCHEDULE_FIELDS, changed_fields, config_for_create, config_of, merge
+from shared.jobs.config import SCHEDULE_FIELDS, SECRET_FIELDS, changed_fields, config_for_create, config_of, merge
 from shared.jobs.enablement import release_held_runs
 from shared.jobs.rules import check_config
+from shared.jobs.secrets import check_secret_pair, resolve_patched_secrets, seal_config
 from shared.jobs.store import (
     JOBS,
     JobRecord,
@@ -37,11 +39,10 @@ from shared.jobs.versions import VERSIONS, insert_versions, version_record
 from shared.runs.effects import Effects
 from shared.runs.moves import move_many, release_waiting
 from shared.runs.status import ACTIVE, RunStatus
-from shared.webhooks.signing import is_masked_value, mask_secret
+from shared.webhooks.sealing import SecretBox
 
 log = logging.getLogger("sluice.jobs")
 
-MASKED_SECRET_MESSAGE = "looks like a masked value; send the full secret"
 BATCH_FAILED = "Validation failed for some jobs; none were created"
 
 
@@ -63,11 +64,11 @@ def require_job(session: Session, principal: Principal, ref: str, *, for_update:
 
 
 def insert_new_jobs(session: Session, principal: Principal, configs: Sequence[Mapping[str, Any]],
-                    now: datetime) -> list[dict[str, Any]]:
-    """Insert jobs at version 1 with their first snapshot. One job whose slug a racing writer has just
-    taken → 409; in a batch, that slug's items → 422 by index (§3.3), the transaction still usable."""
+                    now: datetime, box: SecretBox) -> list[dict[str, Any]]:
+    """Insert jobs at version 1 with their first snapshot, secrets sealed. One job whose slug a racing writer
+    has just taken → 409; in a batch, that slug's items → 422 by index (§3.3), the transaction still usable."""
     records, versions = [], []
-    for config in configs:
+    for config in (seal_config(config, box) for config in configs):
         job_id, version_id = uuid7(), new_version_id()
         records.append(new_job_record(job_id=job_id, project_id=principal.project_id, config=config,
                                       version_id=version_id, actor=principal.actor, now=now))
@@ -121,37 +122,28 @@ def _insert_job_with_version(session: Session, record: Mapping[str, Any], versio
 
 
 def create_job(session: Session, principal: Principal, body: Mapping[str, Any], *, now: datetime,
-               allow_private: bool) -> dict[str, Any]:
+               policy: AddressPolicy, box: SecretBox) -> dict[str, Any]:
     """§3.2: the new job's record (version 1 stored alongside). On PostgreSQL its only write is one
     statement, so the API may run it in autocommit (``api.jobs``): keep it that way."""
     check_project_id(body.get("project_id"), principal)
     config = config_for_create(body)
-    check_config(config, allow_private=allow_private)
-    return insert_new_jobs(session, principal, [config], now)[0]
+    check_config(config, policy=policy)
+    check_secret_pair(config, box)
+    return insert_new_jobs(session, principal, [config], now, box)[0]
 
 
 def clone_job(session: Session, principal: Principal, ref: str, body: Mapping[str, Any], *, now: datetime,
-              allow_private: bool) -> dict[str, Any]:
+              policy: AddressPolicy, box: SecretBox) -> dict[str, Any]:
     """§3.8: a new job with the source's current configuration, a new name and slug, enabled."""
     source = require_job(session, principal, ref)
     config = config_of(source)
     config.update(name=body["name"], slug=body["slug"], enabled=True)
-    check_config(config, allow_private=allow_private)
-    return insert_new_jobs(session, principal, [config], now)[0]
-
-
-def _drop_echoed_mask(job: JobRecord | None, patch: dict[str, Any]) -> None:
-    """§2.3: the current masked secret sent back means "unchanged"; any other masked-looking value is 422
-    (also when there is no such job: the 422 is the body's, and comes before the lookup's 404)."""
-    secret = patch.get("webhook_secret")
-    if isinstance(secret, str) and is_masked_value(secret):
-        if job is None or secret != mask_secret(job["webhook_secret"]):
-            raise ValidationFailed({"webhook_secret": [MASKED_SECRET_MESSAGE]})
-        del patch["webhook_secret"]
+    check_config(config, policy=policy)
+    return insert_new_jobs(session, principal, [config], now, box)[0]
 
 
 def patch_job(session: Session, principal: Principal, ref: str, body: Mapping[str, Any], *, now: datetime,
-              allow_private: bool) -> tuple[JobRecord, Effects]:
+              policy: AddressPolicy, box: SecretBox) -> tuple[JobRecord, Effects]:
     """§3.5: apply a partial update; return (the job as it now is, after-commit effects).
 
     The row is locked (``SELECT … FOR UPDATE``) for the rest of the transaction, so concurrent PATCHes of
@@ -161,7 +153,7 @@ def patch_job(session: Session, principal: Principal, ref: str, body: Mapping[st
     effects = Effects()
     found = find_job_record(session, principal.project_id, ref, for_update=True)
     patch = dict(body)
-    _drop_echoed_mask(found, patch)  # a body check (422): before the 403 and the 404 (§1.5)
+    resolve_patched_secrets(found, patch, box)  # a body check (422): before the 403 and the 404 (§1.5)
     check_project_id(body.get("project_id"), principal)
     if found is None:
         raise NotFound("job not found")
@@ -171,11 +163,15 @@ def patch_job(session: Session, principal: Principal, ref: str, body: Mapping[st
     changed = changed_fields(stored, merged)
     if not changed:
         return job, effects
-    check_config(merged, allow_private=allow_private)
+    check_config(merged, policy=policy)
+    check_secret_pair(merged, box)
     if "slug" in changed and taken_slugs(session, principal.project_id, [merged["slug"]]):
         raise slug_conflict(merged["slug"])
+    merged = seal_config(merged, box)
     version_id = new_version_id()
+    # A plain secret stored before encryption is sealed along with the change.
     values: dict[str, Any] = {f: merged[f] for f in changed}
+    values.update({f: merged[f] for f in SECRET_FIELDS if merged[f] != stored[f]})
     values.update(version=job["version"] + 1, version_id=version_id, updated_by=principal.actor, updated_at=now)
     if SCHEDULE_FIELDS.intersection(changed):
         values["schedule_changed_at"] = now

@@ -59,6 +59,8 @@ CONFIG_FIELDS = (
     Field("environment_id", STRING, nullable=True),
     Field("version_policy", STRING),
     Field("backwards_compatible", BOOLEAN),
+    Field("webhook_secret_previous", STRING, nullable=True, writing=Writing.MASKED,
+          description="masked: whsec_…XXXX; a second secret that also signs while receivers switch to webhook_secret"),
 )
 
 JOB = Resource("Job", (

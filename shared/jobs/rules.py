@@ -13,7 +13,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from shared.egress.addresses import check_url_for_write
+from shared.egress.addresses import AddressPolicy, check_url_for_write
 from shared.errors import BadRequest, semantic
 from shared.jobs.config import URL_FIELDS
 from shared.schedules.cron import CronError, is_valid_timezone, parse_cron
@@ -22,7 +22,7 @@ from shared.schedules.cron import CronError, is_valid_timezone, parse_cron
 _REF_KEYWORDS = ("$ref", "$dynamicRef")
 
 
-def check_config(config: Mapping[str, Any], *, allow_private: bool) -> None:
+def check_config(config: Mapping[str, Any], *, policy: AddressPolicy) -> None:
     """Raise ``BadRequest`` for the first §2.2 rule ``config`` breaks (the whole configuration: a PATCH
     re-checks every URL of the merged job too, since an address that passed at its write may be refused
     now, a name that resolves privately since or a policy that changed)."""
@@ -41,7 +41,7 @@ def check_config(config: Mapping[str, Any], *, allow_private: bool) -> None:
     for field in URL_FIELDS:
         url = config.get(field)
         if url is not None:
-            check_url_for_write(field, url, allow_private=allow_private)
+            check_url_for_write(field, url, policy=policy)
     if config.get("retry_strategy") == "custom" and not config.get("retry_delays_secs"):
         raise semantic("retry_delays_secs", "required when retry_strategy is custom")
     if config.get("rate_limit_max") is not None and config.get("rate_limit_window_secs") is None:

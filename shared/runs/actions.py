@@ -118,8 +118,9 @@ class ReplaySkipped(Conflict):
 
 
 def replay_run(session: Session, project_id: str, run_id: str, *, actor: str, now: datetime,
-               effects: Effects) -> Run:
-    """A new run repeating a terminal one (404 unknown; 409 not terminal or job disabled)."""
+               effects: Effects, traceparent: str | None = None) -> Run:
+    """A new run repeating a terminal one (404 unknown; 409 not terminal or job disabled), in the trace of
+    ``traceparent`` (an accepted header) or a new one."""
     original = get_project_run(session, project_id, run_id)
     if original is None:
         raise NotFound("run not found")
@@ -130,7 +131,7 @@ def replay_run(session: Session, project_id: str, run_id: str, *, actor: str, no
         raise NotFound("run not found")
     if not job.enabled:
         raise ReplaySkipped("job is disabled; enable it before replaying runs")
-    return create_replay_run(session, original, job, actor=actor, now=now, effects=effects)
+    return create_replay_run(session, original, job, actor=actor, now=now, effects=effects, traceparent=traceparent)
 
 
 def bulk_replay(session: Session, project_id: str, run_ids: list[str], *, actor: str, now: datetime,

@@ -26,6 +26,7 @@ from shared.metrics import observe_runs_created, observe_runs_created_by
 from shared.runs.effects import Effects
 from shared.runs.retries import retry_summary
 from shared.runs.status import RunStatus
+from shared.runs.trace_context import new_traceparent
 from shared.runs.transitions import CREATION_MARKER, check_created, event, status_columns
 from shared.triggers.payloads import EMPTY_PAYLOAD, EMPTY_PAYLOAD_HASH
 
@@ -57,6 +58,7 @@ class RunInputs:
     batch_id: str | None = None
     continuation_of: str | None = None
     lineage_depth: int = 0
+    traceparent: str | None = None  # a valid trigger header (accepted_traceparent); None = a new trace
 
     @property
     def correlation(self) -> Correlation:
@@ -135,6 +137,7 @@ def build_run_row(job: Job, inputs: RunInputs, status: RunStatus, now: datetime,
         "due_at": bookkeeping.get("due_at"),
         "ttl_secs": inputs.ttl_secs,
         "held_at": None,
+        "traceparent": inputs.traceparent or new_traceparent(),
     }
 
 
@@ -222,15 +225,16 @@ def _column_values(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_replay_run(session: Session, original: Run, job: Job, *, actor: str, now: datetime,
-                      effects: Effects) -> Run:
+                      effects: Effects, traceparent: str | None = None) -> Run:
     """A new run repeating ``original`` (§7 replay): same payload, metadata, tags, priority, concurrency
-    key, debug mode and overrides; current job version; no key, no batch, no ``scheduled_at``."""
+    key, debug mode and overrides; current job version; no key, no batch, no ``scheduled_at``; the replay
+    request's trace (``traceparent``, already accepted) or a new one."""
     inputs = RunInputs(
         created_by=actor, triggered_by="replay", payload=original.payload, payload_hash=original.payload_hash,
         metadata=dict(original.run_metadata or {}), tags=dict(original.tags or {}), priority=original.priority,
         concurrency_key=original.concurrency_key, ttl_secs=job_ttl(job),
         max_attempts_override=original.max_attempts_override,
         timeout_secs_override=original.timeout_secs_override, debug_mode=original.debug_mode,
-        continuation_of=original.id, lineage_depth=original.lineage_depth + 1,
+        continuation_of=original.id, lineage_depth=original.lineage_depth + 1, traceparent=traceparent,
     )
     return row_to_run(create_runs(session, job, [inputs], now=now, effects=effects)[0])

@@ -42,6 +42,9 @@ RUN = Resource("Run", (
     Field("created_by", STRING),
     Field("batch_id", STRING, nullable=True),
     Field("concurrency_key", STRING, nullable=True),
+    Field("traceparent", STRING, nullable=True,
+          description="W3C trace context of the run: the trigger's valid traceparent header, else a new trace; "
+                      "each attempt calls the endpoint in this trace with a new parent id"),
     timestamp("created_at"),
 ), by_attribute=True)
 

@@ -37,6 +37,7 @@ from shared.runs.creation import (
 )
 from shared.runs.effects import Effects
 from shared.runs.status import ACTIVE
+from shared.runs.trace_context import accepted_traceparent
 from shared.schedules.cron import TICK_KEY_PREFIX
 from shared.triggers.payloads import canonical_payload, payload_hash, payload_size_error, schema_errors
 
@@ -81,8 +82,10 @@ def ensure_enabled(job: Job) -> None:
         raise Conflict(DISABLED_MESSAGE)
 
 
-def prepare_inputs(job: Job, body: dict[str, Any], *, actor: str, now: datetime) -> tuple[RunInputs, list[str]]:
-    """Steps 4–5 for one request or bulk item: ``(inputs, payload errors)``; errors non-empty = 422."""
+def prepare_inputs(job: Job, body: dict[str, Any], *, actor: str, now: datetime,
+                   traceparent: str | None = None) -> tuple[RunInputs, list[str]]:
+    """Steps 4–5 for one request or bulk item: ``(inputs, payload errors)``; errors non-empty = 422.
+    ``traceparent``: the request's header, as received (an invalid one means a new trace)."""
     payload = body.get("payload")
     if payload is None:
         payload = {}
@@ -112,6 +115,7 @@ def prepare_inputs(job: Job, body: dict[str, Any], *, actor: str, now: datetime)
         scheduled_at=scheduled_at, concurrency_key=body.get("concurrency_key") or None,
         ttl_secs=job_ttl(job, body.get("ttl_secs")), max_attempts_override=body.get("max_attempts_override"),
         timeout_secs_override=body.get("timeout_secs_override"), debug_mode=bool(body.get("debug_mode")),
+        traceparent=accepted_traceparent(traceparent),
     ), []
 
 
@@ -196,12 +200,12 @@ def needs_transaction(job: Job, body: dict[str, Any], has_edges: bool) -> bool:
 
 
 def trigger_run(session: Session, job: Job, body: dict[str, Any], *, actor: str, now: datetime,
-                effects: Effects, has_edges: bool | None = None) -> TriggerOutcome:
+                effects: Effects, has_edges: bool | None = None, traceparent: str | None = None) -> TriggerOutcome:
     """Run §4.2 steps 3–10 (before the commit) for one request; ``body`` is schema-validated and carries
     the effective ``idempotency_key`` (header already applied). ``has_edges`` comes from
-    ``find_key_and_trigger_job`` (``None`` = look it up)."""
+    ``find_key_and_trigger_job`` (``None`` = look it up); ``traceparent`` is the request's header."""
     ensure_enabled(job)
-    inputs, errors = prepare_inputs(job, body, actor=actor, now=now)
+    inputs, errors = prepare_inputs(job, body, actor=actor, now=now, traceparent=traceparent)
     if errors:
         raise ValidationFailed({"payload": errors}, "payload does not satisfy the job's payload_schema"
                                if job.payload_schema else None)

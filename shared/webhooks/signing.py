@@ -1,8 +1,10 @@
 """Standard Webhooks signatures (CONTRACT §10.3) and the rules for the ``webhook_secret`` field (§2.1, §2.3).
 
-One secret per job signs both endpoint calls (§5.2) and terminal webhooks (§5.15). Signing is pure: the
-caller passes the message id and the timestamp (it owns the clock). The secret itself never leaves this
-module in any form but ``mask_secret``'s.
+A job's secrets (``webhook_secret`` and, during a rotation, ``webhook_secret_previous``) sign both endpoint
+calls (§5.2) and terminal webhooks (§5.15): one ``v1,`` signature per secret, space-separated, as Standard
+Webhooks allows, so a receiver holding either secret verifies. Signing is pure: the caller passes the
+message id and the timestamp (it owns the clock). The secret itself never leaves this module in any form
+but ``mask_secret``'s.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hmac
 
 SECRET_PREFIX = "whsec_"
 MASK_CHAR = "\u2026"  # "…": marks a masked value, which is never a secret a client meant to send
+MASKED_CHARS = len(SECRET_PREFIX) + 1 + 4  # whsec_, …, the last four characters
 SECRET_MIN_CHARS = 16
 SECRET_MAX_CHARS = 1024
 WHSEC_MIN_KEY_BYTES = 16
@@ -44,18 +47,19 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
-def signature_headers(secret: str | None, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def signature_headers(secrets: tuple[str, ...], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """The three ``webhook-*`` headers for one request, or ``{}`` when the job has no secret.
 
-    ``timestamp`` is integer Unix seconds of this request; ``msg_id`` is ``<run id>:<attempt>`` for endpoint
-    calls (§5.2) and the delivery's id for terminal webhooks.
+    ``secrets``: the job's secrets, current first; each adds its ``v1,`` signature to ``webhook-signature``
+    (space-separated). ``timestamp`` is integer Unix seconds of this request; ``msg_id`` is
+    ``<run id>:<attempt>`` for endpoint calls (§5.2) and the delivery's id for terminal webhooks.
     """
-    if secret is None:
+    if not secrets:
         return {}
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(timestamp)),
-        "webhook-signature": sign(secret, msg_id, timestamp, body),
+        "webhook-signature": " ".join(sign(secret, msg_id, timestamp, body) for secret in secrets),
     }
 
 
@@ -80,9 +84,15 @@ def webhook_secret_problem(secret: str) -> str | None:
 
 
 def mask_secret(secret: str | None) -> str | None:
-    """``whsec_…`` + the last 4 characters (whatever the secret's form), or None when unset (§2.3)."""
+    """``whsec_…`` + the last 4 characters (whatever the secret's form), or None when unset (§2.3).
+
+    A sealed secret (``shared.webhooks.sealing``) starts with its mask, which is read off it: rendering a
+    job never needs the key.
+    """
     if not secret:
         return None
+    if MASK_CHAR in secret:
+        return secret[:MASKED_CHARS]
     return f"{SECRET_PREFIX}{MASK_CHAR}{secret[-4:]}"
 
 

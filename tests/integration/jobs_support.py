@@ -15,8 +15,15 @@ JOB_FIELDS = {
     "rate_limit_keys", "default_run_metadata", "dedup_window_secs", "enabled", "webhook_url", "webhook_secret",
     "run_ttl_secs", "retry_strategy", "retry_delays_secs", "environment_id", "version", "version_id",
     "version_policy", "backwards_compatible", "created_by", "updated_by", "created_at", "updated_at",
+    "webhook_secret_previous",
 }
 SECRET = "s3cr3t-value-XY9Q"  # 17 chars, plain form
+
+
+def opened(settings: Any, stored: str) -> str:
+    """A stored webhook secret, checked to be sealed (never plain), opened with the test key."""
+    assert stored.startswith("whsec_\u2026") and SECRET not in stored, stored
+    return settings.secret_box.open(stored)  # type: ignore[no-any-return]
 ENDPOINT = "http://127.0.0.1:9/endpoint"
 
 

@@ -196,3 +196,22 @@ def test_an_unreachable_or_malformed_redis_stops_every_role_with_one_line(
         monkeypatch.setenv("REDIS_URL", "localhost:6379")
         assert one_line(sluice_here(args, pg_url(), monkeypatch, capsys)).startswith(
             "sluice: REDIS_URL: Redis URL must specify one of the following schemes"), args
+
+
+@pytest.mark.parametrize("role", ["api", "worker"])
+def test_api_and_worker_refuse_to_start_without_a_secret_key(role: str, db_engine) -> None:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if k not in ("SLUICE_SECRET_KEY", "SLUICE_SECRET_KEY_FILE")}
+    env.update(DATABASE_URL=pg_url(), SLUICE_METRICS_PORT="0", PORT=str(free_port()))
+    result = subprocess.run([sys.executable, "-m", "shared.cli.main", role], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert one_line(result).startswith("sluice: SLUICE_SECRET_KEY or SLUICE_SECRET_KEY_FILE must be set")
+
+
+def test_generate_key_needs_no_database_and_prints_a_usable_key() -> None:
+    result = sluice(["secrets", "generate-key"], f"postgresql://127.0.0.1:{free_port()}/nowhere")
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip()
+    from shared.config import Settings
+
+    assert Settings.from_env({"SLUICE_SECRET_KEY": key}).secret_box.open(
+        Settings.from_env({"SLUICE_SECRET_KEY": key}).secret_box.seal("a-secret-of-16-chars")) == "a-secret-of-16-chars"

@@ -50,7 +50,8 @@ def sluice_command() -> list[str]:
 
 def dev_env(redis_kind: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in {"DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "SLUICE_DEV_REDIS"}}
+           if k not in {"DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "SLUICE_DEV_REDIS",
+                        "SLUICE_SECRET_KEY", "SLUICE_SECRET_KEY_FILE"}}
     if redis_kind:
         env["SLUICE_DEV_REDIS"] = redis_kind
     return env

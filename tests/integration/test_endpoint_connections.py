@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from shared.egress.addresses import resolve_checked
+from shared.egress.addresses import STRICT, AddressPolicy, resolve_checked
 from shared.egress.proxies import ProxyRoutes
 from shared.errors import ConfigError
 from tests.integration import servers
@@ -26,7 +26,8 @@ from worker.http import CallAborted, HttpClient, Resolver
 from worker.transport import trust_store
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
-RESOLVE = functools.partial(resolve_checked, allow_private=True)  # every server here is on loopback
+OPEN = AddressPolicy(allow_private=True)
+RESOLVE = functools.partial(resolve_checked, policy=OPEN)  # every server here is on loopback
 
 
 def call(client: HttpClient, url: str, *, timeout: float = 5.0, resolve: Resolver = RESOLVE,
@@ -272,7 +273,7 @@ def test_the_address_policy_still_applies_behind_a_proxy() -> None:
         http = proxied(None, {"HTTPS_PROXY": proxy.url})
         try:
             result = call(http, "https://internal.example/hook",
-                          resolve=functools.partial(resolve_checked, allow_private=False, resolver=private))
+                          resolve=functools.partial(resolve_checked, policy=STRICT, resolver=private))
         finally:
             http.close()
     assert result.outcome.error == "client: destination refused by address policy: host resolves to a private address"

@@ -48,7 +48,7 @@ from shared.runs.commit import commit_and_apply
 from shared.runs.creation import RunInputs, create_runs
 from shared.runs.effects import Effects
 from shared.runs.status import TERMINAL
-from tests.conftest import pg_url, redis_url
+from tests.conftest import TEST_SECRET_KEY, pg_url, redis_url
 from tests.factories import make_job
 from tests.integration.process_support import descendants
 
@@ -181,10 +181,9 @@ class Rig:
 
 def run_maintenance(database_url: str, redis_address: str, stop: Any) -> None:
     """The scheduler's maintenance loop (delayed promotion, reaper, sweeper) until ``stop`` is set."""
-    settings = Settings.from_env({"DATABASE_URL": database_url}).with_overrides(redis_url=redis_address,
-                                                    allow_private_endpoints=True, log_json=False,
-                                                    lease_margin_secs=LEASE_MARGIN_SECS,
-                                                    stale_after_secs=STALE_AFTER_SECS)
+    settings = Settings.from_env({"DATABASE_URL": database_url, "SLUICE_SECRET_KEY": TEST_SECRET_KEY}).with_overrides(
+        redis_url=redis_address, allow_private_endpoints=True, log_json=False,
+        lease_margin_secs=LEASE_MARGIN_SECS, stale_after_secs=STALE_AFTER_SECS)
     engine = make_engine(database_url)
     loop = MaintenanceLoop(MaintenanceContext(settings=settings, session_factory=make_session_factory(engine),
                                               broker=make_broker(settings),
@@ -195,10 +194,9 @@ def run_maintenance(database_url: str, redis_address: str, stop: Any) -> None:
 
 @pytest.fixture(scope="module")
 def rig_module(pg_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    settings = Settings.from_env({"DATABASE_URL": pg_url()}).with_overrides(redis_url=redis_url(),
-                                                    allow_private_endpoints=True, log_json=False,
-                                                    lease_margin_secs=LEASE_MARGIN_SECS,
-                                                    stale_after_secs=STALE_AFTER_SECS)
+    settings = Settings.from_env({"DATABASE_URL": pg_url(), "SLUICE_SECRET_KEY": TEST_SECRET_KEY}).with_overrides(
+        redis_url=redis_url(), allow_private_endpoints=True, log_json=False,
+        lease_margin_secs=LEASE_MARGIN_SECS, stale_after_secs=STALE_AFTER_SECS)
     client = redis_lib.Redis.from_url(redis_url())
     try:
         client.flushdb()

@@ -16,7 +16,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from shared.egress.addresses import AddressRefused, ResolutionFailed, resolve_checked
+from shared.egress.addresses import STRICT, AddressPolicy, AddressRefused, ResolutionFailed, resolve_checked
 from tests.integration import servers
 from tests.integration.servers import RawServer
 from worker.call_result import CallResult
@@ -28,7 +28,7 @@ PAYLOAD = b'{"order": 42, "note": "caf\xc3\xa9"}'
 HEADERS = {"Content-Type": "application/json", "User-Agent": "sluice/0.1.0", "X-Sluice-Run-Id": "run-1",
            "X-Sluice-Job-Id": "job-1", "X-Sluice-Attempt": "2", "Idempotency-Key": "run-1"}
 # Production wiring, with private addresses allowed because every sink here is on loopback.
-RESOLVE = functools.partial(resolve_checked, allow_private=True)
+RESOLVE = functools.partial(resolve_checked, policy=AddressPolicy(allow_private=True))
 
 
 def call(url: str, *, timeout: float = 5.0, body: bytes = PAYLOAD, post_with: PostFunction = post,
@@ -320,7 +320,7 @@ def test_abort_during_a_slow_name_lookup() -> None:
 # --- address policy ------------------------------------------------------------------------------------
 
 def test_address_refused_is_a_client_error(sink: HTTPServer) -> None:
-    result = call(sink.url_for("/hook"), resolve=functools.partial(resolve_checked, allow_private=False))
+    result = call(sink.url_for("/hook"), resolve=functools.partial(resolve_checked, policy=STRICT))
     assert result.outcome == result.outcome.__class__(
         "non_retryable", "client", "client: destination refused by address policy: host is a private address")
     assert not sink.log  # nothing was sent
@@ -338,7 +338,7 @@ def test_resolution_failure_is_a_connection_error() -> None:
     def nxdomain(host: str, port: int) -> list[str]:
         raise OSError("Name or service not known")
 
-    resolver = functools.partial(resolve_checked, allow_private=True, resolver=nxdomain)
+    resolver = functools.partial(resolve_checked, policy=AddressPolicy(allow_private=True), resolver=nxdomain)
     result = call("http://nowhere.invalid/hook", resolve=resolver)
     assert result.outcome == result.outcome.__class__("retryable", "connection", "connection: DNS resolution failed")
 

@@ -11,8 +11,11 @@ import sqlalchemy as sa
 from shared.apikeys import Principal
 from shared.clock import utcnow
 from shared.db.models import Job, JobVersion, Run
+from shared.egress.addresses import AddressPolicy
 from shared.jobs.lifecycle import create_job
 from shared.messages import ready_messages
+from shared.webhooks.sealing import SecretBox
+from tests.conftest import TEST_SECRET_KEY
 from tests.factories import make_run
 from tests.integration.jobs_support import JOB_FIELDS, assert_error, create, job_body
 
@@ -144,7 +147,8 @@ def test_a_slug_taken_between_check_and_insert_is_422_by_index(client, auth, app
     """Another request inserts a slug of the batch after the batch checked it: 422 naming that item."""
     principal = Principal("racer", "proj-a", frozenset({"jobs:write"}))
     rival = session_factory()
-    create_job(rival, principal, job_body("contested"), now=utcnow(), allow_private=True)  # not committed yet
+    create_job(rival, principal, job_body("contested"), now=utcnow(), policy=AddressPolicy(allow_private=True),
+               box=SecretBox((TEST_SECRET_KEY,)))  # not committed yet
     answer: list[Any] = []
     batch = [job_body("free-1"), job_body("contested"), job_body("free-2")]
     worker = threading.Thread(target=lambda: answer.append(client.post("/v1/jobs/batch", json=batch, headers=auth)))

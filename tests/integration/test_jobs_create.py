@@ -204,3 +204,30 @@ def test_project_id_mismatch_is_403_after_schema_and_before_semantics(client, au
 def test_semantic_400_before_conflict_409(client, auth):
     create(client, auth, "taken")
     assert_error(client.post("/v1/jobs", json=job_body("taken", cron="bad"), headers=auth), 400)
+
+
+def test_cloud_metadata_is_refused_even_with_private_endpoints_allowed(app, client, auth):
+    assert app.extensions["sluice"].settings.allow_private_endpoints  # the fixtures' switch is on
+    assert_error(client.post("/v1/jobs", json=job_body("m1", endpoint_url="http://169.254.169.254/latest/"),
+                             headers=auth), 400, "endpoint_url: host is a cloud metadata endpoint")
+    assert_error(client.post("/v1/jobs", json=job_body("m2", webhook_url="http://metadata.google.internal/x"),
+                             headers=auth), 400, "webhook_url: host is a cloud metadata endpoint")
+    assert_error(client.post("/v1/jobs", json=job_body("m3", fallback_endpoint_url="http://[fd00:ec2::254]/"),
+                             headers=auth), 400, "fallback_endpoint_url: host is a cloud metadata endpoint")
+
+
+def test_allowlist_opens_named_private_destinations_only(app, client, auth):
+    settings = app.extensions["sluice"].settings
+    app.extensions["sluice"].settings = settings.with_overrides(
+        allow_private_endpoints=False, allowed_private_endpoints=("10.0.0.0/8", "169.254.169.254"))
+    try:
+        assert client.post("/v1/jobs", json=job_body("a1", endpoint_url="http://10.1.2.3:8080/x"),
+                           headers=auth).status_code == 201
+        assert client.post("/v1/jobs", json=job_body("a2", endpoint_url="http://169.254.169.254/x"),
+                           headers=auth).status_code == 201
+        assert_error(client.post("/v1/jobs", json=job_body("a3", endpoint_url="http://192.168.1.1/x"), headers=auth),
+                     400, "endpoint_url: host is a private address")
+        assert_error(client.post("/v1/jobs", json=job_body("a4", endpoint_url="http://100.100.100.200/x"),
+                                 headers=auth), 400, "endpoint_url: host is a cloud metadata endpoint")
+    finally:
+        app.extensions["sluice"].settings = settings

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from shared.db.models import Job, JobDependency, JobVersion, Run, RunEvent, WebhookDelivery
 from tests.factories import make_dependency, make_run
-from tests.integration.jobs_support import SECRET, assert_error, create
+from tests.integration.jobs_support import SECRET, assert_error, create, opened
 
 
 def test_delete_without_runs_then_404(client, auth, session):
@@ -54,7 +54,7 @@ def test_delete_isolation(client, auth, other_auth):
     assert client.get("/v1/jobs/mine", headers=auth).status_code == 200
 
 
-def test_clone_copies_configuration(client, auth, session):
+def test_clone_copies_configuration(client, auth, session, settings):
     source = create(client, auth, "src", cron="@daily", webhook_secret=SECRET, enabled=False, tags={"a": "b"},
                     rate_limit_keys=[{"name": "k", "max": 2, "window_secs": 5}], max_concurrency=3)
     client.patch("/v1/jobs/src", json={"description": "patched"}, headers=auth)
@@ -68,7 +68,7 @@ def test_clone_copies_configuration(client, auth, session):
     assert clone["description"] == "patched" and clone["cron"] == "@daily" and clone["tags"] == {"a": "b"}
     assert clone["rate_limit_keys"] == source["rate_limit_keys"] and clone["max_concurrency"] == 3
     assert clone["webhook_secret"] == "whsec_…XY9Q"
-    assert session.get(Job, clone["id"]).webhook_secret == SECRET
+    assert opened(settings, session.get(Job, clone["id"]).webhook_secret) == SECRET
     versions = client.get("/v1/jobs/copy/versions", headers=auth).json
     assert [v["version"] for v in versions] == [1]
 

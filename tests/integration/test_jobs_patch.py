@@ -9,14 +9,14 @@ import sqlalchemy as sa
 from shared.db.models import Job, JobVersion, Run
 from shared.messages import ready_messages
 from tests.factories import make_run
-from tests.integration.jobs_support import SECRET, assert_error, create
+from tests.integration.jobs_support import SECRET, assert_error, create, opened
 
 
 def _patch(client, auth, ref, body):
     return client.patch(f"/v1/jobs/{ref}", json=body, headers=auth)
 
 
-def test_change_writes_a_version_with_full_snapshot(client, auth, session):
+def test_change_writes_a_version_with_full_snapshot(client, auth, session, settings):
     job = create(client, auth, "p", webhook_secret=SECRET)
     response = _patch(client, auth, "p", {"description": "new", "max_attempts": 7})
     assert response.status_code == 200
@@ -26,7 +26,7 @@ def test_change_writes_a_version_with_full_snapshot(client, auth, session):
     assert updated["updated_at"] > job["updated_at"] and updated["created_at"] == job["created_at"]
     version = session.get(JobVersion, updated["version_id"])
     assert version.version == 2 and version.config["description"] == "new"
-    assert version.config["webhook_secret"] == SECRET and version.config["max_attempts"] == 7
+    assert opened(settings, version.config["webhook_secret"]) == SECRET and version.config["max_attempts"] == 7
     assert client.get("/v1/jobs/p", headers=auth).json == updated
 
 

@@ -52,13 +52,13 @@ def readme_command() -> str:
     return line
 
 
-def test_the_readme_installs_honcho_and_sets_only_connection_settings() -> None:
+def test_the_readme_installs_honcho_and_sets_only_connection_settings_and_the_secret_key() -> None:
     install, export, command = readme_procfile_block()
     assert install == 'pip install ".[procfile]"'
     pyproject = (REPO / "pyproject.toml").read_text()
     assert re.search(r'^procfile = \["honcho[^"]*"\]', pyproject, flags=re.M), "the procfile extra installs honcho"
-    names = [assignment.split("=", 1)[0] for assignment in export.split()[1:]]
-    assert export.startswith("export ") and names == ["DATABASE_URL", "REDIS_URL", "PORT"]
+    names = re.findall(r"(?:^export| ) ?([A-Z_]+)=", export)
+    assert export.startswith("export ") and names == ["DATABASE_URL", "REDIS_URL", "PORT", "SLUICE_SECRET_KEY"]
     assert command == readme_command()
 
 

@@ -20,6 +20,7 @@ from worker.http import user_agent as sluice_user_agent
 pytestmark = EVERY_START_VARIANT
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()
 
 
 def test_headers_and_signature_verify_with_standardwebhooks(harness: Harness, httpserver: HTTPServer) -> None:
@@ -50,6 +51,24 @@ def test_unsigned_without_secret_and_rotated_secret_applies_at_once(harness: Har
     second = httpserver.log[1][0]
     assert second.headers["X-Sluice-Attempt"] == "2" and second.headers["webhook-id"] == f"{run.id}:2"
     Webhook(SECRET).verify(second.get_data(), dict(second.headers))
+
+
+def test_sealed_secrets_sign_and_a_rotation_signs_with_both(harness: Harness, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/r").respond_with_data("nope", status=500)
+    box = harness.settings.secret_box
+    job = harness.job(endpoint_url=httpserver.url_for("/r"), retry_strategy="fixed", webhook_secret=box.seal(SECRET))
+    run = harness.run(job)
+    harness.handle(run.id)
+    first = httpserver.log[0][0]
+    assert " " not in first.headers["webhook-signature"]
+    Webhook(SECRET).verify(first.get_data(), dict(first.headers))
+    harness.update_job(job.id, webhook_secret=box.seal(OTHER_SECRET), webhook_secret_previous=box.seal(SECRET))
+    harness.promote(run.id)
+    harness.handle(run.id)
+    second = httpserver.log[1][0]
+    assert len(second.headers["webhook-signature"].split(" ")) == 2
+    Webhook(OTHER_SECRET).verify(second.get_data(), dict(second.headers))  # receivers already switched
+    Webhook(SECRET).verify(second.get_data(), dict(second.headers))  # receivers not yet switched
 
 
 @pytest.mark.parametrize(("strategy", "delays", "expected"), [

@@ -181,6 +181,22 @@ def test_address_policy_refusal_at_call_time_is_a_client_failure(harness: Harnes
     assert httpserver.log == []
 
 
+def test_allowlisted_network_is_called_when_private_endpoints_are_refused(harness: Harness,
+                                                                        httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/p").respond_with_data("ok")
+    url = f"http://127.0.0.1:{httpserver.port}/p"
+    refused = harness.run(harness.job(endpoint_url=url, max_attempts=5))
+    allowed = harness.run(harness.job(endpoint_url=url, max_attempts=5))
+    strict = harness.settings.with_overrides(allow_private_endpoints=False)
+    harness.runner._settings = strict.with_overrides(allowed_private_endpoints=("10.0.0.0/8",))
+    harness.handle(refused.id)
+    assert (harness.get(refused.id).status, harness.get(refused.id).error_class) == ("failed", "client")
+    harness.runner._settings = strict.with_overrides(allowed_private_endpoints=("127.0.0.0/8", "::1"))
+    harness.handle(allowed.id)
+    assert harness.get(allowed.id).status == "completed"
+    assert len(httpserver.log) == 1
+
+
 def test_failed_attempt_clears_nothing_but_completion_clears_the_error(harness: Harness,
                                                                       httpserver: HTTPServer) -> None:
     responses = iter([Response("bad", 500), Response('{"ok":1}', 200, content_type="application/json")])

@@ -19,12 +19,15 @@ from tests.integration.front_support import both, flask_paths
 VOLATILE = {"id", "created_at", "queued_at", "expires_at", "request_id", "updated_at", "scheduled_at"}
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
 JOB = {"name": "Front", "slug": "front", "endpoint_url": "http://127.0.0.1:9/e"}
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def _normal(response: Any) -> tuple[int, Any, dict[str, str]]:
     body = response.get_json()
     if isinstance(body, dict):
         body = {k: v for k, v in body.items() if k not in VOLATILE}
+        if "traceparent" in body and body["traceparent"] != TRACEPARENT:
+            body["traceparent"] = "a new trace"  # random: only the request's own trace is predictable
     headers = {k: v for k, v in response.headers.items() if k in ("Content-Type", "X-Request-Id")}
     if headers.get("X-Request-Id") != "req-1":  # generated per request
         headers["X-Request-Id"] = "generated" if headers.get("X-Request-Id") else "missing"
@@ -43,12 +46,13 @@ def test_the_common_trigger_is_served_in_front_like_flask(app, client, auth, ses
               {"payload": {"n": 3}, "colour": "red"},  # unknown fields are ignored (§1.1)
               {"payload": {"s": "a\\u0000"}}]  # an escaped backslash, not a NUL
     for body in bodies:
-        kwargs: dict[str, Any] = {"headers": {**auth, "X-Request-Id": "req-1"}}
+        kwargs: dict[str, Any] = {"headers": {**auth, "X-Request-Id": "req-1", "traceparent": TRACEPARENT}}
         if body is not None:
             kwargs["json"] = body
         front, flask = both(app, "POST", "/v1/jobs/front/trigger", **kwargs)
         assert _normal(front) == _normal(flask), body
         assert front.status_code == 201 and front.headers["X-Request-Id"] == "req-1"
+        assert front.get_json()["traceparent"] == TRACEPARENT
         assert front.headers["Content-Length"] == str(len(front.get_data()))
     assert through_flask == []  # the app's requests were all answered in front
     with session_factory() as s:

@@ -332,6 +332,19 @@ def test_live_secret_is_used(session, session_factory, settings, receiver):
     Webhook(WHSEC).verify(request.get_data(), dict(request.headers))
 
 
+def test_sealed_secrets_sign_deliveries_with_both_during_a_rotation(session, session_factory, settings, receiver):
+    receiver.expect_request("/hook").respond_with_data("ok")
+    finish_run(session, hook_url(receiver), secret=settings.secret_box.seal(WHSEC))
+    session.execute(sa.update(Job).values(webhook_secret_previous=settings.secret_box.seal(PLAIN_SECRET)))
+    session.commit()
+    send(only_delivery(session).id, session_factory, settings)
+    (request, _), = receiver.log
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    Webhook(WHSEC).verify(request.get_data(), dict(request.headers))
+    plain_as_whsec = "whsec_" + base64.b64encode(PLAIN_SECRET.encode()).decode()
+    Webhook(plain_as_whsec).verify(request.get_data(), dict(request.headers))
+
+
 def test_orphaned_last_attempt_ends_failed_without_sending(session, session_factory, settings, receiver):
     receiver.expect_request("/hook").respond_with_data("ok")
     finish_run(session, hook_url(receiver))

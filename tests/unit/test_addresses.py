@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shared.egress.addresses import (
+    STRICT,
+    AddressPolicy,
     AddressRefused,
     ResolutionFailed,
     check_url_for_write,
@@ -14,6 +16,7 @@ from shared.egress.addresses import (
 )
 from shared.errors import BadRequest
 
+OPEN = AddressPolicy(allow_private=True)
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"
 
@@ -35,7 +38,7 @@ class FakeResolver:
 def refusal(url: str, resolver: FakeResolver | None = None) -> str:
     """The 400 message check_url_for_write raises for ``url`` (fails the test if it accepts)."""
     with pytest.raises(BadRequest) as info:
-        check_url_for_write("endpoint_url", url, allow_private=False, resolver=resolver or FakeResolver())
+        check_url_for_write("endpoint_url", url, policy=STRICT, resolver=resolver or FakeResolver())
     return info.value.message
 
 
@@ -85,17 +88,18 @@ def _in_url(ip: str) -> str:
 @pytest.mark.parametrize("ip", REFUSED + EMBEDDED_PRIVATE)
 def test_private_literal_refused_without_resolving(ip: str) -> None:
     resolver = FakeResolver()
-    assert refusal(_in_url(ip), resolver) == "endpoint_url: host is a private address"
+    reason = "a cloud metadata endpoint" if ip in ("169.254.169.254", "::a9fe:a9fe") else "a private address"
+    assert refusal(_in_url(ip), resolver) == f"endpoint_url: host is {reason}"
     with pytest.raises(AddressRefused):
-        resolve_checked(_in_url(ip), allow_private=False, resolver=resolver)
+        resolve_checked(_in_url(ip), policy=STRICT, resolver=resolver)
     assert resolver.calls == []
 
 
 @pytest.mark.parametrize("ip", [PUBLIC_V4, PUBLIC_V6, "::ffff:8.8.8.8"])
 def test_public_literal_accepted_without_resolving(ip: str) -> None:
     resolver = FakeResolver()
-    check_url_for_write("endpoint_url", _in_url(ip), allow_private=False, resolver=resolver)
-    host, port, addresses = resolve_checked(_in_url(ip), allow_private=False, resolver=resolver)
+    check_url_for_write("endpoint_url", _in_url(ip), policy=STRICT, resolver=resolver)
+    host, port, addresses = resolve_checked(_in_url(ip), policy=STRICT, resolver=resolver)
     assert (host, port) == (ip, 8080)
     assert len(addresses) == 1 and is_public_address(addresses[0])
     assert resolver.calls == []
@@ -110,7 +114,7 @@ def test_localhost_refused_without_resolving(host: str) -> None:
     resolver = FakeResolver({host.lower(): [PUBLIC_V4], host.lower().rstrip("."): [PUBLIC_V4]})
     assert refusal(f"https://{host}/x", resolver) == "endpoint_url: host is localhost"
     with pytest.raises(AddressRefused, match="localhost"):
-        resolve_checked(f"https://{host}/x", allow_private=False, resolver=resolver)
+        resolve_checked(f"https://{host}/x", policy=STRICT, resolver=resolver)
     assert resolver.calls == []
 
 
@@ -123,14 +127,14 @@ def test_non_canonical_ipv4_refused(host: str) -> None:
     message = refusal(f"http://{host}/", resolver)
     assert message in ("endpoint_url: non-canonical IPv4 address", "endpoint_url: host is a private address")
     with pytest.raises(AddressRefused):
-        resolve_checked(f"http://{host}/", allow_private=False, resolver=resolver)
+        resolve_checked(f"http://{host}/", policy=STRICT, resolver=resolver)
     assert resolver.calls == []
 
 
 def test_canonical_quad_with_trailing_dot_is_a_literal() -> None:
     # Every parser reads "8.8.8.8." as 8.8.8.8, so it is judged as that literal, not resolved.
     resolver = FakeResolver()
-    assert resolve_checked("http://8.8.8.8./", allow_private=False, resolver=resolver)[2] == ["8.8.8.8"]
+    assert resolve_checked("http://8.8.8.8./", policy=STRICT, resolver=resolver)[2] == ["8.8.8.8"]
     assert refusal("http://127.0.0.1./", resolver) == "endpoint_url: host is a private address"
     assert resolver.calls == []
 
@@ -147,8 +151,8 @@ def test_non_canonical_forms_message() -> None:
 
 def test_hostname_resolving_to_public_is_accepted_and_returned() -> None:
     resolver = FakeResolver({"api.example.com": [PUBLIC_V4, PUBLIC_V6, PUBLIC_V4]})
-    check_url_for_write("webhook_url", "https://API.Example.com/x", allow_private=False, resolver=resolver)
-    result = resolve_checked("https://API.Example.com/x", allow_private=False, resolver=resolver)
+    check_url_for_write("webhook_url", "https://API.Example.com/x", policy=STRICT, resolver=resolver)
+    result = resolve_checked("https://API.Example.com/x", policy=STRICT, resolver=resolver)
     assert result == ("api.example.com", 443, [PUBLIC_V4, PUBLIC_V6])
     assert resolver.calls == [("api.example.com", 443), ("api.example.com", 443)]  # once per check
 
@@ -162,25 +166,25 @@ def test_host_with_any_private_address_refused(answer: list[str]) -> None:
     assert message == "endpoint_url: host resolves to a private address"
     assert all(ip not in message for ip in answer)  # resolved addresses are never disclosed
     with pytest.raises(AddressRefused, match="private"):
-        resolve_checked("http://mixed.example.com/", allow_private=False, resolver=resolver)
+        resolve_checked("http://mixed.example.com/", policy=STRICT, resolver=resolver)
 
 
 def test_unresolvable_host_accepted_at_write_but_fails_at_call() -> None:
     resolver = FakeResolver()
-    check_url_for_write("endpoint_url", "https://nowhere.invalid/", allow_private=False, resolver=resolver)
+    check_url_for_write("endpoint_url", "https://nowhere.invalid/", policy=STRICT, resolver=resolver)
     with pytest.raises(ResolutionFailed):
-        resolve_checked("https://nowhere.invalid/", allow_private=False, resolver=resolver)
+        resolve_checked("https://nowhere.invalid/", policy=STRICT, resolver=resolver)
 
 
 def test_resolver_oserror_and_empty_answer_are_resolution_failures() -> None:
     def broken(host: str, port: int) -> list[str]:
         raise OSError("network unreachable")
 
-    check_url_for_write("endpoint_url", "https://x.example/", allow_private=False, resolver=broken)
+    check_url_for_write("endpoint_url", "https://x.example/", policy=STRICT, resolver=broken)
     with pytest.raises(ResolutionFailed):
-        resolve_checked("https://x.example/", allow_private=False, resolver=broken)
+        resolve_checked("https://x.example/", policy=STRICT, resolver=broken)
     with pytest.raises(ResolutionFailed):
-        resolve_checked("https://x.example/", allow_private=False, resolver=FakeResolver({"x.example": []}))
+        resolve_checked("https://x.example/", policy=STRICT, resolver=FakeResolver({"x.example": []}))
 
 
 @pytest.mark.parametrize("url", [
@@ -189,20 +193,20 @@ def test_resolver_oserror_and_empty_answer_are_resolution_failures() -> None:
 ])
 def test_allow_private_accepts_at_write_without_resolving(url: str) -> None:
     resolver = FakeResolver()
-    check_url_for_write("endpoint_url", url, allow_private=True, resolver=resolver)
+    check_url_for_write("endpoint_url", url, policy=OPEN, resolver=resolver)
     assert resolver.calls == []
 
 
 def test_allow_private_still_resolves_once_at_call() -> None:
     resolver = FakeResolver({"internal.corp": ["10.1.2.3"], "localhost": ["127.0.0.1", "::1"]})
-    assert resolve_checked("http://internal.corp/", allow_private=True, resolver=resolver) == (
+    assert resolve_checked("http://internal.corp/", policy=OPEN, resolver=resolver) == (
         "internal.corp", 80, ["10.1.2.3"])
-    assert resolve_checked("http://localhost:9000/", allow_private=True, resolver=resolver) == (
+    assert resolve_checked("http://localhost:9000/", policy=OPEN, resolver=resolver) == (
         "localhost", 9000, ["127.0.0.1", "::1"])
-    assert resolve_checked("http://[::1]/", allow_private=True, resolver=resolver) == ("::1", 80, ["::1"])
+    assert resolve_checked("http://[::1]/", policy=OPEN, resolver=resolver) == ("::1", 80, ["::1"])
     assert resolver.calls == [("internal.corp", 80), ("localhost", 9000)]
     with pytest.raises(ResolutionFailed):
-        resolve_checked("http://gone.corp/", allow_private=True, resolver=resolver)
+        resolve_checked("http://gone.corp/", policy=OPEN, resolver=resolver)
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -224,24 +228,25 @@ def test_allow_private_still_resolves_once_at_call() -> None:
 def test_scheme_and_host_problems(url: str, message: str, allow_private: bool) -> None:
     resolver = FakeResolver({"example.com": [PUBLIC_V4]})
     with pytest.raises(BadRequest) as info:
-        check_url_for_write("fallback_endpoint_url", url, allow_private=allow_private, resolver=resolver)
+        check_url_for_write("fallback_endpoint_url", url, policy=AddressPolicy(allow_private=allow_private),
+                            resolver=resolver)
     assert info.value.message == f"fallback_endpoint_url: {message}"
     assert info.value.status_code == 400
     with pytest.raises(AddressRefused, match=message.split(",")[0]):
-        resolve_checked(url, allow_private=allow_private, resolver=resolver)
+        resolve_checked(url, policy=AddressPolicy(allow_private=allow_private), resolver=resolver)
 
 
 def test_default_ports_and_uppercase_scheme() -> None:
     resolver = FakeResolver({"example.com": [PUBLIC_V4]})
-    assert resolve_checked("HTTP://example.com", allow_private=False, resolver=resolver)[1] == 80
-    assert resolve_checked("https://example.com/a?b#c", allow_private=False, resolver=resolver)[1] == 443
-    assert resolve_checked("https://example.com:8443", allow_private=False, resolver=resolver)[1] == 8443
+    assert resolve_checked("HTTP://example.com", policy=STRICT, resolver=resolver)[1] == 80
+    assert resolve_checked("https://example.com/a?b#c", policy=STRICT, resolver=resolver)[1] == 443
+    assert resolve_checked("https://example.com:8443", policy=STRICT, resolver=resolver)[1] == 8443
 
 
 def test_userinfo_does_not_hide_the_real_host() -> None:
     resolver = FakeResolver({"example.com": [PUBLIC_V4]})
     assert refusal("http://example.com@127.0.0.1/", resolver) == "endpoint_url: host is a private address"
-    assert resolve_checked("http://127.0.0.1@example.com/", allow_private=False, resolver=resolver)[0] == (
+    assert resolve_checked("http://127.0.0.1@example.com/", policy=STRICT, resolver=resolver)[0] == (
         "example.com")
 
 
@@ -256,3 +261,95 @@ def test_userinfo_does_not_hide_the_real_host() -> None:
 ])
 def test_strip_userinfo(url: str, stripped: str) -> None:
     assert strip_userinfo(url) == stripped
+
+
+# The allowlist (SLUICE_ALLOWED_PRIVATE_ENDPOINTS) and the cloud metadata endpoints.
+METADATA_LITERALS = ["169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254", "::ffff:169.254.169.254",
+                     "192.0.0.192", "169.254.0.23"]
+INTERNAL = FakeResolver({"db.corp": ["10.1.2.3"], "api.svc.cluster.local": ["10.96.0.10"],
+                         "evil.example": ["169.254.169.254"], "metadata.google.internal": ["169.254.169.254"],
+                         "mixed.corp": ["10.1.2.3", "192.168.0.9"], "public.example": [PUBLIC_V4]})
+
+
+def _policy(*entries: str, switch: bool = False) -> AddressPolicy:
+    return AddressPolicy.parse(switch, entries)
+
+
+@pytest.mark.parametrize("switch", [False, True])
+@pytest.mark.parametrize("ip", METADATA_LITERALS)
+def test_metadata_literals_refused_even_with_the_switch_on(ip: str, switch: bool) -> None:
+    policy = _policy("169.254.0.0/16", "100.64.0.0/10", "fd00::/8", "192.0.0.0/24", switch=switch)
+    with pytest.raises(BadRequest) as info:
+        check_url_for_write("webhook_url", _in_url(ip), policy=policy, resolver=FakeResolver())
+    assert info.value.message == "webhook_url: host is a cloud metadata endpoint"
+    with pytest.raises(AddressRefused, match="cloud metadata"):
+        resolve_checked(_in_url(ip), policy=policy, resolver=FakeResolver())
+
+
+@pytest.mark.parametrize("switch", [False, True])
+@pytest.mark.parametrize("host", ["metadata.google.internal", "METADATA.google.internal.", "metadata.goog",
+                                  "instance-data.ec2.internal"])
+def test_metadata_host_names_refused_without_resolving(host: str, switch: bool) -> None:
+    resolver = FakeResolver({"metadata.google.internal": [PUBLIC_V4]})
+    with pytest.raises(AddressRefused, match="cloud metadata endpoint"):
+        resolve_checked(f"http://{host}/computeMetadata/v1/", policy=_policy(switch=switch), resolver=resolver)
+    assert resolver.calls == []
+
+
+@pytest.mark.parametrize("switch", [False, True])
+def test_a_name_resolving_to_metadata_is_refused_at_call_time(switch: bool) -> None:
+    policy = _policy("evil.example", "169.254.0.0/16", switch=switch)  # a named host or a network is not enough
+    with pytest.raises(AddressRefused, match="resolves to a cloud metadata address"):
+        resolve_checked("http://evil.example/", policy=policy, resolver=INTERNAL)
+
+
+def test_metadata_allowed_only_when_named_exactly() -> None:
+    by_address = _policy("169.254.169.254")
+    assert resolve_checked("http://169.254.169.254/latest/", policy=by_address)[2] == ["169.254.169.254"]
+    assert resolve_checked("http://evil.example/", policy=by_address, resolver=INTERNAL)[2] == ["169.254.169.254"]
+    with pytest.raises(AddressRefused):  # another metadata address is still refused
+        resolve_checked("http://100.100.100.200/", policy=by_address)
+    by_name = _policy("metadata.google.internal")
+    assert resolve_checked("http://metadata.google.internal/", policy=by_name, resolver=INTERNAL)[2] == [
+        "169.254.169.254"]
+    with pytest.raises(AddressRefused):  # the name is allowed, not the address behind any other name
+        resolve_checked("http://evil.example/", policy=by_name, resolver=INTERNAL)
+
+
+def test_allowlisted_network_opens_only_its_addresses() -> None:
+    policy = _policy("10.0.0.0/8")
+    check_url_for_write("endpoint_url", "http://10.9.8.7:8080/", policy=policy)
+    assert resolve_checked("http://db.corp/", policy=policy, resolver=INTERNAL)[2] == ["10.1.2.3"]
+    assert resolve_checked("http://[::ffff:10.1.2.3]/", policy=policy)[2] == ["::ffff:a01:203"]
+    with pytest.raises(AddressRefused, match="private address"):  # one address outside taints the host
+        resolve_checked("http://mixed.corp/", policy=policy, resolver=INTERNAL)
+    with pytest.raises(BadRequest, match="host is a private address"):
+        check_url_for_write("endpoint_url", "http://192.168.1.1/", policy=policy)
+    with pytest.raises(BadRequest, match="host is localhost"):
+        check_url_for_write("endpoint_url", "http://localhost/", policy=policy)
+    assert resolve_checked("http://public.example/", policy=policy, resolver=INTERNAL)[2] == [PUBLIC_V4]
+
+
+def test_allowlisted_host_names_and_domains() -> None:
+    policy = _policy("mixed.corp", "*.svc.cluster.local", "localhost")
+    assert resolve_checked("http://MIXED.corp/", policy=policy, resolver=INTERNAL)[2] == ["10.1.2.3", "192.168.0.9"]
+    assert resolve_checked("http://api.svc.cluster.local/", policy=policy, resolver=INTERNAL)[2] == ["10.96.0.10"]
+    check_url_for_write("endpoint_url", "http://localhost:9000/", policy=policy, resolver=FakeResolver())
+    with pytest.raises(AddressRefused):  # the domain entry covers names under it, not others
+        resolve_checked("http://db.corp/", policy=policy, resolver=INTERNAL)
+    with pytest.raises(AddressRefused):
+        resolve_checked("http://svc.cluster.local.evil.example/", policy=policy,
+                        resolver=FakeResolver({"svc.cluster.local.evil.example": ["10.0.0.1"]}))
+
+
+def test_switch_on_still_accepts_private_without_resolving_at_write() -> None:
+    resolver = FakeResolver()
+    check_url_for_write("endpoint_url", "http://internal.corp/", policy=_policy(switch=True), resolver=resolver)
+    check_url_for_write("endpoint_url", "http://10.0.0.1/", policy=_policy(switch=True), resolver=resolver)
+    assert resolver.calls == []
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.1/8", "http://x.example", "bad host", "*", "-x.example"])
+def test_bad_allowlist_entries_are_refused(entry: str) -> None:
+    with pytest.raises(ValueError):
+        AddressPolicy.parse(False, [entry])

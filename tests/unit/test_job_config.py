@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.dependencies.edges import _reaches
+from shared.egress.addresses import AddressPolicy
 from shared.errors import BadRequest
 from shared.jobs.config import (
     DEFAULTS,
@@ -94,13 +95,13 @@ def test_change_detection_is_structural_and_type_aware():
 ])
 def test_semantic_rules(fields, message):
     with pytest.raises(BadRequest) as err:
-        check_config(_config(**fields), allow_private=True)
+        check_config(_config(**fields), policy=AddressPolicy(allow_private=True))
     assert err.value.message == message
 
 
 def test_rule_order_follows_the_contract_table():
     with pytest.raises(BadRequest) as err:
-        check_config(_config(cron="bad", timezone="Nope/Zone"), allow_private=True)
+        check_config(_config(cron="bad", timezone="Nope/Zone"), policy=AddressPolicy(allow_private=True))
     assert err.value.message.startswith("cron:")
 
 
@@ -108,7 +109,7 @@ def test_valid_configuration_passes():
     check_config(_config(cron="@daily", execution_window_cron="* 9-17 * * 1-5", timezone="America/New_York",
                          payload_schema={"$defs": {"a": {}}, "properties": {"x": {"$ref": "#/$defs/a"}}},
                          retry_strategy="custom", retry_delays_secs=[1], rate_limit_max=1,
-                         rate_limit_window_secs=1), allow_private=True)
+                         rate_limit_window_secs=1), policy=AddressPolicy(allow_private=True))
 
 
 def test_payload_schema_errors():
@@ -121,7 +122,7 @@ def test_payload_schema_errors():
 @pytest.mark.parametrize("field", ["endpoint_url", "fallback_endpoint_url", "webhook_url"])
 def test_every_url_of_the_configuration_is_checked(field):
     with pytest.raises(BadRequest, match=f"{field}: must use http or https"):
-        check_config(_config(**{field: "ftp://x/"}), allow_private=True)
+        check_config(_config(**{field: "ftp://x/"}), policy=AddressPolicy(allow_private=True))
 
 
 def test_health_score_formula():

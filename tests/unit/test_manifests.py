@@ -91,7 +91,8 @@ def test_every_rendered_object_validates(name: str) -> None:
 def test_the_secret_template_validates() -> None:
     (secret,) = [d for d in yaml.safe_load_all((BASE / SECRET_EXAMPLE).read_text()) if d]
     assert validation_problems([secret]) == []
-    assert set(secret["stringData"]) == {"DATABASE_URL", "REDIS_URL", "REDIS_ADDRESS", "REDIS_PASSWORD"}
+    assert set(secret["stringData"]) == {"DATABASE_URL", "REDIS_URL", "REDIS_ADDRESS", "REDIS_PASSWORD",
+                                         "SLUICE_SECRET_KEY"}
 
 
 def test_the_validators_reject_broken_objects() -> None:

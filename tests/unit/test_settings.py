@@ -70,3 +70,13 @@ def test_any_other_database_is_refused_naming_the_setting(url: str) -> None:
 def test_make_engine_refuses_what_settings_refuse() -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL: PostgreSQL is required"):
         make_engine("sqlite:///x.db")
+
+
+def test_private_endpoint_allowlist_is_parsed_once_and_checked() -> None:
+    settings = Settings.from_env({"SLUICE_ALLOWED_PRIVATE_ENDPOINTS": "10.0.0.0/8, db.corp *.svc.cluster.local"})
+    assert settings.allowed_private_endpoints == ("10.0.0.0/8", "db.corp", "*.svc.cluster.local")
+    policy = settings.address_policy
+    assert policy is settings.address_policy and not policy.allow_private
+    assert policy.names_host("db.corp") and policy.names_host("api.svc.cluster.local")
+    with pytest.raises(ConfigError, match=r"^SLUICE_ALLOWED_PRIVATE_ENDPOINTS: .* is not a network"):
+        Settings.from_env({"SLUICE_ALLOWED_PRIVATE_ENDPOINTS": "10.0.0.1/8"})

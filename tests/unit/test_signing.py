@@ -38,7 +38,7 @@ def test_plain_key_is_utf8_of_the_whole_secret() -> None:
 
 def test_official_library_verifies_whsec_signature() -> None:
     now = int(time.time())  # the library checks a 5-minute tolerance against its own clock
-    headers = signature_headers(WHSEC, "run_123:2", now, BODY)
+    headers = signature_headers((WHSEC,), "run_123:2", now, BODY)
     assert headers["webhook-id"] == "run_123:2"
     assert headers["webhook-timestamp"] == str(now)
     assert headers["webhook-signature"].startswith("v1,")
@@ -47,12 +47,24 @@ def test_official_library_verifies_whsec_signature() -> None:
 
 def test_official_library_rejects_tampered_body_and_other_secret() -> None:
     now = int(time.time())
-    headers = signature_headers(WHSEC, "msg_1", now, BODY)
+    headers = signature_headers((WHSEC,), "msg_1", now, BODY)
     with pytest.raises(WebhookVerificationError):
         Webhook(WHSEC).verify(BODY + b" ", headers, json_parse=False)
     other = "whsec_" + base64.b64encode(bytes(32)).decode()
     with pytest.raises(WebhookVerificationError):
         Webhook(other).verify(BODY, headers, json_parse=False)
+
+
+def test_two_secrets_give_two_signatures_each_verifiable() -> None:
+    """A rotation: receivers holding either the new or the previous secret verify the same request."""
+    now = int(time.time())
+    headers = signature_headers((WHSEC, PLAIN), "run_1:1", now, BODY)
+    first, second = headers["webhook-signature"].split(" ")
+    assert first == sign(WHSEC, "run_1:1", now, BODY) and second == sign(PLAIN, "run_1:1", now, BODY)
+    Webhook(WHSEC).verify(BODY, headers, json_parse=False)
+    Webhook("whsec_" + base64.b64encode(PLAIN.encode()).decode()).verify(BODY, headers, json_parse=False)
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + base64.b64encode(bytes(32)).decode()).verify(BODY, headers, json_parse=False)
 
 
 def test_plain_secret_signature_recomputed_by_hand() -> None:
@@ -70,7 +82,7 @@ def test_signature_covers_id_and_timestamp() -> None:
 
 
 def test_no_secret_no_headers() -> None:
-    assert signature_headers(None, "m", 1, BODY) == {}
+    assert signature_headers((), "m", 1, BODY) == {}
 
 
 @pytest.mark.parametrize("secret", [

@@ -6,14 +6,14 @@ that lookup reads every run of the project; only replays hold the column, so the
 plain run's INSERT skips it. The fleet page lists the jobs that have a concurrency or rate limit: without
 an index of those, it read every job of the project (13 ms for 10,000 jobs).
 
-Revision ID: console_indexes
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-06 13:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = 'console_indexes'
+revision = '0004'
 down_revision = '0003'
 branch_labels = None
 depends_on = None
