@@ -213,5 +213,5 @@ def test_generate_key_needs_no_database_and_prints_a_usable_key() -> None:
     key = result.stdout.strip()
     from shared.config import Settings
 
-    assert Settings.from_env({"SLUICE_SECRET_KEY": key}).secret_box.open(
-        Settings.from_env({"SLUICE_SECRET_KEY": key}).secret_box.seal("a-secret-of-16-chars")) == "a-secret-of-16-chars"
+    box = Settings.from_env({"DATABASE_URL": pg_url(), "SLUICE_SECRET_KEY": key}).secret_box
+    assert box.open(box.seal("a-secret-of-16-chars")) == "a-secret-of-16-chars"

@@ -20,7 +20,7 @@ def test_the_tree_holds_every_command() -> None:
     expected = {"", "api", "worker", "scheduler", "dev", "db", "db upgrade", "keys", "keys create", "keys list",
                 "keys revoke", "jobs", "jobs list", "jobs get", "jobs trigger", "jobs enable", "jobs disable",
                 "runs", "runs list", "runs get", "runs watch", "runs cancel", "runs replay", "dlq", "dlq list",
-                "dlq replay"}
+                "dlq replay", "secrets", "secrets generate-key", "secrets reencrypt"}
     assert set(COMMANDS) == expected
 
 

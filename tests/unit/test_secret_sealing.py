@@ -12,6 +12,8 @@ from shared.webhooks.signing import mask_secret
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaXY9Q"
 OLD, NEW = generate_key(), generate_key()
 
+DB = {"DATABASE_URL": "postgresql://db/sluice"}
+
 
 def test_sealed_value_hides_the_secret_but_keeps_its_mask() -> None:
     sealed = SecretBox([OLD]).seal(SECRET)
@@ -47,10 +49,10 @@ def test_unicode_secret_round_trips() -> None:
 
 
 def test_keys_from_the_environment_or_a_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    assert Settings.from_env({"SLUICE_SECRET_KEY": f"{NEW}, {OLD}"}).secret_keys == (NEW, OLD)
+    assert Settings.from_env({**DB, "SLUICE_SECRET_KEY": f"{NEW}, {OLD}"}).secret_keys == (NEW, OLD)
     key_file = tmp_path / "keys"
     key_file.write_text(f"# current\n{NEW}\n{OLD}  # until reencrypt has run\n")
-    settings = Settings.from_env({"SLUICE_SECRET_KEY_FILE": str(key_file)})
+    settings = Settings.from_env({**DB, "SLUICE_SECRET_KEY_FILE": str(key_file)})
     assert settings.secret_keys == (NEW, OLD)
     assert settings.secret_box.open(SecretBox([OLD]).seal(SECRET)) == SECRET
     assert NEW not in repr(settings)
@@ -64,10 +66,10 @@ def test_keys_from_the_environment_or_a_file(tmp_path) -> None:  # type: ignore[
 ])
 def test_bad_key_settings_are_refused(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        Settings.from_env(env)
+        Settings.from_env({**DB, **env})
     assert fragment in caught.value.message
 
 
 def test_no_key_means_no_box() -> None:
     with pytest.raises(ConfigError, match="SLUICE_SECRET_KEY or SLUICE_SECRET_KEY_FILE must be set"):
-        _ = Settings.from_env({}).secret_box
+        _ = Settings.from_env(DB).secret_box

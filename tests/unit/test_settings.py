@@ -73,10 +73,11 @@ def test_make_engine_refuses_what_settings_refuse() -> None:
 
 
 def test_private_endpoint_allowlist_is_parsed_once_and_checked() -> None:
-    settings = Settings.from_env({"SLUICE_ALLOWED_PRIVATE_ENDPOINTS": "10.0.0.0/8, db.corp *.svc.cluster.local"})
+    settings = Settings.from_env({"DATABASE_URL": URL,
+                                  "SLUICE_ALLOWED_PRIVATE_ENDPOINTS": "10.0.0.0/8, db.corp *.svc.cluster.local"})
     assert settings.allowed_private_endpoints == ("10.0.0.0/8", "db.corp", "*.svc.cluster.local")
     policy = settings.address_policy
     assert policy is settings.address_policy and not policy.allow_private
     assert policy.names_host("db.corp") and policy.names_host("api.svc.cluster.local")
     with pytest.raises(ConfigError, match=r"^SLUICE_ALLOWED_PRIVATE_ENDPOINTS: .* is not a network"):
-        Settings.from_env({"SLUICE_ALLOWED_PRIVATE_ENDPOINTS": "10.0.0.1/8"})
+        Settings.from_env({"DATABASE_URL": URL, "SLUICE_ALLOWED_PRIVATE_ENDPOINTS": "10.0.0.1/8"})
