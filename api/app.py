@@ -58,7 +58,7 @@ def _openapi_config(app: Flask) -> None:
 def create_app(settings: Settings) -> Flask:
     """Build the API over PostgreSQL and Redis as ``settings`` name them: two connection pools (writes, and
     reads in autocommit), both preparing their hot statements, the broker, and the front layer."""
-    app = Flask("sluice")
+    app = Flask("sluice", static_folder=None)  # no static route: nothing on disk is served without a key
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sluice"] = services = _services(settings)
     _openapi_config(app)

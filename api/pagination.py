@@ -44,6 +44,8 @@ def decode_cursor(kind: str, cursor: str | None) -> list[Any] | None:
         raise BadRequest("cursor: malformed cursor") from exc
     if not isinstance(parts, list) or not parts or parts[0] != kind:
         raise BadRequest("cursor: not a cursor of this list")
+    if any(isinstance(part, str) and "\x00" in part for part in parts):
+        raise BadRequest("cursor: malformed cursor")  # PostgreSQL text cannot hold NUL
     return parts[1:]
 
 

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from functools import lru_cache
 
-_OFFSET_RE = re.compile(r"(Z|z|[+-]\d{2}:\d{2})$")
+_OFFSET_RE = re.compile(r"(Z|z|[+-]\d{2}:\d{2})\Z")
 
 
 def utcnow() -> datetime:

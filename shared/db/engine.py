@@ -24,10 +24,12 @@ def make_engine(database_url: str, *, pool_size: int = 10, single_use: bool = Fa
     trip per checkout on hot paths that survive a failed statement anyway (the worker).
     """
     url = postgres_url(database_url)
+    # hide_parameters: bound values (payloads, webhook secrets) never appear in errors or logs.
     if single_use:
-        return sa.create_engine(url, poolclass=sa.pool.NullPool, json_deserializer=loads_json)
+        return sa.create_engine(url, poolclass=sa.pool.NullPool, json_deserializer=loads_json, hide_parameters=True)
     return sa.create_engine(
         url,
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=pre_ping,

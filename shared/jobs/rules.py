@@ -16,6 +16,7 @@ from jsonschema.exceptions import SchemaError
 from shared.egress.addresses import check_url_for_write
 from shared.errors import BadRequest, semantic
 from shared.jobs.config import URL_FIELDS
+from shared.payload_schemas.bounds import schema_problem
 from shared.schedules.cron import CronError, is_valid_timezone, parse_cron
 
 # Keywords whose string value is a reference resolved against the schema's base URI.
@@ -54,11 +55,15 @@ def check_config(config: Mapping[str, Any], *, allow_private: bool,
 
 
 def check_payload_schema(schema: Any) -> None:
-    """A valid JSON Schema 2020-12 whose references are all local (``#…``); nothing is ever fetched."""
+    """A valid JSON Schema 2020-12 whose references are all local (``#…``), nothing ever fetched, within the
+    bounds of ``shared.payload_schemas.bounds`` (size, fan-out, patterns RE2 can run)."""
     try:
         if _has_remote_ref(schema):
             raise semantic("payload_schema", "remote $ref is not allowed")
         Draft202012Validator.check_schema(schema)
+        problem = schema_problem(schema)
+        if problem is not None:
+            raise semantic("payload_schema", problem)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
         detail = f" at {where}" if where else ""
