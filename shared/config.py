@@ -81,6 +81,7 @@ class Settings:
     log_json: bool = True
     worker_threads: int = 8
     ca_bundle: str | None = None  # PEM file of extra CAs trusted for endpoint and webhook TLS
+    metrics_gauge_secs: int = 5  # the API's /metrics gauges are sampled at most once per this many seconds
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +101,7 @@ class Settings:
             log_json=_bool(env, "SLUICE_LOG_JSON", True),
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
+            metrics_gauge_secs=_int(env, "SLUICE_METRICS_GAUGE_SECS", 5),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
