@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import flask_smorest
-import redis
 from flask import Flask, g
 from webargs import core
 from webargs.flaskparser import FlaskParser
@@ -20,6 +19,7 @@ from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.prepared import enable_prepared_statements
 from shared.messages import make_broker
+from shared.redis_client import make_redis
 
 
 class _BodyParser(FlaskParser):
@@ -79,11 +79,12 @@ def _services(settings: Settings) -> Services:
     # No pre-ping: a dead pooled connection fails one request with 503 and SQLAlchemy then invalidates the
     # pool; pinging would cost a round trip on every request.
     pool = settings.worker_threads + 2
-    engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
-    read_engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
+    timeout = settings.api_statement_timeout_secs or None
+    engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False, statement_timeout_secs=timeout)
+    read_engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False, statement_timeout_secs=timeout)
     for each in (engine, read_engine):
         enable_prepared_statements(each)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = make_redis(settings.redis_url)
     return Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),
                     read_engine=read_engine, read_session_factory=autocommit_read_factory(read_engine),
                     redis=client, broker=make_broker(settings), access=Access(settings.api_rate_limit, client))

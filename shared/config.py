@@ -82,6 +82,7 @@ class Settings:
     worker_threads: int = 8
     ca_bundle: str | None = None  # PEM file of extra CAs trusted for endpoint and webhook TLS
     metrics_gauge_secs: int = 5  # the API's /metrics gauges are sampled at most once per this many seconds
+    api_statement_timeout_secs: int = 30  # PostgreSQL cancels an API statement running longer (0 = never)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +103,7 @@ class Settings:
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
             metrics_gauge_secs=_int(env, "SLUICE_METRICS_GAUGE_SECS", 5),
+            api_statement_timeout_secs=_int(env, "SLUICE_API_STATEMENT_TIMEOUT_SECS", 30),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
