@@ -150,6 +150,18 @@ def _static_refusal(target: _Target) -> str | None:
     return None
 
 
+def lookup_target(url: str) -> tuple[str, int] | None:
+    """The (host, port) a write-time check of ``url`` resolves, or ``None`` when it resolves nothing (an IP
+    literal, localhost, or a URL refused for its shape)."""
+    try:
+        target = _parse(url)
+    except AddressRefused:
+        return None
+    if target.literal is not None or _static_refusal(target) is not None:
+        return None
+    return target.host, target.port
+
+
 def default_resolver(host: str, port: int) -> list[str]:
     """Resolve with ``socket.getaddrinfo`` (blocking; bounded only by the system resolver's timeouts)."""
     try:

@@ -8,7 +8,7 @@ semantic 400 → conflict 409.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared.apikeys import Principal
 from shared.db.models import JobDependency, Run, RunEvent
+from shared.egress.lookups import DeadlineLookups
 from shared.errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
 from shared.ids import new_version_id, uuid7
 from shared.jobs.config import SCHEDULE_FIELDS, URL_FIELDS, changed_fields, config_for_create, config_of, merge
@@ -105,26 +106,40 @@ def _insert_job_with_version(session: Session, record: Mapping[str, Any], versio
     session.execute(_job_with_version_statement(tuple(record)), params)
 
 
+def _lookups(configs: Sequence[Mapping[str, Any]], fields: Iterable[str], allow_private: bool,
+             lookups: DeadlineLookups | None) -> DeadlineLookups | None:
+    """The request's write-time lookups, every host started at once under one deadline (none are made when
+    private endpoints are allowed: then nothing is resolved)."""
+    if allow_private:
+        return None
+    urls = [config[field] for config in configs for field in fields if config.get(field)]
+    return (lookups or DeadlineLookups()).start(urls)
+
+
 def create_job(session: Session, principal: Principal, body: Mapping[str, Any], *, now: datetime,
-               allow_private: bool) -> dict[str, Any]:
+               allow_private: bool, lookups: DeadlineLookups | None = None) -> dict[str, Any]:
     """§3.2: the new job's record (version 1 stored alongside). On PostgreSQL its only write is one
     statement, so the API may run it in autocommit (``api.jobs``): keep it that way."""
     check_project_id(body.get("project_id"), principal)
     config = config_for_create(body)
-    check_config(config, allow_private=allow_private)
+    check_config(config, allow_private=allow_private,
+                 resolver=_lookups([config], URL_FIELDS, allow_private, lookups))
     return _insert_new_jobs(session, principal, [config], now)[0]
 
 
 def create_jobs_batch(session: Session, principal: Principal, items: Sequence[Mapping[str, Any]], *,
-                      now: datetime, allow_private: bool) -> list[dict[str, Any]]:
-    """§3.3: all items or none. Per-item 400/409 failures become one 422 keyed by item index."""
+                      now: datetime, allow_private: bool,
+                      lookups: DeadlineLookups | None = None) -> list[dict[str, Any]]:
+    """§3.3: all items or none. Per-item 400/409 failures become one 422 keyed by item index. The items'
+    hosts are looked up at once, under one deadline for the whole batch."""
     for item in items:
         check_project_id(item.get("project_id"), principal)
     configs = [config_for_create(item) for item in items]
+    resolver = _lookups(configs, URL_FIELDS, allow_private, lookups)
     errors: dict[str, Any] = {}
     for index, config in enumerate(configs):
         try:
-            check_config(config, allow_private=allow_private)
+            check_config(config, allow_private=allow_private, resolver=resolver)
         except BadRequest as exc:
             errors[str(index)] = {field_of(exc): [exc.message]}
     taken = taken_slugs(session, principal.project_id, [c["slug"] for c in configs])
@@ -145,7 +160,7 @@ def clone_job(session: Session, principal: Principal, ref: str, body: Mapping[st
     source = require_job(session, principal, ref)
     config = config_of(source)
     config.update(name=body["name"], slug=body["slug"], enabled=True)
-    check_config(config, allow_private=allow_private)
+    check_config(config, allow_private=allow_private, resolver=_lookups([config], URL_FIELDS, allow_private, None))
     return _insert_new_jobs(session, principal, [config], now)[0]
 
 
@@ -176,7 +191,9 @@ def patch_job(session: Session, principal: Principal, ref: str, body: Mapping[st
     changed = changed_fields(stored, merged)
     if not changed:
         return job, effects
-    check_config(merged, allow_private=allow_private, url_fields=[f for f in URL_FIELDS if f in changed])
+    url_fields = [f for f in URL_FIELDS if f in changed]
+    check_config(merged, allow_private=allow_private, url_fields=url_fields,
+                 resolver=_lookups([merged], url_fields, allow_private, None))
     if "slug" in changed and taken_slugs(session, principal.project_id, [merged["slug"]]):
         raise slug_conflict(merged["slug"])
     version_id = new_version_id()

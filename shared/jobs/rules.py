@@ -13,7 +13,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from shared.egress.addresses import check_url_for_write
+from shared.egress.addresses import Resolver, check_url_for_write
 from shared.errors import BadRequest, semantic
 from shared.jobs.config import URL_FIELDS
 from shared.payload_schemas.bounds import schema_problem
@@ -24,11 +24,12 @@ _REF_KEYWORDS = ("$ref", "$dynamicRef")
 
 
 def check_config(config: Mapping[str, Any], *, allow_private: bool,
-                 url_fields: Iterable[str] = URL_FIELDS) -> None:
+                 url_fields: Iterable[str] = URL_FIELDS, resolver: Resolver | None = None) -> None:
     """Raise ``BadRequest`` for the first §2.2 rule ``config`` breaks.
 
     ``url_fields`` limits the address-policy check (which may resolve DNS) to the URLs being written:
-    a PATCH re-checks only the URLs it changes; a stored URL already passed at its own write.
+    a PATCH re-checks only the URLs it changes; a stored URL already passed at its own write. ``resolver``:
+    the request's lookups (``shared.egress.lookups.DeadlineLookups``), default the system resolver.
     """
     for field in ("cron", "execution_window_cron"):
         expr = config.get(field)
@@ -45,7 +46,7 @@ def check_config(config: Mapping[str, Any], *, allow_private: bool,
     for field in url_fields:
         url = config.get(field)
         if url is not None:
-            check_url_for_write(field, url, allow_private=allow_private)
+            check_url_for_write(field, url, allow_private=allow_private, resolver=resolver)
     if config.get("retry_strategy") == "custom" and not config.get("retry_delays_secs"):
         raise semantic("retry_delays_secs", "required when retry_strategy is custom")
     if config.get("rate_limit_max") is not None and config.get("rate_limit_window_secs") is None:
