@@ -41,7 +41,7 @@ from api.job_page import (
     find_key_and_versioned_page,
     key_of,
 )
-from api.pagination import encode_cursor
+from api.pagination import encode_cursor, items_within
 from shared import json_codec
 from shared.db.prepared import HotQuery
 from shared.jobs.store import page_query, page_sql
@@ -151,6 +151,9 @@ def read_page(session: Session, digest: str, *, page: int, after: tuple[datetime
             return None, b"", None
         kept = [(job["id"], cache.keep(job, version), job["created_at"]) for job, version in versioned]
         found, more = kept[:page], len(kept) > page
+    fitting = items_within(len(entry[1]) for entry in found)  # the page's byte budget
+    if fitting < len(found):
+        found, more = found[:fitting], True
     body = b"[" + b",".join([entry[1] for entry in found]) + b"]"
     if not more:
         return key, body, None

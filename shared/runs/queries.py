@@ -112,22 +112,20 @@ def _after(created_col: InstrumentedAttribute[datetime], id_col: InstrumentedAtt
     return sa.or_(created_col < created_at, sa.and_(created_col == created_at, id_col < row_id))
 
 
-# A page of runs ends early, with a cursor, rather than grow past this many bytes of payloads, results and
-# errors (each up to 1 MiB): 200 runs could otherwise make a response of hundreds of megabytes.
-PAGE_MAX_BYTES = 4 * 1024 * 1024
 # What a run weighs in a page: the bytes of its payload and error as stored and of its result's JSON text.
 _RUN_BYTES = (sa.func.octet_length(Run.payload)
               + sa.func.coalesce(sa.func.octet_length(sa.cast(Run.result, sa.Text)), 0)
               + sa.func.coalesce(sa.func.octet_length(Run.error), 0))
 
 
-def list_runs(session: Session, filters: RunFilters, *, limit: int, after: tuple[datetime, str] | None = None,
-              max_bytes: int = PAGE_MAX_BYTES) -> tuple[list[Run], tuple[datetime, str] | None]:
+def list_runs(session: Session, filters: RunFilters, *, limit: int, max_bytes: int,
+              after: tuple[datetime, str] | None = None) -> tuple[list[Run], tuple[datetime, str] | None]:
     """One page of runs, newest first, and the position to continue from (``None`` on the last page).
 
     The page also ends before the first run that would take the runs already in it past ``max_bytes``
-    (``_RUN_BYTES``; a page always holds at least one run): the database weighs the page's candidates, in
-    the same statement, and sends only the runs of the page.
+    (``_RUN_BYTES``; a page always holds at least one run; 200 runs of megabyte payloads and results would
+    otherwise make a response of hundreds of megabytes): the database weighs the page's candidates, in the
+    same statement, and sends only the runs of the page.
     """
     order = (Run.created_at.desc(), Run.id.desc())
     candidates = sa.select(Run.id, Run.created_at, _RUN_BYTES.label("size")).where(*_conditions(filters))

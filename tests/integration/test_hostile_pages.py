@@ -1,5 +1,6 @@
-"""Oversized pages: runs carrying megabyte payloads and results end a page early, with a cursor, instead
-of making a response of hundreds of megabytes; following the cursors still lists every run once."""
+"""Oversized pages: runs carrying megabyte payloads and results, jobs carrying large schemas, end a page
+early, with a cursor, instead of making a response of hundreds of megabytes; following the cursors still
+lists every item once."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 
 import sqlalchemy as sa
 
-from shared.db.models import Run
-from shared.runs.queries import PAGE_MAX_BYTES
+from api.pagination import PAGE_MAX_BYTES
+from shared.db.models import Job, Run
+from tests.integration.front_support import both
 from tests.integration.jobs_support import create
 
 BIG = "x" * 900_000  # a payload string near the 1 MiB cap
@@ -51,3 +53,25 @@ def test_small_runs_still_fill_a_page(client, auth):
     rest = client.get(f"/v1/runs?limit=25&cursor={page.headers['X-Next-Cursor']}", headers=auth)
     assert len(rest.get_json()) == 5 and rest.headers.get("X-Next-Cursor") is None
     assert len(client.get(f"/v1/jobs/{job['id']}/runs", headers=auth).get_json()) == 30
+
+
+def test_a_page_of_large_jobs_ends_early_with_a_cursor(app, client, auth, session_factory):
+    jobs = [create(client, auth, f"schema-{i}") for i in range(8)]
+    with session_factory() as session:  # schemas as large as rows written before schemas were capped
+        big = {"type": "object", "description": "d" * 900_000}
+        session.execute(sa.update(Job).values(payload_schema=big))
+        session.commit()
+    for path in ("/v1/jobs?limit=200", "/v1/jobs?limit=7", "/v1/jobs?enabled=true"):
+        seen: list[str] = []
+        url = path
+        while url:
+            front, flask = both(app, "GET", url, headers=auth)  # the page served before Flask, and Flask's
+            assert front.status_code == flask.status_code == 200
+            assert front.data == flask.data
+            assert front.headers.get("X-Next-Cursor") == flask.headers.get("X-Next-Cursor")
+            assert len(flask.data) <= PAGE_MAX_BYTES + 1024 * 1024
+            seen += [job["id"] for job in json.loads(flask.data)]
+            cursor = flask.headers.get("X-Next-Cursor")
+            separator = "&" if "?" in path else "?"
+            url = f"{path}{separator}cursor={cursor}" if cursor else ""
+        assert sorted(seen) == sorted(job["id"] for job in jobs), path
