@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import flask_smorest
-import redis
 from flask import Flask, g
 from webargs import core
 from webargs.flaskparser import FlaskParser
@@ -22,6 +21,7 @@ from shared.db.engine import make_engine, make_session_factory
 from shared.db.prepared import enable_prepared_statements
 from shared.db.schema_version import ShippedSchema
 from shared.messages import make_broker
+from shared.redis_client import make_redis
 
 
 class _BodyParser(FlaskParser):
@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> Flask:
     reads in autocommit), both preparing their hot statements, the broker, and the front layer. Without a
     secret key (``Settings.secret_box``) there is no API: it could not store a webhook secret."""
     settings.secret_box  # noqa: B018 -- ConfigError at start, not at the first job with a secret
-    app = Flask("sluice")
+    app = Flask("sluice", static_folder=None)  # no static route: nothing on disk is served without a key
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sluice"] = services = _services(settings)
     _openapi_config(app)
@@ -90,11 +90,12 @@ def _services(settings: Settings) -> Services:
     # No pre-ping: a dead pooled connection fails one request with 503 and SQLAlchemy then invalidates the
     # pool; pinging would cost a round trip on every request.
     pool = settings.worker_threads + 2
-    engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
-    read_engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
+    timeout = settings.api_statement_timeout_secs or None
+    engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False, statement_timeout_secs=timeout)
+    read_engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False, statement_timeout_secs=timeout)
     for each in (engine, read_engine):
         enable_prepared_statements(each)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = make_redis(settings.redis_url)
     return Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),
                     read_engine=read_engine, read_session_factory=autocommit_read_factory(read_engine),
                     redis=client, broker=make_broker(settings), access=Access(settings.api_rate_limit, client),

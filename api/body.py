@@ -1,8 +1,9 @@
 """The one JSON body parser of the API, for Flask's gate and the front layer alike.
 
 Its checks, in the contract's order (§1.5, after the body's size): 415 for a body that is not
-``application/json``, 400 for one that does not parse, 422 for a string holding NUL or a lone surrogate
-(neither can be stored or re-encoded). An empty body is ``{}`` where the route's body is optional.
+``application/json``, 400 for one that does not parse or nests arrays and objects deeper than 128 levels
+(deeper values would exhaust the stack of whatever walks them later), 422 for a string holding NUL or a
+lone surrogate (neither can be stored or re-encoded). An empty body is ``{}`` where the route's body is optional.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import re
 from typing import Any
 
 from shared.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from shared.json_codec import MAX_DEPTH, may_nest_deeper, nests_deeper
 
 MAX_BODY_BYTES = 1 << 20
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _NUL_ESCAPE = b"\\u0000"
+_TOO_DEEP = f"Malformed JSON body: nested deeper than {MAX_DEPTH} levels"
 
 
 def parse_json_body(raw: bytes, mimetype: str, *, optional: bool) -> Any:
@@ -30,6 +33,8 @@ def parse_json_body(raw: bytes, mimetype: str, *, optional: bool) -> Any:
         raise UnsupportedMediaType()
     try:
         body = json.loads(raw)
+        if may_nest_deeper(raw) and nests_deeper(body):
+            raise RecursionError
         # UTF-8 JSON can only carry NUL as the escape \u0000 (a raw control byte is a syntax error), so the
         # walk runs only for bodies holding that sequence, or any 0x00 byte (UTF-16/32, which json accepts).
         wide = b"\x00" in raw
@@ -39,8 +44,8 @@ def parse_json_body(raw: bytes, mimetype: str, *, optional: bool) -> Any:
         lone = _find(body, "", _has_lone_surrogate) if wide or _SURROGATE_ESCAPE.search(raw) else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("Malformed JSON body") from exc
-    except RecursionError:  # a body nested deeper than the interpreter's stack allows
-        raise BadRequest("Malformed JSON body: nested too deeply") from None
+    except RecursionError:  # nested deeper than the limit (or than the interpreter's stack allows)
+        raise BadRequest(_TOO_DEEP) from None
     if bad is not None:
         raise ValidationFailed(_nested_error(bad, "Must not contain the NUL character (U+0000)."))
     if lone is not None:

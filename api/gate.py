@@ -1,6 +1,7 @@
 """Everything a request passes before its view runs, in the contract's precedence order (§1.5):
 
-route 404/405 → 401 → scope 403 → (429) → 413 → 415 → JSON syntax 400 → NUL 422.
+route 404/405 → 401 → scope 403 → (429) → NUL in the path or query 400 → 413 → 415 → JSON syntax 400 →
+NUL 422.
 Schema validation (422) then happens in the view's decorators, on the body parsed here once.
 """
 
@@ -14,7 +15,7 @@ from flask import Flask, current_app, g, request
 
 from api.auth import authenticate_request
 from api.body import MAX_BODY_BYTES, parse_json_body
-from shared.errors import PayloadTooLarge
+from shared.errors import BadRequest, PayloadTooLarge
 from shared.ids import uuid7
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -35,7 +36,7 @@ def form_body(view: Any) -> Any:
 
 def request_id_for(incoming: str) -> str:
     """The request's id: the caller's ``X-Request-Id`` when it is well-formed, else a new one."""
-    return incoming if _REQUEST_ID_RE.match(incoming) else uuid7()
+    return incoming if _REQUEST_ID_RE.fullmatch(incoming) else uuid7()
 
 
 def _read_body(view: Any) -> None:
@@ -60,7 +61,18 @@ def before_request() -> None:
     view = current_app.view_functions.get(request.endpoint or "")
     if request.path.startswith("/v1/"):
         authenticate_request(getattr(view, "required_scope", None), view)
+    _refuse_nul()
     _read_body(view)
+
+
+def _refuse_nul() -> None:
+    """A NUL character (``%00``) in the path or a query argument is a 400: no id, slug, filter or cursor can
+    hold one, and PostgreSQL text cannot store one."""
+    if "\x00" in request.path:
+        raise BadRequest("path: must not contain the NUL character (%00)")
+    for name, value in request.args.items(multi=True):
+        if "\x00" in name or "\x00" in value:
+            raise BadRequest(f"{name.replace(chr(0), '')}: must not contain the NUL character (%00)")
 
 
 def install(app: Flask) -> None:

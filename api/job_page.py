@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.apikeys import KEY_FIELDS, KEY_TYPES
 from shared.db.engine import loads_json
 from shared.db.prepared import HotQuery
@@ -96,9 +97,15 @@ def _key_and_page_sql(after: bool, limit: int) -> str:
 
 @lru_cache(maxsize=512)  # limits are 2..MAX_LIMIT + 1 (a page and one more), each first or next
 def _key_and_page(after: bool, limit: int) -> HotQuery:
-    """One prepared statement per page size: its limit is literal, so PostgreSQL keeps a generic plan."""
+    """One statement per page size: its limit is literal, so PostgreSQL keeps a generic plan."""
     return page_query(f"sluice_key_jobs_page_{limit}", _key_and_page_sql(after, limit), after,
                       {**KEY_RESULT_TYPES, "row_version": sa.Text()})
+
+
+# The page sizes whose statements are prepared. They are prepared before the key is known (the key is read
+# in the same statement), so a caller with an unknown key-shaped token must not get one prepared per limit
+# value on every pooled connection: other sizes run as plain text.
+PREPARED_PAGE_SIZES = frozenset({DEFAULT_LIMIT, MAX_LIMIT})
 
 
 def find_key_and_versioned_page(session: Session, digest: str, *, limit: int, after: tuple[datetime, str] | None
@@ -109,7 +116,8 @@ def find_key_and_versioned_page(session: Session, digest: str, *, limit: int, af
     params: dict[str, Any] = {"digest": digest}
     if after is not None:
         params["after_created_at"], params["after_id"] = after
-    rows = _key_and_page(after is not None, limit).tuples(session.connection(), params)
+    rows = _key_and_page(after is not None, limit).tuples(session.connection(), params,
+                                                          prepare=limit - 1 in PREPARED_PAGE_SIZES)
     if not rows:
         return None, []
     fields = len(JOB.fields)

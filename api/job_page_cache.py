@@ -22,6 +22,7 @@ transactions; an hour is far below). Past either bound the cache starts over.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -31,8 +32,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from api.job_page import CURSOR_KIND, KEY_RESULT_TYPES, KEY_SQL, ROW_VERSION_SQL, find_key_and_versioned_page, key_of
-from api.pagination import encode_cursor
+from api.job_page import (
+    CURSOR_KIND,
+    KEY_RESULT_TYPES,
+    KEY_SQL,
+    PREPARED_PAGE_SIZES,
+    ROW_VERSION_SQL,
+    find_key_and_versioned_page,
+    key_of,
+)
+from api.pagination import encode_cursor, items_within
 from shared import json_codec
 from shared.db.prepared import HotQuery
 from shared.jobs.store import page_query, page_sql
@@ -43,7 +52,8 @@ LIFETIME_SECS = 3600.0
 
 class RenderedJobs:
     """Job id → (row version, the Job resource's JSON, its ``created_at``) for this process. Thread-safe:
-    single dict reads and writes under the GIL; a lost race only costs a rendering."""
+    lookups are single dict reads under the GIL (a lost race only costs a rendering); changes take a lock,
+    so the byte count always equals the bytes held."""
 
     def __init__(self, max_bytes: int = MAX_BYTES, lifetime_secs: float = LIFETIME_SECS,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -53,6 +63,7 @@ class RenderedJobs:
         self._entries: dict[str, tuple[str, bytes, str]] = {}
         self._bytes = 0  # of the JSON held
         self._since = clock()
+        self._lock = threading.Lock()
 
     def find(self, versions: list[str]) -> list[tuple[str, bytes, str]] | None:
         """The (id, JSON, created_at) of each ``"<id> <version>"`` in order, or ``None`` unless every one is
@@ -73,16 +84,21 @@ class RenderedJobs:
     def keep(self, job: dict[str, Any], version: str) -> bytes:
         """Encode the Job resource ``job`` read at row ``version``, keep it, and return its JSON."""
         encoded = json_codec.dumps(job)
-        replaced = self._entries.get(job["id"])
-        if replaced is not None:
-            self._bytes -= len(replaced[1])
-        if self._bytes + len(encoded) > self.max_bytes:
-            self.clear()
-        self._bytes += len(encoded)
-        self._entries[job["id"]] = (version, encoded, job["created_at"])
+        with self._lock:
+            replaced = self._entries.get(job["id"])
+            if replaced is not None:
+                self._bytes -= len(replaced[1])
+            if self._bytes + len(encoded) > self.max_bytes:
+                self._clear()
+            self._bytes += len(encoded)
+            self._entries[job["id"]] = (version, encoded, job["created_at"])
         return encoded
 
     def clear(self) -> None:
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
         self._entries = {}
         self._bytes = 0
         self._since = self._clock()
@@ -106,7 +122,7 @@ def _key_and_versions_sql(after: bool, limit: int) -> str:
             "WHERE k.key_hash = :digest")
 
 
-@lru_cache(maxsize=512)  # as api.job_page: one prepared statement per literal limit, first or next
+@lru_cache(maxsize=512)  # as api.job_page: one statement per literal limit, first or next
 def _key_and_versions(after: bool, limit: int) -> HotQuery:
     return page_query(f"sluice_key_job_versions_{limit}", _key_and_versions_sql(after, limit), after,
                       {**KEY_RESULT_TYPES, "versions": sa.Text()})
@@ -119,7 +135,8 @@ def read_page(session: Session, digest: str, *, page: int, after: tuple[datetime
     params: dict[str, Any] = {"digest": digest}
     if after is not None:
         params["after_created_at"], params["after_id"] = after
-    rows = _key_and_versions(after is not None, page + 1).tuples(session.connection(), params)
+    rows = _key_and_versions(after is not None, page + 1).tuples(session.connection(), params,
+                                                                 prepare=page in PREPARED_PAGE_SIZES)
     if not rows:
         return None, b"", None
     versions = rows[0][-1].split(",") if rows[0][-1] else []
@@ -134,6 +151,9 @@ def read_page(session: Session, digest: str, *, page: int, after: tuple[datetime
             return None, b"", None
         kept = [(job["id"], cache.keep(job, version), job["created_at"]) for job, version in versioned]
         found, more = kept[:page], len(kept) > page
+    fitting = items_within(len(entry[1]) for entry in found)  # the page's byte budget
+    if fitting < len(found):
+        found, more = found[:fitting], True
     body = b"[" + b",".join([entry[1] for entry in found]) + b"]"
     if not more:
         return key, body, None

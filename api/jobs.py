@@ -17,7 +17,14 @@ from werkzeug.routing import BaseConverter
 from api.auth import authenticated_with, check_project, current_principal, prefetched_row, requires_scope
 from api.context import autocommit_first, get_session, services
 from api.job_page import CURSOR_KIND
-from api.pagination import clamp_limit, decode_time_cursor, encode_cursor, json_response, paged_response
+from api.pagination import (
+    clamp_limit,
+    decode_time_cursor,
+    encode_cursor,
+    items_within,
+    json_response,
+    paged_response,
+)
 from api.paths import NOT_A_JOB_SIBLING
 from api.resources import BATCH_TOGGLE_RESULT
 from api.schemas.jobs import (
@@ -29,6 +36,7 @@ from api.schemas.jobs import (
     JobPatchSchema,
 )
 from api.schemas.resources import schema_of
+from shared import json_codec
 from shared.clock import utcnow
 from shared.errors import NotFound, ValidationFailed
 from shared.jobs.batch import BatchItem, create_jobs_batch
@@ -68,11 +76,13 @@ def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_
     after = decode_time_cursor(CURSOR_KIND, cursor)
     rows = list_job_records(get_session(), current_principal().project_id, limit=page + 1, after=after,
                             slug=slug, tag_key=tag_key, tag_value=tag_value, enabled=enabled)
+    jobs = [JOB.render(row) for row in rows[:page]]
+    fitting = items_within(len(json_codec.dumps(job)) for job in jobs)  # the page's byte budget
     next_cursor = None
-    if len(rows) > page:
-        rows = rows[:page]
+    if len(rows) > fitting:
+        rows, jobs = rows[:fitting], jobs[:fitting]
         next_cursor = encode_cursor(CURSOR_KIND, rows[-1]["created_at"], rows[-1]["id"])
-    return paged_response([JOB.render(row) for row in rows], next_cursor, page)
+    return paged_response(jobs, next_cursor, page)
 
 
 @blp.route("/jobs", methods=["POST"])

@@ -1,5 +1,6 @@
-"""``GET /metrics`` (Prometheus text, no key): request counts and latency per route, plus gauges sampled
-from Redis and the database at scrape time.
+"""``GET /metrics`` (Prometheus text, no key): request counts and latency per route, plus gauges
+sampled from Redis and the database at most once per ``SLUICE_METRICS_GAUGE_SECS``. Every label comes from
+a fixed set: methods outside ``METHODS`` count as ``other``, paths that match no route as ``<unmatched>``.
 
 With ``SLUICE_API_METRICS_PORT`` set, ``sluice api`` also listens on that port, which serves ``/metrics``
 and nothing else, and the public port no longer serves ``/metrics`` (``metrics_port_only``).
@@ -12,6 +13,7 @@ computed by the process that serves the scrape, so they are never double counted
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -27,7 +29,6 @@ from api.gate import request_id_for
 from shared import json_codec, redis_keys
 from shared.clock import utcnow
 from shared.db.models import Run
-from shared.limits.limiter import Limits
 from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, ready_messages
 from shared.metrics import (
     ACTIVE_RUNS,
@@ -49,8 +50,10 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 METRICS_PATH = "/metrics"
 UNMATCHED_ROUTE = "<unmatched>"  # 404/405: the raw path would explode the label's cardinality
-_SLOT_KEY_PREFIX = redis_keys.concurrency_job("")
-_SCAN_BATCH = 500
+# The HTTP methods counted by name; any other (servers accept invented ones) is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+MAX_SLOT_JOBS = 1000  # jobs reported in sluice_job_slots_in_use (those with executing runs, most first)
 
 
 def route_label() -> str:
@@ -72,7 +75,7 @@ def _record_request(response: Response) -> Response:
 def record_request(method: str, route: str, status: int, started: float | None) -> None:
     """Count the request and observe its latency; ``started`` is its ``time.perf_counter()`` at arrival."""
     duration = time.perf_counter() - started if started is not None else 0.0
-    key = (method, route, status)
+    key = (method if method in METHODS else OTHER_METHOD, route, status)
     children = _children.get(key)
     if children is None:
         children = _children.setdefault(key, (HTTP_REQUESTS.labels(key[0], key[1], str(key[2])),
@@ -88,30 +91,57 @@ def _family(spec: GaugeSpec) -> GaugeMetricFamily:
 class RunGauges:
     """A prometheus_client collector: queue depth, oldest ready and overdue delayed runs, active runs, slots.
 
-    Each gauge is sampled independently; one whose source is unreachable is left out of that scrape
-    (and logged) so ``/metrics`` keeps answering while Redis or the database is down.
+    The gauges are sampled at most once per ``interval_secs`` (``SLUICE_METRICS_GAUGE_SECS``): scrapes in
+    between get the last sample, so scraping often (or by anyone: ``/metrics`` needs no key) costs the
+    database and Redis nothing more. Each source is sampled independently; one that is unreachable is left
+    out of that sample (and logged) so ``/metrics`` keeps answering while Redis or the database is down.
     """
 
-    def __init__(self, svc: Services, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, svc: Services, clock: Callable[[], datetime] = utcnow,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._svc = svc
         self._clock = clock
-        self._limits = Limits(svc.redis)
+        self._monotonic = monotonic
+        self._interval_secs = svc.settings.metrics_gauge_secs
+        self._lock = threading.Lock()
+        self._sampled_at: float | None = None
+        self._families: list[GaugeMetricFamily] = []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        for sample in (self._queue_depth, self._database_gauges, self._slots_in_use):
-            try:
-                yield from sample()
-            except Exception as exc:  # a scrape must not fail because one source is down
-                log.warning("metrics source unavailable", extra={"gauge": sample.__name__.strip("_"),
-                                                                  "error": type(exc).__name__})
+        with self._lock:
+            now = self._monotonic()
+            if self._sampled_at is None or now - self._sampled_at >= self._interval_secs:
+                self._families = self._sample()
+                self._sampled_at = now
+            families = self._families
+        yield from families
 
-    def _queue_depth(self) -> Iterator[GaugeMetricFamily]:
+    def _sample(self) -> list[GaugeMetricFamily]:
+        families: list[GaugeMetricFamily] = []
+        busy_jobs: list[str] = []
+        redis_up = self._add(families, "queue_depth", self._queue_depth)
+        database_up = self._add(families, "database_gauges", lambda: self._database_gauges(busy_jobs))
+        if redis_up and database_up:
+            self._add(families, "slots_in_use", lambda: self._slots_in_use(busy_jobs))
+        return families
+
+    @staticmethod
+    def _add(families: list[GaugeMetricFamily], name: str, sample: Callable[[], list[GaugeMetricFamily]]) -> bool:
+        try:
+            families.extend(sample())
+        except Exception as exc:  # a scrape must not fail because one source is down
+            log.warning("metrics source unavailable", extra={"gauge": name, "error": type(exc).__name__})
+            return False
+        return True
+
+    def _queue_depth(self) -> list[GaugeMetricFamily]:
         family = _family(QUEUE_DEPTH)
         for queue in (DISPATCH_QUEUE, WEBHOOK_QUEUE):
             family.add_metric([queue], ready_messages(self._svc.broker, queue))
-        yield family
+        return [family]
 
-    def _database_gauges(self) -> Iterator[GaugeMetricFamily]:
+    def _database_gauges(self, busy_jobs: list[str]) -> list[GaugeMetricFamily]:
+        """The database's gauges; fills ``busy_jobs`` with the jobs that have executing runs."""
         statuses = sorted(ACTIVE)
         # One round trip; each count is served by the status's partial index.
         counts = [sa.select(sa.func.count()).select_from(Run).where(Run.status == s.value).scalar_subquery()
@@ -120,27 +150,36 @@ class RunGauges:
         oldest = sa.select(sa.func.min(Run.queued_at)).where(Run.status == "queued").scalar_subquery()
         overdue = (sa.select(sa.func.min(Run.due_at)).where(Run.status == "delayed", Run.due_at <= now)
                    .scalar_subquery())
+        executing = (sa.select(Run.job_id).where(Run.status == "executing").group_by(Run.job_id)
+                     .order_by(sa.func.count().desc()).limit(MAX_SLOT_JOBS))
         with self._svc.session_factory() as session:
             row = session.execute(sa.select(oldest, overdue, *counts)).one()
+            busy_jobs.extend(session.scalars(executing))
+        families = []
         for spec, since in ((OLDEST_READY_RUN_AGE, row[0]), (OLDEST_OVERDUE_DELAYED_RUN_AGE, row[1])):
             family = _family(spec)
             family.add_metric([], _seconds_since(since, now))
-            yield family
+            families.append(family)
         active = _family(ACTIVE_RUNS)
         for status, count in zip(statuses, row[2:], strict=True):
             active.add_metric([status.value], int(count or 0))
-        yield active
+        families.append(active)
+        return families
 
-    def _slots_in_use(self) -> Iterator[GaugeMetricFamily]:
+    def _slots_in_use(self, job_ids: list[str]) -> list[GaugeMetricFamily]:
+        """Unexpired leases of the jobs that have executing runs: one pipelined ZCOUNT each, one round trip
+        (never a keyspace SCAN)."""
         family = _family(JOB_SLOTS_IN_USE)
-        # SCAN finds every job holding a lease, including leases whose worker died (until they expire),
-        # which a database query for executing runs would miss.
-        for key in self._svc.redis.scan_iter(match=_SLOT_KEY_PREFIX + "*", count=_SCAN_BATCH):
-            job_id = (key.decode() if isinstance(key, bytes) else str(key))[len(_SLOT_KEY_PREFIX):]
-            in_use = self._limits.slots_in_use(job_id)
+        if not job_ids:
+            return [family]
+        now_ms = int(self._clock().timestamp() * 1000)
+        pipe = self._svc.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.zcount(redis_keys.concurrency_job(job_id), f"({now_ms}", "+inf")
+        for job_id, in_use in zip(job_ids, pipe.execute(), strict=True):
             if in_use:
-                family.add_metric([job_id], in_use)
-        yield family
+                family.add_metric([job_id], int(in_use))
+        return [family]
 
 
 def _seconds_since(value: datetime | None, now: datetime) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -20,6 +21,21 @@ from shared.errors import BadRequest
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+# A page ends early, with a cursor, rather than grow past this many bytes (runs carry payloads and results
+# of up to 1 MiB each, jobs schemas): a page always holds at least one item.
+PAGE_MAX_BYTES = 4 * 1024 * 1024
+
+
+def items_within(sizes: Iterable[int], max_bytes: int = PAGE_MAX_BYTES) -> int:
+    """How many leading items of these ``sizes`` a page holds: each one while the items before it stay
+    under ``max_bytes`` (so at least one)."""
+    count = total = 0
+    for size in sizes:
+        if count and total >= max_bytes:
+            break
+        count += 1
+        total += size
+    return count
 
 
 def clamp_limit(limit: int | None) -> int:
@@ -44,6 +60,8 @@ def decode_cursor(kind: str, cursor: str | None) -> list[Any] | None:
         raise BadRequest("cursor: malformed cursor") from exc
     if not isinstance(parts, list) or not parts or parts[0] != kind:
         raise BadRequest("cursor: not a cursor of this list")
+    if any(isinstance(part, str) and "\x00" in part for part in parts):
+        raise BadRequest("cursor: malformed cursor")  # PostgreSQL text cannot hold NUL
     return parts[1:]
 
 

@@ -18,7 +18,14 @@ from werkzeug.routing import BaseConverter
 from api.auth import check_project, current_principal, requires_scope
 from api.context import get_session, services
 from api.gate import optional_body
-from api.pagination import clamp_limit, decode_time_cursor, encode_cursor, json_response, paged_response
+from api.pagination import (
+    PAGE_MAX_BYTES,
+    clamp_limit,
+    decode_time_cursor,
+    encode_cursor,
+    json_response,
+    paged_response,
+)
 from api.resources import BULK_CANCEL_RESULT, BULK_REPLAY_RESULT
 from api.schemas.resources import schema_of
 from api.schemas.runs import PageQuerySchema, RunFilterQuerySchema, RunIdsSchema, RunListQuerySchema
@@ -61,7 +68,7 @@ def _page_of_runs(query: dict[str, Any], kind: str, *, job_ref: str | None = Non
         filters, kind = replace(filters, job_id=job_id), f"{kind}:{job_id}"
     limit = clamp_limit(query.get("limit"))
     after = decode_time_cursor(kind, request.args.get("cursor"))
-    runs, position = list_runs(session, filters, limit=limit, after=after)
+    runs, position = list_runs(session, filters, limit=limit, after=after, max_bytes=PAGE_MAX_BYTES)
     cursor = encode_cursor(kind, *position) if position else None
     return paged_response([RUN.render(r) for r in runs], cursor, limit)
 

@@ -13,8 +13,6 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-import redis
-
 from scheduler.cron import CronService
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop
 from shared.config import Settings
@@ -22,6 +20,7 @@ from shared.db.engine import make_engine, make_session_factory
 from shared.logs import configure_logging
 from shared.messages import make_broker
 from shared.metrics import SCHEDULER_METRICS_PORT, expose_process_metrics
+from shared.redis_client import make_redis
 
 log = logging.getLogger("sluice.scheduler")
 
@@ -40,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     configure_logging(settings, process="scheduler")
     engine = make_engine(settings.database_url, pool_size=4)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = make_redis(settings.redis_url)
     ctx = MaintenanceContext(settings=settings, session_factory=make_session_factory(engine),
                              broker=make_broker(settings), redis=client)
     stop = threading.Event()

@@ -60,7 +60,7 @@ def parse_scopes(raw: str | None) -> list[str]:
 def create_key(session: Session, *, project_id: str, scopes: list[str], name: str | None,
                now: datetime) -> tuple[ApiKey, str]:
     """Store a new key and return it with its plaintext (shown once, never stored)."""
-    if not PROJECT_ID_RE.match(project_id):
+    if not PROJECT_ID_RE.fullmatch(project_id):
         raise ValidationFailed({"project": ["1..128 characters from [A-Za-z0-9_.:-]"]}, "invalid project id")
     plaintext = "sk_" + secrets.token_hex(32)
     key = ApiKey(id=uuid7(), project_id=project_id, name=name, prefix=plaintext[3:11],
@@ -110,7 +110,7 @@ _TOUCH = sa.update(KEYS).where(KEYS.c.id == sa.bindparam("key_id")).values(last_
 
 def key_digest(plaintext: str) -> str | None:
     """The stored digest of a presented key, or ``None`` when it is not even shaped like a key."""
-    return hash_key(plaintext) if KEY_RE.match(plaintext) else None
+    return hash_key(plaintext) if KEY_RE.fullmatch(plaintext) else None
 
 
 def principal_from_row(session: Session, row: Mapping[Any, Any] | None, now: datetime) -> Principal | None:

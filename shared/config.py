@@ -149,6 +149,8 @@ class Settings:
     secret_keys: tuple[str, ...] = field(default=(), repr=False)  # seal webhook secrets; the first seals
     # The API's /metrics on a port of its own (then not on the public port); None = on the public port.
     api_metrics_port: int | None = None
+    metrics_gauge_secs: int = 5  # the API's /metrics gauges are sampled at most once per this many seconds
+    api_statement_timeout_secs: int = 30  # PostgreSQL cancels an API statement running longer (0 = never)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -172,6 +174,8 @@ class Settings:
             trusted_proxies=_networks(env, "SLUICE_TRUSTED_PROXIES"),
             secret_keys=_secret_keys(env),
             api_metrics_port=_port(env, "SLUICE_API_METRICS_PORT"),
+            metrics_gauge_secs=_int(env, "SLUICE_METRICS_GAUGE_SECS", 5),
+            api_statement_timeout_secs=_int(env, "SLUICE_API_STATEMENT_TIMEOUT_SECS", 30),
         ))
 
     @cached_property

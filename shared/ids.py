@@ -100,7 +100,7 @@ def new_version_id() -> str:
 
 
 def is_uuid(value: str) -> bool:
-    return bool(_UUID_RE.match(value))
+    return bool(_UUID_RE.fullmatch(value))
 
 
 def canonical_uuid(value: str) -> str | None:

@@ -29,6 +29,7 @@ from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
 
 from shared.config import Settings
+from shared.redis_client import make_redis
 
 DISPATCH_ACTOR = "dispatch_run"
 WEBHOOK_ACTOR = "deliver_webhook"
@@ -171,8 +172,8 @@ class SluiceBroker(RedisBroker):
 
 def make_broker(settings: Settings, client: Any = None) -> SluiceBroker:
     """The Redis broker of every process; ``client`` lets ``sluice dev`` and tests pass their own Redis client."""
-    connection = {"client": client} if client is not None else {"url": settings.redis_url}
-    broker = SluiceBroker(heartbeat_timeout=HEARTBEAT_TIMEOUT_MS, **connection)
+    broker = SluiceBroker(heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+                          client=client if client is not None else make_redis(settings.redis_url))
     broker.declare_queue(DISPATCH_QUEUE)
     broker.declare_queue(WEBHOOK_QUEUE)
     return broker

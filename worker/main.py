@@ -31,7 +31,6 @@ from types import FrameType
 from typing import Any
 
 import dramatiq
-import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -44,6 +43,7 @@ from shared.logs import configure_logging
 from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, make_broker
 from shared.metrics import WORKER_METRICS_PORT, expose_process_metrics
 from shared.metrics_listener import Heartbeat
+from shared.redis_client import make_redis
 from worker.actors import declare_dispatch_actor
 from worker.heartbeat import AttemptMonitor
 from worker.http import HttpClient
@@ -209,7 +209,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     steer_claim_plans(engine)
     enable_prepared_statements(engine)  # the per-attempt statements are planned once per connection
     session_factory = make_session_factory(engine)
-    redis_client = redis.Redis.from_url(settings.redis_url)
+    redis_client = make_redis(settings.redis_url)
     limits = Limits(redis_client, per_thread_connections=True)  # its threads live as long as the process
     broker = make_broker(settings)  # batched acks, no delay-queue consumers (shared.messages.SluiceBroker)
     http = HttpClient.configured(settings, os.environ, pool_size=threads)  # endpoint calls and webhooks

@@ -6,7 +6,8 @@ attempt reports ``result_truncated: true``.
 
 PostgreSQL's JSONB refuses two things JSON parsers accept: U+0000 inside strings and the non-standard
 constants ``NaN``/``Infinity`` (or numbers too large for a double). A body holding U+0000 keeps its
-structure with U+0000 replaced by U+FFFD; a body using non-finite numbers is kept as a JSON string.
+structure with U+0000 replaced by U+FFFD; a body using non-finite numbers, or nesting arrays and objects
+more than 128 levels deep, is kept as a JSON string.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import math
 from typing import Any
 
+from shared.json_codec import may_nest_deeper, nests_deeper
 from shared.runs.attempts import clean_text
 from worker.call_result import CallResult
 
@@ -58,4 +60,6 @@ def result_of(call: CallResult) -> tuple[Any, bool]:
         parsed = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):  # ValueError also covers integers over Python's digit limit
         return clean_text(text), False
+    if may_nest_deeper(text) and nests_deeper(parsed):
+        return clean_text(text), False  # deeper than anything Sluice stores as JSON: kept as text
     return (_clean(parsed) if "\x00" in text or "\\u0000" in text else parsed), False

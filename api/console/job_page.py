@@ -14,6 +14,7 @@ from api.console.guard import console_page, current_visitor
 from api.console.jobs import next_tick
 from api.console.rendering import page
 from api.context import get_session, services
+from api.pagination import PAGE_MAX_BYTES
 from api.schemas.triggers import TriggerSchema
 from shared.clock import utcnow
 from shared.db.models import Run
@@ -72,7 +73,8 @@ def job_page(ref: str) -> Response:
     upstream = _names(session, project, [edge["depends_on_job_id"] for edge in edges])
     runs: list[Run] = []
     if visitor.can("runs:read"):
-        runs, _ = list_runs(session, RunFilters(project_id=project, job_id=job["id"]), limit=RECENT_RUNS)
+        runs, _ = list_runs(session, RunFilters(project_id=project, job_id=job["id"]), limit=RECENT_RUNS,
+                            max_bytes=PAGE_MAX_BYTES)
     return page("job.html", job=job, fields=JOB.fields, versions=versions, edges=edges, upstream=upstream,
                 runs=runs, health=job_health(session, job["id"], window, now=now), window=window,
                 windows=list(WINDOWS), tick=next_tick(job, now), diff=_diff(session, job["id"]),

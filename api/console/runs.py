@@ -10,7 +10,7 @@ from api.console.blueprint import blp
 from api.console.guard import console_page, current_visitor
 from api.console.rendering import page
 from api.context import get_session
-from api.pagination import decode_time_cursor, encode_cursor
+from api.pagination import PAGE_MAX_BYTES, decode_time_cursor, encode_cursor
 from shared.errors import ValidationFailed
 from shared.runs.queries import TRIGGERS, list_runs, parse_filters
 from shared.runs.status import RunStatus
@@ -37,7 +37,7 @@ def page_of_runs(kind: str, *, dlq: bool) -> dict[str, Any]:
         filters = parse_filters(session, project, args, dlq=dlq)
     except ValidationFailed as exc:
         return {"runs": [], "cursor": None, "errors": exc.errors, "args": args}
-    runs, position = list_runs(session, filters, limit=PAGE_SIZE,
+    runs, position = list_runs(session, filters, limit=PAGE_SIZE, max_bytes=PAGE_MAX_BYTES,
                                after=decode_time_cursor(kind, request.args.get("cursor")))
     return {"runs": runs, "cursor": encode_cursor(kind, *position) if position else None, "errors": None,
             "args": args}

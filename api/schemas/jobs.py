@@ -42,7 +42,7 @@ def _not_blank(value: str) -> None:
 def _slug(value: str) -> None:
     if not 1 <= len(value) <= 128:
         raise ma.ValidationError("Length must be between 1 and 128.")
-    if not _SLUG_RE.match(value):
+    if not _SLUG_RE.fullmatch(value):
         raise ma.ValidationError(f"Must match {SLUG_PATTERN}.")
     if value in RESERVED_SLUGS:
         raise ma.ValidationError(f'"{value}" is reserved (it is a route under /v1/jobs).')

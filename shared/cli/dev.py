@@ -73,8 +73,7 @@ def ensure_dev_key(database_url: str, key_path: Path) -> str:
                                       now=utcnow())
     finally:
         engine.dispose()
-    key_path.write_text(plaintext + "\n")
-    key_path.chmod(0o600)
+    write_private(key_path, plaintext + "\n")
     return plaintext
 
 
@@ -94,6 +93,21 @@ def secret_key_env(base: Mapping[str, str], data_dir: Path) -> dict[str, str]:
     if base.get("SLUICE_SECRET_KEY") or base.get("SLUICE_SECRET_KEY_FILE"):
         return {}
     return {"SLUICE_SECRET_KEY_FILE": str(ensure_secret_key_file(data_dir / "secret-key"))}
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in a file that is owner-only from its creation (never readable by
+    others, even for an instant, whatever the umask), written beside it and renamed into place."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)  # left by a process with our pid that died mid-write
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def child_env(base: Mapping[str, str], *, database_url: str, redis_url: str, metrics_dir: Path) -> dict[str, str]:

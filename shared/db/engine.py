@@ -15,19 +15,40 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import postgres_url
 from shared.errors import ConfigError
 
+# Every connection gives up connecting after this long (a server that never answers must not hold a thread
+# for the kernel's TCP timeout), and TCP keepalives find a peer that vanished mid-statement.
+CONNECT_TIMEOUT_SECS = 5
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def connect_args(statement_timeout_secs: int | None = None) -> dict[str, object]:
+    """libpq connection parameters: the connect timeout, keepalives and, when given, a ``statement_timeout``
+    for every statement of the connection's sessions. Parameters in ``DATABASE_URL``'s query win."""
+    args: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_SECS, **_KEEPALIVES}
+    if statement_timeout_secs:
+        args["options"] = f"-c statement_timeout={int(statement_timeout_secs * 1000)}"
+    return args
+
 
 def make_engine(database_url: str, *, pool_size: int = 10, single_use: bool = False,
-                pre_ping: bool = True) -> Engine:
+                pre_ping: bool = True, statement_timeout_secs: int | None = None) -> Engine:
     """A PostgreSQL engine (any other URL is refused with the ``DATABASE_URL`` message).
 
     ``single_use`` keeps no pooled connections (migrations, CLI commands). ``pre_ping=False`` saves a round
     trip per checkout on hot paths that survive a failed statement anyway (the worker).
+    ``statement_timeout_secs``: PostgreSQL cancels any statement running longer (the API's engines).
     """
-    url = postgres_url(database_url)
+    url = sa.make_url(postgres_url(database_url))
+    # Parameters given in the URL's query (e.g. ?connect_timeout=10) win over ours.
+    args = {key: value for key, value in connect_args(statement_timeout_secs).items() if key not in url.query}
+    # hide_parameters: bound values (payloads, webhook secrets) never appear in errors or logs.
     if single_use:
-        return sa.create_engine(url, poolclass=sa.pool.NullPool, json_deserializer=loads_json)
+        return sa.create_engine(url, poolclass=sa.pool.NullPool, json_deserializer=loads_json, hide_parameters=True,
+                                connect_args=args)
     return sa.create_engine(
         url,
+        hide_parameters=True,
+        connect_args=args,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=pre_ping,

@@ -197,9 +197,9 @@ class HotQuery:
             return _run_on_driver(connection, self.hot, params, fetch="all")  # type: ignore[no-any-return]
         return [dict(row) for row in connection.execute(self.typed, params).mappings()]
 
-    def tuples(self, connection: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    def tuples(self, connection: Connection, params: dict[str, Any], *, prepare: bool = True) -> list[tuple[Any, ...]]:
         """Every row as a plain tuple in select-list order: for callers that read columns by position
-        (no per-row dict)."""
-        if prepare_once(connection, self.hot):
+        (no per-row dict). ``prepare=False`` runs the text as the engines without prepared statements do."""
+        if prepare and prepare_once(connection, self.hot):
             return _run_on_driver(connection, self.hot, params, fetch="tuples")  # type: ignore[no-any-return]
         return [tuple(row) for row in connection.execute(self.typed, params)]

@@ -38,6 +38,10 @@ _REFUSED_V4 = [ipaddress.IPv4Network(n) for n in (
 _REFUSED_V6 = [ipaddress.IPv6Network(n) for n in (  # loopback, unspecified, unique-local, link-local,
     "::1/128", "::/128", "fc00::/7", "fe80::/10",  # multicast, documentation, deprecated site-local
     "ff00::/8", "2001:db8::/32", "fec0::/10",
+    # Tunnels and translators whose far end is not written plainly in the address: Teredo (the client's
+    # IPv4 address is obfuscated and the relay is anyone's) and local-use NAT64 (a network-specific prefix
+    # that translates to whatever IPv4 network its operator chose).
+    "2001::/32", "64:ff9b:1::/48",
 )]
 # Instance metadata services (credentials, user data): AWS (IPv4, IPv6, ECS task endpoints), GCP, Azure,
 # OpenStack, DigitalOcean (169.254.169.254), Alibaba Cloud (100.100.100.200), Oracle Cloud's former
@@ -52,6 +56,7 @@ METADATA_HOSTS: frozenset[str] = frozenset({
 })
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")  # IPv4-translated (SIIT): ::ffff:0:a.b.c.d
 # The last dot-separated label of a host that resolvers (inet_aton) would read as an IPv4 number.
 _NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0[xX][0-9a-fA-F]*)$")
 # urlsplit and HTTP clients disagree on backslashes and silently drop tabs/newlines: refuse them outright
@@ -155,7 +160,8 @@ class _Target:
 def is_public_address(ip: str) -> bool:
     """True when ``ip`` is globally routable unicast per §10.1; unparseable input is not (fail closed).
 
-    IPv4 embedded in IPv6 (mapped, compatible, NAT64, 6to4) is unwrapped and judged as IPv4.
+    IPv4 embedded in IPv6 (mapped, compatible, translated, NAT64, 6to4) is unwrapped and judged as IPv4;
+    Teredo and local-use NAT64 prefixes are refused whole.
     """
     try:
         return _is_public(ipaddress.ip_address(ip))
@@ -172,9 +178,9 @@ def _is_public(addr: IPAddress) -> bool:
 
 
 def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address a mapped, compatible, NAT64 or 6to4 address reaches, else None."""
+    """The IPv4 address a mapped, compatible, translated (SIIT), NAT64 or 6to4 address reaches, else None."""
     # ::/96 also holds :: and ::1; unwrapped they land in 0/8 and are refused either way.
-    if addr in _IPV4_COMPATIBLE or addr in _NAT64:
+    if addr in _IPV4_COMPATIBLE or addr in _NAT64 or addr in _SIIT:
         return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     return addr.ipv4_mapped or addr.sixtofour
 
@@ -237,7 +243,7 @@ def _static_refusal(target: _Target, policy: AddressPolicy) -> str | None:
         return None
     if target.bare == "localhost" or target.bare.endswith(".localhost"):
         return "host is localhost"
-    if _NUMERIC_LABEL.match(target.bare.rsplit(".", 1)[-1]):
+    if _NUMERIC_LABEL.fullmatch(target.bare.rsplit(".", 1)[-1]):
         # Canonical dotted quads parsed as literals above; anything else numeric (0177.0.0.1, 0x7f.1,
         # 2130706433, 127.1) means different things to different parsers, so it is never allowed.
         return "non-canonical IPv4 address"
@@ -247,6 +253,18 @@ def _static_refusal(target: _Target, policy: AddressPolicy) -> str | None:
 def _is_metadata(addr: IPAddress) -> bool:
     inner = _embedded_ipv4(addr) if isinstance(addr, ipaddress.IPv6Address) else None
     return addr in METADATA_ADDRESSES or inner in METADATA_ADDRESSES
+
+
+def lookup_target(url: str) -> tuple[str, int] | None:
+    """The (host, port) a write-time check of ``url`` resolves, or ``None`` when it resolves nothing (an IP
+    literal, localhost, or a URL refused for its shape)."""
+    try:
+        target = _parse(url)
+    except AddressRefused:
+        return None
+    if target.literal is not None or _static_refusal(target, AddressPolicy()) is not None:
+        return None
+    return target.host, target.port
 
 
 def default_resolver(host: str, port: int) -> list[str]:

@@ -29,7 +29,7 @@ from shared.egress.addresses import AddressPolicy
 from shared.errors import BadRequest, ValidationFailed
 from shared.jobs.config import config_for_create
 from shared.jobs.lifecycle import BATCH_FAILED, check_project_id, insert_new_jobs, slug_conflict
-from shared.jobs.rules import check_config, field_of
+from shared.jobs.rules import check_config, field_of, url_lookups
 from shared.jobs.secrets import check_secret_pair
 from shared.jobs.store import taken_slugs
 from shared.webhooks.sealing import SecretBox
@@ -58,9 +58,10 @@ def create_jobs_batch(session: Session, principal: Principal, items: Sequence[Ba
         for item in items:
             check_project_id((item.body or {}).get("project_id"), principal)
     configs = {index: config_for_create(item.body) for index, item in enumerate(items) if item.body is not None}
+    resolver = url_lookups(configs.values(), policy)  # every host of the batch looked up at once
     for index, config in configs.items():
         try:
-            check_config(config, policy=policy)
+            check_config(config, policy=policy, resolver=resolver)
             check_secret_pair(config, box)
         except BadRequest as exc:
             errors[str(index)] = {field_of(exc): [exc.message]}

@@ -7,25 +7,38 @@ field: ``cron: invalid expression "61 * * * *"``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from shared.egress.addresses import AddressPolicy, check_url_for_write
+from shared.egress.addresses import AddressPolicy, Resolver, check_url_for_write
+from shared.egress.lookups import DeadlineLookups
 from shared.errors import BadRequest, semantic
 from shared.jobs.config import URL_FIELDS
+from shared.payload_schemas.bounds import schema_problem
 from shared.schedules.cron import CronError, is_valid_timezone, parse_cron
 
 # Keywords whose string value is a reference resolved against the schema's base URI.
 _REF_KEYWORDS = ("$ref", "$dynamicRef")
 
 
-def check_config(config: Mapping[str, Any], *, policy: AddressPolicy) -> None:
+def url_lookups(configs: Iterable[Mapping[str, Any]], policy: AddressPolicy) -> Resolver | None:
+    """The write-time lookups of every URL of ``configs``, all started at once under one deadline (a batch
+    shares them); ``None`` when private endpoints are allowed, since nothing is resolved then."""
+    if policy.allow_private:
+        return None
+    return DeadlineLookups().start(config[f] for config in configs for f in URL_FIELDS if config.get(f))
+
+
+def check_config(config: Mapping[str, Any], *, policy: AddressPolicy, resolver: Resolver | None = None) -> None:
     """Raise ``BadRequest`` for the first §2.2 rule ``config`` breaks (the whole configuration: a PATCH
     re-checks every URL of the merged job too, since an address that passed at its write may be refused
-    now, a name that resolves privately since or a policy that changed)."""
+    now, a name that resolves privately since or a policy that changed). ``resolver``: the request's
+    lookups (``url_lookups``), default this configuration's own."""
+    if resolver is None:
+        resolver = url_lookups([config], policy)
     for field in ("cron", "execution_window_cron"):
         expr = config.get(field)
         if expr is not None:
@@ -41,7 +54,7 @@ def check_config(config: Mapping[str, Any], *, policy: AddressPolicy) -> None:
     for field in URL_FIELDS:
         url = config.get(field)
         if url is not None:
-            check_url_for_write(field, url, policy=policy)
+            check_url_for_write(field, url, policy=policy, resolver=resolver)
     if config.get("retry_strategy") == "custom" and not config.get("retry_delays_secs"):
         raise semantic("retry_delays_secs", "required when retry_strategy is custom")
     if config.get("rate_limit_max") is not None and config.get("rate_limit_window_secs") is None:
@@ -51,11 +64,15 @@ def check_config(config: Mapping[str, Any], *, policy: AddressPolicy) -> None:
 
 
 def check_payload_schema(schema: Any) -> None:
-    """A valid JSON Schema 2020-12 whose references are all local (``#…``); nothing is ever fetched."""
+    """A valid JSON Schema 2020-12 whose references are all local (``#…``), nothing ever fetched, within the
+    bounds of ``shared.payload_schemas.bounds`` (size, fan-out, patterns RE2 can run)."""
     try:
         if _has_remote_ref(schema):
             raise semantic("payload_schema", "remote $ref is not allowed")
         Draft202012Validator.check_schema(schema)
+        problem = schema_problem(schema)
+        if problem is not None:
+            raise semantic("payload_schema", problem)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
         detail = f" at {where}" if where else ""

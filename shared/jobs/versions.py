@@ -44,7 +44,7 @@ def list_versions(session: Session, job_id: str, *, limit: int, before_version: 
 
 def find_version(session: Session, job_id: str, version_id: str) -> Mapping[str, Any] | None:
     """The version ``version_id`` if it belongs to ``job_id`` (a version of another job is not found)."""
-    if not VERSION_ID_RE.match(version_id):
+    if not VERSION_ID_RE.fullmatch(version_id):
         return None
     row = session.execute(
         sa.select(VERSIONS).where(VERSIONS.c.id == version_id, VERSIONS.c.job_id == job_id)

@@ -112,13 +112,34 @@ def _after(created_col: InstrumentedAttribute[datetime], id_col: InstrumentedAtt
     return sa.or_(created_col < created_at, sa.and_(created_col == created_at, id_col < row_id))
 
 
-def list_runs(session: Session, filters: RunFilters, *, limit: int,
+# What a run weighs in a page: the bytes of its payload and error as stored and of its result's JSON text.
+_RUN_BYTES = (sa.func.octet_length(Run.payload)
+              + sa.func.coalesce(sa.func.octet_length(sa.cast(Run.result, sa.Text)), 0)
+              + sa.func.coalesce(sa.func.octet_length(Run.error), 0))
+
+
+def list_runs(session: Session, filters: RunFilters, *, limit: int, max_bytes: int,
               after: tuple[datetime, str] | None = None) -> tuple[list[Run], tuple[datetime, str] | None]:
-    """One page of runs, newest first, and the position to continue from (``None`` on the last page)."""
-    query = sa.select(Run).where(*_conditions(filters))
+    """One page of runs, newest first, and the position to continue from (``None`` on the last page).
+
+    The page also ends before the first run that would take the runs already in it past ``max_bytes``
+    (``_RUN_BYTES``; a page always holds at least one run; 200 runs of megabyte payloads and results would
+    otherwise make a response of hundreds of megabytes): the database weighs the page's candidates, in the
+    same statement, and sends only the runs of the page.
+    """
+    order = (Run.created_at.desc(), Run.id.desc())
+    candidates = sa.select(Run.id, Run.created_at, _RUN_BYTES.label("size")).where(*_conditions(filters))
     if after is not None:
-        query = query.where(_after(Run.created_at, Run.id, after))
-    runs = list(session.scalars(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)))
+        candidates = candidates.where(_after(Run.created_at, Run.id, after))
+    first = candidates.order_by(*order).limit(limit + 1).subquery()
+    before = sa.func.sum(first.c.size).over(order_by=(first.c.created_at.desc(), first.c.id.desc()), rows=(None, -1))
+    weighed = sa.select(first.c.id, sa.func.coalesce(before, 0).label("before"),
+                        sa.func.count().over().label("candidates")).subquery()
+    rows = session.execute(sa.select(Run, weighed.c.candidates).join(weighed, weighed.c.id == Run.id)
+                           .where(weighed.c.before < max_bytes).order_by(*order)).all()
+    runs = [row[0] for row in rows]
+    if runs and len(runs) < rows[0][1]:  # the budget ended the page: more runs follow
+        return runs, (runs[-1].created_at, runs[-1].id)
     if len(runs) <= limit:
         return runs, None
     runs = runs[:limit]

@@ -1,8 +1,9 @@
 """Bulk trigger (CONTRACT §4.4): up to 1000 items validated all-or-nothing, then created in ONE transaction.
 
-Round trips do not grow with the item count: one idempotency query for every key, one dedup query for
-every payload hash, one dependency evaluation, one ``batches`` row, one INSERT of runs, one INSERT of
-creation events; the caller commits and enqueues every ``queued`` run in one Redis pipeline.
+Round trips and locks do not grow with the item count: one statement taking the idempotency keys' locks
+(striped: ``shared.db.locks``) and one idempotency query for every key, the same for the payload hashes,
+one dependency evaluation, one ``batches`` row, one INSERT of runs, one INSERT of creation events; the
+caller commits and enqueues every ``queued`` run in one Redis pipeline.
 
 Items are resolved in order, so an item may hit a run created by an earlier item of the same request:
 a repeated key is an idempotency hit on that run, a repeated payload (dedup window set) a dedup hit.
@@ -17,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.db.locks import lock_keys
+from shared.db.locks import lock_all, striped
 from shared.db.models import Batch, Job
 from shared.dependencies.gating import gate_new_runs
 from shared.errors import ValidationFailed
@@ -76,10 +77,10 @@ def trigger_bulk(session: Session, job: Job, items: list[dict[str, Any]], *, act
     ensure_enabled(job)
     inputs = prepare_bulk(job, items, actor=actor, now=now, item_errors=item_errors or {})
     keys = sorted({i.idempotency_key for i in inputs if i.idempotency_key is not None})
-    lock_keys(session, [("idem", job.id, key) for key in keys])
+    lock_all(session, [striped("idem", job.id, key) for key in keys])  # one statement, at most 16 locks
     by_key = {key: (run.id, run.status) for key, run in find_idempotent_runs(session, job.id, keys, now).items()}
     payloads = {i.payload_hash: i.payload for i in inputs} if job.dedup_window_secs else {}
-    lock_keys(session, [("dedup", job.id, h) for h in payloads])
+    lock_all(session, [striped("dedup", job.id, h) for h in payloads])
     by_hash = {h: (run.id, run.status) for h, run in find_dedup_runs(session, job, payloads, now).items()}
 
     batch_id = uuid7()

@@ -4,8 +4,8 @@ Order (§4.2): disabled 409 → payload vs ``payload_schema`` 422 → canonical 
 ``scheduled_at`` → dry run → idempotency → dedup → dependencies → insert. The caller has already
 resolved the job (404) and checked the body's field schema (422), and owns the transaction.
 
-Concurrency: identical concurrent requests are serialised by transaction-scoped advisory locks on
-``("idem", job, key)`` and ``("dedup", job, payload_hash)``, taken in that order and held until commit;
+Concurrency: identical concurrent requests are serialised by transaction-scoped advisory locks covering
+the job's idempotency key and then its payload hash (striped: ``shared.db.locks``), held until commit;
 under READ COMMITTED the second request's lookup runs after the first one's commit and finds its run.
 A request without a key and without a dedup window takes no lock at all.
 """
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from shared.db.locks import lock_key
+from shared.db.locks import lock_all, striped
 from shared.db.models import Job, Run
 from shared.db.prepared import HotQuery
 from shared.dependencies.gating import edges_of, evaluate_many
@@ -213,12 +213,12 @@ def trigger_run(session: Session, job: Job, body: dict[str, Any], *, actor: str,
         return TriggerOutcome(preview_run(session, job, inputs, now), created=False, dry_run=True)
     key = inputs.idempotency_key
     if key is not None:
-        lock_key(session, "idem", job.id, key)
+        lock_all(session, [striped("idem", job.id, key)])
         hit = find_idempotent_runs(session, job.id, [key], now).get(key)
         if hit is not None:
             return TriggerOutcome(hit, created=False, idempotency_hit=True)
     if job.dedup_window_secs:
-        lock_key(session, "dedup", job.id, inputs.payload_hash)
+        lock_all(session, [striped("dedup", job.id, inputs.payload_hash)])
         dup = find_dedup_runs(session, job, {inputs.payload_hash: inputs.payload}, now).get(inputs.payload_hash)
         if dup is not None:
             return TriggerOutcome(dup, created=False)

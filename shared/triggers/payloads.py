@@ -1,24 +1,23 @@
 """Trigger payloads (CONTRACT §4.5, §4.2 step 4): canonical form, hash, and ``payload_schema`` checks.
 
 The canonical form is what is stored and sent to the endpoint byte for byte, so dedup compares bytes.
-Schemas are full JSON Schema 2020-12 with ``format`` as annotation only; validators are compiled once per
-distinct schema (cached by its canonical text) because the trigger hot path checks every payload.
+Schemas are full JSON Schema 2020-12 with ``format`` as annotation only, evaluated in bounded time and
+memory by ``shared.payload_schemas``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
-from referencing import Registry
-from referencing.exceptions import Unresolvable
+
+from shared.payload_schemas.evaluation import evaluate
 
 MAX_PAYLOAD_BYTES = 1 << 20
 MAX_SCHEMA_MESSAGES = 20
+MAX_MESSAGE_CHARS = 500  # a message quotes the value; a 1 MiB string must not make a 1 MiB message
 EMPTY_PAYLOAD = "{}"
 EMPTY_PAYLOAD_HASH = hashlib.sha256(EMPTY_PAYLOAD.encode()).hexdigest()
 
@@ -48,12 +47,6 @@ def payload_size_error(canonical: str) -> str | None:
     return "Canonical payload must be at most 1 MiB (1048576 bytes)."
 
 
-@lru_cache(maxsize=256)
-def _validator(schema_text: str) -> Draft202012Validator:
-    # An empty registry: nothing is ever fetched (remote $refs are refused when the job is written).
-    return Draft202012Validator(json.loads(schema_text), registry=Registry())
-
-
 def _path_text(parts: list[Any]) -> str:
     text = "$"
     for part in parts:
@@ -74,22 +67,17 @@ def _message(error: ValidationError) -> str:
             if error.message == f"{name!r} is a required property":
                 parts.append(name)
                 break
-    return f"{_path_text(parts)}: {error.message}"
+    message = f"{_path_text(parts)}: {error.message}"
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def schema_errors(schema: dict[str, Any] | None, payload: Any) -> list[str]:
-    """Up to 20 messages, each prefixed by the instance path; empty when the payload conforms."""
+    """Up to 20 messages, each prefixed by the instance path; empty when the payload conforms. A schema that
+    cannot be evaluated on the payload within its bounds (time, patterns, depth) adds a last ``$:`` message."""
     if not schema:
         return []
-    validator = _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
-    messages: list[str] = []
-    try:
-        for error in validator.iter_errors(payload):
-            messages.append(_message(error))
-            if len(messages) >= MAX_SCHEMA_MESSAGES:
-                break
-    except Unresolvable as exc:
-        messages.append(f"$: payload_schema cannot be evaluated ({type(exc).__name__})")
-    except RecursionError:
-        messages.append("$: payload is nested too deeply to validate")
+    errors, problem = evaluate(schema, payload, max_errors=MAX_SCHEMA_MESSAGES)
+    messages = [_message(error) for error in errors]
+    if problem is not None:
+        messages.append(f"$: {problem}")
     return messages

@@ -49,12 +49,15 @@ def test_hot_statements_are_prepared_and_a_cached_page_costs_one(app: Flask, aut
     assert {"sluice_key_by_digest", "sluice_trigger_key_job_slug", "sluice_trigger_key_job_id",
             "sluice_insert_run_with_event", "sluice_key_job_slug", "sluice_key_job_id",
             "sluice_key_job_versions_51", "sluice_key_jobs_page_51"} <= set(prepared_runs(app))
-    assert client.get("/v1/jobs?limit=1", headers=auth).status_code == 200  # renders and keeps the page
+    assert client.get("/v1/jobs?limit=200", headers=auth).status_code == 200  # renders and keeps the page
     before = prepared_runs(app)
-    assert client.get("/v1/jobs?limit=1", headers=auth).status_code == 200
+    assert client.get("/v1/jobs?limit=200", headers=auth).status_code == 200
     after = prepared_runs(app)
     changed = {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
-    assert changed == {"sluice_key_job_versions_2": 1}  # the key and the page's versions; renderings kept
+    assert changed == {"sluice_key_job_versions_201": 1}  # the key and the page's versions; renderings kept
+    # Other page sizes run as text: an unknown caller cannot have a statement prepared per limit value.
+    assert client.get("/v1/jobs?limit=1", headers=auth).status_code == 200
+    assert prepared_runs(app) == after
 
 
 def test_triggers_and_reads_by_id_and_slug(client: Any, auth: dict[str, str], session_factory: Any) -> None:

@@ -5,6 +5,8 @@ the API or not. Each page is compared with Flask's answer (which renders from sc
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from typing import Any
 
 import pytest
@@ -159,3 +161,27 @@ def test_the_cache_starts_over_when_full_or_old() -> None:
     assert len(cache) == 1 and cache.find(["c 1"]) is not None and cache.find(["a 1"]) is None
     now[0] = 61.0
     assert cache.find(["c 1"]) is None and len(cache) == 0
+
+
+def test_the_byte_count_holds_under_concurrent_keeps() -> None:
+    """Threads rendering the same jobs at once: the count of bytes held stays the bytes actually held."""
+    cache = RenderedJobs()
+    ids = [f"job-{i}" for i in range(16)]
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    try:
+        def keep_all(size: int) -> None:  # each thread renders the jobs at its own length
+            for _ in range(2000):
+                for job_id in ids:
+                    cache.keep(_job(job_id, "n" * size), "1@t")
+
+        threads = [threading.Thread(target=keep_all, args=(size,)) for size in (1, 40, 300, 2000)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(previous)
+    held = cache.find([f"{job_id} 1@t" for job_id in ids])
+    assert held is not None
+    assert cache.held_bytes == sum(len(entry[1]) for entry in held)

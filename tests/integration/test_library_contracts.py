@@ -1,4 +1,5 @@
-"""Contracts with dramatiq and redis-py: each test fails if an installed version changes an internal Sluice uses.
+"""Contracts with dramatiq, redis-py and jsonschema: each test fails if an installed version changes an internal
+Sluice uses.
 
 Sluice relies on dramatiq's Redis key layout and consumer class (``shared.messages``) and on redis-py's
 connection interface (``shared.limits.thread_scripts``). The version pins in ``pyproject.toml`` allow only
@@ -191,3 +192,20 @@ def test_thread_scripts_raise_errors_and_reconnect(redis_client: redis_lib.Redis
     with pytest.raises((redis_lib.exceptions.ConnectionError, OSError)):
         scripts.run(ok, [], [])
     assert scripts.run(ok, [], []) == 1
+
+
+# ---------------------------------------------------------------------------------------------- jsonschema
+
+def test_jsonschema_validators_resolve_references_as_payload_schemas_read_them() -> None:
+    """``shared.payload_schemas.keywords`` evaluates ``unevaluatedProperties`` with RE2 patterns and follows
+    ``$ref`` there the way jsonschema's own keyword does: ``validator._resolver.lookup(ref)`` giving the
+    ``contents`` and the ``resolver`` that ``evolve`` takes."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry
+
+    schema = {"$defs": {"x": {"properties": {"a": {"type": "integer"}}}}, "$ref": "#/$defs/x"}
+    validator = Draft202012Validator(schema, registry=Registry())
+    resolved = validator._resolver.lookup("#/$defs/x")
+    assert resolved.contents == schema["$defs"]["x"]
+    inner = validator.evolve(schema=resolved.contents, _resolver=resolved.resolver)
+    assert not inner.is_valid({"a": "text"}) and inner.is_valid({"a": 1})

@@ -43,6 +43,12 @@ GAUGE_FAMILIES = {"sluice_queue_depth", "sluice_oldest_ready_run_age_seconds", "
                   "sluice_runs_active", "sluice_oldest_overdue_delayed_run_seconds"}
 
 
+@pytest.fixture()
+def settings(settings):  # type: ignore[no-untyped-def]
+    """These tests change what the gauges report between scrapes: sample them on every scrape."""
+    return settings.with_overrides(metrics_gauge_secs=0)
+
+
 def scrape(client) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:  # type: ignore[no-untyped-def]
     """family name -> {(sample name, sorted labels): value}."""
     response = client.get("/metrics")
@@ -132,6 +138,7 @@ def test_scrape_time_gauges(client, auth, session_factory, redis_client):  # typ
         now = utcnow()
         factories.make_run(session, stored, status="delayed", due_at=now - timedelta(minutes=2))
         factories.make_run(session, stored, status="delayed", due_at=now + timedelta(hours=1))
+        factories.make_run(session, stored, status="executing", started_at=now, heartbeat_at=now, attempt=1)
         session.commit()
     limits = Limits(redis_client)
     for run in ("r-1", "r-2"):
@@ -144,11 +151,11 @@ def test_scrape_time_gauges(client, auth, session_factory, redis_client):  # typ
     assert value(families, "sluice_queue_depth", queue="sluice.runs") == 3
     assert value(families, "sluice_queue_depth", queue="sluice.webhooks") == 0
     assert value(families, "sluice_runs_active", status="queued") == 3
-    assert value(families, "sluice_runs_active", status="executing") == 0
+    assert value(families, "sluice_runs_active", status="executing") == 1
     assert 300 <= value(families, "sluice_oldest_ready_run_age_seconds") < 360
     assert value(families, "sluice_runs_active", status="delayed") == 2
     assert 120 <= value(families, "sluice_oldest_overdue_delayed_run_seconds") < 180
-    assert value(families, "sluice_job_slots_in_use", job_id=job["id"]) == 2
+    assert value(families, "sluice_job_slots_in_use", job_id=job["id"]) == 2  # the job has an executing run
 
     limits.release("r-1", job["id"], None)
     limits.release("r-2", job["id"], None)
@@ -252,6 +259,9 @@ def test_worker_side_counters(client, harness, httpserver, session_factory):  # 
                                                lease_ms=60_000)).admitted
     waiting = harness.run(busy)
     assert harness.handle(waiting.id).action == "redelayed"
+    with session_factory() as session:  # the lease's holder, executing (the gauge reports jobs with such runs)
+        factories.make_run(session, busy, status="executing", started_at=utcnow(), heartbeat_at=utcnow(), attempt=1)
+        session.commit()
 
     after = scrape(client)
 

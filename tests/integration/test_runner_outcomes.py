@@ -61,6 +61,11 @@ def test_2xx_json_completes_with_parsed_result_events_and_trace(harness: Harness
     (b"\xff\xfeok", "text/plain", "\ufffd\ufffdok"),
     (b'{"x": NaN}', "application/json", '{"x": NaN}'),
     (b'{"nul": "a\\u0000b"}', "application/json", {"nul": "a\ufffdb"}),
+    # Nested deeper than anything stored as JSON (near the interpreter's limit, with and without a NUL
+    # that needs cleaning): kept as text, and the run still completes.
+    (b"[" * 980 + b'"\\u0000"' + b"]" * 980, "application/json", "[" * 980 + '"\\u0000"' + "]" * 980),
+    (b"[" * 129 + b"]" * 129, "application/json", "[" * 129 + "]" * 129),
+    (b"[" * 128 + b"]" * 128, "application/json", json.loads("[" * 128 + "]" * 128)),
 ])
 def test_2xx_body_becomes_result(harness: Harness, httpserver: HTTPServer, body: bytes, content_type: str,
                                  expected: object) -> None:

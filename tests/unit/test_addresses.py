@@ -62,8 +62,11 @@ EMBEDDED_PRIVATE = [
     "::127.0.0.1", "::a9fe:a9fe",  # IPv4-compatible (169.254.169.254)
     "64:ff9b::127.0.0.1", "64:ff9b::a00:1",  # NAT64
     "2002:7f00:1::", "2002:c0a8:0101::1",  # 6to4 (127.0.0.1, 192.168.1.1)
+    "::ffff:0:127.0.0.1", "::ffff:0:a9fe:a9fe",  # IPv4-translated (SIIT)
+    "64:ff9b:1::7f00:1", "64:ff9b:1:0:808:808::",  # local-use NAT64: refused whatever it embeds
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001::1",  # Teredo: refused whatever it embeds
 ]
-EMBEDDED_PUBLIC = ["::ffff:8.8.8.8", "::8.8.8.8", "64:ff9b::8.8.8.8", "2002:808:808::1"]
+EMBEDDED_PUBLIC = ["::ffff:8.8.8.8", "::8.8.8.8", "64:ff9b::8.8.8.8", "2002:808:808::1", "::ffff:0:8.8.8.8"]
 
 
 @pytest.mark.parametrize("ip", REFUSED + EMBEDDED_PRIVATE)
