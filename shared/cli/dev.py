@@ -142,6 +142,7 @@ def banner(base_url: str, key: str, database_url: str, redis: EmbeddedRedis, ech
     return f"""
 Sluice dev is running
   API       {base_url}   (docs {base_url}/docs, metrics {base_url}/metrics)
+  console   {base_url}/ui   (sign in with the API key below)
   database  {database_url}   (PostgreSQL, kept in {data_dir / 'postgres'})
   redis     {redis.url}   ({redis.kind}, empty on every start)
   echo      {echo_url}   (an endpoint that answers with what it received; ?status=503 to fail)
