@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import dramatiq
@@ -282,6 +283,8 @@ class SluiceBroker(RedisBroker):
         self.stopping = threading.Event()
         self.stop_key = redis_keys.consumer_stop(self.namespace, self.broker_id)
         self._unsent_acks: dict[str, UnsentAcks] = {}
+        self._announced_ms = 0  # the latest due time this process announced to the scheduler (announce_due)
+        self._announce_lock = threading.Lock()
 
     @property
     def consumer_class(self) -> type[BatchedAckConsumer]:
@@ -300,6 +303,15 @@ class SluiceBroker(RedisBroker):
     def wake(self, queue_name: str, count: int) -> None:
         """Push ``count`` wake tokens (capped) for messages already in ``queue_name``."""
         _enqueue(self, queue_name, [], count)
+
+    def should_announce(self, at_ms: int) -> bool:
+        """Whether a due time needs announcing: not if an announcement at or before it is still ahead (the
+        scheduler wakes then and reads every due time from PostgreSQL); thread-safe."""
+        with self._announce_lock:
+            if current_millis() < self._announced_ms <= at_ms:
+                return False
+            self._announced_ms = at_ms
+            return True
 
     def interrupt_waits(self) -> None:
         """Stop fetching: consumers blocked in ``BLPOP`` return at once and block no more."""
@@ -370,3 +382,16 @@ def pending_messages(broker: RedisBroker, queue_name: str = DISPATCH_QUEUE) -> i
 def ready_messages(broker: RedisBroker, queue_name: str = DISPATCH_QUEUE) -> int:
     """Messages waiting in the queue (not yet fetched by a worker)."""
     return int(broker.client.llen(_queue_key(broker, queue_name)))
+
+
+def announce_due(broker: Any, at: datetime) -> None:
+    """Tell sleeping schedulers that work falls due at ``at`` (``PUBLISH`` on
+    ``shared.redis_keys.scheduler_due_channel``, the epoch ms as the message). Best effort and never raises:
+    a scheduler not listening finds the work at its next periodic sweep. A ``SluiceBroker`` skips a due time
+    when an earlier announcement is still ahead, so a stream of triggers with the same TTL or refusals
+    with the same retry delay costs about one ``PUBLISH`` per that delay per process."""
+    at_ms = int(at.timestamp() * 1000)
+    if isinstance(broker, SluiceBroker) and not broker.should_announce(at_ms):
+        return
+    with contextlib.suppress(redis.RedisError, OSError):
+        broker.client.publish(redis_keys.scheduler_due_channel(redis_keys.redis_db(broker.client)), str(at_ms))

@@ -6,7 +6,14 @@ are not ours and are listed there separately.
 
 from __future__ import annotations
 
+from typing import Any
+
 PREFIX = "sluice:"
+
+
+def redis_db(client: Any) -> int:
+    """The DB index a redis-py client uses (for names that Redis does not scope by DB)."""
+    return int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
 
 
 def concurrency_job(job_id: str) -> str:
@@ -84,3 +91,11 @@ def consumer_stop(namespace: str, broker_id: str) -> str:
     """LIST holding one token per queue when a worker process starts shutting down: its idle consumers,
     blocked in BLPOP on it and their queue's wake list, return at once. TTL: 10 s from the push."""
     return f"{PREFIX}wake:{namespace}:stop:{broker_id}"
+
+
+def scheduler_due_channel(db: int) -> str:
+    """Pub/sub channel (not a key: nothing stored, no TTL) on which API and worker processes announce the
+    epoch ms at which they gave the scheduler work (a delayed run's due time, a run's expiry, a webhook
+    retry); schedulers subscribe and wake then (``scheduler.notices``). Pub/sub ignores DB indexes, so the
+    channel names the deployment's Redis DB."""
+    return f"{PREFIX}scheduler:due:{db}"
