@@ -38,6 +38,7 @@ class DueListener:
         return thread
 
     def run(self, stop: threading.Event) -> None:
+        failing = False
         while not stop.is_set():
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
@@ -45,13 +46,16 @@ class DueListener:
                 if self.subscribed.is_set():
                     self._on_due(time.time())  # reconnected: what was announced meanwhile is unknown
                 self.subscribed.set()
+                failing = False
                 while not stop.is_set():
                     message = pubsub.get_message(timeout=LISTEN_TIMEOUT_SECS)
                     if message is not None and message.get("type") == "message":
                         self._heard(message["data"])
             except (redis.RedisError, OSError) as exc:
-                log.warning("due-time announcements unavailable; sweeping periodically meanwhile",
-                            extra={"error": type(exc).__name__})
+                if not failing:  # once per outage
+                    log.warning("due-time announcements unavailable; sweeping periodically meanwhile",
+                                extra={"error": type(exc).__name__})
+                failing = True
                 stop.wait(RECONNECT_SECS)
             finally:
                 pubsub.close()
