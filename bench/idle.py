@@ -212,9 +212,11 @@ def _ratio(after: float, before: float) -> str:
     return f"{after / before:.2f}×" if before and before == before else ""
 
 
-def report(before: Side, after: Side, args: argparse.Namespace) -> None:
-    b, a = before.result, after.result
-    rows: list[tuple[str, float, float, str]] = [
+Row = tuple[str, float, float, str]
+
+
+def idle_rows(before: Side, after: Side) -> list[Row]:
+    rows: list[Row] = [
         ("idle Redis cmd/s: worker fleet", before.idle_commands["worker"], after.idle_commands["worker"], ""),
         ("idle Redis cmd/s: per worker process", before.idle_commands["per worker process"],
          after.idle_commands["per worker process"], "≤ 5"),
@@ -223,6 +225,20 @@ def report(before: Side, after: Side, args: argparse.Namespace) -> None:
     for label in sorted(set(before.idle_cpu) | set(after.idle_cpu)):
         rows.append((f"idle CPU %: {label}", before.idle_cpu.get(label, float("nan")),
                      after.idle_cpu.get(label, float("nan")), "≤ 1"))
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    print(f"| {'metric':<40} | {'before':>10} | {'after':>10} | target |")
+    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|--------|")
+    for label, b_value, a_value, target in rows:
+        fmt = (lambda v: "-" if v != v else f"{v:.2f}") if ("ms" in label or "%" in label) else fmt_number
+        print(f"| {label:<40} | {fmt(float(b_value)):>10} | {fmt(float(a_value)):>10} | {target} |", flush=True)
+
+
+def report(before: Side, after: Side, args: argparse.Namespace) -> None:
+    b, a = before.result, after.result
+    rows: list[Row] = []
     rows += [
         ("idle dispatch p50 ms (accepted →)", percentile(before.idle_from_accept_ms, 50),
          percentile(after.idle_from_accept_ms, 50), "≤ 3"),
@@ -247,11 +263,7 @@ def report(before: Side, after: Side, args: argparse.Namespace) -> None:
     print(f"before={args.before} idle_secs={args.idle_secs} idle_samples={args.idle_samples} runs={args.runs} "
           f"rounds={args.rounds} paced={args.paced_rate}/s×{args.paced_secs}s processes={args.processes} "
           f"threads={args.threads} cpus={os.cpu_count()}")
-    print(f"| {'metric':<40} | {'before':>10} | {'after':>10} | target |")
-    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|--------|")
-    for label, b_value, a_value, target in rows:
-        fmt = (lambda v: "-" if v != v else f"{v:.2f}") if ("ms" in label or "%" in label) else fmt_number
-        print(f"| {label:<40} | {fmt(float(b_value)):>10} | {fmt(float(a_value)):>10} | {target} |")
+    print_table(rows)
     print(f"drain rounds before: {[round(x) for x in b.drain_rps]}  after: {[round(x) for x in a.drain_rps]}")
 
 
@@ -268,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--skip-dispatch", action="store_true", help="the idle fleet only")
+    parser.add_argument("--skip-idle", action="store_true", help="the dispatch phases only")
     parser.add_argument("--pg-admin-url", default=os.environ.get(
         "SLUICE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--db-name", default="sluice_bench_idle")
@@ -277,12 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     for side in sides:
         if not Path(side.sluice).exists():
             raise SystemExit(f"{side.sluice} not found: make the tree's venv first")
-    for side in sides:
-        measure_idle_fleet(side, args.dsn, args)
-        print(f"  idle {side.name}: {side.idle_commands}", flush=True)
+    if not args.skip_idle:
+        for side in sides:
+            measure_idle_fleet(side, args.dsn, args)
+        print(f"\nidle fleet: before={args.before} idle_secs={args.idle_secs} (worker: its defaults; scheduler)")
+        print_table(idle_rows(sides[0], sides[1]))
     if not args.skip_dispatch:
         run_dispatch(sides, args)
-    report(sides[0], sides[1], args)
+        report(sides[0], sides[1], args)
     return 0
 
 
