@@ -35,3 +35,10 @@ def test_any_other_database_is_refused_naming_the_setting(url: str) -> None:
 def test_make_engine_refuses_what_settings_refuse() -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL: PostgreSQL is required"):
         make_engine("sqlite:///x.db")
+
+
+def test_the_sweep_interval_is_the_schedulers_safety_net_and_read_from_the_environment() -> None:
+    assert Settings.from_env({}).sweep_interval_secs == 5.0
+    assert Settings.from_env({"SLUICE_SWEEP_INTERVAL_SECS": "30"}).sweep_interval_secs == 30.0
+    with pytest.raises(ConfigError, match="SLUICE_SWEEP_INTERVAL_SECS: must be >= 1"):
+        Settings.from_env({"SLUICE_SWEEP_INTERVAL_SECS": "0"})
