@@ -10,7 +10,9 @@ Idle, the loop sleeps until something is due. A task with a ``next_work_in`` hin
 the next expiry, the next stale heartbeat, the next webhook retry: one index lookup each) sleeps until then;
 every task sleeps at most its period (``SLUICE_SWEEP_INTERVAL_SECS``, 5 s: the safety net for work nobody
 announced). Work created meanwhile is announced by the process that created it (``scheduler.notices``):
-the hinted tasks then run at the announced instant.
+the announced tasks (promotion, webhook retries) then run at the announced instant. Expiry is not announced
+(a worker expires a run it picks; the sweep finds the rest at the next expiry it knows of, or within its
+period).
 
 All tasks are safe with several scheduler replicas: rows are taken ``FOR UPDATE SKIP LOCKED`` and a
 duplicate run message is only a spare wake-up token.
@@ -74,9 +76,9 @@ class PeriodicTask:
     run: Callable[[MaintenanceContext, datetime], int]
     batch: int | None = None  # a run that handles this many rows is followed at once by another
     # Optional: seconds until this task has work again (e.g. the next delayed run's due time), so the
-    # loop can wake earlier than ``every_secs``; never earlier than MIN_WAKE_SECS. Hinted tasks also run
-    # at every announced due time.
+    # loop can wake earlier than ``every_secs``; never earlier than MIN_WAKE_SECS.
     next_work_in: Callable[[MaintenanceContext, datetime], float | None] | None = None
+    announced: bool = False  # other processes announce this task's new work (``scheduler.notices``)
 
 
 MIN_WAKE_SECS = 0.02
@@ -149,10 +151,11 @@ def default_tasks(settings: Settings) -> list[PeriodicTask]:
     every = settings.sweep_interval_secs
     return [
         PeriodicTask("expire_unstarted", every, expire_task, EXPIRE_BATCH, next_work_in=next_expiry_in),
-        PeriodicTask("promote_delayed", every, promote_task, PROMOTE_BATCH, next_work_in=next_due_in),
+        PeriodicTask("promote_delayed", every, promote_task, PROMOTE_BATCH, next_work_in=next_due_in, announced=True),
         PeriodicTask("recover_lost_messages", every, recover_task, RECOVER_MAX),
         PeriodicTask("reap_stale_attempts", every, reap_task, REAP_BATCH, next_work_in=next_reap_in),
-        PeriodicTask("enqueue_due_webhooks", every, webhooks_task, WEBHOOK_BATCH, next_work_in=next_webhook_in),
+        PeriodicTask("enqueue_due_webhooks", every, webhooks_task, WEBHOOK_BATCH, next_work_in=next_webhook_in,
+                     announced=True),
         PeriodicTask("recheck_waiting", max(every, RECHECK_WAITING_SECS), recheck_waiting_task),
     ]
 
@@ -185,11 +188,11 @@ class MaintenanceLoop:
             return max(0.0, min(self._next_at.values()) - time.monotonic())
 
     def on_due(self, at_epoch_secs: float) -> None:
-        """Work falls due at ``at_epoch_secs`` (an announcement): the hinted tasks run then."""
+        """Work falls due at ``at_epoch_secs`` (an announcement): the announced tasks run then."""
         at = time.monotonic() + max(0.0, at_epoch_secs - time.time())
         with self._lock:
             for task in self.tasks:
-                if task.next_work_in is not None:
+                if task.announced:
                     self._next_at[task.name] = min(self._next_at[task.name], at)
         self._woken.set()
 

@@ -64,6 +64,10 @@ MAX_IDLE_POLL_MS = 10_000
 WAKE_TOKENS_MAX = 256
 WAKE_TTL_MS = 60_000  # a token nobody took within a minute is stale: idle consumers fetch before they block
 STOP_TOKEN_TTL_MS = 10_000
+# A process announces a due time to the scheduler unless it announced one at most this much later that is
+# still ahead: a stream of re-delays with jittered retry times costs about two PUBLISHes per second per
+# process, and the scheduler about as many wake-ups, for at most this much lateness (promotion within 2 s).
+ANNOUNCE_SLACK_MS = 500
 # While all its prefetched messages are taken, a consumer waits for this many to be acknowledged before it
 # fetches again (fewer, larger fetches and ack batches under load).
 REFILL_FRACTION = 4
@@ -305,10 +309,11 @@ class SluiceBroker(RedisBroker):
         _enqueue(self, queue_name, [], count)
 
     def should_announce(self, at_ms: int) -> bool:
-        """Whether a due time needs announcing: not if an announcement at or before it is still ahead (the
-        scheduler wakes then and reads every due time from PostgreSQL); thread-safe."""
+        """Whether a due time needs announcing: not if an announcement still ahead is at most
+        ``ANNOUNCE_SLACK_MS`` later (the scheduler wakes then and reads every due time from PostgreSQL, so
+        the work is late by that much at most); thread-safe."""
         with self._announce_lock:
-            if current_millis() < self._announced_ms <= at_ms:
+            if current_millis() < self._announced_ms <= at_ms + ANNOUNCE_SLACK_MS:
                 return False
             self._announced_ms = at_ms
             return True
@@ -385,11 +390,11 @@ def ready_messages(broker: RedisBroker, queue_name: str = DISPATCH_QUEUE) -> int
 
 
 def announce_due(broker: Any, at: datetime) -> None:
-    """Tell sleeping schedulers that work falls due at ``at`` (``PUBLISH`` on
+    """Tell sleeping schedulers that work falls due at ``at`` (a delayed run, a webhook retry; ``PUBLISH`` on
     ``shared.redis_keys.scheduler_due_channel``, the epoch ms as the message). Best effort and never raises:
     a scheduler not listening finds the work at its next periodic sweep. A ``SluiceBroker`` skips a due time
-    when an earlier announcement is still ahead, so a stream of triggers with the same TTL or refusals
-    with the same retry delay costs about one ``PUBLISH`` per that delay per process."""
+    when an announcement still ahead is at most ``ANNOUNCE_SLACK_MS`` later, so a stream of delayed
+    triggers or re-delays costs a few ``PUBLISH``es per second per process at most."""
     at_ms = int(at.timestamp() * 1000)
     if isinstance(broker, SluiceBroker) and not broker.should_announce(at_ms):
         return

@@ -95,7 +95,7 @@ def consumer_stop(namespace: str, broker_id: str) -> str:
 
 def scheduler_due_channel(db: int) -> str:
     """Pub/sub channel (not a key: nothing stored, no TTL) on which API and worker processes announce the
-    epoch ms at which they gave the scheduler work (a delayed run's due time, a run's expiry, a webhook
-    retry); schedulers subscribe and wake then (``scheduler.notices``). Pub/sub ignores DB indexes, so the
-    channel names the deployment's Redis DB."""
+    epoch ms at which they gave the scheduler work (a delayed run's due time, a webhook retry); schedulers
+    subscribe and wake then (``scheduler.notices``). Pub/sub ignores DB indexes, so the channel names the
+    deployment's Redis DB."""
     return f"{PREFIX}scheduler:due:{db}"

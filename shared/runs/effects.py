@@ -1,6 +1,6 @@
 """After-commit work a unit of work gathers: runs to enqueue, webhook deliveries to send, freed slots, and
-the earliest instant it gave the scheduler work for (a delayed run's due time, a run's expiry), announced
-to the sleeping scheduler (``shared.messages.SluiceBroker.announce_due``).
+the earliest instant it gave the scheduler work for (a delayed run's due time), announced to the sleeping
+scheduler (``shared.messages.SluiceBroker.announce_due``).
 
 Enqueueing happens only after the commit, so a worker never sees a message for a row it cannot read
 yet. A failed enqueue never fails the caller: the run is safely ``queued`` in PostgreSQL and the
@@ -35,7 +35,7 @@ class Effects:
     due: datetime | None = None  # the earliest instant the scheduler has new work at (``note_due``)
 
     def note_due(self, at: datetime | None) -> None:
-        """The scheduler has work at ``at`` (a delayed run falls due, an unstarted run expires)."""
+        """The scheduler has work at ``at`` (a delayed run falls due)."""
         if at is not None and (self.due is None or at < self.due):
             self.due = at
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -204,15 +205,13 @@ def test_an_idle_loop_sleeps_until_an_announced_due_time(client, auth, session, 
                                                          redis_client):
     """Default settings (a 5 s safety-net sweep): idle, no task runs again before it is due; a delayed run
     triggered through the API is announced, and promoted when due, not at the next sweep."""
-    from scheduler.maintenance import PeriodicTask
-
     runs: dict[str, int] = {}
 
     def counted(task):
         def run(ctx, now):
             runs[task.name] = runs.get(task.name, 0) + 1
             return task.run(ctx, now)
-        return PeriodicTask(task.name, task.every_secs, run, task.batch, task.next_work_in)
+        return dataclasses.replace(task, run=run)
 
     make_job(session, slug="s")
     session.commit()
