@@ -1,7 +1,7 @@
 """Due-time announcements, heard: the thread that lets the maintenance loop sleep until work is due.
 
-API and worker processes announce the instant they gave the scheduler work (``shared.messages.announce_due``:
-a delayed run's due time, a run's expiry, a webhook retry) on a Redis pub/sub channel. This thread holds one
+API and worker processes announce the instant they gave the scheduler work (``shared.due_announcer``:
+a delayed run's due time, a webhook retry) on a Redis pub/sub channel. This thread holds one
 subscribed connection (no polling: Redis pushes each message) and hands each instant to ``on_due``. After a
 lost connection it resubscribes and reports "now", because announcements made meanwhile were not heard and
 the loop should look at PostgreSQL once.

@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 import dramatiq
@@ -40,6 +39,7 @@ from dramatiq.middleware import Middleware
 
 from shared import redis_keys
 from shared.config import Settings
+from shared.due_announcer import DueAnnouncer
 
 DISPATCH_ACTOR = "dispatch_run"
 WEBHOOK_ACTOR = "deliver_webhook"
@@ -64,10 +64,6 @@ MAX_IDLE_POLL_MS = 10_000
 WAKE_TOKENS_MAX = 256
 WAKE_TTL_MS = 60_000  # a token nobody took within a minute is stale: idle consumers fetch before they block
 STOP_TOKEN_TTL_MS = 10_000
-# A process announces a due time to the scheduler unless it announced one at most this much later that is
-# still ahead: a stream of re-delays with jittered retry times costs about two PUBLISHes per second per
-# process, and the scheduler about as many wake-ups, for at most this much lateness (promotion within 2 s).
-ANNOUNCE_SLACK_MS = 500
 # While all its prefetched messages are taken, a consumer waits for this many to be acknowledged before it
 # fetches again (fewer, larger fetches and ack batches under load).
 REFILL_FRACTION = 4
@@ -287,8 +283,7 @@ class SluiceBroker(RedisBroker):
         self.stopping = threading.Event()
         self.stop_key = redis_keys.consumer_stop(self.namespace, self.broker_id)
         self._unsent_acks: dict[str, UnsentAcks] = {}
-        self._announced_ms = 0  # the latest due time this process announced to the scheduler (announce_due)
-        self._announce_lock = threading.Lock()
+        self.due_announcer = DueAnnouncer(self.client)  # one per process, like the broker
 
     @property
     def consumer_class(self) -> type[BatchedAckConsumer]:
@@ -307,16 +302,6 @@ class SluiceBroker(RedisBroker):
     def wake(self, queue_name: str, count: int) -> None:
         """Push ``count`` wake tokens (capped) for messages already in ``queue_name``."""
         _enqueue(self, queue_name, [], count)
-
-    def should_announce(self, at_ms: int) -> bool:
-        """Whether a due time needs announcing: not if an announcement still ahead is at most
-        ``ANNOUNCE_SLACK_MS`` later (the scheduler wakes then and reads every due time from PostgreSQL, so
-        the work is late by that much at most); thread-safe."""
-        with self._announce_lock:
-            if current_millis() < self._announced_ms <= at_ms + ANNOUNCE_SLACK_MS:
-                return False
-            self._announced_ms = at_ms
-            return True
 
     def interrupt_waits(self) -> None:
         """Stop fetching: consumers blocked in ``BLPOP`` return at once and block no more."""
@@ -388,15 +373,3 @@ def ready_messages(broker: RedisBroker, queue_name: str = DISPATCH_QUEUE) -> int
     """Messages waiting in the queue (not yet fetched by a worker)."""
     return int(broker.client.llen(_queue_key(broker, queue_name)))
 
-
-def announce_due(broker: Any, at: datetime) -> None:
-    """Tell sleeping schedulers that work falls due at ``at`` (a delayed run, a webhook retry; ``PUBLISH`` on
-    ``shared.redis_keys.scheduler_due_channel``, the epoch ms as the message). Best effort and never raises:
-    a scheduler not listening finds the work at its next periodic sweep. A ``SluiceBroker`` skips a due time
-    when an announcement still ahead is at most ``ANNOUNCE_SLACK_MS`` later, so a stream of delayed
-    triggers or re-delays costs a few ``PUBLISH``es per second per process at most."""
-    at_ms = int(at.timestamp() * 1000)
-    if isinstance(broker, SluiceBroker) and not broker.should_announce(at_ms):
-        return
-    with contextlib.suppress(redis.RedisError, OSError):
-        broker.client.publish(redis_keys.scheduler_due_channel(redis_keys.redis_db(broker.client)), str(at_ms))

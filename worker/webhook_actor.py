@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import utcnow
 from shared.config import Settings
-from shared.messages import WEBHOOK_ACTOR, WEBHOOK_QUEUE, announce_due
+from shared.due_announcer import announce_due
+from shared.messages import WEBHOOK_ACTOR, WEBHOOK_QUEUE
 from worker.http import PostFunction, post
 from worker.webhooks import deliver
 

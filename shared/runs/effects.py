@@ -1,6 +1,6 @@
 """After-commit work a unit of work gathers: runs to enqueue, webhook deliveries to send, freed slots, and
 the earliest instant it gave the scheduler work for (a delayed run's due time), announced to the sleeping
-scheduler (``shared.messages.SluiceBroker.announce_due``).
+scheduler (``shared.due_announcer``).
 
 Enqueueing happens only after the commit, so a worker never sees a message for a row it cannot read
 yet. A failed enqueue never fails the caller: the run is safely ``queued`` in PostgreSQL and the
@@ -16,7 +16,8 @@ from typing import Any
 
 import redis
 
-from shared.messages import announce_due, enqueue_runs, enqueue_webhooks
+from shared.due_announcer import announce_due
+from shared.messages import enqueue_runs, enqueue_webhooks
 
 log = logging.getLogger("sluice.effects")
 
