@@ -64,6 +64,11 @@ MAX_IDLE_POLL_MS = 10_000
 WAKE_TOKENS_MAX = 256
 WAKE_TTL_MS = 60_000  # a token nobody took within a minute is stale: idle consumers fetch before they block
 STOP_TOKEN_TTL_MS = 10_000
+# dramatiq puts a dead worker's unacknowledged messages back during "maintenance", run by a fetch at random
+# (0.1 % of calls): with idle workers fetching every few seconds, hours apart. A Sluice broker also runs it
+# on its first fetch after this long, so a SIGKILLed worker's messages return within this of its heartbeat
+# timing out (two more commands per look when no worker is dead).
+MAINTENANCE_INTERVAL_MS = 5_000
 # While all its prefetched messages are taken, a consumer waits for this many to be acknowledged before it
 # fetches again (fewer, larger fetches and ack batches under load).
 REFILL_FRACTION = 4
@@ -284,10 +289,22 @@ class SluiceBroker(RedisBroker):
         self.stop_key = redis_keys.consumer_stop(self.namespace, self.broker_id)
         self._unsent_acks: dict[str, UnsentAcks] = {}
         self.due_announcer = DueAnnouncer(self.client)  # one per process, like the broker
+        self._next_maintenance_ms = 0
+        self._maintenance_lock = threading.Lock()
 
     @property
     def consumer_class(self) -> type[BatchedAckConsumer]:
         return BatchedAckConsumer
+
+    def _should_do_maintenance(self, command: str) -> int:
+        """dramatiq's random choice, or a fetch once ``MAINTENANCE_INTERVAL_MS`` has passed since the last."""
+        if command == "fetch":
+            with self._maintenance_lock:
+                now = current_millis()
+                if now >= self._next_maintenance_ms:
+                    self._next_maintenance_ms = now + MAINTENANCE_INTERVAL_MS
+                    return 1
+        return int(super()._should_do_maintenance(command))
 
     def unsent_acks(self, queue_name: str) -> UnsentAcks:
         return self._unsent_acks[queue_name]

@@ -57,8 +57,9 @@ def test_an_idle_worker_process_blocks_in_redis_and_wakes_on_a_trigger(
             before, cpu_before = _commands(client), time.process_time()
             time.sleep(IDLE_SECS)
             idle_commands, idle_cpu = _commands(client) - before, time.process_time() - cpu_before
-            # Polling every 10 ms made ~600 calls per queue in 3 s; blocking makes at most one look per queue.
-            assert idle_commands <= 10, idle_commands
+            # Polling every 10 ms made ~600 calls per queue in 3 s; blocking makes at most one look per queue
+            # (BLPOP, the fetch script counted as EVALSHA, ZADD and LPOP) and one dead-worker check (2).
+            assert idle_commands <= 12, idle_commands
             assert idle_cpu < 0.05 * IDLE_SECS, idle_cpu  # the whole test process, worker threads included
 
             started = time.monotonic()

@@ -246,6 +246,20 @@ def test_an_enqueue_is_never_seen_half_written(redis_client: redis_lib.Redis) ->
     assert len(seen) > 1 and all(ids == bodies for ids, bodies in seen)
 
 
+def test_a_dead_workers_messages_come_back_without_waiting_for_dramatiqs_random_maintenance(
+        redis_client: redis_lib.Redis) -> None:
+    """dramatiq requeues a dead worker's messages in 0.1 % of fetches; an idle Sluice worker fetches every few
+    seconds, so its broker also does it on a timer (every fetch after MAINTENANCE_INTERVAL_MS)."""
+    dead = _declared(SluiceBroker(client=redis_client))
+    enqueue_many(dead, QUEUE, "noop", [str(i) for i in range(3)])
+    consumer = dead.consume(QUEUE, prefetch=3, timeout=10)
+    assert [next(consumer).args[0] for _ in range(3)] == ["0", "1", "2"]  # then SIGKILLed, nothing acked
+    time.sleep(0.2)
+    alive = _declared(SluiceBroker(client=redis_client, heartbeat_timeout=100))  # dramatiq's default chance
+    survivor = alive.consume(QUEUE, prefetch=3, timeout=10)
+    assert sorted(next(survivor).args[0] for _ in range(3)) == ["0", "1", "2"]
+
+
 # --- redis-py ----------------------------------------------------------------------------------------------
 
 def _script(body: str) -> LuaScript:
