@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-samples", type=int, default=30)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--idle-poll-ms", type=int, default=10)
+    parser.add_argument("--idle-poll-ms", type=int, default=10, help="the reference worker's idle poll")
+    parser.add_argument("--sluice-idle-poll-ms", type=int, default=None,
+                        help="Sluice's fallback look at an idle queue (default: the worker's own, 5000)")
     parser.add_argument("--pg-admin-url", default=os.environ.get(
         "SLUICE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--db-name", default="sluice_bench_dispatch")

@@ -96,9 +96,11 @@ class Sluice(System):
         env = {**os.environ, "DATABASE_URL": self.args.dsn, "REDIS_URL": self.args.redis_url,
                "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true",
                "SLUICE_LOG_LEVEL": os.environ.get("SLUICE_BENCH_LOG_LEVEL", "WARNING")}
+        # Sluice's idle workers block until woken; --idle-poll-ms only sets their fallback look (default 5 s).
+        poll = ["--idle-poll-ms", str(self.args.sluice_idle_poll_ms)] if self.args.sluice_idle_poll_ms else []
         self.proc = subprocess.Popen([SLUICE, "worker", "--processes", str(self.args.processes), "--threads",
-                                      str(self.args.threads), "--idle-poll-ms", str(self.args.idle_poll_ms),
-                                      "--queues", "sluice.runs"], env=env, start_new_session=True)
+                                      str(self.args.threads), *poll, "--queues", "sluice.runs"], env=env,
+                                     start_new_session=True)
 
     def new_batch(self) -> None:
         with self.factory() as s:

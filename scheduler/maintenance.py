@@ -6,6 +6,14 @@ rows it handled). Every run of a task is its own transaction; an exception is lo
 again at its next period, so one failing sweep never stops the others. A task that handled a full batch
 runs again at once instead of waiting a period (a backlog drains at full speed).
 
+Idle, the loop sleeps until something is due. A task with a ``next_work_in`` hint (the next delayed run,
+the next expiry, the next stale heartbeat, the next webhook retry: one index lookup each) sleeps until then;
+every task sleeps at most its period (``SLUICE_SWEEP_INTERVAL_SECS``, 5 s: the safety net for work nobody
+announced). Work created meanwhile is announced by the process that created it (``scheduler.notices``):
+the announced tasks (promotion, webhook retries) then run at the announced instant. Expiry is not announced
+(a worker expires a run it picks; the sweep finds the rest at the next expiry it knows of, or within its
+period).
+
 All tasks are safe with several scheduler replicas: rows are taken ``FOR UPDATE SKIP LOCKED`` and a
 duplicate run message is only a spare wake-up token.
 """
@@ -23,7 +31,8 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from scheduler.reaper import REAP_BATCH, reap_stale_attempts
+from scheduler.notices import DueListener
+from scheduler.reaper import REAP_BATCH, next_stale_in, reap_stale_attempts
 from scheduler.sweeps import (
     EXPIRE_BATCH,
     PROMOTE_BATCH,
@@ -33,9 +42,10 @@ from scheduler.sweeps import (
     recheck_waiting,
     recover_lost_messages,
     seconds_until_next_due,
+    seconds_until_next_expiry,
 )
 from scheduler.webhook_sweeps import BATCH_SIZE as WEBHOOK_BATCH
-from scheduler.webhook_sweeps import enqueue_due_webhooks
+from scheduler.webhook_sweeps import enqueue_due_webhooks, seconds_until_next_webhook
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.limits.limiter import Limits
@@ -68,9 +78,11 @@ class PeriodicTask:
     # Optional: seconds until this task has work again (e.g. the next delayed run's due time), so the
     # loop can wake earlier than ``every_secs``; never earlier than MIN_WAKE_SECS.
     next_work_in: Callable[[MaintenanceContext, datetime], float | None] | None = None
+    announced: bool = False  # other processes announce this task's new work (``scheduler.notices``)
 
 
 MIN_WAKE_SECS = 0.02
+STOP_CHECK_SECS = 1.0  # the loop looks at its stop event at least this often (memory only)
 RECHECK_WAITING_SECS = 30.0  # a missed dependency wake-up (see shared.dependencies.gating) is recovered within this
 
 
@@ -85,6 +97,21 @@ def _with_effects(ctx: MaintenanceContext, work: Callable[[Session, Effects], in
 def next_due_in(ctx: MaintenanceContext, now: datetime) -> float | None:
     with ctx.session_factory() as session:
         return seconds_until_next_due(session, now)
+
+
+def next_expiry_in(ctx: MaintenanceContext, now: datetime) -> float | None:
+    with ctx.session_factory() as session:
+        return seconds_until_next_expiry(session, now)
+
+
+def next_reap_in(ctx: MaintenanceContext, now: datetime) -> float | None:
+    with ctx.session_factory() as session:
+        return next_stale_in(session, now, ctx.settings)
+
+
+def next_webhook_in(ctx: MaintenanceContext, now: datetime) -> float | None:
+    with ctx.session_factory() as session:
+        return seconds_until_next_webhook(session, now)
 
 
 def expire_task(ctx: MaintenanceContext, now: datetime) -> int:
@@ -123,17 +150,18 @@ def default_tasks(settings: Settings) -> list[PeriodicTask]:
     """Expiry before promotion (an expired run is never enqueued), lost messages after both."""
     every = settings.sweep_interval_secs
     return [
-        PeriodicTask("expire_unstarted", every, expire_task, EXPIRE_BATCH),
-        PeriodicTask("promote_delayed", every, promote_task, PROMOTE_BATCH, next_work_in=next_due_in),
+        PeriodicTask("expire_unstarted", every, expire_task, EXPIRE_BATCH, next_work_in=next_expiry_in),
+        PeriodicTask("promote_delayed", every, promote_task, PROMOTE_BATCH, next_work_in=next_due_in, announced=True),
         PeriodicTask("recover_lost_messages", every, recover_task, RECOVER_MAX),
-        PeriodicTask("reap_stale_attempts", every, reap_task, REAP_BATCH),
-        PeriodicTask("enqueue_due_webhooks", every, webhooks_task, WEBHOOK_BATCH),
+        PeriodicTask("reap_stale_attempts", every, reap_task, REAP_BATCH, next_work_in=next_reap_in),
+        PeriodicTask("enqueue_due_webhooks", every, webhooks_task, WEBHOOK_BATCH, next_work_in=next_webhook_in,
+                     announced=True),
         PeriodicTask("recheck_waiting", max(every, RECHECK_WAITING_SECS), recheck_waiting_task),
     ]
 
 
 class MaintenanceLoop:
-    """Runs each task every ``every_secs`` (monotonic clock) until ``stop`` is set."""
+    """Runs each task when due (monotonic clock) until ``stop`` is set; see the module doc."""
 
     def __init__(self, ctx: MaintenanceContext, tasks: list[PeriodicTask] | None = None, *,
                  clock: Callable[[], datetime] = utcnow) -> None:
@@ -141,16 +169,32 @@ class MaintenanceLoop:
         self.tasks = tasks if tasks is not None else default_tasks(ctx.settings)
         self._clock = clock
         self._next_at = {task.name: 0.0 for task in self.tasks}
+        self._lock = threading.Lock()  # ``_next_at`` is also lowered by the announcements' thread
+        self._woken = threading.Event()
 
     def run_due(self) -> float:
         """Run every task that is due; return seconds until the next one is."""
         for task in self.tasks:
-            if time.monotonic() < self._next_at[task.name]:
-                continue
+            with self._lock:
+                if time.monotonic() < self._next_at[task.name]:
+                    continue
+                self._next_at[task.name] = float("inf")  # an announcement during the run lowers it again
             handled = self._run_task(task)
             full = task.batch is not None and handled >= task.batch
-            self._next_at[task.name] = time.monotonic() + (0.0 if full else self._wait_for(task))
-        return max(0.0, min(self._next_at.values()) - time.monotonic())
+            later = time.monotonic() + (0.0 if full else self._wait_for(task))
+            with self._lock:
+                self._next_at[task.name] = min(self._next_at[task.name], later)
+        with self._lock:
+            return max(0.0, min(self._next_at.values()) - time.monotonic())
+
+    def on_due(self, at_epoch_secs: float) -> None:
+        """Work falls due at ``at_epoch_secs`` (an announcement): the announced tasks run then."""
+        at = time.monotonic() + max(0.0, at_epoch_secs - time.time())
+        with self._lock:
+            for task in self.tasks:
+                if task.announced:
+                    self._next_at[task.name] = min(self._next_at[task.name], at)
+        self._woken.set()
 
     def _wait_for(self, task: PeriodicTask) -> float:
         if task.next_work_in is None:
@@ -175,5 +219,13 @@ class MaintenanceLoop:
         return handled
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            stop.wait(self.run_due())
+        """Listen for announcements (from before the first sweep on, so none is missed), then sweep."""
+        listener = DueListener(self.ctx.redis, self.on_due)
+        thread = listener.start(stop)
+        listener.subscribed.wait(STOP_CHECK_SECS)
+        try:
+            while not stop.is_set():
+                self._woken.wait(min(self.run_due(), STOP_CHECK_SECS))
+                self._woken.clear()
+        finally:
+            thread.join(timeout=2 * STOP_CHECK_SECS)

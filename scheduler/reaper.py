@@ -77,3 +77,13 @@ def _policy(session: Session, run: Run, job: Job) -> RetryPolicy:
     except SettingsUnresolvable:
         return RetryPolicy(max_attempts=run.attempt, strategy="fixed", delays_secs=())
     return RetryPolicy(effective_max_attempts(run, resolved), resolved.retry_strategy, resolved.retry_delays_secs)
+
+
+def next_stale_in(session: Session, now: datetime, settings: Settings) -> float | None:
+    """Seconds until the oldest heartbeat of an ``executing`` run goes stale (≤ 0 if one is); ``None`` if no
+    run executes. One lookup on ``ix_runs_executing_heartbeat``."""
+    oldest = session.execute(sa.select(sa.func.min(Run.heartbeat_at))
+                             .where(Run.status == RunStatus.EXECUTING.value)).scalar()
+    if oldest is None:
+        return None
+    return (oldest + timedelta(seconds=settings.stale_after_secs) - now).total_seconds()

@@ -64,6 +64,15 @@ def seconds_until_next_due(session: Session, now: datetime) -> float | None:
     return None if due is None else (due - now).total_seconds()
 
 
+def seconds_until_next_expiry(session: Session, now: datetime) -> float | None:
+    """Seconds until the earliest unstarted ``delayed``/``queued`` run expires (≤ 0 if one has); ``None`` if
+    none can. The same rows ``expire_unstarted`` looks at (``ix_runs_expiring``)."""
+    expires = session.execute(
+        sa.select(sa.func.min(Run.expires_at))
+        .where(Run.attempt == 0, Run.expires_at.is_not(None), Run.status.in_([_DELAYED, _QUEUED]))).scalar()
+    return None if expires is None else (expires - now).total_seconds()
+
+
 def expire_unstarted(session: Session, now: datetime, effects: Effects, *, batch: int = EXPIRE_BATCH) -> int:
     """Expire up to ``batch`` unstarted runs whose ``expires_at`` has passed; return how many.
 

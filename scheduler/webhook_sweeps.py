@@ -57,3 +57,14 @@ def enqueue_due_webhooks(session: Session, now: datetime, broker: Any, *, limit:
         .execution_options(synchronize_session=False)
     )
     return enqueue_webhooks(broker, ids)
+
+
+def seconds_until_next_webhook(session: Session, now: datetime) -> float | None:
+    """Seconds until ``enqueue_due_webhooks`` has a delivery to send (≤ 0 if it has one now); ``None`` if no
+    delivery is pending. Each pending delivery is due at ``next_attempt_at`` if nothing touched it since it
+    was scheduled, else ``RESEND_AFTER_SECS`` after the last touch (``ix_webhook_deliveries_due``)."""
+    resend = WebhookDelivery.updated_at + sa.literal_column(f"interval '{RESEND_AFTER_SECS} seconds'")
+    due_at = sa.case((WebhookDelivery.updated_at < WebhookDelivery.next_attempt_at, WebhookDelivery.next_attempt_at),
+                     else_=sa.func.greatest(WebhookDelivery.next_attempt_at, resend))
+    due = session.execute(sa.select(sa.func.min(due_at)).where(WebhookDelivery.state == "pending")).scalar()
+    return None if due is None else (due - now).total_seconds()

@@ -139,7 +139,8 @@ class Settings:
     slot_retry_secs: int = 1
     api_rate_limit: tuple[int, int] | None = None
     # Not in the contract: operational knobs with documented defaults (README, deploy/README.md).
-    sweep_interval_secs: float = 1.0
+    # The longest a scheduler sweep sleeps: the safety net for work nobody announced (scheduler.maintenance).
+    sweep_interval_secs: float = 5.0
     scheduler_sync_secs: int = 10  # how often cron entries are re-read (≤ 25 s: changes seen within 30 s)
     log_level: str = "INFO"
     log_json: bool = True
@@ -167,6 +168,7 @@ class Settings:
             slot_retry_secs=_int(env, "SLUICE_SLOT_RETRY_SECS", 1),
             api_rate_limit=_rate_limit(env),
             scheduler_sync_secs=_int(env, "SLUICE_SCHEDULER_SYNC_SECS", 10, minimum=1),
+            sweep_interval_secs=float(_int(env, "SLUICE_SWEEP_INTERVAL_SECS", 5, minimum=1)),
             log_level=(env.get("SLUICE_LOG_LEVEL") or "INFO").upper(),
             log_json=_bool(env, "SLUICE_LOG_JSON", True),
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),

@@ -11,12 +11,20 @@ dramatiq pin in ``pyproject.toml`` allows only the major those tests ran on. The
 documents it: ``<ns>:<queue>`` a list of message ids, ``<ns>:<queue>.msgs`` a hash id → encoded message,
 ``<ns>:__acks__.<broker id>.<queue>`` the ids a consumer fetched and has not acknowledged,
 ``<ns>:__heartbeats__`` a sorted set of broker ids by last heartbeat (ms).
+
+Wake-ups (ours, not dramatiq's): an idle consumer blocks in ``BLPOP`` on its queue's wake list
+(``shared.redis_keys.queue_wake``) instead of polling. The enqueue script writes the messages and pushes the
+wake tokens in one atomic step, so a token is never visible before its message; a consumer blocks only after
+a fetch found the queue empty, so a message enqueued since then has left a token for it (or for another idle
+consumer, which fetches it). Tokens are hints, never the truth: a consumer still looks at its queue every
+``idle_poll_ms`` without one (messages put back by dramatiq's recovery of a dead worker carry no token).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,11 +32,15 @@ from typing import Any
 
 import dramatiq
 import redis
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
+from dramatiq.middleware import Middleware
 
+from shared import redis_keys
 from shared.config import Settings
+from shared.due_announcer import DueAnnouncer
 from shared.redis_client import make_redis
 
 DISPATCH_ACTOR = "dispatch_run"
@@ -42,7 +54,59 @@ WEBHOOK_QUEUE = "sluice.webhooks"
 # back into play quickly.
 HEARTBEAT_TIMEOUT_MS = 15_000
 ACK_BATCH = 16
-ENQUEUE_CHUNK = 1000
+ENQUEUE_CHUNK = 500  # messages per HSET / RPUSH inside the enqueue script (Lua's unpack has a stack limit)
+
+# An idle consumer looks at its queue this often without a wake-up (each look is also its broker heartbeat,
+# so it must stay well under HEARTBEAT_TIMEOUT_MS).
+DEFAULT_IDLE_POLL_MS = 5_000
+MAX_IDLE_POLL_MS = 10_000
+# One enqueue wakes at most this many idle consumers, and a wake list never holds more tokens: enough for a
+# large fleet to start on a burst together; tokens left over when nobody was idle cost each later idle
+# consumer a wasted look, so their number is bounded.
+WAKE_TOKENS_MAX = 256
+WAKE_TTL_MS = 60_000  # a token nobody took within a minute is stale: idle consumers fetch before they block
+STOP_TOKEN_TTL_MS = 10_000
+# dramatiq puts a dead worker's unacknowledged messages back during "maintenance", run by a fetch at random
+# (0.1 % of calls): with idle workers fetching every few seconds, hours apart. A Sluice broker also runs it
+# on its first fetch after this long, so a SIGKILLed worker's messages return within this of its heartbeat
+# timing out (two more commands per look when no worker is dead).
+MAINTENANCE_INTERVAL_MS = 5_000
+# While all its prefetched messages are taken, a consumer waits for this many to be acknowledged before it
+# fetches again (fewer, larger fetches and ack batches under load).
+REFILL_FRACTION = 4
+FULL_WAIT_SECS = 1.0  # and looks whether its thread should stop at least this often
+STOPPING_WAIT_SECS = 0.1
+
+# KEYS: the queue list, the queue's message hash, the queue's wake list.
+# ARGV: wake tokens to push (capped at WAKE_TOKENS_MAX), WAKE_TOKENS_MAX, WAKE_TTL_MS, then message id, message data...
+# Writes what dramatiq.lua's ``enqueue`` writes for each message, and the wake tokens, in one atomic step.
+ENQUEUE_SCRIPT = f"""
+local n = (#ARGV - 3) / 2
+local first = 4
+while first <= #ARGV do
+  local last = math.min(first + {2 * ENQUEUE_CHUNK} - 1, #ARGV)
+  local fields, ids = {{}}, {{}}
+  for i = first, last, 2 do
+    fields[#fields + 1] = ARGV[i]
+    fields[#fields + 1] = ARGV[i + 1]
+    ids[#ids + 1] = ARGV[i]
+  end
+  redis.call('hset', KEYS[2], unpack(fields))
+  redis.call('rpush', KEYS[1], unpack(ids))
+  first = last + 1
+end
+local cap = tonumber(ARGV[2])
+local tokens = {{}}
+for i = 1, math.min(tonumber(ARGV[1]), cap) do
+  tokens[i] = '1'
+end
+if #tokens > 0 then
+  redis.call('lpush', KEYS[3], unpack(tokens))
+  redis.call('ltrim', KEYS[3], 0, cap - 1)
+  redis.call('pexpire', KEYS[3], ARGV[3])
+end
+return n
+"""
 
 # KEYS: the consumer's ack set for the queue, the queue's message hash, the heartbeats ZSET.
 # ARGV: timestamp (ms), broker id, message ids... (dispatch.lua's ``ack``, once per id, one heartbeat)
@@ -95,15 +159,22 @@ class UnsentAcks:
 
 
 class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
-    """dramatiq's Redis consumer, acknowledging in batches: one Redis call per batch instead of one per message.
+    """dramatiq's Redis consumer, acknowledging in batches and blocking on a wake list when idle.
 
-    A Sluice message is a wake-up token (PostgreSQL decides what runs; a message delivered twice claims
+    Acks: a Sluice message is a wake-up token (PostgreSQL decides what runs; a message delivered twice claims
     nothing or another ready run), so acks can wait a little. They are sent together — when ``ACK_BATCH``
-    are unsent, before the consumer goes back to Redis for more messages or sleeps on an empty queue, and
-    on close — in one script call that does exactly what that many ``dispatch.lua`` ``ack`` calls do. Ids
-    that fail to go out (Redis unreachable) are kept for the next flush. Only the ids unsent when the process
-    dies stay in the ack set, which dramatiq requeues once this broker's heartbeat is ``heartbeat_timeout``
-    old: a redundant wake-up, as after any worker crash.
+    are unsent, before the consumer goes back to Redis for more messages or blocks on an empty queue, at
+    once while it is blocked, and on close — in one script call that does exactly what that many
+    ``dispatch.lua`` ``ack`` calls do. Ids that fail to go out (Redis unreachable) are kept for the next
+    flush. Only the ids unsent when the process dies stay in the ack set, which dramatiq requeues once this
+    broker's heartbeat is ``heartbeat_timeout`` old: a redundant wake-up, as after any worker crash.
+
+    Fetching (this replaces dramatiq's polling ``__next__``, which sleeps a growing back-off between looks
+    at an empty queue): a fetch that finds the queue empty is followed by a ``BLPOP`` on the queue's wake
+    list and the broker's stop list for up to ``idle_poll_ms``; a token (or the timeout) leads to the next
+    fetch. While every prefetched message is taken, the consumer waits in memory until a quarter of them
+    are acknowledged. Once the worker is shutting down it fetches nothing more (in-flight messages are
+    still acknowledged) and checks in memory whether its thread should stop.
     """
 
     def __init__(self, broker: SluiceBroker, queue_name: str, prefetch: int, timeout: int) -> None:
@@ -112,13 +183,28 @@ class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
         self._ack_many = broker.client.register_script(ACK_MANY_SCRIPT)
         self._keys = [f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}",
                       _messages_key(broker, queue_name), f"{broker.namespace}:__heartbeats__"]
+        self._wait_keys = [broker.stop_key, redis_keys.queue_wake(broker.namespace, queue_name)]
+        self._refill_at = prefetch - max(1, prefetch // REFILL_FRACTION)  # outstanding count that allows a fetch
+        self._room = threading.Event()
+        self._blocked = False  # in BLPOP: acks go out at once instead of waiting for the next fetch
 
     def ack(self, message: Any) -> None:
         self.queued_message_ids.discard(message.message_id)  # no longer counts against the prefetch
-        if self._unsent.add(message.options["redis_message_id"]) >= ACK_BATCH:
+        if self._unsent.add(message.options["redis_message_id"]) >= ACK_BATCH or self._blocked:
             # Kept for the next flush if Redis is unreachable; the consumer thread's next fetch reports it.
             with contextlib.suppress(ConnectionClosed):
                 self.flush_acks()
+        self._freed()
+
+    def nack(self, message: Any) -> None:
+        try:
+            super().nack(message)
+        finally:
+            self._freed()
+
+    def _freed(self) -> None:
+        if self.outstanding_message_count <= self._refill_at:
+            self._room.set()
 
     def flush_acks(self) -> None:
         """Send every unsent ack; raises ``ConnectionClosed`` (the ids kept) if Redis is unreachable."""
@@ -131,10 +217,48 @@ class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
             self._unsent.put_back(ids)
             raise ConnectionClosed(exc) from None
 
+    def requeue(self, messages: Iterable[Any]) -> None:
+        """dramatiq's requeue (prefetched messages put back on shutdown), then their wake tokens."""
+        message_ids = [message.options["redis_message_id"] for message in messages]
+        super().requeue(messages)
+        if message_ids:
+            self.broker.wake(self.queue_name, len(message_ids))
+
     def __next__(self) -> Any:
-        if not self.message_cache:  # about to fetch from Redis or to sleep on an empty queue
-            self.flush_acks()
-        return super().__next__()
+        try:
+            while True:
+                while self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:  # an id whose message is gone (acked by a consumer it was requeued to)
+                        continue
+                    message = dramatiq.Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                self.flush_acks()  # about to fetch or to wait: the acks go out first
+                if self.broker.stopping.is_set():
+                    time.sleep(STOPPING_WAIT_SECS)  # until dramatiq stops this thread; no Redis call
+                    return None
+                self._room.clear()
+                if self.outstanding_message_count > self._refill_at:
+                    self._room.wait(FULL_WAIT_SECS)
+                    return None
+                self.message_cache = self.broker.do_fetch(
+                    self.queue_name, self.prefetch - self.outstanding_message_count)
+                if not self.message_cache:
+                    self._wait_for_wake()
+                    return None
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+
+    def _wait_for_wake(self) -> None:
+        self._blocked = True
+        try:
+            self.flush_acks()  # an ack that came in since the flush above
+            self.broker.client.blpop(self._wait_keys, timeout=self.broker.idle_poll_ms / 1000)
+        except redis.TimeoutError:
+            pass  # a client socket timeout shorter than the poll: the same as a poll without a token
+        finally:
+            self._blocked = False
 
     def close(self) -> None:
         try:
@@ -143,21 +267,46 @@ class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
             super().close()
 
 
+class _InterruptWaitsOnShutdown(Middleware):  # type: ignore[misc]
+    def before_worker_shutdown(self, broker: dramatiq.Broker, _worker: Any) -> None:
+        if isinstance(broker, SluiceBroker):
+            broker.interrupt_waits()
+
+
 class SluiceBroker(RedisBroker):
-    """dramatiq's Redis broker with batched acks and no delay queues.
+    """dramatiq's Redis broker with batched acks, blocking idle consumers and no delay queues.
 
     Sluice never enqueues with a dramatiq delay (delays live in PostgreSQL; dramatiq's are capped at 7 days
     and lost with Redis), so a queue is declared without its ``<queue>.DQ`` companion and a worker starts
-    no consumer polling it, which would only double the idle Redis traffic.
+    no consumer polling it. ``idle_poll_ms`` bounds how long an idle consumer waits for a wake-up before it
+    looks at its queue anyway. When a worker starts shutting down, ``interrupt_waits`` ends its consumers'
+    ``BLPOP`` through the broker's own stop list (``shared.redis_keys.consumer_stop``).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, idle_poll_ms: int = DEFAULT_IDLE_POLL_MS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.add_middleware(_InterruptWaitsOnShutdown())
+        self.idle_poll_ms = idle_poll_ms
+        self.stopping = threading.Event()
+        self.stop_key = redis_keys.consumer_stop(self.namespace, self.broker_id)
         self._unsent_acks: dict[str, UnsentAcks] = {}
+        self.due_announcer = DueAnnouncer(self.client)  # one per process, like the broker
+        self._next_maintenance_ms = 0
+        self._maintenance_lock = threading.Lock()
 
     @property
     def consumer_class(self) -> type[BatchedAckConsumer]:
         return BatchedAckConsumer
+
+    def _should_do_maintenance(self, command: str) -> int:
+        """dramatiq's random choice, or a fetch once ``MAINTENANCE_INTERVAL_MS`` has passed since the last."""
+        if command == "fetch":
+            with self._maintenance_lock:
+                now = current_millis()
+                if now >= self._next_maintenance_ms:
+                    self._next_maintenance_ms = now + MAINTENANCE_INTERVAL_MS
+                    return 1
+        return int(super()._should_do_maintenance(command))
 
     def unsent_acks(self, queue_name: str) -> UnsentAcks:
         return self._unsent_acks[queue_name]
@@ -169,11 +318,26 @@ class SluiceBroker(RedisBroker):
             self._unsent_acks[queue_name] = UnsentAcks()
             self.emit_after("declare_queue", queue_name)
 
+    def wake(self, queue_name: str, count: int) -> None:
+        """Push ``count`` wake tokens (capped) for messages already in ``queue_name``."""
+        _enqueue(self, queue_name, [], count)
 
-def make_broker(settings: Settings, client: Any = None) -> SluiceBroker:
+    def interrupt_waits(self) -> None:
+        """Stop fetching: consumers blocked in ``BLPOP`` return at once and block no more."""
+        self.stopping.set()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.rpush(self.stop_key, *["1"] * max(1, len(self.queues)))
+        pipe.pexpire(self.stop_key, STOP_TOKEN_TTL_MS)
+        with contextlib.suppress(redis.RedisError):
+            pipe.execute()
+
+
+def make_broker(settings: Settings, client: Any = None, *, idle_poll_ms: int = DEFAULT_IDLE_POLL_MS) -> SluiceBroker:
     """The Redis broker of every process; ``client`` lets ``sluice dev`` and tests pass their own Redis client."""
-    broker = SluiceBroker(heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
-                          client=client if client is not None else make_redis(settings.redis_url))
+    # A consumer blocks in BLPOP for up to idle_poll_ms: the client's read timeout must outlast that wait.
+    if client is None:
+        client = make_redis(settings.redis_url, blocking_secs=idle_poll_ms / 1000)
+    broker = SluiceBroker(heartbeat_timeout=HEARTBEAT_TIMEOUT_MS, idle_poll_ms=idle_poll_ms, client=client)
     broker.declare_queue(DISPATCH_QUEUE)
     broker.declare_queue(WEBHOOK_QUEUE)
     return broker
@@ -187,24 +351,30 @@ def _message(queue_name: str, actor_name: str, arg: str) -> dramatiq.Message[Any
 
 
 def enqueue_many(broker: RedisBroker, queue_name: str, actor_name: str, ids: Iterable[str]) -> int:
-    """Enqueue one message per id in a single Redis round trip; return the number enqueued.
+    """Enqueue one message per id in a single atomic Redis call; return the number enqueued.
 
     Writes exactly what dramatiq's ``dispatch.lua`` ``enqueue`` command writes — the encoded message in
     the ``<queue>.msgs`` hash under its ``redis_message_id`` and that id pushed on the ``<queue>`` list —
-    but as one HSET and one RPUSH per 1,000 messages instead of one script call per message (a bulk
-    trigger enqueues 1,000 runs). The script's other step, a heartbeat for the sender's broker id, only
-    matters to consumers (it guards their un-acked messages), so a sender can skip it.
+    plus the queue's wake tokens, in one script call (``ENQUEUE_SCRIPT``) instead of one per message (a
+    bulk trigger enqueues 1,000 runs): no message is ever half-written, and no token is seen before its
+    message. The script's other step, a heartbeat for the sender's broker id, only matters to consumers
+    (it guards their un-acked messages), so a sender can skip it. Any dramatiq Redis broker can be
+    passed; a stock one's workers read the messages and ignore the tokens.
     """
     messages = [_message(queue_name, actor_name, value) for value in ids]
     if not messages:
         return 0
-    pipe = broker.client.pipeline(transaction=False)
-    for start in range(0, len(messages), ENQUEUE_CHUNK):
-        chunk = messages[start:start + ENQUEUE_CHUNK]
-        pipe.hset(_messages_key(broker, queue_name), mapping={m.options["redis_message_id"]: m.encode() for m in chunk})
-        pipe.rpush(_queue_key(broker, queue_name), *[m.options["redis_message_id"] for m in chunk])
-    pipe.execute()
-    return len(messages)
+    return _enqueue(broker, queue_name, [(m.options["redis_message_id"], m.encode()) for m in messages], len(messages))
+
+
+def _enqueue(broker: RedisBroker, queue_name: str, messages: list[tuple[str, bytes]], tokens: int) -> int:
+    """``ENQUEUE_SCRIPT``: ``(redis message id, encoded message)`` pairs and ``tokens`` wake tokens, atomically."""
+    args: list[Any] = [tokens, WAKE_TOKENS_MAX, WAKE_TTL_MS]
+    for message_id, data in messages:
+        args += (message_id, data)
+    keys = [_queue_key(broker, queue_name), _messages_key(broker, queue_name),
+            redis_keys.queue_wake(broker.namespace, queue_name)]
+    return int(broker.client.register_script(ENQUEUE_SCRIPT)(keys=keys, args=args))
 
 
 def enqueue_runs(broker: RedisBroker, run_ids: Iterable[str]) -> int:

@@ -6,7 +6,14 @@ are not ours and are listed there separately.
 
 from __future__ import annotations
 
+from typing import Any
+
 PREFIX = "sluice:"
+
+
+def redis_db(client: Any) -> int:
+    """The DB index a redis-py client uses (for names that Redis does not scope by DB)."""
+    return int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
 
 
 def concurrency_job(job_id: str) -> str:
@@ -75,3 +82,27 @@ def slot_waiters_key(job_id: str, key: str) -> str:
     """ZSET like ``slot_waiters_job``, for runs refused by ``max_concurrency_per_key`` on one
     ``concurrency_key``. Same score, removal and TTL (1 day, refreshed on every add)."""
     return f"{PREFIX}waiters:key:{job_id}:{key}"
+
+
+def queue_wake(namespace: str, queue_name: str) -> str:
+    """LIST of wake tokens for a broker queue's idle consumers (``shared.messages``), blocked on it in BLPOP.
+
+    Pushed by the enqueue script with the messages (one token per message, at most 256), trimmed to 256.
+    TTL: 60 s, renewed on every push (idle consumers look at the queue before they block, so an old token
+    wakes nobody who needs it).
+    """
+    return f"{PREFIX}wake:{namespace}:{queue_name}"
+
+
+def consumer_stop(namespace: str, broker_id: str) -> str:
+    """LIST holding one token per queue when a worker process starts shutting down: its idle consumers,
+    blocked in BLPOP on it and their queue's wake list, return at once. TTL: 10 s from the push."""
+    return f"{PREFIX}wake:{namespace}:stop:{broker_id}"
+
+
+def scheduler_due_channel(db: int) -> str:
+    """Pub/sub channel (not a key: nothing stored, no TTL) on which API and worker processes announce the
+    epoch ms at which they gave the scheduler work (a delayed run's due time, a webhook retry); schedulers
+    subscribe and wake then (``scheduler.notices``). Pub/sub ignores DB indexes, so the channel names the
+    deployment's Redis DB."""
+    return f"{PREFIX}scheduler:due:{db}"

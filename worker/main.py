@@ -5,10 +5,11 @@ each process builds its own engine, Redis clients and broker, declares the actor
 ``dramatiq.Worker`` with ``--threads`` threads (default ``SLUICE_WORKER_THREADS``). Nothing is built at
 import time, and the dramatiq CLI is not involved, so this module controls the consumer's idle poll.
 
-Idle poll: dramatiq's Redis consumer polls an empty queue with a growing back-off capped at
-``worker_timeout`` ms (stock: 1000 ms, i.e. up to a second before an idle worker notices a message).
-Sluice uses 10 ms (``--idle-poll-ms``): a message reaches an idle worker within ~10 ms, for a few
-hundred cheap Redis calls per second per process (measured in docs/execution.md).
+Idle: a consumer whose queue is empty blocks in Redis (``BLPOP`` on the queue's wake list, which every
+enqueue pushes to; ``shared.messages.BatchedAckConsumer``) and fetches as soon as a message arrives. Without
+a wake-up it looks at its queue every ``--idle-poll-ms`` (default 5000): the safety net for messages
+enqueued without a token, and the consumer's broker heartbeat. An idle process thus makes well under one
+Redis call per second per queue, and dramatiq's worker threads wait on an in-memory queue.
 
 Shutdown: SIGTERM/SIGINT → stop fetching, requeue prefetched messages, let in-flight attempts finish
 (heartbeats continue meanwhile), exit 0. Further SIGTERMs are ignored (a process manager signals the whole
@@ -40,7 +41,7 @@ from shared.db.engine import make_engine, make_session_factory
 from shared.db.prepared import enable_prepared_statements
 from shared.limits.limiter import Limits
 from shared.logs import configure_logging
-from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, make_broker
+from shared.messages import DEFAULT_IDLE_POLL_MS, DISPATCH_QUEUE, MAX_IDLE_POLL_MS, WEBHOOK_QUEUE, make_broker
 from shared.metrics import WORKER_METRICS_PORT, expose_process_metrics
 from shared.metrics_listener import Heartbeat
 from shared.redis_client import make_redis
@@ -53,7 +54,8 @@ from worker.webhook_actor import register_webhook_actor
 log = logging.getLogger("sluice.worker")
 
 DEFAULT_PROCESSES = 2
-DEFAULT_IDLE_POLL_MS = 10
+# How often an idle worker thread checks whether to stop (dramatiq's ``worker_timeout``): memory only.
+WORKER_THREAD_TIMEOUT_MS = 1000
 # In-flight attempts may run up to 86 400 s; a graceful stop waits for them (the platform's kill timeout
 # decides otherwise, and the reaper recovers what a kill interrupts).
 GRACEFUL_STOP_MS = (86_400 + 600) * 1000
@@ -68,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="threads per process (default SLUICE_WORKER_THREADS)")
     parser.add_argument("--idle-poll-ms", type=int, default=DEFAULT_IDLE_POLL_MS,
-                        help=f"longest idle poll interval of a queue in ms (default {DEFAULT_IDLE_POLL_MS})")
+                        help="how often an idle worker looks at its queues without a wake-up, in ms "
+                             f"(default {DEFAULT_IDLE_POLL_MS}, at most {MAX_IDLE_POLL_MS})")
     parser.add_argument("--queues", default=f"{DISPATCH_QUEUE},{WEBHOOK_QUEUE}",
                         help="comma-separated queues to consume (default: runs and webhooks)")
     return parser
@@ -82,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings.secret_box  # noqa: B018 -- refuse to start without a key, before any child is spawned
     if args.processes < 1 or args.threads < 1 or args.idle_poll_ms < 1:
         raise SystemExit("sluice worker: --processes, --threads and --idle-poll-ms must be >= 1")
+    if args.idle_poll_ms > MAX_IDLE_POLL_MS:  # each look is also the consumer's broker heartbeat
+        raise SystemExit(f"sluice worker: --idle-poll-ms must be <= {MAX_IDLE_POLL_MS}")
     configure_logging(settings, process="worker")
     # /healthz: the supervisor's loop turns every half second (a single process answers while it lives).
     heartbeat = Heartbeat(SUPERVISOR_STALL_SECS) if args.processes > 1 else None
@@ -211,7 +216,8 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     session_factory = make_session_factory(engine)
     redis_client = make_redis(settings.redis_url)
     limits = Limits(redis_client, per_thread_connections=True)  # its threads live as long as the process
-    broker = make_broker(settings)  # batched acks, no delay-queue consumers (shared.messages.SluiceBroker)
+    # Batched acks, consumers blocking on wake-ups, no delay-queue consumers (shared.messages.SluiceBroker).
+    broker = make_broker(settings, idle_poll_ms=idle_poll_ms)
     http = HttpClient.configured(settings, os.environ, pool_size=threads)  # endpoint calls and webhooks
     monitor = AttemptMonitor(session_factory, redis_client, limits, clock=utcnow,
                              heartbeat_interval_secs=settings.heartbeat_interval_secs).start()
@@ -223,7 +229,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     if WEBHOOK_QUEUE in queues:
         register_webhook_actor(broker, session_factory=session_factory, settings=settings, post_function=http.post)
         consumed.add(WEBHOOK_QUEUE)
-    worker = dramatiq.Worker(broker, queues=consumed, worker_threads=threads, worker_timeout=idle_poll_ms)
+    worker = dramatiq.Worker(broker, queues=consumed, worker_threads=threads, worker_timeout=WORKER_THREAD_TIMEOUT_MS)
     worker.start()
     log.info("worker process started", extra={"pid": os.getpid(), "threads": threads, "queues": sorted(consumed)})
     try:

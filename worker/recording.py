@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.runs.commit import commit_and_apply
-from shared.runs.effects import Effects
+from shared.runs.effects import Effects, apply_after_commit
 from shared.runs.moves import Events, move, move_alone
 from shared.runs.status import TERMINAL, RunStatus
 from worker.connection import ThreadConnection
@@ -33,8 +33,10 @@ class Recorder:
              values: dict[str, Any] | None = None, where: dict[str, Any] | None = None,
              guards: tuple[str, ...] = (), events: Events | None = None) -> bool:
         """Move ``run_id`` from ``from_`` to ``to`` if it matches; whether it moved."""
-        if move_alone(self._connection.first, run_id, to, now=now, from_=from_, values=values, where=where,
-                      guards=guards, events=events) is not None:
+        alone = Effects()
+        if move_alone(self._connection.first, run_id, to, now=now, effects=alone, from_=from_, values=values,
+                      where=where, guards=guards, events=events) is not None:
+            apply_after_commit(alone, self._broker)  # a re-delay or retry: its due time, to the scheduler
             return True
         if to not in TERMINAL:
             return False  # alone, a non-terminal move only fails by not matching

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import utcnow
 from shared.config import Settings
+from shared.due_announcer import announce_due
 from shared.messages import WEBHOOK_ACTOR, WEBHOOK_QUEUE
 from worker.http import PostFunction, post
 from worker.webhooks import deliver
@@ -33,8 +34,10 @@ def register_webhook_actor(broker: dramatiq.Broker, *, session_factory: sessionm
 
     def deliver_webhook(delivery_id: str) -> None:
         try:
-            deliver(delivery_id, session_factory=session_factory, settings=settings, now_fn=now_fn,
-                    http_post=post_function)
+            retry_at = deliver(delivery_id, session_factory=session_factory, settings=settings, now_fn=now_fn,
+                               http_post=post_function)
+            if retry_at is not None:
+                announce_due(broker, retry_at)  # the scheduler's sweep enqueues the retry then
         except Exception:
             # The delivery stays safely in PostgreSQL; the sweep re-enqueues it (after the claim lease if
             # an attempt was claimed). Re-raising would only park the message in dramatiq's dead letters.

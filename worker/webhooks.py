@@ -93,18 +93,20 @@ class _PolicyResolver:
 
 def deliver(delivery_id: str, *, session_factory: sessionmaker[Session], settings: Settings,
             now_fn: Callable[[], datetime], http_post: PostFunction = post,
-            rng: random.Random | None = None) -> None:
+            rng: random.Random | None = None) -> datetime | None:
     """Make one delivery attempt for ``delivery_id`` if it is pending and due; otherwise do nothing.
+    Returns when the next attempt is due if this one failed and another is scheduled (the scheduler's sweep
+    enqueues it then), else ``None``.
 
     Safe to call for any id, any number of times, concurrently: only the caller whose conditional
     claim succeeds sends anything. Never raises for an endpoint's failure; database errors propagate.
     """
     claim = _claim(session_factory, delivery_id, now_fn())
     if claim is None:
-        return
+        return None
     resolver = _PolicyResolver(settings.address_policy)
     outcome = _send(claim, resolver, now_fn, http_post, settings.secret_box)
-    _record(session_factory, claim, outcome, refused=resolver.refused, now=now_fn(), rng=rng)
+    return _record(session_factory, claim, outcome, refused=resolver.refused, now=now_fn(), rng=rng)
 
 
 def _claim(session_factory: sessionmaker[Session], delivery_id: str, now: datetime) -> _Claim | None:
@@ -174,7 +176,7 @@ def _send(claim: _Claim, resolver: _PolicyResolver, now_fn: Callable[[], datetim
 
 
 def _record(session_factory: sessionmaker[Session], claim: _Claim, outcome: Outcome, *, refused: bool,
-            now: datetime, rng: random.Random | None) -> None:
+            now: datetime, rng: random.Random | None) -> datetime | None:
     values: dict[str, Any] = {"updated_at": now, "last_error": outcome.error}
     if outcome.is_success:
         values["state"] = "delivered"
@@ -201,7 +203,7 @@ def _record(session_factory: sessionmaker[Session], claim: _Claim, outcome: Outc
             # The row is gone (job deleted) or our lease ran out and another attempt took over.
             log.warning("webhook outcome discarded", extra={
                 "delivery_id": claim.delivery_id, "run_id": claim.run_id, "job_id": claim.job_id})
-            return
+            return None
         insert_events(session, [event(claim.run_id, "webhook_delivery", {
             "event_type": claim.event_type,
             "delivery_attempt": claim.attempt,
@@ -213,3 +215,5 @@ def _record(session_factory: sessionmaker[Session], claim: _Claim, outcome: Outc
     log.info(message, extra={
         "delivery_id": claim.delivery_id, "run_id": claim.run_id, "job_id": claim.job_id,
         "attempt": claim.attempt, "http_status": outcome.http_status})
+    retry_at: datetime | None = values.get("next_attempt_at")
+    return retry_at

@@ -178,6 +178,8 @@ def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effec
     else:
         observe_runs_created_by(row["triggered_by"] for row in rows)
     effects.enqueue.extend(row["id"] for row in rows if row["status"] == RunStatus.QUEUED.value)
+    for row in rows:  # a delayed run: the scheduler promotes it when due
+        effects.note_due(row["due_at"])
     return rows
 
 

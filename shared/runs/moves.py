@@ -65,7 +65,7 @@ def move(session: Session, run_id: str, to: RunStatus, *, now: datetime, effects
     shape, extra = _shape(to, from_, values or {}, where or {}, guards, events or [], False, now)
     params = move_params(shape, run_id, now, extra, where or {}, events or [], message)
     rows = execute_hot(session.connection(), move_statement(shape), params).all()
-    moved = _after(session, to, rows, now=now, effects=effects)
+    moved = _after(session, to, rows, now=now, effects=effects, due=extra.get("due_at"))
     return moved[0] if moved else None
 
 
@@ -78,15 +78,16 @@ def move_many(session: Session, run_ids: list[str], to: RunStatus, *, now: datet
     shape, extra = _shape(to, from_, values or {}, {}, guards, [], True, now)
     params = move_params(shape, run_ids, now, extra, {}, [], message)
     rows = execute_hot(session.connection(), move_statement(shape), params).all()
-    return _after(session, to, rows, now=now, effects=effects)
+    return _after(session, to, rows, now=now, effects=effects, due=extra.get("due_at"))
 
 
-def move_alone(execute: StatementRunner, run_id: str, to: RunStatus, *, now: datetime,
+def move_alone(execute: StatementRunner, run_id: str, to: RunStatus, *, now: datetime, effects: Effects,
                from_: RunStatus, values: dict[str, Any] | None = None, where: dict[str, Any] | None = None,
                guards: tuple[str, ...] = (), events: Events | None = None) -> Moved | None:
     """``move`` as one self-contained statement, run by ``execute`` as its own transaction (the worker's
     autocommit connection). ``None``: the run did not match, or the move is terminal and a hook is due;
-    the caller then repeats it with ``move`` in a transaction, which tells the two apart."""
+    the caller then repeats it with ``move`` in a transaction, which tells the two apart. Of the effects
+    only ``due`` can be set (a move to ``delayed``); the caller applies them."""
     guards = (*guards, "no_hooks") if to in TERMINAL else guards
     shape, extra = _shape(to, (from_,), values or {}, where or {}, guards, events or [], False, now)
     row = execute(move_statement(shape), move_params(shape, run_id, now, extra, where or {}, events or [], None))
@@ -94,11 +95,15 @@ def move_alone(execute: StatementRunner, run_id: str, to: RunStatus, *, now: dat
         return None
     if to in TERMINAL:
         observe_run_finished(to.value)
+    effects.note_due(extra.get("due_at"))
     return Moved(str(row[0]), str(row[1]), str(row[2]))
 
 
-def _after(session: Session, to: RunStatus, rows: Sequence[Any], *, now: datetime, effects: Effects) -> list[Moved]:
+def _after(session: Session, to: RunStatus, rows: Sequence[Any], *, now: datetime, effects: Effects,
+           due: datetime | None) -> list[Moved]:
     moved = [Moved(str(row[0]), str(row[1]), str(row[2])) for row in rows]
+    if moved:
+        effects.note_due(due)  # a move to ``delayed``: the scheduler promotes it then
     if to is RunStatus.QUEUED:
         effects.enqueue.extend(m.id for m in moved)
     if to in TERMINAL:

@@ -18,8 +18,16 @@ import pytest
 import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
 
+from shared import redis_keys
 from shared.limits.thread_scripts import LuaScript, ThreadScripts
-from shared.messages import BatchedAckConsumer, SluiceBroker, enqueue_many, pending_messages, ready_messages
+from shared.messages import (
+    WAKE_TOKENS_MAX,
+    BatchedAckConsumer,
+    SluiceBroker,
+    enqueue_many,
+    pending_messages,
+    ready_messages,
+)
 from tests.conftest import redis_url
 
 QUEUE = "test.contract"
@@ -127,6 +135,130 @@ def test_a_dead_workers_unacked_messages_are_requeued_with_batched_acks(redis_cl
     requeued = [next(survivor) for _ in range(3)]
     assert sorted(m.args[0] for m in requeued) == ["2", "3", "4"]
     assert redis_client.zscore("dramatiq:__heartbeats__", dead.broker_id) is None
+
+
+class Pulling:
+    """``next(consumer)`` in a thread until it yields a message (``None`` = a wait or a wake-up ended)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.message: Any = None
+        self.nones = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._pull, daemon=True)
+        self.thread.start()
+
+    def _pull(self) -> None:
+        while not self.done.is_set():
+            message = next(self.consumer)
+            if message is not None:
+                self.message = message
+                self.done.set()
+                return
+            self.nones += 1
+
+
+def _wake_key(broker: RedisBroker) -> str:
+    return redis_keys.queue_wake(broker.namespace, QUEUE)
+
+
+def test_an_idle_consumer_blocks_until_an_enqueue_wakes_it(redis_client: redis_lib.Redis) -> None:
+    broker = _declared(SluiceBroker(client=redis_client, idle_poll_ms=10_000))
+    pulling = Pulling(broker.consume(QUEUE, prefetch=2, timeout=10))
+    time.sleep(0.5)
+    assert (pulling.done.is_set(), pulling.nones) == (False, 0)  # one fetch, then blocked: no polling
+    started = time.monotonic()
+    enqueue_many(broker, QUEUE, "noop", ["x"])
+    assert pulling.done.wait(2)
+    assert time.monotonic() - started < 0.5  # woken, not found by a poll 10 s later
+    assert pulling.message.args == ("x",)
+    assert redis_client.llen(_wake_key(broker)) == 0  # the token was taken
+
+
+def test_a_message_enqueued_without_a_wake_token_is_found_at_the_next_idle_poll(
+        redis_client: redis_lib.Redis) -> None:
+    broker = _declared(SluiceBroker(client=redis_client, idle_poll_ms=300))
+    pulling = Pulling(broker.consume(QUEUE, prefetch=2, timeout=10))
+    time.sleep(0.1)
+    stock = _declared(RedisBroker(client=redis_client))  # dispatch.lua's enqueue: no token (an older sender)
+    stock.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="noop", args=("y",), kwargs={}, options={}))
+    assert pulling.done.wait(3)
+    assert pulling.message.args == ("y",) and pulling.nones >= 1
+
+
+def test_interrupt_waits_releases_blocked_consumers_which_then_fetch_nothing(redis_client: redis_lib.Redis) -> None:
+    broker = _declared(SluiceBroker(client=redis_client, idle_poll_ms=10_000))
+    pulling = Pulling(broker.consume(QUEUE, prefetch=2, timeout=10))
+    time.sleep(0.3)
+    started = time.monotonic()
+    broker.interrupt_waits()
+    assert _wait_until(lambda: pulling.nones >= 1, secs=2)
+    assert time.monotonic() - started < 0.5
+    enqueue_many(broker, QUEUE, "noop", ["z"])
+    time.sleep(0.3)
+    pulling.done.set()
+    assert pulling.message is None and ready_messages(broker, QUEUE) == 1  # left for the other workers
+
+
+def test_enqueue_pushes_one_wake_token_per_message_up_to_the_cap(redis_client: redis_lib.Redis) -> None:
+    broker = _declared(SluiceBroker(client=redis_client))
+    enqueue_many(broker, QUEUE, "noop", ["a", "b", "c"])
+    assert redis_client.llen(_wake_key(broker)) == 3
+    enqueue_many(broker, QUEUE, "noop", [str(i) for i in range(WAKE_TOKENS_MAX + 50)])
+    assert redis_client.llen(_wake_key(broker)) == WAKE_TOKENS_MAX
+    assert 0 < redis_client.pttl(_wake_key(broker)) <= 60_000
+    assert (ready_messages(broker, QUEUE), pending_messages(broker, QUEUE)) == (WAKE_TOKENS_MAX + 53,) * 2
+
+
+def test_requeued_messages_wake_idle_consumers(redis_client: redis_lib.Redis) -> None:
+    broker = _declared(SluiceBroker(client=redis_client))
+    enqueue_many(broker, QUEUE, "noop", ["a", "b"])
+    redis_client.delete(_wake_key(broker))
+    consumer = broker.consume(QUEUE, prefetch=2, timeout=10)
+    fetched = [next(consumer), next(consumer)]
+    consumer.requeue(fetched)  # what a stopping worker does with prefetched messages
+    assert ready_messages(broker, QUEUE) == 2 and redis_client.llen(_wake_key(broker)) == 2
+
+
+def test_an_enqueue_is_never_seen_half_written(redis_client: redis_lib.Redis) -> None:
+    """A reader between the writes of one enqueue would see message bodies without their ids in the queue."""
+    broker = _declared(SluiceBroker(client=redis_client))
+    reader = redis_lib.Redis.from_url(redis_url())
+    seen: set[tuple[int, int]] = set()
+    writing = threading.Event()
+    writing.set()
+
+    def read() -> None:
+        while writing.is_set():
+            pipe = reader.pipeline(transaction=True)
+            pipe.llen(f"{broker.namespace}:{QUEUE}")
+            pipe.hlen(f"{broker.namespace}:{QUEUE}.msgs")
+            seen.add(tuple(pipe.execute()))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for _ in range(15):
+            enqueue_many(broker, QUEUE, "noop", [f"{i:0>200}" for i in range(3000)])  # ~1 MB per call
+    finally:
+        writing.clear()
+        thread.join()
+        reader.close()
+    assert len(seen) > 1 and all(ids == bodies for ids, bodies in seen)
+
+
+def test_a_dead_workers_messages_come_back_without_waiting_for_dramatiqs_random_maintenance(
+        redis_client: redis_lib.Redis) -> None:
+    """dramatiq requeues a dead worker's messages in 0.1 % of fetches; an idle Sluice worker fetches every few
+    seconds, so its broker also does it on a timer (every fetch after MAINTENANCE_INTERVAL_MS)."""
+    dead = _declared(SluiceBroker(client=redis_client))
+    enqueue_many(dead, QUEUE, "noop", [str(i) for i in range(3)])
+    consumer = dead.consume(QUEUE, prefetch=3, timeout=10)
+    assert [next(consumer).args[0] for _ in range(3)] == ["0", "1", "2"]  # then SIGKILLed, nothing acked
+    time.sleep(0.2)
+    alive = _declared(SluiceBroker(client=redis_client, heartbeat_timeout=100))  # dramatiq's default chance
+    survivor = alive.consume(QUEUE, prefetch=3, timeout=10)
+    assert sorted(next(survivor).args[0] for _ in range(3)) == ["0", "1", "2"]
 
 
 # --- redis-py ----------------------------------------------------------------------------------------------

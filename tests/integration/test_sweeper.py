@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -30,10 +31,12 @@ def broker(settings, redis_client):
 
 @pytest.fixture()
 def loop(settings, session_factory, broker, redis_client):
-    """The maintenance loop running in a thread, as ``sluice scheduler`` runs it."""
-    ctx = MaintenanceContext(settings=settings, session_factory=session_factory, broker=broker, redis=redis_client)
+    """The maintenance loop running in a thread, as ``sluice scheduler`` runs it, sweeping every second: these
+    tests write runs behind the API's back (nobody announces them), so only the periodic sweep finds them."""
+    ctx = MaintenanceContext(settings=settings.with_overrides(sweep_interval_secs=1.0), session_factory=session_factory,
+                             broker=broker, redis=redis_client)
     stop = threading.Event()
-    thread = threading.Thread(target=MaintenanceLoop(ctx, default_tasks(settings)).run, args=(stop,))
+    thread = threading.Thread(target=MaintenanceLoop(ctx, default_tasks(ctx.settings)).run, args=(stop,))
     thread.start()
     yield
     stop.set()
@@ -196,3 +199,37 @@ def test_loop_wakes_at_the_next_due_time(session, session_factory, loop):
         first_at, second_at = s.get(Run, first.id).queued_at, s.get(Run, second.id).queued_at
     assert first_at >= first_due and second_at >= second_due
     assert (second_at - second_due).total_seconds() < 0.3  # a 1 s poll would give up to 1 s
+
+
+def test_an_idle_loop_sleeps_until_an_announced_due_time(client, auth, session, session_factory, settings, broker,
+                                                         redis_client):
+    """Default settings (a 5 s safety-net sweep): idle, no task runs again before it is due; a delayed run
+    triggered through the API is announced, and promoted when due, not at the next sweep."""
+    runs: dict[str, int] = {}
+
+    def counted(task):
+        def run(ctx, now):
+            runs[task.name] = runs.get(task.name, 0) + 1
+            return task.run(ctx, now)
+        return dataclasses.replace(task, run=run)
+
+    make_job(session, slug="s")
+    session.commit()
+    ctx = MaintenanceContext(settings=settings, session_factory=session_factory, broker=broker, redis=redis_client)
+    stop = threading.Event()
+    thread = threading.Thread(target=MaintenanceLoop(ctx, [counted(t) for t in default_tasks(settings)]).run,
+                              args=(stop,))
+    thread.start()
+    try:
+        time.sleep(2.0)
+        assert set(runs.values()) == {1}  # each task once, at start; then asleep (a 1 s poll: twice more)
+        headers = {**auth, "Content-Type": "application/json"}
+        delayed = client.post("/v1/jobs/s/trigger", data=json.dumps({"delay_secs": 1}), headers=headers).get_json()
+        due = datetime.fromisoformat(delayed["scheduled_at"].replace("Z", "+00:00"))
+        assert wait_for(lambda: status_of(session_factory, delayed["id"]) == "queued", timeout=4)
+        with session_factory() as s:
+            queued_at = s.get(Run, delayed["id"]).queued_at
+        assert timedelta(0) <= queued_at - due < timedelta(seconds=0.5)  # the next sweep would be ~3 s later
+    finally:
+        stop.set()
+        thread.join(timeout=10)

@@ -81,3 +81,10 @@ def test_private_endpoint_allowlist_is_parsed_once_and_checked() -> None:
     assert policy.names_host("db.corp") and policy.names_host("api.svc.cluster.local")
     with pytest.raises(ConfigError, match=r"^SLUICE_ALLOWED_PRIVATE_ENDPOINTS: .* is not a network"):
         Settings.from_env({"DATABASE_URL": URL, "SLUICE_ALLOWED_PRIVATE_ENDPOINTS": "10.0.0.1/8"})
+
+
+def test_the_sweep_interval_is_the_schedulers_safety_net_and_read_from_the_environment() -> None:
+    assert Settings.from_env({"DATABASE_URL": URL}).sweep_interval_secs == 5.0
+    assert Settings.from_env({"DATABASE_URL": URL, "SLUICE_SWEEP_INTERVAL_SECS": "30"}).sweep_interval_secs == 30.0
+    with pytest.raises(ConfigError, match="SLUICE_SWEEP_INTERVAL_SECS: must be >= 1"):
+        Settings.from_env({"DATABASE_URL": URL, "SLUICE_SWEEP_INTERVAL_SECS": "0"})
