@@ -91,7 +91,8 @@ def _in_url(ip: str) -> str:
 @pytest.mark.parametrize("ip", REFUSED + EMBEDDED_PRIVATE)
 def test_private_literal_refused_without_resolving(ip: str) -> None:
     resolver = FakeResolver()
-    reason = "a cloud metadata endpoint" if ip in ("169.254.169.254", "::a9fe:a9fe") else "a private address"
+    reason = ("a cloud metadata endpoint" if ip in ("169.254.169.254", "::a9fe:a9fe", "::ffff:0:a9fe:a9fe")
+              else "a private address")
     assert refusal(_in_url(ip), resolver) == f"endpoint_url: host is {reason}"
     with pytest.raises(AddressRefused):
         resolve_checked(_in_url(ip), policy=STRICT, resolver=resolver)
