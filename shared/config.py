@@ -49,6 +49,12 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    """A positive integer, or ``None`` when unset, empty or 0 (no cap)."""
+    value = _int(env, name, 0)
+    return value or None
+
+
 def _rate_limit(env: Mapping[str, str]) -> tuple[int, int] | None:
     raw = env.get("SLUICE_API_RATE_LIMIT", "").strip()
     if not raw:
@@ -81,6 +87,9 @@ class Settings:
     log_json: bool = True
     worker_threads: int = 8
     ca_bundle: str | None = None  # PEM file of extra CAs trusted for endpoint and webhook TLS
+    # Fair share between projects: optional caps per project (None: no cap).
+    project_max_executing: int | None = None  # executing attempts of one project at once
+    project_max_timeout_secs: int | None = None  # an attempt's timeout, whatever its job or trigger asks
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +109,8 @@ class Settings:
             log_json=_bool(env, "SLUICE_LOG_JSON", True),
             worker_threads=_int(env, "SLUICE_WORKER_THREADS", 8, minimum=1),
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
+            project_max_executing=_optional_int(env, "SLUICE_PROJECT_MAX_EXECUTING"),
+            project_max_timeout_secs=_optional_int(env, "SLUICE_PROJECT_MAX_TIMEOUT_SECS"),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

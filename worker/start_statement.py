@@ -61,8 +61,15 @@ _READY = "r.held_at IS NULL AND j.enabled IS true"
 # (it holds id as its last column) and filter the whole ready set for the id instead of one key lookup.
 _BY_ID = (f"((r.status = 'queued') IS TRUE OR (CAST(:wake AS boolean) AND (r.status = 'delayed') IS TRUE "
           f"AND (r.next_retry_at IS NULL OR r.next_retry_at <= {NOW})))")
-_PICK = (f"SELECT {_SELECTED}, {startable_sql()} AS startable, NOT {UNLIMITED.sql} AS limited "
-         "FROM runs r JOIN jobs j ON j.id = r.job_id")
+_PICK = (f"SELECT {_SELECTED}, {FIELDS['project_executing']} AS project_executing, {startable_sql()} AS startable, "
+         f"NOT {UNLIMITED.sql} AS limited FROM runs r JOIN jobs j ON j.id = r.job_id")
+# The fair share: the executing attempts of a project, and "another project has a ready run at this run's
+# priority", as two probes of ix_runs_ready_project (project ids below and above this run's), each empty
+# when one project runs alone.
+_EXECUTING = "(SELECT count(*) FROM runs e WHERE e.project_id = {project} AND e.status = 'executing')"
+_RIVAL = ("EXISTS (SELECT 1 FROM runs b WHERE b.status = 'queued' AND b.priority = r.priority "
+          "AND b.project_id {op} r.project_id)")
+_TOP = "(SELECT priority FROM top)"
 _STRIP_USERINFO = f"regexp_replace({{url}}, '{USERINFO_PATTERN}', '\\1//')"
 _SETTINGS_CHECKED = "picked.id = :settings_checked_id"
 # A run whose snapshot settings Python checked records the snapshot's version and endpoint in attempt_started.
@@ -74,7 +81,7 @@ _LIMITS = ("json_build_array(picked.attempt, picked.priority, picked.metadata, p
            "picked.rate_limit_keys)")
 
 SQL = f"""{MARKER}
-WITH hinted AS (
+WITH RECURSIVE hinted AS (
     {_PICK}
     WHERE r.id = :hint AND {_BY_ID} AND {_READY}
       -- OFFSET 0 keeps this a correlated subquery: an index range "priority > this run's", empty in the
@@ -82,7 +89,44 @@ WITH hinted AS (
       AND NOT EXISTS (SELECT 1 FROM runs b JOIN jobs bj ON bj.id = b.job_id
                       WHERE b.status = 'queued' AND b.priority > r.priority AND b.held_at IS NULL
                         AND bj.enabled IS true OFFSET 0)
+      -- The fair share: alone at its priority, or its project has no more executing attempts than any
+      -- other project with a ready run at the top priority.
+      AND (NOT {_RIVAL.format(op="<")} AND NOT {_RIVAL.format(op=">")}
+           OR NOT EXISTS (SELECT 1 FROM shares s WHERE s.project_id <> r.project_id
+                            AND {_EXECUTING.format(project="s.project_id")}
+                                < {_EXECUTING.format(project="r.project_id")}))
     FOR UPDATE OF r
+), top AS (
+    SELECT b.priority FROM runs b JOIN jobs bj ON bj.id = b.job_id
+    WHERE b.status = 'queued' AND b.held_at IS NULL AND bj.enabled IS true
+    ORDER BY b.priority DESC LIMIT 1
+), projects AS (
+    -- The distinct projects with a queued run at the top priority: one index descent each.
+    SELECT (SELECT min(b.project_id) FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}) AS project_id
+    UNION ALL
+    SELECT (SELECT min(b.project_id) FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
+              AND b.project_id > p.project_id)
+    FROM projects p WHERE p.project_id IS NOT NULL
+), shares AS (
+    -- Each such project with a ready run: its oldest ready run, and its executing attempts (counted only
+    -- when there is more than one project to choose from).
+    SELECT p.project_id, head.queued_at, head.id,
+           CASE WHEN (SELECT count(*) FROM projects c WHERE c.project_id IS NOT NULL) > 1
+                THEN {_EXECUTING.format(project="p.project_id")} ELSE 0 END AS executing
+    FROM projects p CROSS JOIN LATERAL (
+        SELECT b.queued_at, b.id FROM runs b JOIN jobs bj ON bj.id = b.job_id
+        WHERE b.status = 'queued' AND b.priority = {_TOP} AND b.project_id = p.project_id
+          AND b.held_at IS NULL AND bj.enabled IS true
+        ORDER BY b.queued_at, b.id LIMIT 1) head
+    WHERE p.project_id IS NOT NULL
+), fair AS (
+    -- The oldest ready run of the project with the fewest executing attempts (then the oldest head).
+    {_PICK}
+    WHERE r.status = 'queued' AND {_READY} AND CAST(:best AS boolean) AND r.priority = {_TOP}
+      AND r.project_id = (SELECT s.project_id FROM shares s ORDER BY s.executing, s.queued_at, s.id LIMIT 1)
+    ORDER BY r.queued_at, r.id
+    LIMIT 1
+    FOR UPDATE OF r SKIP LOCKED
 ), best AS (
     {_PICK}
     WHERE r.status = 'queued' AND {_READY} AND CAST(:best AS boolean)
@@ -90,7 +134,7 @@ WITH hinted AS (
     LIMIT 1
     FOR UPDATE OF r SKIP LOCKED
 ), picked AS (
-    SELECT * FROM hinted UNION ALL SELECT * FROM best LIMIT 1
+    SELECT * FROM hinted UNION ALL SELECT * FROM fair UNION ALL SELECT * FROM best LIMIT 1
 ), moved AS (
     UPDATE runs SET {set_clause(S.EXECUTING, ())},
                     {set_clause_through(S.QUEUED, S.EXECUTING, "picked.status = 'delayed'")}

@@ -161,6 +161,10 @@ class Run(Base):
         # (an expression index, created by hand in migration 0001: autogenerate cannot compare it)
         sa.Index("ix_runs_ready", sa.text("priority DESC"), "queued_at", "id",
                  postgresql_where=sa.text("status = 'queued'")),
+        # The ready set by project within a priority: the fair share between projects (migration
+        # fair_share; an expression index like ix_runs_ready).
+        sa.Index("ix_runs_ready_project", sa.text("priority DESC"), "project_id", "queued_at", "id",
+                 postgresql_where=sa.text("status = 'queued'")),
         sa.Index("ix_runs_delayed_due", "due_at",
                  postgresql_where=sa.text("status = 'delayed'")),
         sa.Index("ix_runs_executing_heartbeat", "heartbeat_at",
