@@ -76,11 +76,11 @@ def create_app(settings: Settings) -> Flask:
 
 
 def _services(settings: Settings) -> Services:
-    # No pre-ping: a dead pooled connection fails one request with 503 and SQLAlchemy then invalidates the
-    # pool; pinging would cost a round trip on every request.
+    # Pre-ping: after PostgreSQL restarts (or a backend is terminated), a stale pooled connection is
+    # replaced at checkout instead of failing a request with 503.
     pool = settings.worker_threads + 2
-    engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
-    read_engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False)
+    engine = make_engine(settings.database_url, pool_size=pool)
+    read_engine = make_engine(settings.database_url, pool_size=pool)
     for each in (engine, read_engine):
         enable_prepared_statements(each)
     client = redis.Redis.from_url(settings.redis_url)

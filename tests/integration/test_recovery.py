@@ -1,0 +1,64 @@
+"""Recovery without errors: after PostgreSQL drops every connection (a restart, a failover, an operator's
+``pg_terminate_backend``), the next requests and attempts succeed on fresh connections."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import sqlalchemy as sa
+from pytest_httpserver import HTTPServer
+from sqlalchemy.engine import Engine
+
+from tests.conftest import PG_ADMIN_URL, PG_DB_NAME
+from tests.factories import make_job
+from tests.integration.runner_harness import Harness
+
+
+def terminate_backends() -> int:
+    """Terminate every backend of the test database but this one (a PostgreSQL restart, as the pools see it)
+    and wait until they are gone."""
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    others = "FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
+    try:
+        with admin.connect() as conn:
+            pids = [pid for pid, in conn.execute(sa.text(f"SELECT pid {others}"), {"d": PG_DB_NAME})]
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:p AS int[])) AS pid"),
+                         {"p": pids})
+            deadline = time.monotonic() + 10
+            while conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(CAST(:p AS int[]))"),
+                               {"p": pids}).scalar() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return len(pids)
+    finally:
+        admin.dispose()
+
+
+def test_every_request_succeeds_after_the_backends_are_terminated(client, auth, session) -> None:  # type: ignore[no-untyped-def]
+    make_job(session, slug="hello")
+    session.commit()
+    paths = ["/v1/jobs", "/v1/jobs/hello", "/v1/runs", "/v1/jobs?limit=5", "/v1/jobs/hello/versions"]
+    for _ in range(3):  # fill the pools: every pooled connection of both engines is used
+        for path in paths:
+            assert client.get(path, headers=auth).status_code == 200
+        assert client.post("/v1/jobs/hello/trigger", headers=auth).status_code == 201
+    session.close()
+    assert terminate_backends() > 0
+    statuses = []
+    for path in paths:
+        statuses.append(client.get(path, headers=auth).status_code)
+    statuses.append(client.post("/v1/jobs/hello/trigger", data=json.dumps({"payload": {"n": 1}}),
+                                headers={**auth, "Content-Type": "application/json"}).status_code)
+    assert statuses == [200] * len(paths) + [201]
+
+
+def test_attempts_succeed_after_the_backends_are_terminated(harness: Harness, httpserver: HTTPServer,
+                                                           db_engine: Engine) -> None:
+    httpserver.expect_request("/ok").respond_with_data("ok")
+    job = harness.job(endpoint_url=httpserver.url_for("/ok"))
+    assert harness.handle(harness.run(job).id).action == "completed"  # the worker thread holds a connection
+    db_engine.dispose()
+    assert terminate_backends() > 0
+    run = harness.run(job)
+    assert harness.handle(run.id).action == "completed"
+    assert harness.get(run.id).status == "completed"
