@@ -38,7 +38,9 @@ class _Held:
         # filled table ("empty") the planner picks sequential scans of runs instead, and a prepared generic
         # plan keeps them until the next ANALYZE: O(table) per attempt through a whole backlog.
         self.cursor: Any = self.dbapi.cursor()  # reused by every statement of this thread
-        self.cursor.execute("SET enable_seqscan = off")
+        # Generic plans only: the start statement is large (planning it takes milliseconds, many times its
+        # execution), and its plan does not depend on the values it is sent with.
+        self.cursor.execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
         prepared = prepared_names(self.proxy.info, create=True)
         assert prepared is not None
         self.prepared: set[str] = prepared
@@ -51,7 +53,7 @@ def _autocommit_off(dbapi_connection: Any, _record: Any) -> None:
     if dbapi_connection is None or dbapi_connection.closed or not dbapi_connection.autocommit:
         return
     with contextlib.suppress(Exception), dbapi_connection.cursor() as cursor:  # a broken one is discarded anyway
-        cursor.execute("RESET enable_seqscan")
+        cursor.execute("RESET enable_seqscan; RESET plan_cache_mode")
     dbapi_connection.autocommit = False
 
 

@@ -64,11 +64,17 @@ _BY_ID = (f"((r.status = 'queued') IS TRUE OR (CAST(:wake AS boolean) AND (r.sta
 _PICK = (f"SELECT {_SELECTED}, {FIELDS['project_executing']} AS project_executing, {startable_sql()} AS startable, "
          f"NOT {UNLIMITED.sql} AS limited FROM runs r JOIN jobs j ON j.id = r.job_id")
 # The fair share: the executing attempts of a project, and "another project has a ready run at this run's
-# priority", as two probes of ix_runs_ready_project (project ids below and above this run's), each empty
-# when one project runs alone.
+# priority", as two probes of ix_runs_ready (project ids below and above this run's), each empty when one
+# project runs alone.
 _EXECUTING = "(SELECT count(*) FROM runs e WHERE e.project_id = {project} AND e.status = 'executing')"
-_RIVAL = ("EXISTS (SELECT 1 FROM runs b WHERE b.status = 'queued' AND b.priority = r.priority "
-          "AND b.project_id {op} r.project_id)")
+# (Each probe is ordered as the index is, so that the planner walks it and no other index of runs.)
+# ``COLLATE "C"`` on project ids matches that index's column: no other index of runs can serve these probes,
+# whatever the statistics say.
+_C = 'COLLATE "C"'
+_RIVAL = (f"(SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = r.priority "
+          f"AND b.project_id {_C} {{op}} r.project_id {_C} ORDER BY b.priority DESC, b.project_id {_C} LIMIT 1) "
+          "IS NOT NULL")
+_BY_PROJECT = f"ORDER BY b.priority DESC, b.project_id {_C}"
 _TOP = "(SELECT priority FROM top)"
 _STRIP_USERINFO = f"regexp_replace({{url}}, '{USERINFO_PATTERN}', '\\1//')"
 _SETTINGS_CHECKED = "picked.id = :settings_checked_id"
@@ -102,10 +108,11 @@ WITH RECURSIVE hinted AS (
     ORDER BY b.priority DESC LIMIT 1
 ), projects AS (
     -- The distinct projects with a queued run at the top priority: one index descent each.
-    SELECT (SELECT min(b.project_id) FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}) AS project_id
+    SELECT (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
+            {_BY_PROJECT} LIMIT 1) AS project_id
     UNION ALL
-    SELECT (SELECT min(b.project_id) FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
-              AND b.project_id > p.project_id)
+    SELECT (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
+              AND b.project_id {_C} > p.project_id {_C} {_BY_PROJECT} LIMIT 1)
     FROM projects p WHERE p.project_id IS NOT NULL
 ), shares AS (
     -- Each such project with a ready run: its oldest ready run, and its executing attempts (counted only
@@ -115,22 +122,22 @@ WITH RECURSIVE hinted AS (
                 THEN {_EXECUTING.format(project="p.project_id")} ELSE 0 END AS executing
     FROM projects p CROSS JOIN LATERAL (
         SELECT b.queued_at, b.id FROM runs b JOIN jobs bj ON bj.id = b.job_id
-        WHERE b.status = 'queued' AND b.priority = {_TOP} AND b.project_id = p.project_id
+        WHERE b.status = 'queued' AND b.priority = {_TOP} AND b.project_id {_C} = p.project_id {_C}
           AND b.held_at IS NULL AND bj.enabled IS true
-        ORDER BY b.queued_at, b.id LIMIT 1) head
+        {_BY_PROJECT}, b.queued_at, b.id LIMIT 1) head
     WHERE p.project_id IS NOT NULL
 ), fair AS (
     -- The oldest ready run of the project with the fewest executing attempts (then the oldest head).
     {_PICK}
     WHERE r.status = 'queued' AND {_READY} AND CAST(:best AS boolean) AND r.priority = {_TOP}
-      AND r.project_id = (SELECT s.project_id FROM shares s ORDER BY s.executing, s.queued_at, s.id LIMIT 1)
-    ORDER BY r.queued_at, r.id
+      AND r.project_id {_C} = (SELECT s.project_id FROM shares s ORDER BY s.executing, s.queued_at, s.id LIMIT 1) {_C}
+    ORDER BY r.priority DESC, r.project_id {_C}, r.queued_at, r.id
     LIMIT 1
     FOR UPDATE OF r SKIP LOCKED
 ), best AS (
     {_PICK}
     WHERE r.status = 'queued' AND {_READY} AND CAST(:best AS boolean)
-    ORDER BY r.priority DESC, r.queued_at, r.id
+    ORDER BY r.priority DESC, r.project_id {_C}, r.queued_at, r.id
     LIMIT 1
     FOR UPDATE OF r SKIP LOCKED
 ), picked AS (

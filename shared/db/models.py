@@ -157,13 +157,9 @@ class Run(Base):
         sa.Index("ix_runs_batch", "batch_id",
                  postgresql_where=sa.text("batch_id IS NOT NULL")),
         sa.Index("ix_runs_status_created", "project_id", "status", "created_at"),
-        # The ready set, best first (§5.11): what a worker claims and the sweeper counts.
-        # (an expression index, created by hand in migration 0001: autogenerate cannot compare it)
-        sa.Index("ix_runs_ready", sa.text("priority DESC"), "queued_at", "id",
-                 postgresql_where=sa.text("status = 'queued'")),
-        # The ready set by project within a priority: the fair share between projects (migration
-        # fair_share; an expression index like ix_runs_ready).
-        sa.Index("ix_runs_ready_project", sa.text("priority DESC"), "project_id", "queued_at", "id",
+        # The ready set by priority, then project (the fair share between projects, migration fair_share):
+        # what a worker claims and the sweeper counts. (An expression index: autogenerate cannot compare it.)
+        sa.Index("ix_runs_ready", sa.text("priority DESC"), sa.text('project_id COLLATE "C"'), "queued_at", "id",
                  postgresql_where=sa.text("status = 'queued'")),
         sa.Index("ix_runs_delayed_due", "due_at",
                  postgresql_where=sa.text("status = 'delayed'")),

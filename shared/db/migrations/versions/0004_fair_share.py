@@ -1,10 +1,13 @@
-"""runs: the ready set by project within a priority, for the fair share between projects
+"""runs: the ready set ordered by project within a priority, for the fair share between projects
 
 The worker's start statement serves projects fairly within a priority: it asks whether another project
-has a ready run at the same priority (two index probes, ``project_id`` below and above this run's) and
-walks the distinct projects with ready runs (one index descent per project). Both need the ready set
-ordered by ``(priority DESC, project_id, queued_at, id)``. Partial on ``status = 'queued'`` like
-``ix_runs_ready``: a run enters it only when it becomes ready.
+has a ready run at the same priority (two index probes, project ids below and above this run's), walks the
+distinct projects with ready runs (one index descent each) and takes the oldest ready run of the chosen
+project. All of that needs the ready set ordered ``(priority DESC, project_id, queued_at, id)``, which
+replaces ``ix_runs_ready``'s ``(priority DESC, queued_at, id)``: still one partial index entered only when a
+run becomes ready, so a run costs no more index writes than before. ``project_id COLLATE "C"``: the
+statement compares project ids in that collation, which no other index of ``runs`` has, so its probes
+use this index whatever the statistics say.
 
 Revision ID: fair_share
 Revises: 0003
@@ -20,11 +23,16 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.drop_index("ix_runs_ready", table_name="runs")
     op.create_index(
-        "ix_runs_ready_project", "runs", [sa.text("priority DESC"), "project_id", "queued_at", "id"],
+        "ix_runs_ready", "runs", [sa.text("priority DESC"), sa.text('project_id COLLATE "C"'), "queued_at", "id"],
         postgresql_where=sa.text("status = 'queued'"),
     )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_runs_ready_project", table_name="runs")
+    op.drop_index("ix_runs_ready", table_name="runs")
+    op.create_index(
+        "ix_runs_ready", "runs", [sa.text("priority DESC"), "queued_at", "id"],
+        postgresql_where=sa.text("status = 'queued'"),
+    )
