@@ -9,6 +9,7 @@ import time
 import sqlalchemy as sa
 from pytest_httpserver import HTTPServer
 from sqlalchemy.engine import Engine
+from werkzeug import Request, Response
 
 from tests.conftest import PG_ADMIN_URL, PG_DB_NAME
 from tests.factories import make_job
@@ -62,3 +63,27 @@ def test_attempts_succeed_after_the_backends_are_terminated(harness: Harness, ht
     run = harness.run(job)
     assert harness.handle(run.id).action == "completed"
     assert harness.get(run.id).status == "completed"
+
+
+def test_a_running_attempt_recreates_the_lease_redis_lost(harness: Harness, httpserver: HTTPServer) -> None:
+    """Redis loses every lease while an attempt of a ``max_concurrency: 1`` job runs: the next heartbeat
+    counts the attempt again, so a second run of the job is refused instead of running beside it."""
+    seen: list[int] = []
+    actions: list[str] = []
+
+    def answer(request: Request) -> Response:
+        if seen:  # the refused run, handed the slot when this attempt ends
+            return Response("ok")
+        harness.redis.flushdb()
+        seen.append(harness.limits.slots_in_use(job.id))
+        harness.monitor.tick(force_heartbeat=True)
+        seen.append(harness.limits.slots_in_use(job.id))
+        second = harness.run(job)
+        actions.append(harness.handle(second.id).action)  # refused while this attempt runs
+        return Response("ok")
+
+    httpserver.expect_request("/cap").respond_with_handler(answer)
+    job = harness.job(endpoint_url=httpserver.url_for("/cap"), max_concurrency=1)
+    assert harness.handle(harness.run(job).id).action == "completed"
+    assert seen[:2] == [0, 1]
+    assert actions == ["redelayed"]
