@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import dramatiq
@@ -177,14 +177,15 @@ def make_broker(settings: Settings, client: Any = None) -> SluiceBroker:
     return broker
 
 
-def _message(queue_name: str, actor_name: str, arg: str) -> dramatiq.Message[Any]:
+def _message(queue_name: str, actor_name: str, arg: str, message_id: str | None = None) -> dramatiq.Message[Any]:
     return dramatiq.Message(
         queue_name=queue_name, actor_name=actor_name, args=(arg,), kwargs={},
-        options={"redis_message_id": str(uuid.uuid4())},
+        options={"redis_message_id": message_id or str(uuid.uuid4())},
     )
 
 
-def enqueue_many(broker: RedisBroker, queue_name: str, actor_name: str, ids: Iterable[str]) -> int:
+def enqueue_many(broker: RedisBroker, queue_name: str, actor_name: str, ids: Iterable[str], *,
+                 keyed: bool = False) -> int:
     """Enqueue one message per id in a single Redis round trip; return the number enqueued.
 
     Writes exactly what dramatiq's ``dispatch.lua`` ``enqueue`` command writes — the encoded message in
@@ -192,8 +193,11 @@ def enqueue_many(broker: RedisBroker, queue_name: str, actor_name: str, ids: Ite
     but as one HSET and one RPUSH per 1,000 messages instead of one script call per message (a bulk
     trigger enqueues 1,000 runs). The script's other step, a heartbeat for the sender's broker id, only
     matters to consumers (it guards their un-acked messages), so a sender can skip it.
+
+    ``keyed``: each message's id is the id it carries, so ``messages_waiting`` can tell whether it is
+    still in the queue (webhook deliveries).
     """
-    messages = [_message(queue_name, actor_name, value) for value in ids]
+    messages = [_message(queue_name, actor_name, value, value if keyed else None) for value in ids]
     if not messages:
         return 0
     pipe = broker.client.pipeline(transaction=False)
@@ -210,7 +214,18 @@ def enqueue_runs(broker: RedisBroker, run_ids: Iterable[str]) -> int:
 
 
 def enqueue_webhooks(broker: RedisBroker, delivery_ids: Iterable[str]) -> int:
-    return enqueue_many(broker, WEBHOOK_QUEUE, WEBHOOK_ACTOR, delivery_ids)
+    return enqueue_many(broker, WEBHOOK_QUEUE, WEBHOOK_ACTOR, delivery_ids, keyed=True)
+
+
+def messages_waiting(broker: RedisBroker, queue_name: str, message_ids: Sequence[str]) -> set[str]:
+    """Which of the keyed ``message_ids`` are still enqueued or in flight (not yet acknowledged): one round
+    trip for the batch."""
+    if not message_ids:
+        return set()
+    pipe = broker.client.pipeline(transaction=False)
+    for message_id in message_ids:
+        pipe.hexists(_messages_key(broker, queue_name), message_id)
+    return {message_id for message_id, present in zip(message_ids, pipe.execute(), strict=True) if present}
 
 
 def pending_messages(broker: RedisBroker, queue_name: str = DISPATCH_QUEUE) -> int:
