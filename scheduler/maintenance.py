@@ -27,6 +27,7 @@ from scheduler.reaper import REAP_BATCH, reap_stale_attempts
 from scheduler.sweeps import (
     EXPIRE_BATCH,
     PROMOTE_BATCH,
+    RECHECK_RUNS,
     RECOVER_MAX,
     expire_unstarted,
     promote_due_delayed,
@@ -38,6 +39,7 @@ from scheduler.webhook_sweeps import BATCH_SIZE as WEBHOOK_BATCH
 from scheduler.webhook_sweeps import enqueue_due_webhooks
 from shared.clock import utcnow
 from shared.config import Settings
+from shared.dependencies.gating import WaitingCursor
 from shared.limits.limiter import Limits
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
@@ -54,6 +56,7 @@ class MaintenanceContext:
     broker: Any
     redis: redis.Redis
     limits: Limits = field(init=False)
+    waiting_cursor: WaitingCursor | None = None  # where the re-check of waiting runs goes on
 
     def __post_init__(self) -> None:
         self.limits = Limits(self.redis)
@@ -112,11 +115,20 @@ def webhooks_task(ctx: MaintenanceContext, now: datetime) -> int:
 
 
 def recheck_waiting_task(ctx: MaintenanceContext, now: datetime) -> int:
-    released = _with_effects(ctx, lambda s, e: recheck_waiting(s, now, e))
+    """One page of waiting runs per pass, going on from where the last pass stopped; a full page is
+    followed at once by the next (other tasks run in between)."""
+    released = 0
+
+    def work(session: Session, effects: Effects) -> int:
+        nonlocal released
+        released, looked_at, ctx.waiting_cursor = recheck_waiting(session, now, effects, after=ctx.waiting_cursor)
+        return looked_at
+
+    looked_at = _with_effects(ctx, work)
     if released:
         log.warning("released %d waiting runs whose wake-up was missed", released,
                     extra={"released": released})
-    return released
+    return looked_at
 
 
 def default_tasks(settings: Settings) -> list[PeriodicTask]:
@@ -128,7 +140,7 @@ def default_tasks(settings: Settings) -> list[PeriodicTask]:
         PeriodicTask("recover_lost_messages", every, recover_task, RECOVER_MAX),
         PeriodicTask("reap_stale_attempts", every, reap_task, REAP_BATCH),
         PeriodicTask("enqueue_due_webhooks", every, webhooks_task, WEBHOOK_BATCH),
-        PeriodicTask("recheck_waiting", max(every, RECHECK_WAITING_SECS), recheck_waiting_task),
+        PeriodicTask("recheck_waiting", max(every, RECHECK_WAITING_SECS), recheck_waiting_task, RECHECK_RUNS),
     ]
 
 
