@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -43,6 +43,7 @@ from shared.dependencies.gating import WaitingCursor
 from shared.limits.limiter import Limits
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
+from shared.runs.retention import PRUNE_BATCH, prune_finished_runs
 
 log = logging.getLogger("sluice.maintenance")
 
@@ -57,6 +58,7 @@ class MaintenanceContext:
     redis: redis.Redis
     limits: Limits = field(init=False)
     waiting_cursor: WaitingCursor | None = None  # where the re-check of waiting runs goes on
+    retention_cursor: str | None = None  # the job after which pruning goes on
 
     def __post_init__(self) -> None:
         self.limits = Limits(self.redis)
@@ -74,6 +76,7 @@ class PeriodicTask:
 
 
 MIN_WAKE_SECS = 0.02
+PRUNE_EVERY_SECS = 10.0  # between pruning passes that found less than a batch
 RECHECK_WAITING_SECS = 30.0  # a missed dependency wake-up (see shared.dependencies.gating) is recovered within this
 
 
@@ -131,10 +134,20 @@ def recheck_waiting_task(ctx: MaintenanceContext, now: datetime) -> int:
     return looked_at
 
 
+def prune_task(ctx: MaintenanceContext, now: datetime) -> int:
+    """One batch of finished runs past the retention (``shared.runs.retention``)."""
+    assert ctx.settings.retention_days is not None
+    cutoff = now - timedelta(days=ctx.settings.retention_days)
+    with ctx.session_factory() as session:
+        deleted, ctx.retention_cursor = prune_finished_runs(session, cutoff, ctx.retention_cursor)
+        session.commit()
+    return deleted
+
+
 def default_tasks(settings: Settings) -> list[PeriodicTask]:
     """Expiry before promotion (an expired run is never enqueued), lost messages after both."""
     every = settings.sweep_interval_secs
-    return [
+    tasks = [
         PeriodicTask("expire_unstarted", every, expire_task, EXPIRE_BATCH),
         PeriodicTask("promote_delayed", every, promote_task, PROMOTE_BATCH, next_work_in=next_due_in),
         PeriodicTask("recover_lost_messages", every, recover_task, RECOVER_MAX),
@@ -142,6 +155,9 @@ def default_tasks(settings: Settings) -> list[PeriodicTask]:
         PeriodicTask("enqueue_due_webhooks", every, webhooks_task, WEBHOOK_BATCH),
         PeriodicTask("recheck_waiting", max(every, RECHECK_WAITING_SECS), recheck_waiting_task, RECHECK_RUNS),
     ]
+    if settings.retention_days:
+        tasks.append(PeriodicTask("prune_retention", max(every, PRUNE_EVERY_SECS), prune_task, PRUNE_BATCH))
+    return tasks
 
 
 class MaintenanceLoop:

@@ -90,6 +90,7 @@ class Settings:
     # Fair share between projects: optional caps per project (None: no cap).
     project_max_executing: int | None = None  # executing attempts of one project at once
     project_max_timeout_secs: int | None = None  # an attempt's timeout, whatever its job or trigger asks
+    retention_days: int | None = None  # finished runs (events, deliveries) older than this are pruned
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +112,7 @@ class Settings:
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
             project_max_executing=_optional_int(env, "SLUICE_PROJECT_MAX_EXECUTING"),
             project_max_timeout_secs=_optional_int(env, "SLUICE_PROJECT_MAX_TIMEOUT_SECS"),
+            retention_days=_optional_int(env, "SLUICE_RETENTION_DAYS"),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
