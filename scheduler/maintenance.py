@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from scheduler.lease_sweeps import sweep_leaked_leases
 from scheduler.reaper import REAP_BATCH, reap_stale_attempts
 from scheduler.sweeps import (
     EXPIRE_BATCH,
@@ -59,6 +60,7 @@ class MaintenanceContext:
     limits: Limits = field(init=False)
     waiting_cursor: WaitingCursor | None = None  # where the re-check of waiting runs goes on
     retention_cursor: str | None = None  # the job after which pruning goes on
+    lease_cursor: str | None = None  # the job after which the leaked-lease sweep goes on
 
     def __post_init__(self) -> None:
         self.limits = Limits(self.redis)
@@ -76,6 +78,7 @@ class PeriodicTask:
 
 
 MIN_WAKE_SECS = 0.02
+LEASE_SWEEP_SECS = 10.0  # a leaked lease blocks its slot at most about this long (per 200 capped jobs)
 PRUNE_EVERY_SECS = 10.0  # between pruning passes that found less than a batch
 RECHECK_WAITING_SECS = 30.0  # a missed dependency wake-up (see shared.dependencies.gating) is recovered within this
 
@@ -134,6 +137,12 @@ def recheck_waiting_task(ctx: MaintenanceContext, now: datetime) -> int:
     return looked_at
 
 
+def lease_task(ctx: MaintenanceContext, now: datetime) -> int:
+    with ctx.session_factory() as session:
+        removed, ctx.lease_cursor = sweep_leaked_leases(session, ctx.redis, now, ctx.lease_cursor)
+    return removed
+
+
 def prune_task(ctx: MaintenanceContext, now: datetime) -> int:
     """One batch of finished runs past the retention (``shared.runs.retention``)."""
     assert ctx.settings.retention_days is not None
@@ -154,6 +163,7 @@ def default_tasks(settings: Settings) -> list[PeriodicTask]:
         PeriodicTask("reap_stale_attempts", every, reap_task, REAP_BATCH),
         PeriodicTask("enqueue_due_webhooks", every, webhooks_task, WEBHOOK_BATCH),
         PeriodicTask("recheck_waiting", max(every, RECHECK_WAITING_SECS), recheck_waiting_task, RECHECK_RUNS),
+        PeriodicTask("sweep_leaked_leases", max(every, LEASE_SWEEP_SECS), lease_task),
     ]
     if settings.retention_days:
         tasks.append(PeriodicTask("prune_retention", max(every, PRUNE_EVERY_SECS), prune_task, PRUNE_BATCH))
