@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-admin-url", default=os.environ.get(
         "SLUICE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--db-name", default="sluice_fairness_bench")
-    parser.add_argument("--redis-url", default=os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"))
+    parser.add_argument("--redis-url", default=os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
     args = parser.parse_args(argv)
     trees = [("this tree", ROOT)] + ([("--before", args.before.resolve())] if args.before else [])
     slow, fast = SinkProcess(delay_secs=args.slow_secs), SinkProcess()
