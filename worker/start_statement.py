@@ -1,9 +1,14 @@
 """The one statement that picks a run and starts its attempt, built from the admission rules and the
 transition table::
 
-    WITH hinted AS (<:hint, if it may go now and no ready run has a higher priority> FOR UPDATE OF r),
-         best   AS (<the best ready run, if :best> LIMIT 1 FOR UPDATE OF r SKIP LOCKED),
-         picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM best LIMIT 1),
+    WITH RECURSIVE
+         hinted AS (<:hint, if it may go now: no ready run has a higher priority, and no other project with
+                     a ready run at its priority has fewer executing attempts> FOR UPDATE OF r),
+         top, projects, shares AS (<the top ready priority; its projects, one index descent each; per
+                     project its oldest ready run and its executing attempts>),
+         fair   AS (<the oldest ready run of the fairest project, if :best> FOR UPDATE OF r SKIP LOCKED),
+         best   AS (<any ready run of the top priority, if :best> LIMIT 1 FOR UPDATE OF r SKIP LOCKED),
+         picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM fair UNION ALL SELECT * FROM best LIMIT 1),
          moved  AS (UPDATE runs SET <queued → executing, from the table> FROM picked
                     WHERE picked.startable AND (NOT picked.limited OR :in_transaction) …),
          logged AS (INSERT INTO run_events <[delayed → queued,] queued → executing, attempt_started>)
@@ -11,13 +16,20 @@ transition table::
 
 Which run (``:hint``, ``:best``, ``:wake``):
 
-- a message's run: ``:hint`` names it; it is picked when it is ready (``queued``, not held, job enabled)
-  and no ready run has a higher priority — an index range that is empty in the common case — else the
-  best ready run (highest ``priority``, then the earliest ``queued_at``, then id) when ``:best``. Messages
-  are interchangeable wake-up tokens: every message claims something while anything is claimable.
+- a message's run: ``:hint`` names it; it is picked when it is ready (``queued``, not held, job enabled),
+  no ready run has a higher priority and it is its project's turn (below) — index ranges that are empty
+  in the common case — else, when ``:best``, the fairest ready run: at the top priority, the oldest ready
+  run of the project with the fewest executing attempts (ties: the project whose oldest ready run is
+  oldest). ``best`` (any ready run of the top priority, in index order) only serves when the fair pick's
+  rows are all locked by other starts. Messages are interchangeable wake-up tokens: every message claims
+  something while anything is claimable.
+- the fair share: a message's (or a waiter's) run goes only if no other project with a ready run at its
+  priority has fewer executing attempts than its own project. With one project, the two probes for
+  another project at that priority find nothing and nothing is counted.
 - a slot waiter (``worker.handoff``): ``:hint`` names it and ``:wake`` lets it be ``delayed`` too, once its
   retry back-off (``next_retry_at``) is over; it is woken (``delayed → queued``, message ``slot released``)
-  and started in the same statement. Never ahead of a ready run of higher priority.
+  and started in the same statement. Never ahead of a ready run of higher priority, nor of another
+  project's turn.
 
 Whether it starts: every rule of ``shared.runs.admission`` holds in SQL (``startable``); a run of a job
 with a limit that applies (``limited``) is started only inside a transaction (``:in_transaction``), which
