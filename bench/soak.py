@@ -185,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "DATABASE_URL": dsn, "REDIS_URL": redis_server.url, "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true",
            "SLUICE_LOG_LEVEL": os.environ.get("SLUICE_BENCH_LOG_LEVEL", "WARNING"), "SLUICE_API_BIND":
            f"127.0.0.1:{api_port}", "SLUICE_HEARTBEAT_INTERVAL_SECS": "5", "SLUICE_STALE_AFTER_SECS": "20",
-           "SLUICE_METRICS_PORT": "0", "SLUICE_WORKER_THREADS": "4"}
+           "SLUICE_METRICS_PORT": "0", "SLUICE_WORKER_THREADS": "4", "SLUICE_API_THREADS": "4"}
     procs = {
-        "api": subprocess.Popen([SLUICE, "api", "--workers", "2"], env=env, cwd=ROOT, start_new_session=True),
-        "worker": subprocess.Popen([SLUICE, "worker", "--processes", "2", "--threads", "4"], env=env,
+        # A small fleet: few PostgreSQL connections on a shared server.
+        "api": subprocess.Popen([SLUICE, "api", "--workers", "1"], env=env, cwd=ROOT, start_new_session=True),
+        "worker": subprocess.Popen([SLUICE, "worker", "--processes", "1", "--threads", "4"], env=env,
                                    start_new_session=True),
         "scheduler": subprocess.Popen([SLUICE, "scheduler"], env=env, start_new_session=True),
     }
