@@ -10,7 +10,7 @@ from flask import Flask, g
 from webargs import core
 from webargs.flaskparser import FlaskParser
 
-from api import front, gate, metrics, request_log, service
+from api import docs_assets, front, gate, metrics, openapi_document, request_log, service
 from api.access import Access
 from api.context import Services, autocommit_read_factory, close_session
 from api.errors import handle_http_exception, register_error_handlers
@@ -46,11 +46,11 @@ def _openapi_config(app: Flask) -> None:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        OPENAPI_SWAGGER_UI_URL=docs_assets.ASSETS_URL,
         API_SPEC_OPTIONS={
             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
             "security": [{"bearerAuth": []}],
-            "info": {"description": "Sluice: HTTP job scheduler and trigger service."},
+            "info": {"description": openapi_document.DESCRIPTION},
         },
     )
 
@@ -62,16 +62,20 @@ def create_app(settings: Settings) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sluice"] = services = _services(settings)
     _openapi_config(app)
-    api = SluiceApi(app)
+    api = SluiceApi(app, spec_kwargs={"extra_plugins": [openapi_document.DocumentPlugin()]})
     register_error_handlers(app)
     gate.install(app)
     app.teardown_appcontext(close_session)
     service.install(app)
     metrics.install(app)
+    docs_assets.install(app)
     request_log.install(app)
     _register_blueprints(api)
     service.document(app, api.spec)
     app.wsgi_app = front.install(services, app.wsgi_app)  # type: ignore[method-assign]
+    if settings.api_metrics_port is not None:
+        app.wsgi_app = metrics.metrics_port_only(  # type: ignore[method-assign,assignment]
+            settings.api_metrics_port, app.wsgi_app)
     return app
 
 

@@ -28,7 +28,7 @@ blp = Blueprint("dependencies", __name__, url_prefix="/v1", description="Job dep
 @blp.arguments(PageQuerySchema(), location="query", as_kwargs=True)
 @blp.response(200, schema_of(DEPENDENCY)(many=True))
 def list_dependencies_view(job: str, limit: int | None = None, cursor: str | None = None) -> Response:
-    """Edges whose dependent is this job, newest first."""
+    """The jobs whose runs this job's new runs wait for, newest first."""
     page = clamp_limit(limit)
     after = decode_time_cursor(CURSOR_KIND, cursor)
     session = get_session()
@@ -59,7 +59,7 @@ def create_dependency_view(body: dict[str, Any], job: str) -> Response:
 @requires_scope("jobs:write")
 @blp.response(204)
 def delete_dependency_view(job: str, dep_id: str) -> Response:
-    """Remove an edge; the job's waiting runs are re-evaluated at once."""
+    """Remove a dependency; the job's waiting runs are re-evaluated at once."""
     session = get_session()
     found = require_job(session, current_principal(), job, for_update=True)
     effects = delete_edge(session, found, dep_id, now=utcnow())

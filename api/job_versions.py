@@ -51,7 +51,7 @@ def list_versions_view(job: str, limit: int | None = None, cursor: str | None = 
 @requires_scope("jobs:read")
 @blp.response(200, schema_of(VERSION))
 def get_version_view(job: str, version_id: str) -> Response:
-    """One version by its ``ver_…`` id; 404 if it belongs to another job."""
+    """One version of the job by its `ver_…` id."""
     session = get_session()
     found = require_job(session, current_principal(), job)
     version = find_version(session, found["id"], version_id)

@@ -60,8 +60,8 @@ def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_
                    enabled: bool | None = None) -> Response:
     """List the project's jobs, newest first.
 
-    A page holds ``limit`` jobs (50 unless given, at most 200); when more follow, ``X-Next-Cursor`` holds
-    the ``cursor`` of the next page and ``Link`` its URL."""
+    A page holds `limit` jobs (50 unless given, at most 200); when more follow, `X-Next-Cursor` holds
+    the `cursor` of the next page and `Link` its URL."""
     check_project(project_id)
     page = clamp_limit(limit)
     after = decode_time_cursor(CURSOR_KIND, cursor)
@@ -193,7 +193,7 @@ def patch_job_view(body: dict[str, Any], job: str) -> Response:
 @blp.arguments(DeleteQuerySchema(), location="query", as_kwargs=True)
 @blp.response(204)
 def delete_job_view(job: str, force: bool = False) -> Response:
-    """Delete a job and its runs; 409 while it has active runs, unless ``?force=true``."""
+    """Delete a job and its runs; 409 while it has active runs, unless `?force=true`."""
     session = get_session()
     effects = delete_job(session, current_principal(), job, force=force, now=utcnow())
     commit_and_apply(session, effects, services().broker)

@@ -1,5 +1,8 @@
-"""``GET /metrics`` (Prometheus text, no key, §1.8): request counts and latency per route, plus gauges
-sampled from Redis and the database at scrape time.
+"""``GET /metrics`` (Prometheus text, no key): request counts and latency per route, plus gauges sampled
+from Redis and the database at scrape time.
+
+With ``SLUICE_API_METRICS_PORT`` set, ``sluice api`` also listens on that port, which serves ``/metrics``
+and nothing else, and the public port no longer serves ``/metrics`` (``metrics_port_only``).
 
 Families are defined in ``shared.metrics``. Under gunicorn (``api.server``) the samples of every worker
 process are merged through prometheus_client's multiprocess directory; the scrape-time gauges are
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +22,9 @@ from flask import Flask, Response, current_app, g, request
 from prometheus_client.core import GaugeMetricFamily
 
 from api.context import Services
-from shared import redis_keys
+from api.errors import error_body
+from api.gate import request_id_for
+from shared import json_codec, redis_keys
 from shared.clock import utcnow
 from shared.db.models import Run
 from shared.limits.limiter import Limits
@@ -40,6 +45,9 @@ from shared.runs.status import ACTIVE
 
 log = logging.getLogger("sluice.api.metrics")
 
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+METRICS_PATH = "/metrics"
 UNMATCHED_ROUTE = "<unmatched>"  # 404/405: the raw path would explode the label's cardinality
 _SLOT_KEY_PREFIX = redis_keys.concurrency_job("")
 _SCAN_BATCH = 500
@@ -147,8 +155,34 @@ def metrics_view() -> Response:
     return Response(body, status=200, headers={"Content-Type": CONTENT_TYPE})
 
 
+def metrics_port_only(port: int, app: WsgiApp) -> WsgiApp:
+    """Serve ``/metrics`` only on the listener bound to ``port``, and only ``/metrics`` there.
+
+    The listener is told by the connection's local address (gunicorn's ``gunicorn.socket``), never by the
+    ``Host`` header a client chooses. Anything else on either side is a 404 in the one error shape.
+    """
+    def split(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if (_local_port(environ) == port) == (environ.get("PATH_INFO") == METRICS_PATH):
+            return app(environ, start_response)
+        request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
+        body = json_codec.dumps(error_body(404, "Not found", request_id))
+        start_response("404 NOT FOUND", [("Content-Type", "application/json"),
+                                         ("Content-Length", str(len(body))), ("X-Request-Id", request_id)])
+        return [body]
+
+    return split
+
+
+def _local_port(environ: dict[str, Any]) -> int | None:
+    sock = environ.get("gunicorn.socket")
+    try:
+        return int(sock.getsockname()[1]) if sock is not None else None
+    except (OSError, IndexError, TypeError, ValueError):
+        return None
+
+
 def install(app: Flask) -> None:
     """Count every request (after_request) and serve ``/metrics``; call once from ``create_app``."""
     app.extensions["sluice_metrics"] = RunGauges(app.extensions["sluice"])
     app.after_request(_record_request)
-    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+    app.add_url_rule(METRICS_PATH, "metrics", metrics_view, methods=["GET"])

@@ -145,7 +145,7 @@ def cancel_run_view(run_id: str) -> Response:
 @requires_scope("runs:write")
 @blp.response(200, _RUN)
 def delete_run_view(run_id: str) -> Response:
-    """Alias of ``POST /v1/runs/{run_id}/cancel``."""
+    """Cancel a run that has not finished (the same as `POST /v1/runs/{run_id}/cancel`)."""
     return _cancel(run_id)
 
 

@@ -28,7 +28,6 @@ log = logging.getLogger("sluice.scheduler")
 def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     configure_logging(settings, process="scheduler")
-    expose_process_metrics(SCHEDULER_METRICS_PORT)
     engine = make_engine(settings.database_url, pool_size=4)
     client = redis.Redis.from_url(settings.redis_url)
     ctx = MaintenanceContext(settings=settings, session_factory=make_session_factory(engine),
@@ -46,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 threading.Thread(target=cron.serve, args=(stop,), name="cron")]
     for thread in services:
         thread.start()
+    # /healthz fails once a service thread has died (the process then exits 1 within a second anyway).
+    expose_process_metrics(SCHEDULER_METRICS_PORT, health=lambda: all(t.is_alive() for t in services))
     log.info("scheduler started", extra={"sweep_interval_secs": settings.sweep_interval_secs})
     while not stop.wait(1.0):
         if not all(t.is_alive() for t in services):

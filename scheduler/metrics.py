@@ -17,7 +17,7 @@ SCHEDULE_LAG = Histogram(
 
 TICKS_SKIPPED = Counter(
     "sluice_cron_ticks_skipped_total",
-    "Cron ticks that created no run because they were missed (§6.4): `beyond_grace` is a job's latest "
+    "Cron ticks that created no run because they were missed: `beyond_grace` is a job's latest "
     "missed tick older than SLUICE_CRON_MISFIRE_GRACE_SECS, `superseded` an earlier missed tick.",
     ["reason"],
 )

@@ -69,6 +69,14 @@ def _rate_limit(env: Mapping[str, str]) -> tuple[int, int] | None:
     return parsed
 
 
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    """A TCP port (1..65535); unset, empty or ``0`` is ``None``."""
+    value = _int(env, name, 0)
+    if value > 65535:
+        raise ConfigError(f"{name}: must be 0..65535")
+    return value or None
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -82,7 +90,7 @@ class Settings:
     api_rate_limit: tuple[int, int] | None = None
     # Not in the contract: operational knobs with documented defaults (README, deploy/README.md).
     sweep_interval_secs: float = 1.0
-    scheduler_sync_secs: int = 10  # how often cron entries are reconciled with the jobs table (§6.5: ≤ 30 s)
+    scheduler_sync_secs: int = 10  # how often cron entries are re-read (≤ 25 s: changes seen within 30 s)
     log_level: str = "INFO"
     log_json: bool = True
     worker_threads: int = 8
@@ -91,6 +99,8 @@ class Settings:
     project_max_executing: int | None = None  # executing attempts of one project at once
     project_max_timeout_secs: int | None = None  # an attempt's timeout, whatever its job or trigger asks
     retention_days: int | None = None  # finished runs (events, deliveries) older than this are pruned
+    # The API's /metrics on a port of its own (then not on the public port); None = on the public port.
+    api_metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,6 +123,7 @@ class Settings:
             project_max_executing=_optional_int(env, "SLUICE_PROJECT_MAX_EXECUTING"),
             project_max_timeout_secs=_optional_int(env, "SLUICE_PROJECT_MAX_TIMEOUT_SECS"),
             retention_days=_optional_int(env, "SLUICE_RETENTION_DAYS"),
+            api_metrics_port=_port(env, "SLUICE_API_METRICS_PORT"),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

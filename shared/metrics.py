@@ -28,10 +28,12 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from shared import metrics_listener
 from shared.errors import ConfigError
+from shared.metrics_listener import HealthCheck
 
 log = logging.getLogger("sluice.metrics")
 
@@ -201,8 +203,9 @@ def metrics_port(env: Mapping[str, str], default: int) -> int | None:
 
 
 def expose_process_metrics(default_port: int, *, merge_children: bool = False,
-                           env: MutableMapping[str, str] | None = None) -> Any:
-    """Serve this role's ``/metrics`` on ``SLUICE_METRICS_PORT`` (default ``default_port``; ``0`` = off).
+                           env: MutableMapping[str, str] | None = None, health: HealthCheck | None = None) -> Any:
+    """Serve this role's ``/metrics`` and ``/healthz`` (``health``: the process's liveness check; none =
+    healthy while it answers) on ``SLUICE_METRICS_PORT`` (default ``default_port``; ``0`` = off).
 
     ``merge_children``: the caller is a supervisor whose child processes record the samples; they must
     be started after this call so they inherit ``PROMETHEUS_MULTIPROC_DIR``. A port already taken (two
@@ -216,17 +219,16 @@ def expose_process_metrics(default_port: int, *, merge_children: bool = False,
     if port is None:
         return None
     try:
-        return serve_metrics(port)
+        return serve_metrics(port, health=health)
     except OSError as exc:
         log.warning("metrics port unavailable; this process serves no metrics",
                     extra={"port": port, "error": str(exc)})
         return None
 
 
-def serve_metrics(port: int, addr: str = "0.0.0.0") -> Any:
-    """Serve ``/metrics`` for a worker or scheduler on a background thread; returns the server.
-
-    In multiprocess mode the listener merges every process's files in the shared directory.
-    """
-    server, _thread = start_http_server(port, addr=addr, registry=scrape_registry())
-    return server
+def serve_metrics(port: int, addr: str = "0.0.0.0", health: HealthCheck | None = None) -> Any:
+    """Serve ``/metrics`` and ``/healthz`` for a worker or scheduler on a background thread; returns the
+    server. In multiprocess mode each scrape merges every process's files in the shared directory."""
+    registry = scrape_registry()
+    return metrics_listener.serve(port, lambda: generate_latest(registry), CONTENT_TYPE,
+                                  **({"health": health} if health is not None else {}), addr=addr)

@@ -43,6 +43,7 @@ from shared.limits.limiter import Limits
 from shared.logs import configure_logging
 from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, make_broker
 from shared.metrics import WORKER_METRICS_PORT, expose_process_metrics
+from shared.metrics_listener import Heartbeat
 from worker.actors import declare_dispatch_actor
 from worker.heartbeat import AttemptMonitor
 from worker.http import HttpClient
@@ -57,6 +58,7 @@ DEFAULT_IDLE_POLL_MS = 10
 # decides otherwise, and the reaper recovers what a kill interrupts).
 GRACEFUL_STOP_MS = (86_400 + 600) * 1000
 RESTART_DELAY_SECS = 1.0
+SUPERVISOR_STALL_SECS = 30.0  # /healthz fails when the supervisor's loop has not turned for this long
 
 
 def _parser(settings: Settings) -> argparse.ArgumentParser:
@@ -78,11 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.processes < 1 or args.threads < 1 or args.idle_poll_ms < 1:
         raise SystemExit("sluice worker: --processes, --threads and --idle-poll-ms must be >= 1")
     configure_logging(settings, process="worker")
-    expose_process_metrics(WORKER_METRICS_PORT, merge_children=args.processes > 1)  # before any child starts
+    # /healthz: the supervisor's loop turns every half second (a single process answers while it lives).
+    heartbeat = Heartbeat(SUPERVISOR_STALL_SECS) if args.processes > 1 else None
+    expose_process_metrics(WORKER_METRICS_PORT, merge_children=args.processes > 1,  # before any child starts
+                           health=heartbeat.fresh if heartbeat is not None else None)
     queues = frozenset(q.strip() for q in args.queues.split(",") if q.strip())
-    if args.processes == 1:
+    if heartbeat is None:
         return run_worker_process(settings, threads=args.threads, idle_poll_ms=args.idle_poll_ms, queues=queues)
-    return _supervise(args.processes, args.threads, args.idle_poll_ms, queues)
+    return _supervise(args.processes, args.threads, args.idle_poll_ms, queues, heartbeat)
 
 
 def _child(threads: int, idle_poll_ms: int, queues: frozenset[str]) -> None:
@@ -94,7 +99,8 @@ def _child(threads: int, idle_poll_ms: int, queues: frozenset[str]) -> None:
                                         signals=(signal.SIGTERM,)))
 
 
-def _supervise(processes: int, threads: int, idle_poll_ms: int, queues: frozenset[str]) -> int:
+def _supervise(processes: int, threads: int, idle_poll_ms: int, queues: frozenset[str],
+               heartbeat: Heartbeat) -> int:
     """Spawn ``processes`` children, restart any that dies, forward SIGTERM/SIGINT and wait for them."""
     context = multiprocessing.get_context("spawn")  # children start clean: no inherited sockets or threads
     stopping = threading.Event()
@@ -123,6 +129,7 @@ def _supervise(processes: int, threads: int, idle_poll_ms: int, queues: frozense
     log.info("worker supervisor started", extra={"processes": processes, "threads": threads,
                                                  "pids": [c.pid for c in children]})
     while not stopping.is_set():
+        heartbeat.beat()
         for index, child in enumerate(children):
             if not child.is_alive() and not stopping.is_set():
                 log.error("worker process died; restarting", extra={"pid": child.pid, "exitcode": child.exitcode})

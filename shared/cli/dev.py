@@ -79,6 +79,7 @@ def ensure_dev_key(database_url: str, key_path: Path) -> str:
 
 def child_env(base: Mapping[str, str], *, database_url: str, redis_url: str, metrics_dir: Path) -> dict[str, str]:
     env = dict(base)
+    env.pop("SLUICE_API_METRICS_PORT", None)  # the banner promises /metrics on the API's own port
     env.update({
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,

@@ -8,6 +8,7 @@ role, ``sluice db upgrade`` or ``sluice keys`` runs, PostgreSQL is reached once:
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ from shared.cli.roles import RoleEntry, run_scheduler, run_worker, serve_api
 from shared.config import Settings
 from shared.db.engine import check_database
 from shared.errors import ConfigError
+from shared.logs import configure_logging
 
 ROLES: dict[str, RoleEntry] = {"api": serve_api, "worker": run_worker, "scheduler": run_scheduler}
 HELP = {"api": "serve the HTTP API", "worker": "run a worker (calls endpoints)",
@@ -67,8 +69,10 @@ def _run(argv: list[str]) -> int:
     if args.command == "db":
         from shared.db.migrate import upgrade
 
+        # A JSON line like every process's (it runs as the Kubernetes init container and Compose service).
+        configure_logging(settings, process="migrate")
         upgrade(settings.database_url)
-        print("database is at the newest schema")
+        logging.getLogger("sluice.migrate").info("database is at the newest schema")
         return 0
     from shared.cli.keys import run_keys_command
 

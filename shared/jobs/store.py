@@ -97,12 +97,6 @@ def find_key_and_job(session: Session, digest: str, ref: str) -> sa.RowMapping |
     return None if row is None else row._mapping
 
 
-def slug_taken(session: Session, project_id: str, slug: str) -> bool:
-    return session.execute(
-        sa.select(JOBS.c.id).where(JOBS.c.project_id == project_id, JOBS.c.slug == slug)
-    ).first() is not None
-
-
 def taken_slugs(session: Session, project_id: str, slugs: list[str]) -> set[str]:
     if not slugs:
         return set()

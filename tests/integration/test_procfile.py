@@ -1,12 +1,14 @@
-"""The Procfile under honcho, against the test PostgreSQL database and Redis DB: ``release`` migrates, then
-``web``, two ``worker`` instances and ``scheduler`` complete 500 runs against a local endpoint and stop
-cleanly on SIGINT. This is how a Procfile platform (or a developer with honcho/foreman) runs Sluice.
+"""The README's Procfile line, run exactly as written (taken from README.md), against the test PostgreSQL
+database and Redis DB: it migrates, then ``web``, two ``worker`` instances and ``scheduler`` complete 500
+runs against a local endpoint, keep running (the Procfile's ``release`` entry is not started, so its exit
+stops nothing) and stop cleanly on Ctrl-C (SIGINT to the process group).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,14 +40,35 @@ RUNS = 500
 WORKER_METRICS_PORT, SCHEDULER_METRICS_PORT = 9101, 9102
 
 
-def honcho(args: list[str], env_file: Path, log_path: Path, base_port: int) -> subprocess.Popen[bytes]:
+def readme_procfile_block() -> list[str]:
+    """The lines of the README's code block that runs the Procfile."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    (block,) = [b for b in blocks if "honcho start" in b]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def readme_command() -> str:
+    (line,) = [line for line in readme_procfile_block() if "honcho start" in line]
+    return line
+
+
+def test_the_readme_installs_honcho_and_sets_only_connection_settings() -> None:
+    install, export, command = readme_procfile_block()
+    assert install == 'pip install ".[procfile]"'
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'^procfile = \["honcho[^"]*"\]', pyproject, flags=re.M), "the procfile extra installs honcho"
+    names = [assignment.split("=", 1)[0] for assignment in export.split()[1:]]
+    assert export.startswith("export ") and names == ["DATABASE_URL", "REDIS_URL", "PORT"]
+    assert command == readme_command()
+
+
+def start_readme_command(env_overrides: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items()
            if k not in {"DATABASE_URL", "REDIS_URL", "PORT", "PROMETHEUS_MULTIPROC_DIR", "SLUICE_METRICS_PORT"}}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the Procfile says plain `sluice ...`
-    return subprocess.Popen([str(BIN / "honcho"), "start", "-f", str(REPO / "Procfile"), "-e", str(env_file),
-                             "-d", str(REPO), "-p", str(base_port), "--no-colour", *args],
-                            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log_path.open("ab"),
-                            stderr=subprocess.STDOUT)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # as after the README's `pip install`
+    env.update(env_overrides)  # the values of the README's `export` line, for this test's services
+    return subprocess.Popen(["bash", "-c", readme_command()], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def metric_sum(text: str, sample: str, **labels: str) -> float:
@@ -60,21 +83,14 @@ def metric_sum(text: str, sample: str, **labels: str) -> float:
 
 def test_procfile_processes_complete_500_runs(tmp_path: Path, sink: Sink, settings,  # type: ignore[no-untyped-def]
                                               session_factory: sessionmaker[Session]) -> None:
-    if not (BIN / "honcho").exists() or not (REPO / "Procfile").exists():
-        pytest.skip("honcho or the Procfile is missing")
-    env_file = tmp_path / "procfile.env"
-    env_file.write_text(f"DATABASE_URL={pg_url()}\nREDIS_URL={redis_url()}\nSLUICE_ALLOW_PRIVATE_ENDPOINTS=true\n"
-                        "SLUICE_LOG_LEVEL=WARNING\n")
+    key = make_key(session_factory, "proj-ops")
     log_path = tmp_path / "honcho.log"
     base_port = free_port()
     metrics_ports_free = not is_listening(WORKER_METRICS_PORT) and not is_listening(SCHEDULER_METRICS_PORT)
-
-    release = honcho(["release"], env_file, log_path, base_port)
-    assert release.wait(120) == 0, log_path.read_text()[-3000:]
-
-    key = make_key(session_factory, "proj-ops")
+    manager = start_readme_command({"DATABASE_URL": pg_url(), "REDIS_URL": redis_url(), "PORT": str(base_port),
+                                    "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true", "SLUICE_LOG_LEVEL": "WARNING"},
+                                   log_path)
     base = f"http://127.0.0.1:{base_port}"
-    manager = honcho(["web", "worker", "scheduler", "-c", "worker=2"], env_file, log_path, base_port)
     try:
         deadline = time.monotonic() + 60
         while call("GET", f"{base}/healthz")[0] != 200:
@@ -120,13 +136,16 @@ def test_procfile_processes_complete_500_runs(tmp_path: Path, sink: Sink, settin
             assert status == 200 and "sluice_schedule_lag_seconds" in scheduler_text
     except BaseException:
         leftovers = descendants(manager.pid)  # before the kill: honcho's children then belong to init
-        manager.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(manager.pid, signal.SIGKILL)
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         raise
 
-    manager.send_signal(signal.SIGINT)
+    assert manager.poll() is None, log_path.read_text()[-3000:]  # still running: nothing stopped it
+    assert not re.search(r"\brelease\.1\b", log_path.read_text())  # honcho prefixes lines with the process
+    os.killpg(manager.pid, signal.SIGINT)  # Ctrl-C in the terminal
     manager.wait(60)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(is_running(pid) for pid in processes):

@@ -1,396 +1,260 @@
-"""Offline checks of the container image recipe and the Kubernetes base in deploy/k8s.
-
-Every YAML document is validated with ``kubernetes-validate`` (bundled JSON schemas, strict mode: unknown
-fields are errors) against ``K8S_VERSION``; no cluster and no network are needed. ``kustomization.yaml`` is
-a kustomize config, not a Kubernetes object, so it is checked structurally instead. ``secret.example.yaml``
-is a template deliberately kept out of the kustomization's ``resources`` (applying it would overwrite the
-real Secret with placeholders) but is still schema-validated.
+"""Offline checks of the Kubernetes files in deploy/k8s: the base and both overlays are rendered with
+``kubectl kustomize`` and every object is validated (built-in kinds strictly against Kubernetes 1.30's
+schemas, KEDA and Prometheus Operator kinds against their CRD schemas), then the properties an operator
+relies on are checked on what would be applied. No cluster and no network are needed.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
-import subprocess
-from pathlib import Path
+import base64
+import copy
+import ipaddress
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S_DIR = ROOT / "deploy" / "k8s"
-DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-DOCKERIGNORE = ROOT / ".dockerignore"
+from shared.messages import DISPATCH_QUEUE
+from tests.deploy_support import K8S, K8S_VERSION, custom_problems, render, validation_problems
 
-K8S_VERSION = "1.30.0"
-KUSTOMIZATION = "kustomization.yaml"
+BASE = K8S / "base"
+OVERLAYS = {"dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
+KUSTOMIZATIONS = {"base": BASE, **OVERLAYS}
 SECRET_EXAMPLE = "secret.example.yaml"
-NOT_RESOURCES = {KUSTOMIZATION, SECRET_EXAMPLE}
-
-IMAGE = "sluice:latest"
 NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
-COMPONENTS = {"api", "worker", "scheduler", "migrate"}
-API_PORT = 8080
+PORTS = {"api": 8080, "api-metrics": 9100, "worker": 9101, "scheduler": 9102}
 DEFAULT_ATTEMPT_TIMEOUT_SECS = 300
-WORKLOAD_KINDS = {"Deployment", "Job"}
+METADATA_ADDRESS = ipaddress.ip_address("169.254.169.254")
+CLUSTER_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8"]
+
+_rendered: dict[str, list[dict[str, Any]]] = {}
 
 
-def _manifest_files() -> list[Path]:
-    return sorted(p for p in K8S_DIR.iterdir() if p.suffix in {".yaml", ".yml"})
+def rendered(name: str) -> list[dict[str, Any]]:
+    if name not in _rendered:
+        _rendered[name] = render(KUSTOMIZATIONS[name])
+    return _rendered[name]
 
 
-def _load(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+def sluice_objects(name: str) -> list[dict[str, Any]]:
+    return [o for o in rendered(name) if o["metadata"].get("labels", {}).get(NAME_LABEL) == "sluice"]
 
 
-def _documents() -> list[tuple[str, int, dict[str, Any]]]:
-    return [
-        (path.name, index, doc)
-        for path in _manifest_files()
-        if path.name != KUSTOMIZATION
-        for index, doc in enumerate(_load(path))
-    ]
-
-
-DOCUMENTS = _documents()
-OBJECTS = [doc for _name, _index, doc in DOCUMENTS]
-RESOURCE_OBJECTS = [doc for name, _index, doc in DOCUMENTS if name != SECRET_EXAMPLE]
-
-
-def _one(kind: str, component: str | None = None) -> dict[str, Any]:
-    found = [
-        o
-        for o in OBJECTS
-        if o["kind"] == kind
-        and (component is None or o["metadata"]["labels"].get(COMPONENT_LABEL) == component)
-    ]
-    assert len(found) == 1, f"expected exactly one {kind} {component or ''}, found {len(found)}"
+def one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
     return found[0]
 
 
-def _workloads() -> list[dict[str, Any]]:
-    return [o for o in OBJECTS if o["kind"] in WORKLOAD_KINDS]
+def deployment(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    return one(objects, "Deployment", f"sluice-{component}")
 
 
-def _pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
-    return workload["spec"]["template"]["spec"]
+def container(workload: dict[str, Any]) -> dict[str, Any]:
+    (main,) = workload["spec"]["template"]["spec"]["containers"]
+    return main  # type: ignore[no-any-return]
 
 
-def _containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = _pod_spec(workload)
-    return spec["containers"] + spec.get("initContainers", [])
+def port_of(c: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    named = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    assert port in named, f"{c['name']}: no container port named {port!r}"
+    return named[port]  # type: ignore[no-any-return]
 
 
-def _workload_id(workload: dict[str, Any]) -> str:
-    return f"{workload['kind']}/{workload['metadata']['name']}"
+def probe(c: dict[str, Any], kind: str) -> tuple[str, int]:
+    http_get = c[kind]["httpGet"]
+    return http_get["path"], port_of(c, http_get["port"])
 
 
-# --- inventory -----------------------------------------------------------------------------------------
+# --- the files and their rendering ----------------------------------------------------------------------
 
 
-def test_manifest_directory_is_not_empty() -> None:
-    names = {p.name for p in _manifest_files()}
-    for required in (
-        "kustomization.yaml",
-        "configmap.yaml",
-        "secret.example.yaml",
-        "api.yaml",
-        "worker.yaml",
-        "scheduler.yaml",
-        "migrate-job.yaml",
-    ):
-        assert required in names
+def test_base_kustomization_lists_every_manifest_but_the_secret_template() -> None:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    files = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml", SECRET_EXAMPLE}
+    assert sorted(kustomization["resources"]) == sorted(files)
 
 
-def test_kustomization_resources_list_exactly_the_manifest_files() -> None:
-    kustomization = yaml.safe_load((K8S_DIR / KUSTOMIZATION).read_text())
-    assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
-    assert kustomization["kind"] == "Kustomization"
-    resources = kustomization["resources"]
-    assert len(resources) == len(set(resources)), "duplicate entries in resources"
-    expected = {p.name for p in _manifest_files()} - NOT_RESOURCES
-    assert set(resources) == expected
-    assert SECRET_EXAMPLE not in resources, "the placeholder Secret must never be applied by kustomize"
-
-
-def test_kustomization_images_retag_the_common_image() -> None:
-    kustomization = yaml.safe_load((K8S_DIR / KUSTOMIZATION).read_text())
-    names = {entry["name"] for entry in kustomization.get("images", [])}
-    assert IMAGE.split(":")[0] in names
-
-
-# --- schema validation ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("filename", "index", "doc"),
-    DOCUMENTS,
-    ids=[f"{name}[{index}]-{doc.get('kind')}" for name, index, doc in DOCUMENTS],
-)
-def test_document_validates_strictly(filename: str, index: int, doc: dict[str, Any]) -> None:
-    # Raises ValidationError on a schema violation and SchemaNotFoundError for an unknown kind/apiVersion;
-    # either fails the test.
-    try:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        path = ".".join(str(p) for p in exc.path)
-        pytest.fail(f"{filename}[{index}] {doc['kind']}: {path}: {exc.message}")
-    except kubernetes_validate.SchemaNotFoundError as exc:
-        pytest.fail(f"{filename}[{index}]: {exc.message}")
-
-
-def test_strict_validation_catches_unknown_fields() -> None:
-    """Guard against a vacuous validator: a misspelt field must be rejected."""
-    deployment = json.loads(json.dumps(_one("Deployment", "api")))
-    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {
-        "httpGet": {"path": "/healthz"}
-    }
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
-
-
-def test_every_object_has_unique_kind_and_name() -> None:
-    keys = [(o["kind"], o["metadata"]["name"]) for o in OBJECTS]
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_every_rendered_object_validates(name: str) -> None:
+    objects = rendered(name)
+    assert objects
+    assert validation_problems(objects) == []
+    keys = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert len(keys) == len(set(keys))
 
 
-# --- labels and pod hygiene ----------------------------------------------------------------------------
+def test_the_secret_template_validates() -> None:
+    (secret,) = [d for d in yaml.safe_load_all((BASE / SECRET_EXAMPLE).read_text()) if d]
+    assert validation_problems([secret]) == []
+    assert set(secret["stringData"]) == {"DATABASE_URL", "REDIS_URL", "REDIS_ADDRESS", "REDIS_PASSWORD"}
 
 
-@pytest.mark.parametrize("obj", OBJECTS, ids=[f"{o['kind']}/{o['metadata']['name']}" for o in OBJECTS])
-def test_objects_carry_the_standard_labels(obj: dict[str, Any]) -> None:
-    labels = obj["metadata"].get("labels", {})
-    assert labels.get(NAME_LABEL) == "sluice"
-    if obj["kind"] not in {"ConfigMap", "Secret"}:
-        assert labels.get(COMPONENT_LABEL) in COMPONENTS
+def test_the_validators_reject_broken_objects() -> None:
+    """Guard against vacuous validation: a misspelt field and a wrongly typed CRD field are caught."""
+    api = copy.deepcopy(deployment(rendered("base"), "api"))
+    container(api)["livenesProbe"] = {"httpGet": {"path": "/healthz"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(api, K8S_VERSION, strict=True)
+    scaled = copy.deepcopy(one(rendered("base"), "ScaledObject", "sluice-worker"))
+    scaled["spec"]["minReplicaCount"] = "two"
+    monitor = copy.deepcopy(one(rendered("base"), "PodMonitor", "sluice-worker"))
+    monitor["spec"]["podMetricsEndpoints"][0]["interval"] = 15
+    assert len(custom_problems([scaled, monitor])) == 2
 
 
-@pytest.mark.parametrize("workload", _workloads(), ids=_workload_id)
-def test_workload_pods_are_labelled_and_selected(workload: dict[str, Any]) -> None:
-    component = workload["metadata"]["labels"][COMPONENT_LABEL]
-    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
-    assert pod_labels[NAME_LABEL] == "sluice"
-    assert pod_labels[COMPONENT_LABEL] == component
-    if workload["kind"] == "Deployment":
-        selector = workload["spec"]["selector"]["matchLabels"]
-        assert selector == {NAME_LABEL: "sluice", COMPONENT_LABEL: component}
-        assert selector.items() <= pod_labels.items()
+def test_overlays_set_their_namespace_and_the_dev_one_needs_no_add_ons() -> None:
+    for name, namespace in (("dev", "sluice-dev"), ("prod", "sluice")):
+        for obj in rendered(name):
+            if obj["kind"] != "Namespace":
+                assert obj["metadata"].get("namespace") == namespace, (name, obj["kind"], obj["metadata"]["name"])
+    assert not [o for o in rendered("dev") if "keda.sh" in o["apiVersion"] or "coreos" in o["apiVersion"]]
+    secret = one(rendered("dev"), "Secret", "sluice-secrets")
+    assert "@sluice-dev-postgres:5432/" in base64.b64decode(secret["data"]["DATABASE_URL"]).decode()
+    assert not [o for o in rendered("prod") if o["kind"] == "Secret"], "production secrets are never in the repo"
+    images = {c["image"] for o in sluice_objects("prod") if o["kind"] == "Deployment"
+              for c in o["spec"]["template"]["spec"]["containers"] + o["spec"]["template"]["spec"]["initContainers"]}
+    assert images == {"registry.example.com/sluice:0.1.0"}
 
 
-@pytest.mark.parametrize("workload", _workloads(), ids=_workload_id)
-def test_containers_share_image_config_and_hardening(workload: dict[str, Any]) -> None:
-    config_map = _one("ConfigMap")["metadata"]["name"]
-    secret = _one("Secret")["metadata"]["name"]
-    pod_security = _pod_spec(workload).get("securityContext", {})
-    for container in _containers(workload):
-        name = container["name"]
-        assert container["image"] == IMAGE, name
-        env_from = container.get("envFrom", [])
-        assert {"configMapRef": {"name": config_map}} in env_from, name
-        assert {"secretRef": {"name": secret}} in env_from, name
-        security = container.get("securityContext", {})
-        assert security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is True, name
-        assert security.get("readOnlyRootFilesystem") is True, name
-        assert security.get("allowPrivilegeEscalation") is False, name
-        resources = container.get("resources", {})
+# --- every process: migrations first, probes, hardening ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+@pytest.mark.parametrize("component", ["api", "worker", "scheduler"])
+def test_each_process_migrates_first_and_has_probes(name: str, component: str) -> None:
+    objects = rendered(name)
+    workload = deployment(objects, component)
+    spec = workload["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    assert init["command"] == ["sluice", "db", "upgrade"]  # finishes before the pod's container starts
+    main = container(workload)
+    assert probe(main, "livenessProbe") == probe(main, "startupProbe")
+    if component == "api":
+        assert "command" not in main and "args" not in main  # the image's CMD: `sluice api`
+        assert probe(main, "livenessProbe") == ("/healthz", PORTS["api"])
+        assert probe(main, "readinessProbe") == ("/readyz", PORTS["api"])
+    else:
+        assert main["command"] == ["sluice", component]
+        assert probe(main, "livenessProbe") == ("/healthz", PORTS[component])
+    config = one(objects, "ConfigMap", "sluice-config")["data"]
+    for c in (init, main):
+        assert {"configMapRef": {"name": "sluice-config"}} in c["envFrom"]
+        assert {"secretRef": {"name": "sluice-secrets"}} in c["envFrom"]
+        security = c["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+        assert {"/tmp"} <= {m["mountPath"] for m in c["volumeMounts"]}
         for bound in ("requests", "limits"):
-            assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{name}: {bound}"
+            assert {"cpu", "memory"} <= set(c["resources"][bound]), (c["name"], bound)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert "SLUICE_METRICS_PORT" not in config  # each role keeps its own default port
 
 
-@pytest.mark.parametrize("workload", _workloads(), ids=_workload_id)
-def test_writable_tmp_for_read_only_root(workload: dict[str, Any]) -> None:
-    volumes = {v["name"]: v for v in _pod_spec(workload).get("volumes", [])}
-    for container in _containers(workload):
-        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
-        assert "/tmp" in mounts, container["name"]
-        assert "emptyDir" in volumes[mounts["/tmp"]]
+# --- metrics ---------------------------------------------------------------------------------------------
 
 
-# --- API -----------------------------------------------------------------------------------------------
+def test_api_metrics_are_on_their_own_port_and_not_public() -> None:
+    objects = rendered("base")
+    config = one(objects, "ConfigMap", "sluice-config")["data"]
+    assert int(config["SLUICE_API_METRICS_PORT"]) == PORTS["api-metrics"]
+    api = container(deployment(objects, "api"))
+    assert port_of(api, "metrics") == PORTS["api-metrics"]
+    public = one(objects, "Service", "sluice-api")
+    assert [port_of(api, p["targetPort"]) for p in public["spec"]["ports"]] == [PORTS["api"]]
+    metrics_service = one(objects, "Service", "sluice-api-metrics")
+    (port,) = metrics_service["spec"]["ports"]
+    assert port_of(api, port["targetPort"]) == PORTS["api-metrics"]
+    monitor = one(objects, "ServiceMonitor", "sluice-api")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= metrics_service["metadata"]["labels"].items()
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= public["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [port["name"]]
 
 
-def _http_probes(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    probes = {}
-    for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
-        probe = container.get(kind)
-        if probe is not None:
-            assert "httpGet" in probe, f"{container['name']}: {kind} should be an HTTP probe"
-            probes[kind] = probe["httpGet"]
-    return probes
+@pytest.mark.parametrize("component", ["worker", "scheduler"])
+def test_pod_monitors_scrape_worker_and_scheduler(component: str) -> None:
+    objects = rendered("base")
+    workload = deployment(objects, component)
+    monitor = one(objects, "PodMonitor", f"sluice-{component}")
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["path"], port_of(container(workload), endpoint["port"])) == ("/metrics", PORTS[component])
 
 
-def _resolve_port(container: dict[str, Any], port: int | str) -> int:
-    if isinstance(port, int):
-        return port
-    named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
-    assert port in named, f"{container['name']}: unknown named port {port!r}"
-    return named[port]
+# --- workers: autoscaling, disruptions -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "deployment",
-    [o for o in OBJECTS if o["kind"] == "Deployment"],
-    ids=_workload_id,
-)
-def test_deployment_probes_point_at_health_endpoints(deployment: dict[str, Any]) -> None:
-    expected_path = {"livenessProbe": "/healthz", "startupProbe": "/healthz", "readinessProbe": "/readyz"}
-    for container in _containers(deployment):
-        for kind, http_get in _http_probes(container).items():
-            assert http_get["path"] == expected_path[kind], f"{container['name']}: {kind}"
-            assert _resolve_port(container, http_get["port"]) == API_PORT
+def test_keda_scales_workers_on_the_runs_queue() -> None:
+    objects = rendered("base")
+    assert not [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"], "KEDA owns the worker HPA"
+    worker = deployment(objects, "worker")
+    assert "replicas" not in worker["spec"]
+    scaled = one(objects, "ScaledObject", "sluice-worker")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    assert trigger["metadata"]["listName"] == f"dramatiq:{DISPATCH_QUEUE}"
+    auth = one(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    assert {ref["name"] for ref in auth["spec"]["secretTargetRef"]} == {"sluice-secrets"}
+    assert scaled["spec"]["minReplicaCount"] >= 1
 
 
-def test_api_deployment() -> None:
-    api = _one("Deployment", "api")
-    assert api["spec"]["replicas"] == 2
-    (container,) = api["spec"]["template"]["spec"]["containers"]
-    assert API_PORT in [p["containerPort"] for p in container["ports"]]
-    probes = _http_probes(container)
-    assert probes["livenessProbe"]["path"] == "/healthz"
-    assert probes["readinessProbe"]["path"] == "/readyz"
-    # No command override: the image's CMD (gunicorn ... api.wsgi:app) serves the API.
-    assert "command" not in container
-    assert "args" not in container
-
-
-def test_api_service_maps_80_to_8080() -> None:
-    api = _one("Deployment", "api")
-    (container,) = api["spec"]["template"]["spec"]["containers"]
-    service = _one("Service", "api")
-    assert service["spec"]["selector"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
-    (port,) = service["spec"]["ports"]
-    assert port["port"] == 80
-    assert _resolve_port(container, port["targetPort"]) == API_PORT
-
-
-def test_api_disruption_budget_selects_api_pods() -> None:
-    pdbs = [o for o in OBJECTS if o["kind"] == "PodDisruptionBudget"]
-    api_labels = _one("Deployment", "api")["spec"]["template"]["metadata"]["labels"]
-    for pdb in pdbs:
-        assert pdb["spec"]["selector"]["matchLabels"].items() <= api_labels.items()
-        assert pdb["spec"].get("minAvailable", 0) < _one("Deployment", "api")["spec"]["replicas"]
-
-
-# --- scheduler, worker, migrations ---------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "grace"), [("base", DEFAULT_ATTEMPT_TIMEOUT_SECS + 30), ("prod", 3630)])
+def test_worker_disruption_budget_and_grace(name: str, grace: int) -> None:
+    objects = rendered(name)
+    worker = deployment(objects, "worker")
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= grace
+    pdb = one(objects, "PodDisruptionBudget", "sluice-worker")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= worker["spec"]["template"]["metadata"]["labels"].items()
+    assert pdb["spec"]["maxUnavailable"] == 1
 
 
 def test_scheduler_is_a_single_recreated_replica() -> None:
-    scheduler = _one("Deployment", "scheduler")
+    scheduler = deployment(rendered("base"), "scheduler")
     assert scheduler["spec"]["replicas"] == 1
-    assert scheduler["spec"]["strategy"]["type"] == "Recreate"
-    assert "rollingUpdate" not in scheduler["spec"]["strategy"]
-    assert _containers(scheduler)[0]["command"] == ["sluice", "scheduler"]
-    scaled = {o["spec"]["scaleTargetRef"]["name"] for o in OBJECTS if o["kind"] == "HorizontalPodAutoscaler"}
-    assert scheduler["metadata"]["name"] not in scaled
+    assert scheduler["spec"]["strategy"] == {"type": "Recreate"}
 
 
-def test_worker_grace_period_covers_the_default_attempt_timeout() -> None:
-    worker = _one("Deployment", "worker")
-    grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace >= DEFAULT_ATTEMPT_TIMEOUT_SECS + 30
-    assert _containers(worker)[0]["command"] == ["sluice", "worker"]
+# --- egress ------------------------------------------------------------------------------------------------
 
 
-def test_worker_autoscaler() -> None:
-    worker = _one("Deployment", "worker")
-    hpa = _one("HorizontalPodAutoscaler", "worker")
-    assert hpa["apiVersion"] == "autoscaling/v2"
-    target = hpa["spec"]["scaleTargetRef"]
-    assert (target["apiVersion"], target["kind"], target["name"]) == (
-        "apps/v1",
-        "Deployment",
-        worker["metadata"]["name"],
-    )
-    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 20)
-    (metric,) = hpa["spec"]["metrics"]
-    assert metric["type"] == "Resource"
-    assert metric["resource"]["name"] == "cpu"
-    assert metric["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
-    # The HPA owns the replica count; a fixed count would be reset on every apply.
-    assert "replicas" not in worker["spec"]
+def _egress_rules(objects: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"
+                and o["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+    assert policies and all("Egress" in p["spec"]["policyTypes"] for p in policies)
+    return [rule for p in policies for rule in p["spec"].get("egress", [])]
 
 
-def test_migrate_job() -> None:
-    job = _one("Job", "migrate")
-    assert job["spec"]["template"]["spec"]["restartPolicy"] in {"Never", "OnFailure"}
-    assert isinstance(job["spec"]["backoffLimit"], int)
-    assert isinstance(job["spec"]["ttlSecondsAfterFinished"], int)
-    assert _containers(job)[0]["command"] == ["sluice", "db", "upgrade"]
+def _allows(rule: dict[str, Any], address: ipaddress.IPv4Address, port: int) -> bool:
+    if rule.get("ports") and port not in {p["port"] for p in rule["ports"]}:
+        return False
+    peers = rule.get("to")
+    if not peers:
+        return True
+    for peer in peers:
+        block = peer.get("ipBlock")
+        if block is None:
+            continue  # pod/namespace selectors: in-cluster peers on the listed ports only
+        if address in ipaddress.ip_network(block["cidr"]) and not any(
+                address in ipaddress.ip_network(e) for e in block.get("except", []) if ":" not in e):
+            return True
+    return False
 
 
-def test_configmap_holds_no_secrets() -> None:
-    data = _one("ConfigMap")["data"]
-    assert all(isinstance(v, str) for v in data.values())
-    assert not {"DATABASE_URL", "REDIS_URL"} & set(data)
-    secret = _one("Secret")
-    assert set(secret["stringData"]) == {"DATABASE_URL", "REDIS_URL"}
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-def test_kustomize_build_renders_valid_objects() -> None:
-    """Optional: when kubectl is available, render the base offline and validate the output."""
-    result = subprocess.run(
-        ["kubectl", "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    assert sorted((o["kind"], o["metadata"]["name"]) for o in rendered) == sorted(
-        (o["kind"], o["metadata"]["name"]) for o in RESOURCE_OBJECTS
-    )
-    for obj in rendered:
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
-
-
-# --- image -----------------------------------------------------------------------------------------------
-
-
-def _dockerfile_instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())  # join continuation lines
-    instructions = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        keyword, _, rest = stripped.partition(" ")
-        instructions.append((keyword.upper(), rest.strip()))
-    return instructions
-
-
-def _single(keyword: str) -> str:
-    values = [rest for kw, rest in _dockerfile_instructions() if kw == keyword]
-    assert values, f"no {keyword} in Dockerfile"
-    return values[-1]
-
-
-def test_dockerfile_cmd_runs_gunicorn_in_exec_form() -> None:
-    cmd = json.loads(_single("CMD"))  # exec (JSON) form, so signals reach the process
-    assert cmd[0] == "gunicorn"
-    assert "api.wsgi:app" in cmd
-    assert "0.0.0.0:8080" in cmd
-    assert "--graceful-timeout" in cmd
-    assert cmd[cmd.index("--access-logfile") + 1] == "-"
-    entrypoint = json.loads(_single("ENTRYPOINT"))
-    assert "tini" in entrypoint[0]
-
-
-def test_dockerfile_base_user_and_port() -> None:
-    instructions = _dockerfile_instructions()
-    assert _single("FROM").startswith("python:3.11-slim")
-    user = _single("USER").split(":")[0]
-    assert user not in {"root", "0"}
-    assert _single("EXPOSE") == "8080"
-    runs = " ".join(rest for kw, rest in instructions if kw == "RUN")
-    assert "pip install --no-cache-dir ." in runs
-
-
-def test_dockerignore_excludes_local_state() -> None:
-    patterns = {
-        line.strip()
-        for line in DOCKERIGNORE.read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    }
-    assert {".venv", ".git", "*.db", ".pytest_cache"} <= patterns
+@pytest.mark.parametrize("component", ["api", "worker", "scheduler"])
+def test_egress_refuses_the_metadata_address_and_cluster_ranges(component: str) -> None:
+    objects = rendered("base")
+    labels = deployment(objects, component)["spec"]["template"]["metadata"]["labels"]
+    rules = _egress_rules(objects, labels)
+    for port in (80, 443, 8080):
+        assert not any(_allows(r, METADATA_ADDRESS, port) for r in rules)
+        for cidr in CLUSTER_RANGES:
+            first = next(ipaddress.ip_network(cidr).hosts())
+            assert not any(_allows(r, first, port) for r in rules), (cidr, port)
+    public = ipaddress.ip_address("203.0.113.10")
+    assert any(_allows(r, public, 443) for r in rules) == (component == "worker")  # only workers call out
+    assert any(_allows(r, ipaddress.ip_address("10.1.2.3"), 5432) for r in rules)  # the database stays reachable
