@@ -62,6 +62,7 @@ def sweep_leaked_leases(session: Session, client: redis.Redis, now: datetime,
             gone = [m for m in found if m in leaked]
             if gone:
                 pipe.zrem(key, *gone)
-        removed = sum(pipe.execute())
-        log.warning("removed leaked concurrency leases", extra={"leases": removed, "jobs": len(job_ids)})
+        removed = sum(pipe.execute())  # 0 when the releases got there first (a run that had just ended)
+        if removed:
+            log.warning("removed leaked concurrency leases", extra={"leases": removed, "jobs": len(job_ids)})
     return removed, job_ids[-1] if len(job_ids) == JOBS_PER_PASS else None
