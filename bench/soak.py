@@ -186,11 +186,14 @@ def main(argv: list[str] | None = None) -> int:
            "SLUICE_LOG_LEVEL": os.environ.get("SLUICE_BENCH_LOG_LEVEL", "WARNING"), "SLUICE_API_BIND":
            f"127.0.0.1:{api_port}", "SLUICE_HEARTBEAT_INTERVAL_SECS": "5", "SLUICE_STALE_AFTER_SECS": "20",
            "SLUICE_METRICS_PORT": "0", "SLUICE_WORKER_THREADS": "4", "SLUICE_API_THREADS": "4"}
+    def start_worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([SLUICE, "worker", "--processes", "1", "--threads", "4"], env=env,
+                                start_new_session=True)
+
     procs = {
         # A small fleet: few PostgreSQL connections on a shared server.
         "api": subprocess.Popen([SLUICE, "api", "--workers", "1"], env=env, cwd=ROOT, start_new_session=True),
-        "worker": subprocess.Popen([SLUICE, "worker", "--processes", "1", "--threads", "4"], env=env,
-                                   start_new_session=True),
+        "worker": start_worker(),
         "scheduler": subprocess.Popen([SLUICE, "scheduler"], env=env, start_new_session=True),
     }
     closed = free_port()  # nothing listens: the failing job's calls are refused
@@ -235,9 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - began
         if not killed and elapsed > total / 3:
             children = [pid for pid in group_pids(procs["worker"].pid) if pid != procs["worker"].pid]
-            if children:
+            if children:  # a supervisor restarts its child
                 os.kill(children[0], signal.SIGKILL)
                 events.append(f"{elapsed:.0f} s: SIGKILL worker process {children[0]}")
+            else:  # one process, no supervisor: kill it and start another, as a process manager would
+                victim = procs["worker"].pid
+                os.killpg(victim, signal.SIGKILL)
+                procs["worker"].wait(10)
+                procs["worker"] = start_worker()
+                events.append(f"{elapsed:.0f} s: SIGKILL worker process {victim}, a new one started")
             killed = True
         if not restarted and elapsed > 2 * total / 3:
             redis_server.stop()
@@ -246,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             restarted = True
         time.sleep(1)
     rss_end = {name: {pid: rss_mb(pid) for pid in group_pids(p.pid)} for name, p in procs.items()}
+    # (a worker started after the SIGKILL has no start figure: its row shows nan at the start)
     load.join()
     ended = time.monotonic()
 
