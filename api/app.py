@@ -87,12 +87,12 @@ def create_app(settings: Settings) -> Flask:
 
 
 def _services(settings: Settings) -> Services:
-    # No pre-ping: a dead pooled connection fails one request with 503 and SQLAlchemy then invalidates the
-    # pool; pinging would cost a round trip on every request.
+    # Pre-ping: after PostgreSQL restarts (or a backend is terminated), a stale pooled connection is
+    # replaced at checkout instead of failing a request with 503.
     pool = settings.worker_threads + 2
     timeout = settings.api_statement_timeout_secs or None
-    engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False, statement_timeout_secs=timeout)
-    read_engine = make_engine(settings.database_url, pool_size=pool, pre_ping=False, statement_timeout_secs=timeout)
+    engine = make_engine(settings.database_url, pool_size=pool, statement_timeout_secs=timeout)
+    read_engine = make_engine(settings.database_url, pool_size=pool, statement_timeout_secs=timeout)
     for each in (engine, read_engine):
         enable_prepared_statements(each)
     client = make_redis(settings.redis_url)

@@ -213,11 +213,27 @@ class TickFiring:
                 return
 
     def _fire(self, tick: datetime, requests: list[TickRequest]) -> None:
+        """All the jobs of a tick in one transaction; if that fails, each job in its own, so that one job
+        (one project's odd row, one failing gate) never costs the others their run."""
         try:
             fire_tick(self._session_factory, self._broker, tick, requests, clock=self._clock,
                       grace_secs=self._grace_secs)
+            return
         except Exception:
-            log.exception("cron firing failed; the next reconciliation retries within the grace", extra={
+            if len(requests) == 1:
+                self._failed_to_fire(tick, requests)
+                return
+            log.warning("cron tick failed as a whole; firing its jobs one by one", exc_info=True, extra={
                 "tick": format_ts(tick), "jobs": len(requests)})
-            with self._failed_lock:
-                self._failed.update(r.job_id for r in requests)
+        for request in requests:
+            try:
+                fire_tick(self._session_factory, self._broker, tick, [request], clock=self._clock,
+                          grace_secs=self._grace_secs)
+            except Exception:
+                self._failed_to_fire(tick, [request])
+
+    def _failed_to_fire(self, tick: datetime, requests: list[TickRequest]) -> None:
+        log.exception("cron firing failed; the next reconciliation retries within the grace", extra={
+            "tick": format_ts(tick), "jobs": len(requests), "job_id": requests[0].job_id})
+        with self._failed_lock:
+            self._failed.update(r.job_id for r in requests)

@@ -25,17 +25,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from scheduler.lease_sweeps import sweep_leaked_leases
 from scheduler.notices import DueListener
 from scheduler.reaper import REAP_BATCH, next_stale_in, reap_stale_attempts
 from scheduler.sweeps import (
     EXPIRE_BATCH,
     PROMOTE_BATCH,
+    RECHECK_RUNS,
     RECOVER_MAX,
     expire_unstarted,
     promote_due_delayed,
@@ -48,9 +50,11 @@ from scheduler.webhook_sweeps import BATCH_SIZE as WEBHOOK_BATCH
 from scheduler.webhook_sweeps import enqueue_due_webhooks, seconds_until_next_webhook
 from shared.clock import utcnow
 from shared.config import Settings
+from shared.dependencies.gating import WaitingCursor
 from shared.limits.limiter import Limits
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
+from shared.runs.retention import PRUNE_BATCH, prune_finished_runs
 
 log = logging.getLogger("sluice.maintenance")
 
@@ -64,6 +68,9 @@ class MaintenanceContext:
     broker: Any
     redis: redis.Redis
     limits: Limits = field(init=False)
+    waiting_cursor: WaitingCursor | None = None  # where the re-check of waiting runs goes on
+    retention_cursor: str | None = None  # the job after which pruning goes on
+    lease_cursor: str | None = None  # the job after which the leaked-lease sweep goes on
 
     def __post_init__(self) -> None:
         self.limits = Limits(self.redis)
@@ -83,6 +90,8 @@ class PeriodicTask:
 
 MIN_WAKE_SECS = 0.02
 STOP_CHECK_SECS = 1.0  # the loop looks at its stop event at least this often (memory only)
+LEASE_SWEEP_SECS = 10.0  # a leaked lease blocks its slot at most about this long (per 200 capped jobs)
+PRUNE_EVERY_SECS = 10.0  # between pruning passes that found less than a batch
 RECHECK_WAITING_SECS = 30.0  # a missed dependency wake-up (see shared.dependencies.gating) is recovered within this
 
 
@@ -139,25 +148,54 @@ def webhooks_task(ctx: MaintenanceContext, now: datetime) -> int:
 
 
 def recheck_waiting_task(ctx: MaintenanceContext, now: datetime) -> int:
-    released = _with_effects(ctx, lambda s, e: recheck_waiting(s, now, e))
+    """One page of waiting runs per pass, going on from where the last pass stopped; a full page is
+    followed at once by the next (other tasks run in between)."""
+    released = 0
+
+    def work(session: Session, effects: Effects) -> int:
+        nonlocal released
+        released, looked_at, ctx.waiting_cursor = recheck_waiting(session, now, effects, after=ctx.waiting_cursor)
+        return looked_at
+
+    looked_at = _with_effects(ctx, work)
     if released:
         log.warning("released %d waiting runs whose wake-up was missed", released,
                     extra={"released": released})
-    return released
+    return looked_at
+
+
+def lease_task(ctx: MaintenanceContext, now: datetime) -> int:
+    with ctx.session_factory() as session:
+        removed, ctx.lease_cursor = sweep_leaked_leases(session, ctx.redis, now, ctx.lease_cursor)
+    return removed
+
+
+def prune_task(ctx: MaintenanceContext, now: datetime) -> int:
+    """One batch of finished runs past the retention (``shared.runs.retention``)."""
+    assert ctx.settings.retention_days is not None
+    cutoff = now - timedelta(days=ctx.settings.retention_days)
+    with ctx.session_factory() as session:
+        deleted, ctx.retention_cursor = prune_finished_runs(session, cutoff, ctx.retention_cursor)
+        session.commit()
+    return deleted
 
 
 def default_tasks(settings: Settings) -> list[PeriodicTask]:
     """Expiry before promotion (an expired run is never enqueued), lost messages after both."""
     every = settings.sweep_interval_secs
-    return [
+    tasks = [
         PeriodicTask("expire_unstarted", every, expire_task, EXPIRE_BATCH, next_work_in=next_expiry_in),
         PeriodicTask("promote_delayed", every, promote_task, PROMOTE_BATCH, next_work_in=next_due_in, announced=True),
         PeriodicTask("recover_lost_messages", every, recover_task, RECOVER_MAX),
         PeriodicTask("reap_stale_attempts", every, reap_task, REAP_BATCH, next_work_in=next_reap_in),
         PeriodicTask("enqueue_due_webhooks", every, webhooks_task, WEBHOOK_BATCH, next_work_in=next_webhook_in,
                      announced=True),
-        PeriodicTask("recheck_waiting", max(every, RECHECK_WAITING_SECS), recheck_waiting_task),
+        PeriodicTask("recheck_waiting", max(every, RECHECK_WAITING_SECS), recheck_waiting_task, RECHECK_RUNS),
+        PeriodicTask("sweep_leaked_leases", max(every, LEASE_SWEEP_SECS), lease_task),
     ]
+    if settings.retention_days:
+        tasks.append(PeriodicTask("prune_retention", max(every, PRUNE_EVERY_SECS), prune_task, PRUNE_BATCH))
+    return tasks
 
 
 class MaintenanceLoop:

@@ -28,10 +28,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.db.models import Job, Run
-from shared.dependencies.gating import jobs_with_waiting_runs
+from shared.dependencies.gating import WaitingCursor, recheck_page
 from shared.messages import enqueue_runs, pending_messages
 from shared.runs.effects import Effects
-from shared.runs.moves import move_many, release_waiting
+from shared.runs.moves import move_many, release_runs
 from shared.runs.status import RunStatus
 
 log = logging.getLogger("sluice.sweeper")
@@ -111,14 +111,18 @@ def recover_lost_messages(session: Session, now: datetime, broker: Any) -> int:
     return enqueue_runs(broker, ids)
 
 
-RECHECK_JOBS = 200  # jobs with waiting runs re-evaluated per sweep
+RECHECK_RUNS = 500  # waiting runs re-evaluated per pass
 
 
-def recheck_waiting(session: Session, now: datetime, effects: Effects) -> int:
-    """Safety net: re-evaluate the waiting runs of every job that has some, releasing those whose edges
-    hold. The dependency locks make a trigger and a finishing upstream run safe; one race they do not cover
-    is an edge *created* while its upstream run finishes (the finisher read the dependents before the edge
-    committed, then a run of the dependent job was gated on it). Normally this releases nothing; a release
-    here is such a wake-up, recovered late instead of never."""
-    return sum(release_waiting(session, job_id, now=now, effects=effects)
-               for job_id in jobs_with_waiting_runs(session, limit=RECHECK_JOBS))
+def recheck_waiting(session: Session, now: datetime, effects: Effects, *, after: WaitingCursor | None = None,
+                    limit: int = RECHECK_RUNS) -> tuple[int, int, WaitingCursor | None]:
+    """Safety net: re-evaluate the next ``limit`` waiting runs after ``after`` (in job, creation order),
+    releasing those whose edges hold; ``(released, looked at, cursor for the next pass)``. The dependency
+    locks make a trigger and a finishing upstream run safe; one race they do not cover is an edge *created*
+    while its upstream run finishes (the finisher read the dependents before the edge committed, then a run
+    of the dependent job was gated on it). Normally this releases nothing; a release here is such a
+    wake-up, recovered late instead of never. Bounded per pass and resumable: a backlog of waiting runs is
+    walked a page per pass, never re-read from the start each time."""
+    releasable, looked_at, cursor = recheck_page(session, after, limit=limit)
+    released = release_runs(session, releasable, now=now, effects=effects)
+    return released, looked_at, cursor

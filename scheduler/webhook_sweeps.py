@@ -7,9 +7,15 @@ bumps:
 
 - ``updated_at < next_attempt_at``: nothing touched the row since it was scheduled (a retry that has
   come due, or a claimed attempt whose worker died and whose lease has run out) → enqueue now;
-- otherwise a message was already sent (by ``commit_and_apply`` at creation, or by an earlier sweep)
-  and is only re-sent after ``RESEND_AFTER_SECS`` of silence, which covers a Redis restart or a crash
-  between commit and enqueue.
+- otherwise a message was already sent (by ``commit_and_apply`` at creation, or by an earlier sweep). After
+  ``RESEND_AFTER_SECS`` of silence the sweep looks for it in the queue (a delivery's message id is its own
+  id): still waiting (a worker outage, a long queue) → nothing is sent; gone (a Redis restart, a crash
+  between commit and enqueue) → it is sent again.
+
+Each pass handles at most ``BATCH_SIZE`` deliveries, oldest due first, and marks every one it looked at
+(``updated_at = now``), whether it sent a message or found one waiting, so the next pass goes on with the
+ones after them: an outage with 100,000 pending deliveries costs one check per delivery per
+``RESEND_AFTER_SECS``, and no duplicate messages.
 
 A duplicate message is harmless: the worker claims an attempt with a conditional UPDATE.
 """
@@ -23,14 +29,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.db.models import WebhookDelivery
-from shared.messages import enqueue_webhooks
+from shared.messages import WEBHOOK_QUEUE, enqueue_webhooks, messages_waiting
 
 RESEND_AFTER_SECS = 30
 BATCH_SIZE = 500
 
 
 def enqueue_due_webhooks(session: Session, now: datetime, broker: Any, *, limit: int = BATCH_SIZE) -> int:
-    """Enqueue a ``deliver_webhook`` message for each due ``pending`` delivery; return how many.
+    """Enqueue a ``deliver_webhook`` message for each due ``pending`` delivery whose message is not
+    waiting in the queue; return how many.
 
     Marks the rows (``updated_at = now``) and enqueues inside the caller's transaction, which the caller
     then commits. Enqueueing before the commit is safe here, unlike for runs: the rows were committed
@@ -50,13 +57,16 @@ def enqueue_due_webhooks(session: Session, now: datetime, broker: Any, *, limit:
     ))
     if not ids:
         return 0
+    # A message still queued or in flight (a claimed attempt whose worker died is re-queued by the
+    # broker) is never sent twice.
+    waiting = messages_waiting(broker, WEBHOOK_QUEUE, ids)
     session.execute(
         sa.update(WebhookDelivery)
         .where(WebhookDelivery.id.in_(ids))
         .values(updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    return enqueue_webhooks(broker, ids)
+    return enqueue_webhooks(broker, [delivery_id for delivery_id in ids if delivery_id not in waiting])
 
 
 def seconds_until_next_webhook(session: Session, now: datetime) -> float | None:

@@ -61,6 +61,12 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    """A positive integer, or ``None`` when unset, empty or 0 (no cap)."""
+    value = _int(env, name, 0)
+    return value or None
+
+
 def _rate_limit(env: Mapping[str, str]) -> tuple[int, int] | None:
     raw = env.get("SLUICE_API_RATE_LIMIT", "").strip()
     if not raw:
@@ -148,6 +154,10 @@ class Settings:
     ca_bundle: str | None = None  # PEM file of extra CAs trusted for endpoint and webhook TLS
     trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-* the API honours (api.forwarded)
     secret_keys: tuple[str, ...] = field(default=(), repr=False)  # seal webhook secrets; the first seals
+    # Fair share between projects: optional caps per project (None: no cap).
+    project_max_executing: int | None = None  # executing attempts of one project at once
+    project_max_timeout_secs: int | None = None  # an attempt's timeout, whatever its job or trigger asks
+    retention_days: int | None = None  # finished runs (events, deliveries) older than this are pruned
     # The API's /metrics on a port of its own (then not on the public port); None = on the public port.
     api_metrics_port: int | None = None
     metrics_gauge_secs: int = 5  # the API's /metrics gauges are sampled at most once per this many seconds
@@ -175,6 +185,9 @@ class Settings:
             ca_bundle=env.get("SLUICE_CA_BUNDLE") or None,
             trusted_proxies=_networks(env, "SLUICE_TRUSTED_PROXIES"),
             secret_keys=_secret_keys(env),
+            project_max_executing=_optional_int(env, "SLUICE_PROJECT_MAX_EXECUTING"),
+            project_max_timeout_secs=_optional_int(env, "SLUICE_PROJECT_MAX_TIMEOUT_SECS"),
+            retention_days=_optional_int(env, "SLUICE_RETENTION_DAYS"),
             api_metrics_port=_port(env, "SLUICE_API_METRICS_PORT"),
             metrics_gauge_secs=_int(env, "SLUICE_METRICS_GAUGE_SECS", 5),
             api_statement_timeout_secs=_int(env, "SLUICE_API_STATEMENT_TIMEOUT_SECS", 30),

@@ -26,7 +26,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -343,14 +343,15 @@ def make_broker(settings: Settings, client: Any = None, *, idle_poll_ms: int = D
     return broker
 
 
-def _message(queue_name: str, actor_name: str, arg: str) -> dramatiq.Message[Any]:
+def _message(queue_name: str, actor_name: str, arg: str, message_id: str | None = None) -> dramatiq.Message[Any]:
     return dramatiq.Message(
         queue_name=queue_name, actor_name=actor_name, args=(arg,), kwargs={},
-        options={"redis_message_id": str(uuid.uuid4())},
+        options={"redis_message_id": message_id or str(uuid.uuid4())},
     )
 
 
-def enqueue_many(broker: RedisBroker, queue_name: str, actor_name: str, ids: Iterable[str]) -> int:
+def enqueue_many(broker: RedisBroker, queue_name: str, actor_name: str, ids: Iterable[str], *,
+                 keyed: bool = False) -> int:
     """Enqueue one message per id in a single atomic Redis call; return the number enqueued.
 
     Writes exactly what dramatiq's ``dispatch.lua`` ``enqueue`` command writes — the encoded message in
@@ -360,8 +361,11 @@ def enqueue_many(broker: RedisBroker, queue_name: str, actor_name: str, ids: Ite
     message. The script's other step, a heartbeat for the sender's broker id, only matters to consumers
     (it guards their un-acked messages), so a sender can skip it. Any dramatiq Redis broker can be
     passed; a stock one's workers read the messages and ignore the tokens.
+
+    ``keyed``: each message's id is the id it carries, so ``messages_waiting`` can tell whether it is
+    still in the queue (webhook deliveries).
     """
-    messages = [_message(queue_name, actor_name, value) for value in ids]
+    messages = [_message(queue_name, actor_name, value, value if keyed else None) for value in ids]
     if not messages:
         return 0
     return _enqueue(broker, queue_name, [(m.options["redis_message_id"], m.encode()) for m in messages], len(messages))
@@ -382,7 +386,18 @@ def enqueue_runs(broker: RedisBroker, run_ids: Iterable[str]) -> int:
 
 
 def enqueue_webhooks(broker: RedisBroker, delivery_ids: Iterable[str]) -> int:
-    return enqueue_many(broker, WEBHOOK_QUEUE, WEBHOOK_ACTOR, delivery_ids)
+    return enqueue_many(broker, WEBHOOK_QUEUE, WEBHOOK_ACTOR, delivery_ids, keyed=True)
+
+
+def messages_waiting(broker: RedisBroker, queue_name: str, message_ids: Sequence[str]) -> set[str]:
+    """Which of the keyed ``message_ids`` are still enqueued or in flight (not yet acknowledged): one round
+    trip for the batch."""
+    if not message_ids:
+        return set()
+    pipe = broker.client.pipeline(transaction=False)
+    for message_id in message_ids:
+        pipe.hexists(_messages_key(broker, queue_name), message_id)
+    return {message_id for message_id, present in zip(message_ids, pipe.execute(), strict=True) if present}
 
 
 def pending_messages(broker: RedisBroker, queue_name: str = DISPATCH_QUEUE) -> int:

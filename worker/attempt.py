@@ -96,10 +96,18 @@ class Attempt:
     hands_off: bool
 
     @classmethod
-    def of(cls, picked: Picked, settings: ExecutionSettings, *, hands_off: bool) -> Attempt:
+    def of(cls, picked: Picked, settings: ExecutionSettings, *, hands_off: bool,
+           timeout_cap: int | None = None) -> Attempt:
+        """``timeout_cap``: the deployment's per-project cap on an attempt's timeout (``None``: none)."""
         assert picked.attempt is not None
         return cls(picked.run_id, picked.job_id, picked.attempt, picked.concurrency_key, picked.payload,
                    picked.debug_mode, settings, picked.max_attempts_override or settings.max_attempts,
-                   picked.timeout_secs_override or settings.timeout_secs, picked.webhook_secrets, picked.traceparent,
+                   attempt_timeout(picked, settings, timeout_cap), picked.webhook_secrets, picked.traceparent,
                    picked.queued_at,
                    hands_off)
+
+
+def attempt_timeout(picked: Picked, settings: ExecutionSettings, cap: int | None) -> int:
+    """The attempt's timeout: the trigger's override, else the job's, cut to the per-project cap."""
+    timeout = picked.timeout_secs_override or settings.timeout_secs
+    return timeout if cap is None else min(timeout, cap)

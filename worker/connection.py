@@ -17,6 +17,7 @@ failed ``COMMIT``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from typing import Any, cast
 
@@ -24,6 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from shared.db.prepared import HotStatement, prepare_sql, prepared_names
+
+log = logging.getLogger("sluice.worker")
 
 
 class _Held:
@@ -35,10 +38,13 @@ class _Held:
         # filled table ("empty") the planner picks sequential scans of runs instead, and a prepared generic
         # plan keeps them until the next ANALYZE: O(table) per attempt through a whole backlog.
         self.cursor: Any = self.dbapi.cursor()  # reused by every statement of this thread
-        self.cursor.execute("SET enable_seqscan = off")
+        # Generic plans only: the start statement is large (planning it takes milliseconds, many times its
+        # execution), and its plan does not depend on the values it is sent with.
+        self.cursor.execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
         prepared = prepared_names(self.proxy.info, create=True)
         assert prepared is not None
         self.prepared: set[str] = prepared
+        self.used = False  # a statement was sent on it (a fresh connection that fails is not retried)
 
 
 def _autocommit_off(dbapi_connection: Any, _record: Any) -> None:
@@ -47,7 +53,7 @@ def _autocommit_off(dbapi_connection: Any, _record: Any) -> None:
     if dbapi_connection is None or dbapi_connection.closed or not dbapi_connection.autocommit:
         return
     with contextlib.suppress(Exception), dbapi_connection.cursor() as cursor:  # a broken one is discarded anyway
-        cursor.execute("RESET enable_seqscan")
+        cursor.execute("RESET enable_seqscan; RESET plan_cache_mode")
     dbapi_connection.autocommit = False
 
 
@@ -87,19 +93,39 @@ class ThreadConnection:
 
     def _send(self, statement: HotStatement, params: dict[str, Any], frame: str, *,
               in_transaction: bool = False) -> tuple[Any, ...] | None:
+        """A connection held since an earlier statement may have died meanwhile (PostgreSQL restarted, the
+        backend was terminated): when it turns out closed, the statement is sent once more on a fresh one.
+        Every statement sent here is a conditional move, so one that did run before the connection broke
+        finds its row moved the second time and changes nothing."""
         held = self._held()
-        cursor = held.cursor
+        reused = held.used
         try:
-            if statement.name not in held.prepared:
-                cursor.execute(prepare_sql(statement))
-                held.prepared.add(statement.name)
-            sql, values = statement.execute_call(params)
-            cursor.execute(frame.format(sql), values)
-            row = cursor.fetchone() if cursor.description is not None else None
-            return None if row is None else tuple(row)
+            return self._execute(held, statement, params, frame)
+        except self._error as exc:
+            stale = reused and bool(held.dbapi.closed)
+            self._failed(held, exc, in_transaction)
+            if not stale:
+                raise
+        log.warning("database connection was closed; sending again on a new one",
+                    extra={"statement": statement.name})
+        held = self._held()
+        try:
+            return self._execute(held, statement, params, frame)
         except self._error as exc:
             self._failed(held, exc, in_transaction)
             raise
+
+    @staticmethod
+    def _execute(held: _Held, statement: HotStatement, params: dict[str, Any], frame: str) -> tuple[Any, ...] | None:
+        cursor = held.cursor
+        held.used = True
+        if statement.name not in held.prepared:
+            cursor.execute(prepare_sql(statement))
+            held.prepared.add(statement.name)
+        sql, values = statement.execute_call(params)
+        cursor.execute(frame.format(sql), values)
+        row = cursor.fetchone() if cursor.description is not None else None
+        return None if row is None else tuple(row)
 
     def _end(self, command: str) -> None:
         held = self._held()

@@ -3,9 +3,11 @@
 Every ``POLL_SECS`` the monitor reads the cancel flags (``shared.redis_keys.run_cancel``) of all in-flight
 attempts in one ``MGET``; every ``SLUICE_HEARTBEAT_INTERVAL_SECS`` it refreshes ``heartbeat_at`` of all of
 them in one conditional ``UPDATE`` (status ``executing`` **and** the attempt number this worker runs) and
-extends their leases. An attempt whose flag is set, or whose row the heartbeat no longer matches (canceled
-or reaped), is marked aborted; the call polls ``should_abort`` and stops within about a second, and its
-outcome is discarded by the conditional record update anyway.
+extends their leases, re-creating any that Redis lost meanwhile (a restart without persistence): an attempt
+the row update has just confirmed as running always counts against its caps again. An attempt whose flag
+is set, or whose row the heartbeat no longer matches (canceled or reaped), is marked aborted; the call polls
+``should_abort`` and stops within about a second, and its outcome is discarded by the conditional record
+update anyway.
 
 One thread per process rather than per attempt: the cost is one Redis round trip per 0.5 s and one
 UPDATE per interval whatever the number of worker threads.
@@ -171,6 +173,9 @@ class AttemptMonitor:
                 continue
             lease_ms = max(1, int((flight.deadline - time.monotonic() + flight.lease_margin_secs) * 1000))
             try:
-                self._limits.extend(flight.run_id, flight.job_id, flight.concurrency_key, lease_ms)
+                if not self._limits.extend(flight.run_id, flight.job_id, flight.concurrency_key, lease_ms,
+                                           recreate=True):
+                    log.warning("lease re-created (Redis had lost it)",
+                                extra={"run_id": flight.run_id, "job_id": flight.job_id})
             except (redis.exceptions.RedisError, OSError):
                 log.warning("lease extension failed", extra={"run_id": flight.run_id, "job_id": flight.job_id})

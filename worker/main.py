@@ -208,9 +208,10 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
         install_stop_handlers(stop, signals)
         sys.setswitchinterval(GIL_SWITCH_SECS)
 
-    # No pre-ping: it costs a round trip per checkout (two per attempt); a dead pooled connection fails
-    # one message, which the sweeper re-creates, and SQLAlchemy then recycles the pool.
-    engine = make_engine(settings.database_url, pool_size=threads + 2, pre_ping=False)
+    # Pre-ping: a pooled connection that died (PostgreSQL restarted) is replaced at checkout. An attempt's
+    # own statements go over its thread's held connection (worker.connection, which re-sends on a closed
+    # one) and check nothing out; sessions serve the heartbeat, terminal hooks and snapshot reads.
+    engine = make_engine(settings.database_url, pool_size=threads + 2)
     steer_claim_plans(engine)
     enable_prepared_statements(engine)  # the per-attempt statements are planned once per connection
     session_factory = make_session_factory(engine)

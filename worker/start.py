@@ -47,7 +47,7 @@ from shared.runs.execution_settings import (
 from shared.runs.status import RunStatus
 from shared.runs.transitions import event_ids
 from shared.schedules.cron import CronError, CronSpec, is_minute_open, next_open_minute, parse_cron
-from worker.attempt import Attempt, Picked
+from worker.attempt import Attempt, Picked, attempt_timeout
 from worker.connection import ThreadConnection
 from worker.recording import Recorder
 from worker.start_statement import START
@@ -102,7 +102,8 @@ class Starter:
         wake = hand_over is not None
         params: dict[str, Any] = {"hint": hint, "best": not wake, "wake": wake, "window_open_id": None,
                                   "settings_checked_id": None, "snapshot_version": None, "snapshot_endpoint": None,
-                                  "wake_message": WAKE_MESSAGE}
+                                  "wake_message": WAKE_MESSAGE,
+                                  "project_max_executing": self._settings.project_max_executing}
         snapshot: ExecutionSettings | None = None
         in_transaction = wake or getattr(self._local, "expect_limited", False)
         for _ in range(MAX_SENDS):
@@ -153,6 +154,10 @@ class Starter:
                              picked.candidate["execution_window_cron"], "timezone": picked.candidate["timezone"]}
                     return self._redelay(picked, picked.candidate["attempt"], "window", until, limit, now)
                 params["window_open_id"] = picked.run_id
+            elif refusal.refusal == "project_cap":
+                limit = {"kind": "project_max_executing", "max": self._settings.project_max_executing}
+                return self._redelay(picked, picked.candidate["attempt"], "concurrency",
+                                     now + self._slot_retry(), limit, now)
             else:
                 return self._fail(picked, now, _unusable(picked))
         return NotStarted("lost", params["hint"])
@@ -165,7 +170,7 @@ class Starter:
     def _unlimited(self, picked: Picked, settings: ExecutionSettings, hand_over: HandOver | None) -> Attempt:
         """The lease of a run that nothing could refuse: it only keeps ``slots_in_use`` true (a limit added
         later counts this attempt). A Redis failure here is logged; the attempt goes on."""
-        attempt = Attempt.of(picked, settings, hands_off=False)
+        attempt = Attempt.of(picked, settings, hands_off=False, timeout_cap=self._settings.project_max_timeout_secs)
         try:
             self._limits.acquire(LimitRequest(run_id=picked.run_id, job_id=picked.job_id, max_concurrency=None,
                                               concurrency_key=picked.concurrency_key, max_concurrency_per_key=None,
@@ -180,7 +185,7 @@ class Starter:
         """With ``picked`` started in the open transaction: the limit script, then commit or undo."""
         assert picked.limits is not None
         limits = picked.limits
-        timeout_secs = picked.timeout_secs_override or settings.timeout_secs
+        timeout_secs = attempt_timeout(picked, settings, self._settings.project_max_timeout_secs)
         payload: Any = json.loads(picked.payload) if limits.rate_limit_keys else None
         request = LimitRequest(
             run_id=picked.run_id, job_id=picked.job_id, max_concurrency=limits.max_concurrency,
@@ -195,11 +200,15 @@ class Starter:
             raise
         if decision.admitted:
             self._connection.commit()  # a failed COMMIT leaves the lease to expire: over-counting, never under
-            return Attempt.of(picked, settings, hands_off=not decision.roomy)
+            return Attempt.of(picked, settings, hands_off=not decision.roomy,
+                              timeout_cap=self._settings.project_max_timeout_secs)
         self._connection.rollback()
         refused = self._redelay(picked, limits.attempt, decision.reason or "concurrency",
                                 retry_at(decision, now, self._settings, self._rng), decision.limit, now)
         return NotStarted(refused.action, refused.run_id, refused.detail, leases_taken=True)
+
+    def _slot_retry(self) -> timedelta:
+        return timedelta(seconds=self._settings.slot_retry_secs + self._rng.random())
 
     def _lease_ms(self, timeout_secs: int) -> int:
         return (timeout_secs + self._settings.lease_margin_secs) * 1000

@@ -1,9 +1,14 @@
 """The one statement that picks a run and starts its attempt, built from the admission rules and the
 transition table::
 
-    WITH hinted AS (<:hint, if it may go now and no ready run has a higher priority> FOR UPDATE OF r),
-         best   AS (<the best ready run, if :best> LIMIT 1 FOR UPDATE OF r SKIP LOCKED),
-         picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM best LIMIT 1),
+    WITH RECURSIVE
+         hinted AS (<:hint, if it may go now: no ready run has a higher priority, and no other project with
+                     a ready run at its priority has fewer executing attempts> FOR UPDATE OF r),
+         top, projects, shares AS (<the top ready priority; its projects, one index descent each; per
+                     project its oldest ready run and its executing attempts>),
+         fair   AS (<the oldest ready run of the fairest project, if :best> FOR UPDATE OF r SKIP LOCKED),
+         best   AS (<any ready run of the top priority, if :best> LIMIT 1 FOR UPDATE OF r SKIP LOCKED),
+         picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM fair UNION ALL SELECT * FROM best LIMIT 1),
          moved  AS (UPDATE runs SET <queued → executing, from the table> FROM picked
                     WHERE picked.startable AND (NOT picked.limited OR :in_transaction) …),
          logged AS (INSERT INTO run_events <[delayed → queued,] queued → executing, attempt_started>)
@@ -11,13 +16,20 @@ transition table::
 
 Which run (``:hint``, ``:best``, ``:wake``):
 
-- a message's run: ``:hint`` names it; it is picked when it is ready (``queued``, not held, job enabled)
-  and no ready run has a higher priority — an index range that is empty in the common case — else the
-  best ready run (highest ``priority``, then the earliest ``queued_at``, then id) when ``:best``. Messages
-  are interchangeable wake-up tokens: every message claims something while anything is claimable.
+- a message's run: ``:hint`` names it; it is picked when it is ready (``queued``, not held, job enabled),
+  no ready run has a higher priority and it is its project's turn (below) — index ranges that are empty
+  in the common case — else, when ``:best``, the fairest ready run: at the top priority, the oldest ready
+  run of the project with the fewest executing attempts (ties: the project whose oldest ready run is
+  oldest). ``best`` (any ready run of the top priority, in index order) only serves when the fair pick's
+  rows are all locked by other starts. Messages are interchangeable wake-up tokens: every message claims
+  something while anything is claimable.
+- the fair share: a message's (or a waiter's) run goes only if no other project with a ready run at its
+  priority has fewer executing attempts than its own project. With one project, the two probes for
+  another project at that priority find nothing and nothing is counted.
 - a slot waiter (``worker.handoff``): ``:hint`` names it and ``:wake`` lets it be ``delayed`` too, once its
   retry back-off (``next_retry_at``) is over; it is woken (``delayed → queued``, message ``slot released``)
-  and started in the same statement. Never ahead of a ready run of higher priority.
+  and started in the same statement. Never ahead of a ready run of higher priority, nor of another
+  project's turn.
 
 Whether it starts: every rule of ``shared.runs.admission`` holds in SQL (``startable``); a run of a job
 with a limit that applies (``limited``) is started only inside a transaction (``:in_transaction``), which
@@ -62,8 +74,21 @@ _READY = "r.held_at IS NULL AND j.enabled IS true"
 # (it holds id as its last column) and filter the whole ready set for the id instead of one key lookup.
 _BY_ID = (f"((r.status = 'queued') IS TRUE OR (CAST(:wake AS boolean) AND (r.status = 'delayed') IS TRUE "
           f"AND (r.next_retry_at IS NULL OR r.next_retry_at <= {NOW})))")
-_PICK = (f"SELECT {_SELECTED}, {startable_sql()} AS startable, NOT {UNLIMITED.sql} AS limited "
-         "FROM runs r JOIN jobs j ON j.id = r.job_id")
+_PICK = (f"SELECT {_SELECTED}, {FIELDS['project_executing']} AS project_executing, {startable_sql()} AS startable, "
+         f"NOT {UNLIMITED.sql} AS limited FROM runs r JOIN jobs j ON j.id = r.job_id")
+# The fair share: the executing attempts of a project, and "another project has a ready run at this run's
+# priority", as two probes of ix_runs_ready (project ids below and above this run's), each empty when one
+# project runs alone.
+_EXECUTING = "(SELECT count(*) FROM runs e WHERE e.project_id = {project} AND e.status = 'executing')"
+# (Each probe is ordered as the index is, so that the planner walks it and no other index of runs.)
+# ``COLLATE "C"`` on project ids matches that index's column: no other index of runs can serve these probes,
+# whatever the statistics say.
+_C = 'COLLATE "C"'
+_RIVAL = (f"(SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = r.priority "
+          f"AND b.project_id {_C} {{op}} r.project_id {_C} ORDER BY b.priority DESC, b.project_id {_C} LIMIT 1) "
+          "IS NOT NULL")
+_BY_PROJECT = f"ORDER BY b.priority DESC, b.project_id {_C}"
+_TOP = "(SELECT priority FROM top)"
 _STRIP_USERINFO = f"regexp_replace({{url}}, '{USERINFO_PATTERN}', '\\1//')"
 _SETTINGS_CHECKED = "picked.id = :settings_checked_id"
 # A run whose snapshot settings Python checked records the snapshot's version and endpoint in attempt_started.
@@ -75,7 +100,7 @@ _LIMITS = ("json_build_array(picked.attempt, picked.priority, picked.metadata, p
            "picked.rate_limit_keys)")
 
 SQL = f"""{MARKER}
-WITH hinted AS (
+WITH RECURSIVE hinted AS (
     {_PICK}
     WHERE r.id = :hint AND {_BY_ID} AND {_READY}
       -- OFFSET 0 keeps this a correlated subquery: an index range "priority > this run's", empty in the
@@ -83,15 +108,53 @@ WITH hinted AS (
       AND NOT EXISTS (SELECT 1 FROM runs b JOIN jobs bj ON bj.id = b.job_id
                       WHERE b.status = 'queued' AND b.priority > r.priority AND b.held_at IS NULL
                         AND bj.enabled IS true OFFSET 0)
+      -- The fair share: alone at its priority, or its project has no more executing attempts than any
+      -- other project with a ready run at the top priority.
+      AND (NOT {_RIVAL.format(op="<")} AND NOT {_RIVAL.format(op=">")}
+           OR NOT EXISTS (SELECT 1 FROM shares s WHERE s.project_id <> r.project_id
+                            AND {_EXECUTING.format(project="s.project_id")}
+                                < {_EXECUTING.format(project="r.project_id")}))
     FOR UPDATE OF r
+), top AS (
+    SELECT b.priority FROM runs b JOIN jobs bj ON bj.id = b.job_id
+    WHERE b.status = 'queued' AND b.held_at IS NULL AND bj.enabled IS true
+    ORDER BY b.priority DESC LIMIT 1
+), projects AS (
+    -- The distinct projects with a queued run at the top priority: one index descent each.
+    SELECT (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
+            {_BY_PROJECT} LIMIT 1) AS project_id
+    UNION ALL
+    SELECT (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
+              AND b.project_id {_C} > p.project_id {_C} {_BY_PROJECT} LIMIT 1)
+    FROM projects p WHERE p.project_id IS NOT NULL
+), shares AS (
+    -- Each such project with a ready run: its oldest ready run, and its executing attempts (counted only
+    -- when there is more than one project to choose from).
+    SELECT p.project_id, head.queued_at, head.id,
+           CASE WHEN (SELECT count(*) FROM projects c WHERE c.project_id IS NOT NULL) > 1
+                THEN {_EXECUTING.format(project="p.project_id")} ELSE 0 END AS executing
+    FROM projects p CROSS JOIN LATERAL (
+        SELECT b.queued_at, b.id FROM runs b JOIN jobs bj ON bj.id = b.job_id
+        WHERE b.status = 'queued' AND b.priority = {_TOP} AND b.project_id {_C} = p.project_id {_C}
+          AND b.held_at IS NULL AND bj.enabled IS true
+        {_BY_PROJECT}, b.queued_at, b.id LIMIT 1) head
+    WHERE p.project_id IS NOT NULL
+), fair AS (
+    -- The oldest ready run of the project with the fewest executing attempts (then the oldest head).
+    {_PICK}
+    WHERE r.status = 'queued' AND {_READY} AND CAST(:best AS boolean) AND r.priority = {_TOP}
+      AND r.project_id {_C} = (SELECT s.project_id FROM shares s ORDER BY s.executing, s.queued_at, s.id LIMIT 1) {_C}
+    ORDER BY r.priority DESC, r.project_id {_C}, r.queued_at, r.id
+    LIMIT 1
+    FOR UPDATE OF r SKIP LOCKED
 ), best AS (
     {_PICK}
     WHERE r.status = 'queued' AND {_READY} AND CAST(:best AS boolean)
-    ORDER BY r.priority DESC, r.queued_at, r.id
+    ORDER BY r.priority DESC, r.project_id {_C}, r.queued_at, r.id
     LIMIT 1
     FOR UPDATE OF r SKIP LOCKED
 ), picked AS (
-    SELECT * FROM hinted UNION ALL SELECT * FROM best LIMIT 1
+    SELECT * FROM hinted UNION ALL SELECT * FROM fair UNION ALL SELECT * FROM best LIMIT 1
 ), moved AS (
     UPDATE runs SET {set_clause(S.EXECUTING, ())},
                     {set_clause_through(S.QUEUED, S.EXECUTING, "picked.status = 'delayed'")}

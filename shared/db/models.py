@@ -163,9 +163,9 @@ class Run(Base):
         sa.Index("ix_runs_status_created", "project_id", "status", "created_at"),
         sa.Index("ix_runs_continuation_of", "continuation_of",
                  postgresql_where=sa.text("continuation_of IS NOT NULL")),
-        # The ready set, best first (§5.11): what a worker claims and the sweeper counts.
-        # (an expression index, created by hand in migration 0001: autogenerate cannot compare it)
-        sa.Index("ix_runs_ready", sa.text("priority DESC"), "queued_at", "id",
+        # The ready set by priority, then project (the fair share between projects, migration 0007):
+        # what a worker claims and the sweeper counts. (An expression index: autogenerate cannot compare it.)
+        sa.Index("ix_runs_ready", sa.text("priority DESC"), sa.text('project_id COLLATE "C"'), "queued_at", "id",
                  postgresql_where=sa.text("status = 'queued'")),
         sa.Index("ix_runs_delayed_due", "due_at",
                  postgresql_where=sa.text("status = 'delayed'")),

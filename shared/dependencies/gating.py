@@ -182,7 +182,29 @@ def releasable_runs(session: Session, job_id: str) -> Iterator[list[tuple[Run, V
         after = (waiting[-1].created_at, waiting[-1].id)
 
 
-def jobs_with_waiting_runs(session: Session, *, limit: int) -> list[str]:
-    """Up to ``limit`` jobs that have waiting runs, in id order."""
-    return list(session.scalars(sa.select(Run.job_id).where(Run.status == RunStatus.WAITING.value)
-                                .distinct().order_by(Run.job_id).limit(limit)))
+WaitingCursor = tuple[str, datetime, str]  # (job_id, created_at, id) of the last waiting run looked at
+
+
+def recheck_page(session: Session, after: WaitingCursor | None, *,
+                 limit: int) -> tuple[list[tuple[Run, Verdict]], int, WaitingCursor | None]:
+    """The next ``limit`` waiting runs after ``after`` in (job, creation) order, re-evaluated: those whose
+    edges all hold, how many were looked at, and the cursor to go on from (``None`` once the end is
+    reached: the next pass starts over). Each job's
+    dependency lock is taken before its runs are evaluated, in job-id order (see the module doc)."""
+    query = sa.select(Run).where(Run.status == RunStatus.WAITING.value)
+    if after is not None:
+        query = query.where(sa.tuple_(Run.job_id, Run.created_at, Run.id) > sa.tuple_(*(sa.literal(v) for v in after)))
+    waiting = list(session.scalars(query.order_by(Run.job_id, Run.created_at, Run.id).limit(limit)))
+    releasable: list[tuple[Run, Verdict]] = []
+    by_job: dict[str, list[Run]] = {}
+    for run in waiting:
+        by_job.setdefault(run.job_id, []).append(run)
+    for job_id, runs in by_job.items():
+        lock_key(session, "deps", job_id)
+        verdicts = evaluate_many(session, edges_of(session, job_id),
+                                 [correlation_of(r.idempotency_key, r.run_metadata) for r in runs])
+        releasable += [(run, verdict) for run, verdict in zip(runs, verdicts, strict=True) if verdict.holds]
+    if len(waiting) < limit:
+        return releasable, len(waiting), None
+    last = waiting[-1]
+    return releasable, len(waiting), (last.job_id, last.created_at, last.id)

@@ -203,16 +203,17 @@ class Limits:
         pipe.execute()
 
     def extend(self, run_id: str, job_id: str, concurrency_key: str | None, lease_ms: int,
-               now_ms: int | None = None) -> bool:
+               now_ms: int | None = None, *, recreate: bool = False) -> bool:
         """Move the run's leases to expire at now + ``lease_ms`` (never earlier than they already do).
 
-        Returns ``False`` if a lease was no longer held (released, or expired and its slot reused); it is
-        then not recreated, because that could exceed the cap.
+        Returns ``False`` if a lease was no longer held. With ``recreate`` (the caller has just confirmed the
+        attempt is running: the worker's heartbeat) a missing lease is created again, so an attempt whose
+        lease Redis lost counts again; a cap it pushes over its limit only refuses new starts.
         """
         keys = [redis_keys.concurrency_job(job_id)]
         if concurrency_key:
             keys.append(redis_keys.concurrency_key(job_id, concurrency_key))
-        return bool(self._extend(keys=keys, args=[_now_arg(now_ms), run_id, lease_ms]))
+        return bool(self._extend(keys=keys, args=[_now_arg(now_ms), run_id, lease_ms, "1" if recreate else "0"]))
 
     def slots_in_use(self, job_id: str, concurrency_key: str | None = None,
                      now_ms: int | None = None) -> int:

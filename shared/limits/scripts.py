@@ -180,14 +180,17 @@ for i = 1, #KEYS, 2 do redis.call('ZREM', KEYS[i], run_id) end
 return {}
 """
 
-# Extend: push held leases to now + lease_ms (never shorten). A lease that is gone (released, or expired
-# and purged because another run took the slot) is NOT recreated: that could exceed the cap.
+# Extend: push held leases to now + lease_ms (never shorten). A lease that is gone (Redis lost it: a restart
+# without persistence, a flush, eviction) is recreated when ARGV[4] is '1': the caller has just confirmed the
+# attempt is still running, so it counts again. That may put a cap over its limit for a while, which only
+# refuses new starts until running attempts end: a real attempt is never left uncounted.
 # KEYS: job_lease_zset, [key_lease_zset]
-# ARGV: now_ms_override|'', run_id, lease_ms
+# ARGV: now_ms_override|'', run_id, lease_ms, recreate ('1'|'0')
 # Returns 1 if every lease was still present, else 0.
 EXTEND_SCRIPT = _PRELUDE + """
 local run_id = ARGV[2]
 local expiry = now + tonumber(ARGV[3])
+local recreate = ARGV[4] == '1'
 local held = 1
 for i = 1, #KEYS do
   local score = redis.call('ZSCORE', KEYS[i], run_id)
@@ -198,6 +201,10 @@ for i = 1, #KEYS do
     end
   else
     held = 0
+    if recreate then
+      redis.call('ZADD', KEYS[i], int(expiry), run_id)
+      expire_leases(KEYS[i])
+    end
   end
 end
 return held

@@ -38,11 +38,17 @@ FIELDS = {
     "retry_delays_secs": "j.retry_delays_secs", "max_concurrency": "j.max_concurrency",
     "max_concurrency_per_key": "j.max_concurrency_per_key", "rate_limit_max": "j.rate_limit_max",
     "rate_limit_window_secs": "j.rate_limit_window_secs", "rate_limit_keys": "j.rate_limit_keys",
+    # The run's project's executing attempts, counted only when a per-project cap is set.
+    "project_executing": "CASE WHEN CAST(:project_max_executing AS integer) IS NULL THEN 0 ELSE "
+                         "(SELECT count(*) FROM runs e WHERE e.project_id = r.project_id "
+                         "AND e.status = 'executing') END",
 }
 # Statement parameters the rules read: the clock, and the run whose window or snapshot settings the worker
 # has just checked in Python (the start statement is then sent again for it).
+# ``project_max_executing`` is the deployment's per-project cap on executing attempts (``None``: no cap).
 PARAMS = {"now": "CAST(:now AS timestamptz)", "window_open_id": ":window_open_id",
-          "settings_checked_id": ":settings_checked_id"}
+          "settings_checked_id": ":settings_checked_id",
+          "project_max_executing": "CAST(:project_max_executing AS integer)"}
 
 Values = Mapping[str, Any]
 
@@ -96,6 +102,12 @@ def is_param(name: str, param: str) -> Predicate:
 def later_than(name: str, param: str) -> Predicate:
     return Predicate(f"({FIELDS[name]} > {PARAMS[param]}) IS TRUE",
                      lambda c, p: c[name] is not None and c[name] > p[param])
+
+
+def below(name: str, param: str) -> Predicate:
+    """The field is below a statement parameter, or the parameter is null (no bound)."""
+    return Predicate(f"({PARAMS[param]} IS NULL OR ({FIELDS[name]} < {PARAMS[param]}) IS TRUE)",
+                     lambda c, p: p.get(param) is None or (c[name] is not None and c[name] < p[param]))
 
 
 def is_null(name: str) -> Predicate:
@@ -204,7 +216,7 @@ class Rule:
 
     name: str
     predicate: Predicate
-    refusal: str  # expire | fail | snapshot | window | limits
+    refusal: str  # expire | fail | snapshot | window | project_cap
 
 
 _CHECKED_SETTINGS = is_param("id", "settings_checked_id")
@@ -216,6 +228,7 @@ RULES = (
                                  same("job_version_id", "version_id"), _CHECKED_SETTINGS), "snapshot"),
     Rule("usable_settings", any_of(all_of(*(c.predicate for c in SETTINGS)), _CHECKED_SETTINGS), "fail"),
     Rule("no_window", any_of(blank("execution_window_cron"), is_param("id", "window_open_id")), "window"),
+    Rule("project_share", below("project_executing", "project_max_executing"), "project_cap"),
 )
 # Not a refusal of its own: a run of a job with a limit that applies starts only if the limit script admits it.
 UNLIMITED = all_of(unset("max_concurrency"), any_of(unset("max_concurrency_per_key"), blank("concurrency_key")),

@@ -131,11 +131,12 @@ def release_dependents(session: Session, upstream_job_id: str, *, now: datetime,
 def release_waiting(session: Session, job_id: str, *, now: datetime, effects: Effects) -> int:
     """Release ``job_id``'s waiting runs whose edges all hold, oldest first (``queued``, or ``delayed`` if
     ``scheduled_at`` is ahead; event ``released``); how many."""
-    released = 0
-    for batch in releasable_runs(session, job_id):
-        for run, verdict in batch:
-            released += _release(session, run, verdict, now=now, effects=effects)
-    return released
+    return sum(release_runs(session, batch, now=now, effects=effects) for batch in releasable_runs(session, job_id))
+
+
+def release_runs(session: Session, runs: Sequence[tuple[Run, Verdict]], *, now: datetime, effects: Effects) -> int:
+    """Release each waiting run whose edges were found to hold (under its job's dependency lock); how many."""
+    return sum(_release(session, run, verdict, now=now, effects=effects) for run, verdict in runs)
 
 
 def _release(session: Session, run: Run, verdict: Verdict, *, now: datetime, effects: Effects) -> int:

@@ -56,6 +56,8 @@ runs_and_jobs = st.fixed_dictionaries({
                                  json_values),
     "window_open": st.sampled_from(["none", "this", "other"]),
     "settings_checked": st.sampled_from(["none", "this", "other"]),
+    "project_max_executing": st.sampled_from([None, 1, 2]),
+    "project_executing": st.integers(0, 2),  # other runs of the project executing
 })
 
 
@@ -66,6 +68,8 @@ def _write(session: Session, case: dict[str, Any]) -> str:
     version_id = "ver_olderversion" if case["pinned_older"] else job.version_id
     run = factories.make_run(session, job, attempt=case["attempt"], expires_at=expires,
                              concurrency_key=case["concurrency_key"], job_version_id=version_id)
+    for _ in range(case["project_executing"]):
+        factories.make_run(session, job, status="executing", attempt=1)
     return run.id
 
 
@@ -80,7 +84,8 @@ def test_sql_and_python_agree_on_every_rule(session: Session, case: dict[str, An
     try:
         run_id = _write(session, case)
         params = {"now": NOW, "window_open_id": _param(case["window_open"], run_id),
-                  "settings_checked_id": _param(case["settings_checked"], run_id)}
+                  "settings_checked_id": _param(case["settings_checked"], run_id),
+                  "project_max_executing": case["project_max_executing"]}
         columns = [f"{rule.predicate.sql} AS {rule.name}" for rule in RULES]
         row = session.execute(sa.text(
             f"SELECT {', '.join(columns)}, {startable_sql()} AS startable, {UNLIMITED.sql} AS unlimited, "

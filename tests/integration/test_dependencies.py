@@ -104,8 +104,31 @@ def test_recheck_waiting_recovers_a_missed_wake_up(session):
     missed = make_run(session, down, status="waiting")  # gated before the finish, never woken
     still = make_run(session, unrelated, status="waiting", idempotency_key="no-upstream-run")
     effects = Effects()
-    assert recheck_waiting(session, utcnow(), effects) == 1
+    assert recheck_waiting(session, utcnow(), effects) == (1, 2, None)
     assert effects.enqueue == [missed.id]
     session.expire_all()
     assert (session.get(Run, missed.id).status, session.get(Run, still.id).status) == ("queued", "waiting")
-    assert recheck_waiting(session, utcnow(), Effects()) == 0
+    assert recheck_waiting(session, utcnow(), Effects()) == (0, 1, None)
+
+
+def test_recheck_waiting_is_bounded_per_pass_and_goes_on_where_it_stopped(session):
+    """Seven waiting runs over two jobs, three per pass: each pass looks at the next three (the cursor
+    carries over), releases what holds among them, and the pass after the last page starts over."""
+    up = make_job(session)
+    first, second = sorted([make_job(session), make_job(session)], key=lambda job: job.id)
+    for job in (first, second):
+        make_dependency(session, job, up)
+    base = utcnow() - timedelta(minutes=1)
+    waiting = [make_run(session, job, status="waiting", now=base + timedelta(seconds=i))
+               for job in (first, second) for i in range(4 if job is first else 3)]
+    make_run(session, up, status="completed", attempt=1, started_at=utcnow(), finished_at=utcnow())
+    pages, cursor = [], None
+    for _ in range(3):
+        effects = Effects()
+        released, looked_at, cursor = recheck_waiting(session, utcnow(), effects, after=cursor, limit=3)
+        pages.append((released, looked_at, effects.enqueue))
+        if cursor is None:
+            break
+    assert pages == [(3, 3, [r.id for r in waiting[:3]]), (3, 3, [r.id for r in waiting[3:6]]),
+                     (1, 1, [waiting[6].id])]
+    assert cursor is None

@@ -131,6 +131,20 @@ def test_extend_pushes_leases_and_never_recreates(limits: Limits, redis_client: 
     assert limits.slots_in_use(JOB, now_ms=T0 + 1_000) == 0
 
 
+def test_extend_recreates_a_lost_lease_when_asked(limits: Limits, redis_client: redis_lib.Redis) -> None:
+    """Redis lost the leases of running attempts (a restart): the heartbeat's extend counts them again, even
+    above the cap, so new starts are refused until they end; never more admitted than the cap."""
+    assert limits.acquire(req("r1", max_concurrency=1, key="k", per_key=1), now_ms=T0).admitted
+    redis_client.flushdb()
+    assert limits.acquire(req("r2", max_concurrency=1, key="k", per_key=1), now_ms=T0 + 10).admitted
+    assert not limits.extend("r1", JOB, "k", 5_000, now_ms=T0 + 20, recreate=True)
+    assert limits.slots_in_use(JOB, now_ms=T0 + 30) == 2 and limits.slots_in_use(JOB, "k", now_ms=T0 + 30) == 2
+    assert redis_client.pttl(redis_keys.concurrency_job(JOB)) > 0
+    refused = limits.acquire(req("r3", max_concurrency=1), now_ms=T0 + 40)
+    assert (refused.admitted, refused.reason) == (False, "concurrency")
+    assert limits.extend("r1", JOB, "k", 5_000, now_ms=T0 + 50, recreate=True)  # held now
+
+
 # --- atomicity -----------------------------------------------------------------------------------------
 
 def test_rate_refusal_records_no_lease(limits: Limits, redis_client: redis_lib.Redis) -> None:

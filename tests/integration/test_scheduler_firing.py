@@ -122,6 +122,26 @@ def test_firing_thread_batches_and_reports_failures(session_factory, broker) -> 
     assert firing.take_failed_jobs() == set()
 
 
+def test_one_jobs_failure_does_not_fail_the_tick_for_the_others(session_factory, broker) -> None:
+    """A job whose run cannot be built (a corrupt row of one project) fails alone: the tick's other jobs,
+    of other projects, get their runs, and only the failing job is left for the missed-tick check."""
+    with session_factory() as s:
+        healthy = [make_job(s, project_id=f"proj-{i}", cron="0 9 * * *", now=BEFORE) for i in range(3)]
+        broken = make_job(s, project_id="proj-odd", cron="0 9 * * *", now=BEFORE)
+        s.execute(sa.update(Job).where(Job.id == broken.id).values(default_run_metadata=[1]))
+        s.commit()
+    firing = TickFiring(session_factory, broker, grace_secs=60, clock=_clock(TICK + timedelta(seconds=1)))
+    firing.start()
+    try:
+        firing.submit([TickRequest(job.id, TICK, "0 9 * * *", "UTC") for job in [*healthy, broken]])
+        assert firing.wait_idle(10)
+    finally:
+        firing.stop()
+    assert {run.job_id for run in _runs(session_factory)} == {job.id for job in healthy}
+    assert ready_messages(broker) == 3
+    assert firing.take_failed_jobs() == {broken.id}
+
+
 class Recorder:
     def __init__(self) -> None:
         self.submitted: list[TickRequest] = []

@@ -26,7 +26,7 @@ from werkzeug import Request, Response
 from scheduler.webhook_sweeps import RESEND_AFTER_SECS, enqueue_due_webhooks
 from shared.clock import format_ts, utcnow
 from shared.db.models import Job, Run, RunEvent, WebhookDelivery
-from shared.messages import WEBHOOK_QUEUE, make_broker, pending_messages
+from shared.messages import WEBHOOK_QUEUE, enqueue_webhooks, make_broker, pending_messages, ready_messages
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
 from shared.runs.moves import move
@@ -388,7 +388,7 @@ def test_actor_delivers_and_a_duplicate_message_is_one_attempt(session, session_
     delivery_id = effects.webhooks[0]
     effects.webhooks.append(delivery_id)  # the same message twice
     commit_and_apply(session, effects, broker)
-    assert pending_messages(broker, WEBHOOK_QUEUE) == 2
+    assert ready_messages(broker, WEBHOOK_QUEUE) == 2  # one message (keyed by the delivery), fetched twice
 
     worker = Worker(broker, worker_threads=2, worker_timeout=100)
     worker.start()
@@ -427,12 +427,50 @@ def test_sweep_enqueues_due_retries_once_and_resends_lost_messages(session, sess
     assert sweep(session, broker, lost_at) == 0
     assert pending_messages(broker, WEBHOOK_QUEUE) == 1
 
-    send(row.id, session_factory, settings)  # attempt 1 fails: the retry is due in about 5 s
+    redis_client.delete(f"{broker.namespace}:{WEBHOOK_QUEUE}", f"{broker.namespace}:{WEBHOOK_QUEUE}.msgs")
+    send(row.id, session_factory, settings)  # a worker took the message; attempt 1 fails: retry in about 5 s
     row = only_delivery(session)
     assert sweep(session, broker, row.updated_at) == 0
     assert sweep(session, broker, row.next_attempt_at) == 1
     assert sweep(session, broker, row.next_attempt_at + timedelta(seconds=1)) == 0
-    assert pending_messages(broker, WEBHOOK_QUEUE) == 2
+    assert pending_messages(broker, WEBHOOK_QUEUE) == 1
+
+
+def test_sweep_never_resends_a_message_still_waiting(session, settings, redis_client, receiver):
+    """No worker takes webhook messages (an outage): the delivery's message stays in the queue, and the
+    sweep leaves it alone however long it waits; once Redis has lost it, the sweep sends it again."""
+    broker = make_broker(settings, client=redis_client)
+    finish_run(session, hook_url(receiver))
+    created = only_delivery(session).created_at
+    silence = timedelta(seconds=RESEND_AFTER_SECS + 1)
+    assert sweep(session, broker, created + silence) == 1  # never enqueued after its commit here: sent
+    for passes in range(2, 6):
+        assert sweep(session, broker, created + passes * silence) == 0
+    assert pending_messages(broker, WEBHOOK_QUEUE) == 1
+    redis_client.flushdb()  # Redis restarted without its data
+    assert sweep(session, broker, created + 6 * silence) == 1
+    assert pending_messages(broker, WEBHOOK_QUEUE) == 1
+
+
+def test_sweep_is_bounded_per_pass_and_goes_on_where_it_stopped(session, settings, redis_client, receiver):
+    """Five pending deliveries whose messages wait in the queue, two per pass: each pass checks the next
+    two instead of the same first two again, and none is sent twice."""
+    broker = make_broker(settings, client=redis_client)
+    for _ in range(5):
+        finish_run(session, hook_url(receiver))
+    ids = [row.id for row in session.scalars(sa.select(WebhookDelivery).order_by(WebhookDelivery.next_attempt_at))]
+    enqueue_webhooks(broker, ids)
+    later = max(row.created_at for row in session.scalars(sa.select(WebhookDelivery))) + timedelta(
+        seconds=RESEND_AFTER_SECS + 1)
+    checked: list[int] = []
+    for _ in range(3):
+        assert enqueue_due_webhooks(session, later, broker, limit=2) == 0
+        session.commit()
+        session.expire_all()
+        checked.append(session.scalar(sa.select(sa.func.count()).select_from(WebhookDelivery)
+                                      .where(WebhookDelivery.updated_at == later)) or 0)
+    assert checked == [2, 4, 5]
+    assert pending_messages(broker, WEBHOOK_QUEUE) == 5
 
 
 def test_sweep_recovers_a_claim_whose_worker_died(session, settings, redis_client, receiver):
