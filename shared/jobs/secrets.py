@@ -19,7 +19,7 @@ from shared.errors import ValidationFailed, semantic
 from shared.jobs.config import SECRET_FIELDS
 from shared.jobs.store import JOBS
 from shared.jobs.versions import VERSIONS
-from shared.webhooks.sealing import SecretBox
+from shared.webhooks.sealing import SecretBox, SecretUnreadable
 from shared.webhooks.signing import is_masked_value, mask_secret
 
 MASKED_SECRET_MESSAGE = "looks like a masked value; send the full secret"
@@ -50,8 +50,16 @@ def resolve_patched_secrets(job: Mapping[str, Any] | None, patch: dict[str, Any]
                 patch[field] = job["webhook_secret"]  # sealed; kept as it is
             else:
                 raise ValidationFailed({field: [MASKED_SECRET_MESSAGE]})
-        elif stored and box.open(stored) == value:
+        elif stored and _opens_to(box, stored, value):
             del patch[field]
+
+
+def _opens_to(box: SecretBox, stored: str, value: str) -> bool:
+    """Whether ``stored`` holds ``value``; one no key opens holds nothing: the value sent replaces it."""
+    try:
+        return box.open(stored) == value
+    except SecretUnreadable:
+        return False
 
 
 def check_secret_pair(config: Mapping[str, Any], box: SecretBox) -> None:

@@ -18,15 +18,16 @@ from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, Conflict
 from shared.webhooks.signing import MASKED_CHARS, is_masked_value, mask_secret
 
 KEY_SETTINGS = "SLUICE_SECRET_KEY or SLUICE_SECRET_KEY_FILE"
 GENERATE_HINT = "generate one with `sluice secrets generate-key`"
 
 
-class SecretUnreadable(Exception):
-    """A sealed secret that none of the configured keys opens (a key was dropped too early)."""
+class SecretUnreadable(Conflict):
+    """A sealed secret that none of the configured keys opens (a key was dropped too early). In the API a
+    409: the job's stored secret is unusable until a new one is sent or the old key is restored."""
 
 
 def generate_key() -> str:
@@ -74,7 +75,8 @@ class SecretBox:
         try:
             return self._all.decrypt(stored[MASKED_CHARS + 1:].encode("ascii")).decode("utf-8")
         except (InvalidToken, UnicodeError):
-            raise SecretUnreadable("a webhook secret cannot be decrypted with the configured keys") from None
+            raise SecretUnreadable("the job's stored webhook secret cannot be decrypted with the configured keys: "
+                                   "send a new webhook_secret, or restore the key it was sealed with") from None
 
     def reseal(self, stored: str) -> str:
         """``stored`` sealed under the current key (a plain secret gets sealed); unchanged if it already is."""

@@ -153,3 +153,17 @@ def test_migration_seals_plain_secrets_when_a_key_is_set(pg_engine):
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_a_secret_no_key_opens_is_replaced_by_a_new_one_and_never_a_500(client, auth, session):
+    job = create(client, auth, "lost-key", webhook_secret=SECRET)
+    lost = SecretBox([generate_key()])  # sealed under a key this deployment no longer has
+    session.execute(sa.update(Job).where(Job.id == job["id"]).values(
+        webhook_secret=lost.seal(SECRET), webhook_secret_previous=lost.seal(NEW_SECRET)))
+    session.commit()
+    refused = _patch(client, auth, "lost-key", {"description": "v2"})
+    assert_error(refused, 409)
+    assert "cannot be decrypted with the configured keys" in refused.json["message"]
+    replaced = _patch(client, auth, "lost-key", {"webhook_secret": NEW_SECRET, "webhook_secret_previous": None})
+    assert replaced.status_code == 200, replaced.json
+    assert replaced.json["webhook_secret"] == "whsec_…LaSw" and replaced.json["webhook_secret_previous"] is None
