@@ -30,7 +30,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa  # noqa: E402
 
-from bench.support import cpu_secs_of_database_backends, prepare_database  # noqa: E402
+from bench.support import BENCH_SECRET_KEY, cpu_secs_of_database_backends, prepare_database  # noqa: E402
 
 PROJECT = "bench"
 SEED_RUNS_SQL = """
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         url = prepare_database(args.pg_admin_url, args.db_name)
         key, slug, run_id = seed(url, args.jobs, args.runs)
-    settings = Settings.from_env({}).with_overrides(database_url=url, redis_url=args.redis_url, log_json=False)
+    settings = Settings.from_env({"DATABASE_URL": url, "SLUICE_SECRET_KEY": BENCH_SECRET_KEY}).with_overrides(
+        redis_url=args.redis_url, log_json=False)
     app = create_app(settings)
     client = app.test_client()
     rows = [(name, path, {"Authorization": f"Bearer {key}"}) for name, path in api_requests(slug)]

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.dispatch_systems import Reference, Sluice, System  # noqa: E402
 from bench.support import (  # noqa: E402
+    BENCH_SECRET_KEY,
     SinkProcess,
     busy_cpu_secs,
     cpu_secs_of_database_backends,
@@ -43,8 +44,6 @@ from bench.support import (  # noqa: E402
     percentile,
     prepare_database,
 )
-
-BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="  # seals webhook secrets; benchmark data only
 
 
 @dataclass

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.support import SinkProcess, percentile, prepare_database  # noqa: E402
+from bench.support import BENCH_SECRET_KEY, SinkProcess, percentile, prepare_database, prepare_database_empty  # noqa: E402
 from shared.apikeys import Principal  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
 from shared.config import Settings  # noqa: E402
@@ -66,7 +66,9 @@ class Fleet:
             self.dsn = prepare_database_empty(admin, args.db_name)
             subprocess.run([str(tree / ".venv" / "bin" / "sluice"), "db", "upgrade"], check=True,
                            env={**os.environ, "DATABASE_URL": self.dsn})
-        self.settings = Settings.from_env({}).with_overrides(database_url=self.dsn, redis_url=args.redis_url,
+        self.settings = Settings.from_env({"DATABASE_URL": self.dsn,
+                                           "SLUICE_SECRET_KEY": BENCH_SECRET_KEY}).with_overrides(
+            redis_url=args.redis_url,
                                                              allow_private_endpoints=True)
         self.engine = make_engine(self.dsn, pool_size=4)
         self.factory = make_session_factory(self.engine)
@@ -126,17 +128,6 @@ class Fleet:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.engine.dispose()
-
-
-def prepare_database_empty(admin_url: str, name: str) -> str:
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
-                             "AND pid <> pg_backend_pid()"), {"d": name})
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 def trickle(fleet: Fleet, job: Job, args: argparse.Namespace) -> list[str]:

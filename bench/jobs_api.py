@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 
 from bench import wrk  # noqa: E402
-from bench.support import cpu_secs_of_database_backends, cpu_secs_of_group, prepare_database  # noqa: E402
+from bench.support import BENCH_SECRET_KEY, cpu_secs_of_database_backends, cpu_secs_of_group, prepare_database  # noqa: E402
 from shared.apikeys import create_key, parse_scopes  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
 from shared.db.engine import make_engine, make_session_factory, transaction  # noqa: E402
@@ -55,7 +55,6 @@ PROJECT = "bench"
 ENDPOINT = "http://127.0.0.1:9/endpoint"
 
 
-BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="  # seals webhook secrets; benchmark data only
 
 
 @dataclass

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.interval_stats import achieved_rate_fraction, max_overlap, max_starts_in_window, utilisation  # noqa: E402
 from bench.support import (  # noqa: E402
+    BENCH_SECRET_KEY,
     SinkProcess,
     cpu_secs_of_database_backends,
     cpu_secs_of_group,
@@ -64,7 +65,6 @@ TERMINAL_VALUES = [s.value for s in TERMINAL]
 NEVER_BINDING = {"max_concurrency": 10_000, "rate_limit_max": 100_000, "rate_limit_window_secs": 1}
 
 
-BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="  # seals webhook secrets; benchmark data only
 
 
 class Bench:

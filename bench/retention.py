@@ -32,7 +32,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.support import percentile, prepare_database  # noqa: E402
+from bench.support import BENCH_SECRET_KEY, percentile, prepare_database  # noqa: E402
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop, PeriodicTask, prune_task  # noqa: E402
 from shared.apikeys import Principal  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
@@ -82,7 +82,9 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.dsn = prepare_database(args.pg_admin_url, args.db_name)
-        self.settings = Settings.from_env({}).with_overrides(database_url=self.dsn, redis_url=args.redis_url,
+        self.settings = Settings.from_env({"DATABASE_URL": self.dsn,
+                                           "SLUICE_SECRET_KEY": BENCH_SECRET_KEY}).with_overrides(
+            redis_url=args.redis_url,
                                                              allow_private_endpoints=True, retention_days=30)
         self.engine = make_engine(self.dsn, pool_size=args.clients + 4)
         self.factory = make_session_factory(self.engine)

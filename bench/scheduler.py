@@ -39,7 +39,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.support import prepare_database  # noqa: E402
+from bench.support import BENCH_SECRET_KEY, prepare_database  # noqa: E402
 from shared.db.engine import make_engine  # noqa: E402
 from shared.db.models import Job, JobVersion, Run  # noqa: E402
 from shared.ids import new_version_id, uuid7  # noqa: E402
@@ -54,7 +54,6 @@ FULL_SCHEDULER = [str(ROOT / ".venv" / "bin" / "sluice"), "scheduler"]  # cron +
 CRON_ONLY = [sys.executable, "-m", "scheduler.cron"]  # the cron part alone
 
 
-BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="  # seals webhook secrets; benchmark data only
 
 
 class Sink(ThreadingHTTPServer):

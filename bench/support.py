@@ -17,10 +17,12 @@ import sqlalchemy as sa
 from shared.db.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
+# Seals the benchmarks' webhook secrets (benchmark data only); processes started by a benchmark inherit it.
+BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="
 
 
-def prepare_database(admin_url: str, name: str) -> str:
-    """Drop and recreate database ``name`` (ending its sessions), migrate it; return its URL."""
+def prepare_database_empty(admin_url: str, name: str) -> str:
+    """Drop and recreate database ``name`` (ending its sessions), empty; return its URL."""
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as conn:
         conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
@@ -28,7 +30,12 @@ def prepare_database(admin_url: str, name: str) -> str:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def prepare_database(admin_url: str, name: str) -> str:
+    """Drop and recreate database ``name`` (ending its sessions), migrate it; return its URL."""
+    url = prepare_database_empty(admin_url, name)
     upgrade(url)
     return url
 

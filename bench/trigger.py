@@ -49,7 +49,7 @@ import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from bench import wrk  # noqa: E402
-from bench.support import cpu_secs_of_database_backends, cpu_secs_of_group, prepare_database  # noqa: E402
+from bench.support import BENCH_SECRET_KEY, cpu_secs_of_database_backends, cpu_secs_of_group, prepare_database  # noqa: E402
 from shared.apikeys import create_key, parse_scopes  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
 from shared.db.engine import make_engine, make_session_factory, transaction  # noqa: E402
@@ -61,7 +61,6 @@ SLUG = "bench-trigger"
 BULK_ITEMS = 1000
 
 
-BENCH_SECRET_KEY = "YmVuY2gtb25seS1zZWNyZXQta2V5LTMyLWJ5dGVzISE="  # seals webhook secrets; benchmark data only
 
 
 @dataclass
