@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.dispatch import Result, drain, paced, warm_up  # noqa: E402
 from bench.dispatch_systems import Sluice  # noqa: E402
-from bench.support import SinkProcess, fmt_number, percentile, prepare_database  # noqa: E402
+from bench.support import BENCH_SECRET_KEY, SinkProcess, fmt_number, percentile, prepare_database  # noqa: E402
 from shared.cli.embedded_redis import start_embedded_redis  # noqa: E402
 
 
@@ -62,6 +62,7 @@ class Side:
 
 def _env(dsn: str, redis_url: str) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true",
+            "SLUICE_SECRET_KEY": os.environ.get("SLUICE_SECRET_KEY", BENCH_SECRET_KEY),
             "SLUICE_METRICS_PORT": "0", "SLUICE_LOG_LEVEL": os.environ.get("SLUICE_BENCH_LOG_LEVEL", "WARNING")}
 
 
@@ -269,6 +270,7 @@ def report(before: Side, after: Side, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    os.environ.setdefault("SLUICE_SECRET_KEY", BENCH_SECRET_KEY)  # the fleets and this process's triggers
     parser.add_argument("--before", required=True, type=Path, help="the other tree (with .venv/bin/sluice)")
     parser.add_argument("--idle-secs", type=float, default=20.0)
     parser.add_argument("--settle-secs", type=float, default=5.0)
