@@ -215,7 +215,7 @@ def _prepare_database(database_url: str, data_dir: Path) -> str:
     from shared.config import Settings
     from shared.db.migrate import upgrade
 
-    upgrade(database_url, secret_keys=Settings.from_env().secret_keys)
+    upgrade(database_url, secret_keys=Settings.from_env({**os.environ, "DATABASE_URL": database_url}).secret_keys)
     metrics_dir = data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)  # samples of a previous session would be merged in
     metrics_dir.mkdir()

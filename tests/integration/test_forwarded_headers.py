@@ -66,8 +66,9 @@ def test_trusted_hops_count_only_trusted_proxies_at_the_end_of_the_chain() -> No
 def test_the_setting_reads_addresses_and_ranges() -> None:
     from shared.errors import ConfigError
 
-    assert Settings.from_env({}).trusted_proxies == ()
-    parsed = Settings.from_env({"SLUICE_TRUSTED_PROXIES": " 10.0.0.7/8, 127.0.0.1 ,::1,"}).trusted_proxies
+    assert Settings.from_env({"DATABASE_URL": "postgresql://db/sluice"}).trusted_proxies == ()
+    parsed = Settings.from_env({"DATABASE_URL": "postgresql://db/sluice",
+                                "SLUICE_TRUSTED_PROXIES": " 10.0.0.7/8, 127.0.0.1 ,::1,"}).trusted_proxies
     assert parsed == ("10.0.0.0/8", "127.0.0.1/32", "::1/128")
     with pytest.raises(ConfigError, match="SLUICE_TRUSTED_PROXIES"):
-        Settings.from_env({"SLUICE_TRUSTED_PROXIES": "proxy.internal"})
+        Settings.from_env({"DATABASE_URL": "postgresql://db/sluice", "SLUICE_TRUSTED_PROXIES": "proxy.internal"})

@@ -86,5 +86,5 @@ def test_private_endpoint_allowlist_is_parsed_once_and_checked() -> None:
 def test_the_sweep_interval_is_the_schedulers_safety_net_and_read_from_the_environment() -> None:
     assert Settings.from_env({"DATABASE_URL": URL}).sweep_interval_secs == 5.0
     assert Settings.from_env({"DATABASE_URL": URL, "SLUICE_SWEEP_INTERVAL_SECS": "30"}).sweep_interval_secs == 30.0
-    with pytest.raises(ConfigError, match="SLUICE_SWEEP_INTERVAL_SECS: must be >= 1"):
+    with pytest.raises(ConfigError, match="SLUICE_SWEEP_INTERVAL_SECS must be a whole number of seconds of at least 1"):
         Settings.from_env({"DATABASE_URL": URL, "SLUICE_SWEEP_INTERVAL_SECS": "0"})
