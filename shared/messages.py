@@ -41,6 +41,7 @@ from dramatiq.middleware import Middleware
 from shared import redis_keys
 from shared.config import Settings
 from shared.due_announcer import DueAnnouncer
+from shared.message_scripts import ACK_MANY_SCRIPT, ENQUEUE_SCRIPT
 from shared.redis_client import make_redis
 
 DISPATCH_ACTOR = "dispatch_run"
@@ -54,7 +55,6 @@ WEBHOOK_QUEUE = "sluice.webhooks"
 # back into play quickly.
 HEARTBEAT_TIMEOUT_MS = 15_000
 ACK_BATCH = 16
-ENQUEUE_CHUNK = 500  # messages per HSET / RPUSH inside the enqueue script (Lua's unpack has a stack limit)
 
 # An idle consumer looks at its queue this often without a wake-up (each look is also its broker heartbeat,
 # so it must stay well under HEARTBEAT_TIMEOUT_MS).
@@ -77,48 +77,6 @@ REFILL_FRACTION = 4
 FULL_WAIT_SECS = 1.0  # and looks whether its thread should stop at least this often
 STOPPING_WAIT_SECS = 0.1
 
-# KEYS: the queue list, the queue's message hash, the queue's wake list.
-# ARGV: wake tokens to push (capped at WAKE_TOKENS_MAX), WAKE_TOKENS_MAX, WAKE_TTL_MS, then message id, message data...
-# Writes what dramatiq.lua's ``enqueue`` writes for each message, and the wake tokens, in one atomic step.
-ENQUEUE_SCRIPT = f"""
-local n = (#ARGV - 3) / 2
-local first = 4
-while first <= #ARGV do
-  local last = math.min(first + {2 * ENQUEUE_CHUNK} - 1, #ARGV)
-  local fields, ids = {{}}, {{}}
-  for i = first, last, 2 do
-    fields[#fields + 1] = ARGV[i]
-    fields[#fields + 1] = ARGV[i + 1]
-    ids[#ids + 1] = ARGV[i]
-  end
-  redis.call('hset', KEYS[2], unpack(fields))
-  redis.call('rpush', KEYS[1], unpack(ids))
-  first = last + 1
-end
-local cap = tonumber(ARGV[2])
-local tokens = {{}}
-for i = 1, math.min(tonumber(ARGV[1]), cap) do
-  tokens[i] = '1'
-end
-if #tokens > 0 then
-  redis.call('lpush', KEYS[3], unpack(tokens))
-  redis.call('ltrim', KEYS[3], 0, cap - 1)
-  redis.call('pexpire', KEYS[3], ARGV[3])
-end
-return n
-"""
-
-# KEYS: the consumer's ack set for the queue, the queue's message hash, the heartbeats ZSET.
-# ARGV: timestamp (ms), broker id, message ids... (dispatch.lua's ``ack``, once per id, one heartbeat)
-ACK_MANY_SCRIPT = """
-redis.call('zadd', KEYS[3], ARGV[1], ARGV[2])
-for i = 3, #ARGV do
-  if redis.call('srem', KEYS[1], ARGV[i]) > 0 then
-    redis.call('hdel', KEYS[2], ARGV[i])
-  end
-end
-return #ARGV - 2
-"""
 
 
 def _queue_key(broker: RedisBroker, queue_name: str) -> str:
