@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.apikeys import KEY_FIELDS, KEY_TYPES
 from shared.db.engine import loads_json
-from shared.db.prepared import HotQuery
+from shared.db.prepared import PreparedQuery
 from shared.jobs.resource import JOB
 from shared.jobs.store import JOBS, page_query, page_sql
 from shared.resource import WRITERS, Field, Writing
@@ -96,7 +96,7 @@ def _key_and_page_sql(after: bool, limit: int) -> str:
 
 
 @lru_cache(maxsize=512)  # limits are 2..MAX_LIMIT + 1 (a page and one more), each first or next
-def _key_and_page(after: bool, limit: int) -> HotQuery:
+def _key_and_page(after: bool, limit: int) -> PreparedQuery:
     """One statement per page size: its limit is literal, so PostgreSQL keeps a generic plan."""
     return page_query(f"sluice_key_jobs_page_{limit}", _key_and_page_sql(after, limit), after,
                       {**KEY_RESULT_TYPES, "row_version": sa.Text()})

@@ -43,7 +43,7 @@ from api.job_page import (
 )
 from api.pagination import encode_cursor, items_within
 from shared import json_codec
-from shared.db.prepared import HotQuery
+from shared.db.prepared import PreparedQuery
 from shared.jobs.store import page_query, page_sql
 
 MAX_BYTES = 32 * 1024 * 1024
@@ -123,7 +123,7 @@ def _key_and_versions_sql(after: bool, limit: int) -> str:
 
 
 @lru_cache(maxsize=512)  # as api.job_page: one statement per literal limit, first or next
-def _key_and_versions(after: bool, limit: int) -> HotQuery:
+def _key_and_versions(after: bool, limit: int) -> PreparedQuery:
     return page_query(f"sluice_key_job_versions_{limit}", _key_and_versions_sql(after, limit), after,
                       {**KEY_RESULT_TYPES, "versions": sa.Text()})
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.db.models import ApiKey
-from shared.db.prepared import HotQuery
+from shared.db.prepared import PreparedQuery
 from shared.errors import NotFound, ValidationFailed
 from shared.ids import uuid7
 
@@ -102,8 +102,8 @@ def key_columns_sql(alias: str | None = None) -> str:
 
 
 # Runs on every request that is not a trigger or a job read (those read the key with the job): prepared
-# where the engine allows, planned once per connection (``shared.db.prepared.HotQuery``).
-_BY_DIGEST = HotQuery.build("sluice_key_by_digest",
+# where the engine allows, planned once per connection (``shared.db.prepared.PreparedQuery``).
+_BY_DIGEST = PreparedQuery.build("sluice_key_by_digest",
                             f"SELECT {key_columns_sql()} FROM api_keys WHERE key_hash = :digest", KEY_TYPES)
 _TOUCH = sa.update(KEYS).where(KEYS.c.id == sa.bindparam("key_id")).values(last_used_at=sa.bindparam("now"))
 

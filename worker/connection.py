@@ -24,7 +24,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from shared.db.prepared import HotStatement, prepare_sql, prepared_names
+from shared.db.prepared import PreparedStatement, prepare_sql, prepared_names
 
 log = logging.getLogger("sluice.worker")
 
@@ -58,7 +58,7 @@ def _autocommit_off(dbapi_connection: Any, _record: Any) -> None:
 
 
 class ThreadConnection:
-    """Runs ``HotStatement``s on the calling thread's connection; thread-safe (one connection per thread)."""
+    """Runs ``PreparedStatement``s on the calling thread's connection; thread-safe (one connection per thread)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -67,11 +67,11 @@ class ThreadConnection:
         if not sa.event.contains(engine, "checkin", _autocommit_off):
             sa.event.listen(engine, "checkin", _autocommit_off)
 
-    def first(self, statement: HotStatement, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    def first(self, statement: PreparedStatement, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """Execute ``statement`` as a transaction of its own; its first row."""
         return self._send(statement, params, "{}")
 
-    def begin_first(self, statement: HotStatement, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    def begin_first(self, statement: PreparedStatement, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """Open a transaction with ``statement`` (``BEGIN`` travels with it); its first row. End it with
         ``commit`` or ``rollback``. On an error the transaction is rolled back (or the connection dropped)."""
         return self._send(statement, params, "BEGIN; {}", in_transaction=True)
@@ -91,7 +91,7 @@ class ThreadConnection:
             held = self._local.held = _Held(self._engine)
         return held
 
-    def _send(self, statement: HotStatement, params: dict[str, Any], frame: str, *,
+    def _send(self, statement: PreparedStatement, params: dict[str, Any], frame: str, *,
               in_transaction: bool = False) -> tuple[Any, ...] | None:
         """A connection held since an earlier statement may have died meanwhile (PostgreSQL restarted, the
         backend was terminated): when it turns out closed, the statement is sent once more on a fresh one.
@@ -116,7 +116,8 @@ class ThreadConnection:
             raise
 
     @staticmethod
-    def _execute(held: _Held, statement: HotStatement, params: dict[str, Any], frame: str) -> tuple[Any, ...] | None:
+    def _execute(held: _Held, statement: PreparedStatement, params: dict[str, Any],
+                 frame: str) -> tuple[Any, ...] | None:
         cursor = held.cursor
         held.used = True
         if statement.name not in held.prepared:

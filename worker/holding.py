@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from shared.db.prepared import HotStatement
+from shared.db.prepared import PreparedStatement
 from shared.runs.transitions import event_ids
 from worker.connection import ThreadConnection
 
-HOLD = HotStatement.build("sluice_hold_run", """
+HOLD = PreparedStatement.build("sluice_hold_run", """
 WITH held AS (
     UPDATE runs SET held_at = CAST(:now AS timestamptz)
     WHERE id = :run_id AND status = 'queued' AND held_at IS NULL

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import hashlib
 
-from shared.db.prepared import HotStatement
+from shared.db.prepared import PreparedStatement
 from shared.egress.addresses import USERINFO_PATTERN
 from shared.runs.admission import FIELDS, UNLIMITED, startable_sql
 from shared.runs.status import RunStatus
@@ -179,4 +179,4 @@ SELECT {", ".join(f"picked.{c}" for c in ATTEMPT_COLUMNS)}, moved.attempt, COALE
 FROM picked LEFT JOIN moved ON moved.id = picked.id
 """
 
-START = HotStatement.build(f"sluice_move_start_{hashlib.sha1(SQL.encode()).hexdigest()[:12]}", SQL)
+START = PreparedStatement.build(f"sluice_move_start_{hashlib.sha1(SQL.encode()).hexdigest()[:12]}", SQL)

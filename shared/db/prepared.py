@@ -30,7 +30,7 @@ _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 
 
 @dataclass(frozen=True)
-class HotStatement:
+class PreparedStatement:
     """One statement written with ``:name`` parameters, runnable as text or as a prepared statement."""
 
     name: str  # unique per statement text: the prepared statement's name
@@ -44,7 +44,7 @@ class HotStatement:
         return f"EXECUTE {self.name}{placeholders}", tuple(params[key] for key in self.order)
 
     @classmethod
-    def build(cls, name: str, sql: str) -> HotStatement:
+    def build(cls, name: str, sql: str) -> PreparedStatement:
         order: list[str] = []
 
         def number(match: re.Match[str]) -> str:
@@ -56,7 +56,7 @@ class HotStatement:
 
 
 def enable_prepared_statements(engine: Engine) -> None:
-    """Make ``execute_hot`` prepare statements on this engine's connections."""
+    """Make ``execute_prepared`` prepare statements on this engine's connections."""
     def on_connect(_dbapi_connection: Any, record: Any) -> None:
         record.info[_INFO_KEY] = set()
 
@@ -74,11 +74,11 @@ def prepared_names(info: dict[str, Any], *, create: bool = False) -> set[str] | 
     return names
 
 
-def prepare_sql(statement: HotStatement) -> str:
+def prepare_sql(statement: PreparedStatement) -> str:
     return f"PREPARE {statement.name} AS {statement.positional_sql}"
 
 
-def prepare_once(connection: Connection, statement: HotStatement) -> bool:
+def prepare_once(connection: Connection, statement: PreparedStatement) -> bool:
     """Prepare ``statement`` on this connection unless it already is; ``False`` where not enabled (then
     run the plain text). For callers that ``EXECUTE`` it themselves (e.g. through an ORM ``from_statement``)."""
     prepared = prepared_names(connection.info)
@@ -90,7 +90,7 @@ def prepare_once(connection: Connection, statement: HotStatement) -> bool:
     return True
 
 
-def execute_hot(connection: Connection, statement: HotStatement, params: dict[str, Any]) -> CursorResult[Any]:
+def execute_prepared(connection: Connection, statement: PreparedStatement, params: dict[str, Any]) -> CursorResult[Any]:
     """Run ``statement``: ``EXECUTE`` of its prepared form where enabled (preparing it on first use on this
     connection), else the plain text."""
     if not prepare_once(connection, statement):
@@ -99,9 +99,9 @@ def execute_hot(connection: Connection, statement: HotStatement, params: dict[st
 
 
 # ------------------------------------------------------------------ the driver's cursor, for the API's hot path
-# ``execute_hot`` still goes through SQLAlchemy's statement execution (events, context, result metadata built
+# ``execute_prepared`` still goes through SQLAlchemy's statement execution (events, context, result metadata built
 # from the cursor description on every call: ~45 µs for the 50-column key + job row). The API's hot
-# statements (``run_hot``, ``HotQuery``: the trigger's lookup and insert, key lookups, job pages) skip it:
+# statements (``run_prepared``, ``PreparedQuery``: the trigger's lookup and insert, key lookups, job pages) skip it:
 # they run on the DBAPI cursor of the same pooled connection, inside the same transaction, and failures are
 # wrapped and handled (disconnect → connection invalidated) as SQLAlchemy would, so callers and the API's
 # 503 mapping see ``sqlalchemy.exc.DBAPIError`` subclasses as usual.
@@ -132,7 +132,7 @@ def _column_names(statement_name: str, description: Any) -> tuple[str, ...]:
     return names
 
 
-def _run_on_driver(connection: Connection, statement: HotStatement, params: dict[str, Any],
+def _run_on_driver(connection: Connection, statement: PreparedStatement, params: dict[str, Any],
                    fetch: bool | str) -> Any:
     sql, values = statement.execute_call(params)
     dbapi_connection = connection.connection.dbapi_connection
@@ -159,7 +159,7 @@ def _run_on_driver(connection: Connection, statement: HotStatement, params: dict
         cursor.close()
 
 
-def run_hot(connection: Connection, statement: HotStatement, params: dict[str, Any]) -> int:
+def run_prepared(connection: Connection, statement: PreparedStatement, params: dict[str, Any]) -> int:
     """Run a statement that returns no rows — prepared and run on the driver's cursor where the engine
     enables prepared statements, else through SQLAlchemy; its row count."""
     if not prepare_once(connection, statement):
@@ -168,38 +168,39 @@ def run_hot(connection: Connection, statement: HotStatement, params: dict[str, A
 
 
 @dataclass(frozen=True)
-class HotQuery:
+class PreparedQuery:
     """A hot read: prepared and run on the driver's cursor where the engine enables prepared statements
     (driver values: psycopg2 decodes JSONB and returns aware timestamps), else the same SQL with typed
     result columns (so that SQLite and plain engines decode JSON and timestamps through the models' types)."""
 
-    hot: HotStatement
+    statement: PreparedStatement
     typed: sa.TextualSelect
 
     @classmethod
-    def build(cls, name: str, sql: str, types: dict[str, Any], bind_types: dict[str, Any] | None = None) -> HotQuery:
+    def build(cls, name: str, sql: str, types: dict[str, Any],
+              bind_types: dict[str, Any] | None = None) -> PreparedQuery:
         """``types``: result column types; ``bind_types``: parameter types the fallback must process (e.g.
         a timestamp compared with a column SQLite stores as text)."""
         text = sa.text(sql)
         if bind_types:
             text = text.bindparams(*(sa.bindparam(key, type_=value) for key, value in bind_types.items()))
-        return cls(HotStatement.build(name, sql), text.columns(**types))
+        return cls(PreparedStatement.build(name, sql), text.columns(**types))
 
     def first(self, connection: Connection, params: dict[str, Any]) -> Any:
         """The first row (attribute per column, ``_mapping``) or ``None``."""
-        if prepare_once(connection, self.hot):
-            return _run_on_driver(connection, self.hot, params, fetch=True)
+        if prepare_once(connection, self.statement):
+            return _run_on_driver(connection, self.statement, params, fetch=True)
         return connection.execute(self.typed, params).first()
 
     def all(self, connection: Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Every row, as column name → value dicts."""
-        if prepare_once(connection, self.hot):
-            return _run_on_driver(connection, self.hot, params, fetch="all")  # type: ignore[no-any-return]
+        if prepare_once(connection, self.statement):
+            return _run_on_driver(connection, self.statement, params, fetch="all")  # type: ignore[no-any-return]
         return [dict(row) for row in connection.execute(self.typed, params).mappings()]
 
     def tuples(self, connection: Connection, params: dict[str, Any], *, prepare: bool = True) -> list[tuple[Any, ...]]:
         """Every row as a plain tuple in select-list order: for callers that read columns by position
         (no per-row dict). ``prepare=False`` runs the text as the engines without prepared statements do."""
-        if prepare and prepare_once(connection, self.hot):
-            return _run_on_driver(connection, self.hot, params, fetch="tuples")  # type: ignore[no-any-return]
+        if prepare and prepare_once(connection, self.statement):
+            return _run_on_driver(connection, self.statement, params, fetch="tuples")  # type: ignore[no-any-return]
         return [tuple(row) for row in connection.execute(self.typed, params)]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared import json_codec
 from shared.db.models import Job, Run, RunEvent
-from shared.db.prepared import HotStatement, run_hot
+from shared.db.prepared import PreparedStatement, run_prepared
 from shared.dependencies.gating import Correlation, correlation_of, gate_new_runs
 from shared.ids import uuid7
 from shared.metrics import observe_runs_created, observe_runs_created_by
@@ -161,7 +161,7 @@ def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effec
     for row in rows:
         check_created(RunStatus(row["status"]))
     if len(rows) == 1 and not skip_existing:
-        run_hot(session.connection(), _RUN_WITH_EVENT_AS_JSON,
+        run_prepared(session.connection(), _RUN_WITH_EVENT_AS_JSON,
                 {"run": _as_json(_column_values(rows[0])), "event": _as_json(creation_event(rows[0]))})
     else:
         conflict = " ON CONFLICT DO NOTHING" if skip_existing else ""
@@ -190,7 +190,7 @@ def _as_json(value: Any) -> str:
 # One run and its creation event (column name → value, every column present, as for ``_insert_as_json``).
 # The event names the run's id itself, so the two inserts need no RETURNING; PostgreSQL checks the
 # event's foreign key at the end of the statement, after the run is in.
-_RUN_WITH_EVENT_AS_JSON = HotStatement.build(
+_RUN_WITH_EVENT_AS_JSON = PreparedStatement.build(
     "sluice_insert_run_with_event",
     f"{CREATION_MARKER} WITH new_run AS (INSERT INTO runs SELECT * FROM jsonb_populate_record(NULL::runs, "
     "CAST(:run AS jsonb))) "

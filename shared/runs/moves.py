@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.db.models import Run
-from shared.db.prepared import HotStatement, execute_hot
+from shared.db.prepared import PreparedStatement, execute_prepared
 from shared.dependencies.gating import Verdict, dependent_jobs, releasable_runs, release_expiry
 from shared.metrics import observe_run_finished
 from shared.runs.effects import Effects
@@ -33,7 +33,7 @@ from shared.runs.transitions import ALLOWED_FROM, Shape, move_params, move_state
 from shared.webhooks.outbox import queue_terminal_webhook
 
 Events = list[tuple[str, dict[str, Any]]]
-StatementRunner = Callable[[HotStatement, dict[str, Any]], "tuple[Any, ...] | None"]
+StatementRunner = Callable[[PreparedStatement, dict[str, Any]], "tuple[Any, ...] | None"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def move(session: Session, run_id: str, to: RunStatus, *, now: datetime, effects
     table's bookkeeping, writes ``state_change`` (with ``message``) and ``events``; the caller commits."""
     shape, extra = _shape(to, from_, values or {}, where or {}, guards, events or [], False, now)
     params = move_params(shape, run_id, now, extra, where or {}, events or [], message)
-    rows = execute_hot(session.connection(), move_statement(shape), params).all()
+    rows = execute_prepared(session.connection(), move_statement(shape), params).all()
     moved = _after(session, to, rows, now=now, effects=effects, due=extra.get("due_at"))
     return moved[0] if moved else None
 
@@ -77,7 +77,7 @@ def move_many(session: Session, run_ids: list[str], to: RunStatus, *, now: datet
         return []
     shape, extra = _shape(to, from_, values or {}, {}, guards, [], True, now)
     params = move_params(shape, run_ids, now, extra, {}, [], message)
-    rows = execute_hot(session.connection(), move_statement(shape), params).all()
+    rows = execute_prepared(session.connection(), move_statement(shape), params).all()
     return _after(session, to, rows, now=now, effects=effects, due=extra.get("due_at"))
 
 

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.db.models import Run, RunEvent
-from shared.db.prepared import HotStatement
+from shared.db.prepared import PreparedStatement
 from shared.ids import uuid7, uuid7s
 from shared.runs.status import CREATED, TERMINAL, RunStatus
 
@@ -190,7 +190,7 @@ class Shape:
 
 
 @lru_cache(maxsize=512)
-def move_statement(shape: Shape) -> HotStatement:
+def move_statement(shape: Shape) -> PreparedStatement:
     """The statement for ``shape``; its rows are ``(id, job_id, old_status[, webhook_url, has_dependents])``,
     one per moved run, the last two for terminal moves."""
     check_move(frozenset(shape.from_), shape.to)
@@ -233,7 +233,7 @@ def move_statement(shape: Shape) -> HotStatement:
            f"logged AS (INSERT INTO run_events (id, run_id, type, message, data, created_at) "
            f"{' UNION ALL '.join(events)}) "
            f"SELECT moved.id, moved.job_id, moved.old_status{hooks} FROM moved")
-    return HotStatement.build(f"sluice_move_{hashlib.sha1(sql.encode()).hexdigest()[:16]}", sql)
+    return PreparedStatement.build(f"sluice_move_{hashlib.sha1(sql.encode()).hexdigest()[:16]}", sql)
 
 
 def move_params(shape: Shape, targets: str | list[str], now: datetime, values: dict[str, Any],

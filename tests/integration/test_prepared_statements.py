@@ -14,7 +14,7 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import RunEvent, WebhookDelivery
-from shared.db.prepared import HotStatement, enable_prepared_statements, execute_hot
+from shared.db.prepared import PreparedStatement, enable_prepared_statements, execute_prepared
 from shared.runs.attempts import AttemptEnd, RetryPolicy, finish_attempt
 from shared.runs.effects import Effects
 from shared.runs.retries import SUCCESS, Outcome
@@ -91,7 +91,7 @@ def test_late_outcome_writes_nothing(prepared_harness: Harness) -> None:
     assert prepared_harness.events(run.id) == []
 
 
-_PROBE = HotStatement.build("sluice_probe_statement", "SELECT count(*) FROM runs WHERE status = :status")
+_PROBE = PreparedStatement.build("sluice_probe_statement", "SELECT count(*) FROM runs WHERE status = :status")
 
 
 def test_every_path_shares_one_registry_of_prepared_statements(db_engine: Engine) -> None:
@@ -101,14 +101,17 @@ def test_every_path_shares_one_registry_of_prepared_statements(db_engine: Engine
     enable_prepared_statements(engine)
     try:
         with engine.connect() as connection:  # the session path prepares it first
-            assert execute_hot(connection, _PROBE, {"status": "queued"}).scalar() == 0
+            assert execute_prepared(connection, _PROBE, {"status": "queued"}).scalar() == 0
         thread_connection = ThreadConnection(engine)  # the pool's one connection, now held by a thread
         assert thread_connection.first(_PROBE, {"status": "queued"}) == (0,)
         thread_connection.close()
         with engine.connect() as connection:
-            assert execute_hot(connection, _PROBE, {"status": "delayed"}).scalar() == 0
+            assert execute_prepared(connection, _PROBE, {"status": "delayed"}).scalar() == 0
     finally:
         engine.dispose()
+
+
+PID = PreparedStatement.build("sluice_probe_pid", "SELECT pg_backend_pid()")
 
 
 def test_a_dropped_connection_is_replaced_and_its_statements_prepared_again(db_engine: Engine) -> None:
@@ -117,15 +120,15 @@ def test_a_dropped_connection_is_replaced_and_its_statements_prepared_again(db_e
     thread_connection = ThreadConnection(engine)
     try:
         assert thread_connection.first(_PROBE, {"status": "queued"}) == (0,)
-        [pid] = thread_connection.first(HotStatement.build("sluice_probe_pid", "SELECT pg_backend_pid()"), {}) or ()
+        [pid] = thread_connection.first(PID, {}) or ()
         with db_engine.connect() as admin:
             admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         # The server dropped it: the statement goes once more on a fresh connection, prepared anew there.
         assert thread_connection.first(_PROBE, {"status": "queued"}) == (0,)
-        [fresh] = thread_connection.first(HotStatement.build("sluice_probe_pid", "SELECT pg_backend_pid()"), {}) or ()
+        [fresh] = thread_connection.first(PID, {}) or ()
         assert fresh != pid
         thread_connection.close()
         with engine.connect() as connection:  # and the pool's paths agree with it
-            assert execute_hot(connection, _PROBE, {"status": "queued"}).scalar() == 0
+            assert execute_prepared(connection, _PROBE, {"status": "queued"}).scalar() == 0
     finally:
         engine.dispose()
