@@ -3,6 +3,7 @@ a tiny JSON HTTP client, and process-tree inspection through /proc."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from werkzeug.serving import make_server
 
 
 def free_port() -> int:
@@ -143,3 +145,16 @@ def listener_pids(port: int) -> set[int]:
         if any(f"socket:[{inode}]" in links for inode in inodes):
             owners.add(int(proc.name))
     return owners
+
+
+@contextlib.contextmanager
+def served(app: Any) -> Iterator[str]:
+    """``app`` served over real HTTP on a free local port (threaded), for as long as the block runs."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 
 from tests.conftest import IN_CI, make_key, pg_url, redis_url
+from tests.integration.process_support import served
 
 pytestmark = pytest.mark.slow
 
@@ -92,12 +92,8 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture()
 def console_url(app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
+    with served(app) as url:
+        yield url
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import sqlalchemy as sa
-from werkzeug.serving import make_server
 
 from shared.clock import utcnow
 from shared.db.models import Run
@@ -16,18 +15,15 @@ from shared.runs.effects import Effects
 from shared.runs.moves import move, release_dependents
 from shared.runs.status import RunStatus
 from tests.factories import make_dependency, make_job, make_run
+from tests.integration.process_support import served
 
 CONCURRENCY = 20
 
 
 @pytest.fixture()
 def base_url(app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
+    with served(app) as url:
+        yield url
 
 
 def fire_together(url: str, headers: dict[str, str], body: dict, n: int = CONCURRENCY) -> list[httpx.Response]:
