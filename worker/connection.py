@@ -76,6 +76,10 @@ class ThreadConnection:
         ``commit`` or ``rollback``. On an error the transaction is rolled back (or the connection dropped)."""
         return self._send(statement, params, "BEGIN; {}", in_transaction=True)
 
+    def then_first(self, statement: PreparedStatement, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Another statement in the transaction ``begin_first`` opened; its first row."""
+        return self._send(statement, params, "{}", in_transaction=True, resend=False)
+
     def commit(self) -> None:
         self._end("COMMIT")
 
@@ -92,11 +96,12 @@ class ThreadConnection:
         return held
 
     def _send(self, statement: PreparedStatement, params: dict[str, Any], frame: str, *,
-              in_transaction: bool = False) -> tuple[Any, ...] | None:
+              in_transaction: bool = False, resend: bool = True) -> tuple[Any, ...] | None:
         """A connection held since an earlier statement may have died meanwhile (PostgreSQL restarted, the
         backend was terminated): when it turns out closed, the statement is sent once more on a fresh one.
         Every statement sent here is a conditional move, so one that did run before the connection broke
-        finds its row moved the second time and changes nothing."""
+        finds its row moved the second time and changes nothing. Never inside a transaction already open
+        (``resend=False``): a new connection would run the statement outside it."""
         held = self._held()
         reused = held.used
         try:
@@ -104,7 +109,7 @@ class ThreadConnection:
         except self._error as exc:
             stale = reused and bool(held.dbapi.closed)
             self._failed(held, exc, in_transaction)
-            if not stale:
+            if not (stale and resend):
                 raise
         log.warning("database connection was closed; sending again on a new one",
                     extra={"statement": statement.name})

@@ -50,7 +50,7 @@ from shared.schedules.cron import CronError, CronSpec, is_minute_open, next_open
 from worker.attempt import Attempt, Picked, attempt_timeout
 from worker.connection import ThreadConnection
 from worker.recording import Recorder
-from worker.start_statement import START
+from worker.start_statement import START, START_HINTED
 
 log = logging.getLogger("sluice.worker")
 
@@ -109,7 +109,7 @@ class Starter:
         for _ in range(MAX_SENDS):
             ids = event_ids(3)
             params.update(now=now, in_transaction=in_transaction, e0_id=ids[0], e1_id=ids[1], e2_id=ids[2])
-            row = (self._connection.begin_first if in_transaction else self._connection.first)(START, params)
+            row = self._send(params, in_transaction)
             picked = None if row is None else Picked.of(row)
             if picked is not None and picked.attempt is not None:
                 settings = snapshot if params["settings_checked_id"] == picked.run_id and snapshot else (
@@ -161,6 +161,14 @@ class Starter:
             else:
                 return self._fail(picked, now, _unusable(picked))
         return NotStarted("lost", params["hint"])
+
+    def _send(self, params: dict[str, Any], in_transaction: bool) -> tuple[Any, ...] | None:
+        """The hinted form first (the message's own run, when it may go now: nearly always); when it picks
+        nothing, the whole statement, in the same transaction (the fair pick, a rival project's turn)."""
+        row = (self._connection.begin_first if in_transaction else self._connection.first)(START_HINTED, params)
+        if row is not None:
+            return row
+        return (self._connection.then_first if in_transaction else self._connection.first)(START, params)
 
     def _snapshot(self, picked: Picked) -> ExecutionSettings:
         assert picked.candidate is not None

@@ -14,6 +14,12 @@ transition table::
          logged AS (INSERT INTO run_events <[delayed → queued,] queued → executing, attempt_started>)
     SELECT <the run and what its attempt needs>, moved.attempt, … FROM picked LEFT JOIN moved …
 
+It comes in two forms built from the same text: ``START_HINTED``, only the ``hinted`` part (the message's
+or waiter's own run, when it may go now and no rival project at its priority is waiting), and ``START``,
+everything. A worker sends ``START_HINTED`` first, which nearly always starts the run; only when it picks
+nothing does ``START`` follow. The hinted form's plan is a third the size: PostgreSQL initialises every node
+of a plan on each execution, used or not, and the fair pick's nodes cost more than the common start itself.
+
 Which run (``:hint``, ``:best``, ``:wake``):
 
 - a message's run: ``:hint`` names it; it is picked when it is ready (``queued``, not held, job enabled),
@@ -99,7 +105,12 @@ _LIMITS = ("json_build_array(picked.attempt, picked.priority, picked.metadata, p
            "picked.max_concurrency_per_key, picked.rate_limit_max, picked.rate_limit_window_secs, "
            "picked.rate_limit_keys)")
 
-SQL = f"""{MARKER}
+# With other projects ready at the run's priority: its project has no more executing attempts than theirs.
+_FAIR_TURN = f"""
+           OR NOT EXISTS (SELECT 1 FROM shares s WHERE s.project_id <> r.project_id
+                            AND {_EXECUTING.format(project="s.project_id")}
+                                < {_EXECUTING.format(project="r.project_id")})"""
+_HINTED = f"""{MARKER}
 WITH RECURSIVE hinted AS (
     {_PICK}
     WHERE r.id = :hint AND {_BY_ID} AND {_READY}
@@ -110,12 +121,11 @@ WITH RECURSIVE hinted AS (
                         AND bj.enabled IS true OFFSET 0)
       -- The fair share: alone at its priority, or its project has no more executing attempts than any
       -- other project with a ready run at the top priority.
-      AND (NOT {_RIVAL.format(op="<")} AND NOT {_RIVAL.format(op=">")}
-           OR NOT EXISTS (SELECT 1 FROM shares s WHERE s.project_id <> r.project_id
-                            AND {_EXECUTING.format(project="s.project_id")}
-                                < {_EXECUTING.format(project="r.project_id")}))
+      AND (NOT {_RIVAL.format(op="<")} AND NOT {_RIVAL.format(op=">")} {{fair_turn}})
     FOR UPDATE OF r
-), top AS (
+)"""
+# The fair pick and its fallback, for a message whose own run may not go now.
+_FALLBACK = f""", top AS (
     SELECT b.priority FROM runs b JOIN jobs bj ON bj.id = b.job_id
     WHERE b.status = 'queued' AND b.held_at IS NULL AND bj.enabled IS true
     ORDER BY b.priority DESC LIMIT 1
@@ -153,9 +163,8 @@ WITH RECURSIVE hinted AS (
     ORDER BY r.priority DESC, r.project_id {_C}, r.queued_at, r.id
     LIMIT 1
     FOR UPDATE OF r SKIP LOCKED
-), picked AS (
-    SELECT * FROM hinted UNION ALL SELECT * FROM fair UNION ALL SELECT * FROM best LIMIT 1
-), moved AS (
+)"""
+_WRITE = f""", moved AS (
     UPDATE runs SET {set_clause(S.EXECUTING, ())},
                     {set_clause_through(S.QUEUED, S.EXECUTING, "picked.status = 'delayed'")}
     FROM picked WHERE runs.id = picked.id AND runs.status = picked.status AND picked.startable
@@ -179,4 +188,21 @@ SELECT {", ".join(f"picked.{c}" for c in ATTEMPT_COLUMNS)}, moved.attempt, COALE
 FROM picked LEFT JOIN moved ON moved.id = picked.id
 """
 
-START = PreparedStatement.build(f"sluice_move_start_{hashlib.sha1(SQL.encode()).hexdigest()[:12]}", SQL)
+
+def _sql(*, fallback: bool) -> str:
+    if not fallback:  # the message's (or waiter's) own run, if it may go now; fair-share rivals send it on
+        return (_HINTED.format(fair_turn="").replace("WITH RECURSIVE", "WITH")
+                + ", picked AS (SELECT * FROM hinted)" + _WRITE)
+    return (_HINTED.format(fair_turn=_FAIR_TURN) + _FALLBACK
+            + ", picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM fair UNION ALL SELECT * FROM best LIMIT 1)"
+            + _WRITE)
+
+
+def _prepared(sql: str) -> PreparedStatement:
+    return PreparedStatement.build(f"sluice_move_start_{hashlib.sha1(sql.encode()).hexdigest()[:12]}", sql)
+
+
+# The common start: the message's own run, when it is ready and no rival project at its priority is waiting.
+START_HINTED = _prepared(_sql(fallback=False))
+# Everything: the hinted run with its fair turn among rival projects, else the fair pick, else any ready run.
+START = _prepared(_sql(fallback=True))
