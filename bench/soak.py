@@ -39,7 +39,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.support import SinkProcess, percentile, prepare_database  # noqa: E402
+from bench.support import BENCH_SECRET_KEY, SinkProcess, percentile, prepare_database  # noqa: E402
 from shared.apikeys import create_key, parse_scopes  # noqa: E402
 from shared.clock import utcnow  # noqa: E402
 from shared.db.engine import make_engine, make_session_factory  # noqa: E402
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "DATABASE_URL": dsn, "REDIS_URL": redis_server.url, "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true",
            "SLUICE_LOG_LEVEL": os.environ.get("SLUICE_BENCH_LOG_LEVEL", "WARNING"), "SLUICE_API_BIND":
            f"127.0.0.1:{api_port}", "SLUICE_HEARTBEAT_INTERVAL_SECS": "5", "SLUICE_STALE_AFTER_SECS": "20",
-           "SLUICE_METRICS_PORT": "0", "SLUICE_WORKER_THREADS": "4", "SLUICE_API_THREADS": "4"}
+           "SLUICE_METRICS_PORT": "0", "SLUICE_WORKER_THREADS": "4", "SLUICE_API_THREADS": "4",
+           "SLUICE_SECRET_KEY": os.environ.get("SLUICE_SECRET_KEY", BENCH_SECRET_KEY)}
     def start_worker() -> subprocess.Popen[bytes]:
         return subprocess.Popen([SLUICE, "worker", "--processes", "1", "--threads", "4"], env=env,
                                 start_new_session=True)
