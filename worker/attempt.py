@@ -94,17 +94,19 @@ class Attempt:
     # (worker.handoff). False for a run of a job without limits, or one started with room to spare
     # (``LimitDecision.roomy``): nobody is waiting for its slot.
     hands_off: bool
+    # A run of a job without limits: no lease taken yet. The attempt monitor records it at its next poll
+    # if the attempt is still running then (``worker.heartbeat.AttemptMonitor``).
+    lease_pending: bool = False
 
     @classmethod
     def of(cls, picked: Picked, settings: ExecutionSettings, *, hands_off: bool,
-           timeout_cap: int | None = None) -> Attempt:
+           timeout_cap: int | None = None, lease_pending: bool = False) -> Attempt:
         """``timeout_cap``: the deployment's per-project cap on an attempt's timeout (``None``: none)."""
         assert picked.attempt is not None
         return cls(picked.run_id, picked.job_id, picked.attempt, picked.concurrency_key, picked.payload,
                    picked.debug_mode, settings, picked.max_attempts_override or settings.max_attempts,
                    attempt_timeout(picked, settings, timeout_cap), picked.webhook_secrets, picked.traceparent,
-                   picked.queued_at,
-                   hands_off)
+                   picked.queued_at, hands_off, lease_pending)
 
 
 def attempt_timeout(picked: Picked, settings: ExecutionSettings, cap: int | None) -> int:

@@ -12,7 +12,13 @@ update anyway.
 One thread per process rather than per attempt: the cost is one Redis round trip per 0.5 s and one
 UPDATE per interval whatever the number of worker threads.
 
-The same thread drops, in one pipeline per poll, the leases of attempts that ended *terminally* in a job
+The same thread records, in one pipeline per poll, the leases of attempts of jobs without limits that are
+still running. Such a lease only lets a limit added later count the attempt, so it need not exist before the
+call: an attempt that ends within a poll never touches Redis, and one that started less than a poll before
+a limit was added is counted a poll late (like the attempts that were already running, which a new limit
+cannot stop either).
+
+It also drops, in one pipeline per poll, the leases of attempts that ended *terminally* in a job
 without limits, or in a job whose limits had room to spare when the attempt started (``release_later``,
 ``shared.limits.limiter.LimitDecision.roomy``: every cap at most a quarter used, no run waiting for a slot).
 Nobody waits for such a slot, and a terminal run never takes a lease again, so a release up to
@@ -55,6 +61,7 @@ class InFlight:
     deadline: float  # monotonic
     lease_margin_secs: int
     aborted: threading.Event = field(default_factory=threading.Event)
+    lease_pending: bool = False  # a run of a job without limits: its lease is recorded at the next poll
 
 
 class AttemptMonitor:
@@ -91,6 +98,25 @@ class AttemptMonitor:
         """Drop the run's leases at the next poll (see the module doc for when that is allowed)."""
         with self._lock:
             self._releases.append((run_id, job_id, concurrency_key))
+
+    def record_leases(self) -> None:
+        """Record the leases of attempts registered with ``lease_pending`` that are still running, in one
+        pipeline. Under the lock: an attempt that ends meanwhile is unregistered (and its lease released)
+        only after its lease is written, never before."""
+        with self._lock:
+            pending = [flight for flight in self._flights.values() if flight.lease_pending]
+            if not pending:
+                return
+            now = time.monotonic()
+            try:
+                self._limits.extend_many([(f.run_id, f.job_id, f.concurrency_key,
+                                           max(1, int((f.deadline - now + f.lease_margin_secs) * 1000)))
+                                          for f in pending], recreate=True)
+            except (redis.exceptions.RedisError, OSError):
+                log.warning("lease record failed; the next poll tries again", extra={"leases": len(pending)})
+                return
+            for flight in pending:
+                flight.lease_pending = False
 
     def flush_releases(self) -> None:
         """Drop the leases queued by ``release_later`` in one pipeline; on a Redis error they expire."""
@@ -132,7 +158,9 @@ class AttemptMonitor:
                 log.exception("attempt monitor tick failed")
 
     def tick(self, *, force_heartbeat: bool = False) -> None:
-        """One round: queued lease releases, cancel flags, heartbeats when due (or when forced, for tests)."""
+        """One round: pending lease records, queued lease releases, cancel flags, heartbeats when due (or when
+        forced, for tests)."""
+        self.record_leases()
         self.flush_releases()
         flights = self._snapshot()
         if not flights:

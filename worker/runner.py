@@ -116,7 +116,7 @@ class Runner:
         flight = InFlight(run_id=attempt.run_id, job_id=attempt.job_id, attempt=attempt.attempt,
                           concurrency_key=attempt.concurrency_key,
                           deadline=(trace.acquired or time.monotonic()) + attempt.timeout_secs,
-                          lease_margin_secs=self._settings.lease_margin_secs)
+                          lease_margin_secs=self._settings.lease_margin_secs, lease_pending=attempt.lease_pending)
         self._monitor.register(flight)
         handled: Handled | None = None
         try:

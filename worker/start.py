@@ -17,8 +17,8 @@ which one refused, and:
 
 Which transaction form a thread uses is a guess from its previous start: a thread whose last pick was
 limited opens the transaction up front. A wrong guess costs one round trip, never a wrong start.
-A run of a job without limits gets its lease recorded after the start (it cannot be refused), so a limit
-added later counts it.
+A run of a job without limits gets its lease recorded by the attempt monitor once it has run for a poll (it
+cannot be refused; the lease only lets a limit added later count it).
 """
 
 from __future__ import annotations
@@ -176,9 +176,15 @@ class Starter:
             return snapshot_settings(session, picked.job_id, picked.candidate["job_version_id"])
 
     def _unlimited(self, picked: Picked, settings: ExecutionSettings, hand_over: HandOver | None) -> Attempt:
-        """The lease of a run that nothing could refuse: it only keeps ``slots_in_use`` true (a limit added
-        later counts this attempt). A Redis failure here is logged; the attempt goes on."""
-        attempt = Attempt.of(picked, settings, hands_off=False, timeout_cap=self._settings.project_max_timeout_secs)
+        """A run that nothing could refuse. Its lease only keeps ``slots_in_use`` true (a limit added later
+        counts this attempt), so it is not taken here: the attempt monitor records it at its next poll if the
+        attempt still runs then (``lease_pending``), in one pipeline with the others, and a call that ends
+        sooner costs Redis nothing. A woken slot waiter whose job has lost its limits takes it now, which
+        drops the ended attempt's leases in the same step. A Redis failure here is logged; the attempt goes on."""
+        cap = self._settings.project_max_timeout_secs
+        if hand_over is None:
+            return Attempt.of(picked, settings, hands_off=False, timeout_cap=cap, lease_pending=True)
+        attempt = Attempt.of(picked, settings, hands_off=False, timeout_cap=cap)
         try:
             self._limits.acquire(LimitRequest(run_id=picked.run_id, job_id=picked.job_id, max_concurrency=None,
                                               concurrency_key=picked.concurrency_key, max_concurrency_per_key=None,

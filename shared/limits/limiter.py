@@ -210,10 +210,16 @@ class Limits:
         attempt is running: the worker's heartbeat) a missing lease is created again, so an attempt whose
         lease Redis lost counts again; a cap it pushes over its limit only refuses new starts.
         """
-        keys = [redis_keys.concurrency_job(job_id)]
-        if concurrency_key:
-            keys.append(redis_keys.concurrency_key(job_id, concurrency_key))
-        return bool(self._extend(keys=keys, args=[_now_arg(now_ms), run_id, lease_ms, "1" if recreate else "0"]))
+        keys, args = _extend_call(run_id, job_id, concurrency_key, lease_ms, now_ms, recreate)
+        return bool(self._extend(keys=keys, args=args))
+
+    def extend_many(self, leases: list[tuple[str, str, str | None, int]], *, recreate: bool = False) -> None:
+        """``extend`` for several ``(run_id, job_id, concurrency_key, lease_ms)`` in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for run_id, job_id, concurrency_key, lease_ms in leases:
+            keys, args = _extend_call(run_id, job_id, concurrency_key, lease_ms, None, recreate)
+            self._extend(keys=keys, args=args, client=pipe)
+        pipe.execute()
 
     def slots_in_use(self, job_id: str, concurrency_key: str | None = None,
                      now_ms: int | None = None) -> int:
@@ -281,6 +287,14 @@ def _as_int(value: object) -> int:
 
 def _now_arg(now_ms: int | None) -> str:
     return "" if now_ms is None else str(int(now_ms))
+
+
+def _extend_call(run_id: str, job_id: str, concurrency_key: str | None, lease_ms: int, now_ms: int | None,
+                 recreate: bool) -> tuple[list[str], list[str | int]]:
+    keys = [redis_keys.concurrency_job(job_id)]
+    if concurrency_key:
+        keys.append(redis_keys.concurrency_key(job_id, concurrency_key))
+    return keys, [_now_arg(now_ms), run_id, lease_ms, "1" if recreate else "0"]
 
 
 def _secs(ms: int) -> int | float:

@@ -24,10 +24,13 @@ from tests.integration.runner_harness import Harness, make_harness
 
 
 def test_plain_run_starts_and_ends(harness: Harness, httpserver: HTTPServer) -> None:
-    in_use: list[int] = []
+    in_use: list[tuple[int, int]] = []
 
     def answer(request: Request) -> Response:
-        in_use.append(harness.limits.slots_in_use(job.id))  # the lease exists during the call
+        # A job without limits: the attempt monitor records the lease at its next poll (worker.heartbeat).
+        before = harness.limits.slots_in_use(job.id)
+        harness.monitor.record_leases()
+        in_use.append((before, harness.limits.slots_in_use(job.id)))
         return Response('{"ok": 1}', content_type="application/json")
 
     httpserver.expect_request("/plain").respond_with_handler(answer)
@@ -45,7 +48,8 @@ def test_plain_run_starts_and_ends(harness: Harness, httpserver: HTTPServer) -> 
     ]
     assert [e.type for e in events[2:]] == ["state_change", "attempt_finished"]
     assert events[2].data == {"from": "executing", "to": "completed"}
-    assert in_use == [1]
+    assert in_use == [(0, 1)]
+    harness.monitor.record_leases()  # nothing left to record: the attempt has ended
     harness.monitor.flush_releases()  # a terminal run's lease goes at the monitor's next poll (worker.heartbeat)
     assert harness.limits.slots_in_use(job.id) == 0
 
@@ -56,6 +60,30 @@ def test_retry_releases_its_lease_at_once(harness: Harness, httpserver: HTTPServ
     run = harness.run(job)
     assert harness.handle(run.id).action == "delayed"
     assert harness.limits.slots_in_use(job.id) == 0  # a retry may take a lease again soon: not deferred
+
+
+def test_a_lease_recorded_by_the_monitor_is_gone_once_the_attempt_ends(harness: Harness,
+                                                                       httpserver: HTTPServer) -> None:
+    """A job without limits: the lease the monitor wrote while the call ran is dropped after it (terminal:
+    at the next poll; a retry: at once), and an attempt that ended before any poll writes none."""
+    def answer(request: Request) -> Response:
+        harness.monitor.record_leases()
+        return Response("busy", status=503) if request.path == "/retry" else Response("ok")
+
+    httpserver.expect_request("/done").respond_with_handler(answer)
+    httpserver.expect_request("/retry").respond_with_handler(answer)
+    done = harness.job(endpoint_url=httpserver.url_for("/done"))
+    retried = harness.job(endpoint_url=httpserver.url_for("/retry"), max_attempts=3)
+    assert harness.handle(harness.run(retried).id).action == "delayed"
+    assert harness.limits.slots_in_use(retried.id) == 0
+    assert harness.handle(harness.run(done).id).action == "completed"
+    harness.monitor.tick()
+    assert harness.limits.slots_in_use(done.id) == 0
+    quick = harness.job(endpoint_url=httpserver.url_for("/quick"))
+    httpserver.expect_request("/quick").respond_with_data("ok")
+    assert harness.handle(harness.run(quick).id).action == "completed"
+    harness.monitor.tick()
+    assert harness.limits.slots_in_use(quick.id) == 0
 
 
 def test_userinfo_is_stripped_from_the_attempt_started_event(harness: Harness, httpserver: HTTPServer) -> None:
