@@ -34,8 +34,9 @@ def make_engine(database_url: str, *, pool_size: int = 10, single_use: bool = Fa
                 pre_ping: bool = True, statement_timeout_secs: int | None = None) -> Engine:
     """A PostgreSQL engine (any other URL is refused with the ``DATABASE_URL`` message).
 
-    ``single_use`` keeps no pooled connections (migrations, CLI commands). ``pre_ping=False`` saves a round
-    trip per checkout on hot paths that survive a failed statement anyway (the worker).
+    ``single_use`` keeps no pooled connections (migrations, CLI commands). Pooled connections are pinged at
+    checkout (``pre_ping``): one that died while it idled (PostgreSQL restarted) is replaced instead of
+    failing the request that took it.
     ``statement_timeout_secs``: PostgreSQL cancels any statement running longer (the API's engines).
     """
     url = sa.make_url(postgres_url(database_url))

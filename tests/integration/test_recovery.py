@@ -53,6 +53,25 @@ def test_every_request_succeeds_after_the_backends_are_terminated(client, auth, 
     assert statuses == [200] * len(paths) + [201]
 
 
+def test_no_request_meets_a_stale_pooled_connection(app, client, auth, session) -> None:  # type: ignore[no-untyped-def]
+    """Every pooled connection of both API engines is stale (PostgreSQL restarted while they idled): each
+    request, whichever path serves it, checks out a live one (the pools ping at checkout). Without the ping
+    the first request on each pool fails with 503."""
+    make_job(session, slug="hello")
+    session.commit()
+    session.close()
+    services = app.extensions["sluice"]
+    for engine in (services.engine, services.read_engine):
+        held = [engine.connect() for _ in range(3)]
+        for connection in held:
+            connection.execute(sa.text("SELECT 1"))
+        for connection in held:
+            connection.close()
+    assert terminate_backends() >= 6
+    paths = ["/v1/jobs/hello/versions", "/v1/runs", "/v1/jobs/hello", "/v1/jobs", "/v1/jobs/hello/health"]
+    assert [client.get(path, headers=auth).status_code for path in paths] == [200] * len(paths)
+
+
 def test_attempts_succeed_after_the_backends_are_terminated(harness: Harness, httpserver: HTTPServer,
                                                            db_engine: Engine) -> None:
     httpserver.expect_request("/ok").respond_with_data("ok")
