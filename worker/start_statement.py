@@ -20,6 +20,14 @@ everything. A worker sends ``START_HINTED`` first, which nearly always starts th
 nothing does ``START`` follow. The hinted form's plan is a third the size: PostgreSQL initialises every node
 of a plan on each execution, used or not, and the fair pick's nodes cost more than the common start itself.
 
+A start commits asynchronously (``synchronous_commit`` off for its transaction alone): the worker goes on
+to the endpoint without waiting for the disk to flush the start, which from an idle fleet is most of the
+start's time (measured: 2.5 ms → 1.5 ms after a second of idleness). The attempt's outcome is committed
+synchronously, which flushes the start with it. Only a crash of the PostgreSQL server while the call runs
+(not a dropped connection) can lose a start: the run is then ready again, unstarted, and the sweep that
+re-sends lost messages makes the call again, with the same attempt number and ``Idempotency-Key``: the
+at-least-once delivery endpoints already deduplicate.
+
 Which run (``:hint``, ``:best``, ``:wake``):
 
 - a message's run: ``:hint`` names it; it is picked when it is ready (``queued``, not held, job enabled),
@@ -186,6 +194,8 @@ SELECT {", ".join(f"picked.{c}" for c in ATTEMPT_COLUMNS)}, moved.attempt, COALE
        picked.limited, CASE WHEN picked.limited THEN {_LIMITS} END,
        CASE WHEN NOT picked.startable THEN {_CANDIDATE} END
 FROM picked LEFT JOIN moved ON moved.id = picked.id
+-- The start commits without waiting for the WAL flush (this transaction only; see the module doc).
+WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL
 """
 
 

@@ -7,6 +7,7 @@ start variant (plain, limited, windowed, pinned).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -121,8 +122,11 @@ def test_a_project_at_its_cap_waits_without_using_an_attempt(harness: Harness, c
 
 def test_an_attempt_is_cut_to_the_project_timeout_cap(harness: Harness, capped: Harness,
                                                       httpserver: HTTPServer) -> None:
+    release, answered = threading.Event(), threading.Event()
+
     def slow(request: Request) -> Response:
-        time.sleep(3)
+        release.wait(3)
+        answered.set()
         return Response("late")
 
     httpserver.expect_request("/slow").respond_with_handler(slow)
@@ -131,6 +135,8 @@ def test_an_attempt_is_cut_to_the_project_timeout_cap(harness: Harness, capped: 
     started = time.monotonic()
     handled = capped.handle(run.id)
     assert time.monotonic() - started < 2.5
+    release.set()  # the endpoint answers (to nobody) now, not into the next test's request log
+    assert answered.wait(5)
     got = capped.get(run.id)
     assert (handled.action, got.status) == ("timed_out", "timed_out")
     assert got.error is not None and "1 s" in got.error
