@@ -62,6 +62,10 @@ class InFlight:
     lease_margin_secs: int
     aborted: threading.Event = field(default_factory=threading.Event)
     lease_pending: bool = False  # a run of a job without limits: its lease is recorded at the next poll
+    lease_settled: threading.Event = field(default_factory=threading.Event)  # clear while it is being written
+
+    def __post_init__(self) -> None:
+        self.lease_settled.set()
 
 
 class AttemptMonitor:
@@ -101,22 +105,27 @@ class AttemptMonitor:
 
     def record_leases(self) -> None:
         """Record the leases of attempts registered with ``lease_pending`` that are still running, in one
-        pipeline. Under the lock: an attempt that ends meanwhile is unregistered (and its lease released)
-        only after its lease is written, never before."""
+        pipeline. An attempt that ends meanwhile is unregistered only once its lease is written
+        (``unregister`` waits for it), so its release always comes after the write, never before."""
         with self._lock:
             pending = [flight for flight in self._flights.values() if flight.lease_pending]
-            if not pending:
-                return
-            now = time.monotonic()
-            try:
-                self._limits.extend_many([(f.run_id, f.job_id, f.concurrency_key,
-                                           max(1, int((f.deadline - now + f.lease_margin_secs) * 1000)))
-                                          for f in pending], recreate=True)
-            except (redis.exceptions.RedisError, OSError):
-                log.warning("lease record failed; the next poll tries again", extra={"leases": len(pending)})
-                return
             for flight in pending:
                 flight.lease_pending = False
+                flight.lease_settled.clear()
+        if not pending:
+            return
+        now = time.monotonic()
+        try:
+            self._limits.extend_many([(f.run_id, f.job_id, f.concurrency_key,
+                                       max(1, int((f.deadline - now + f.lease_margin_secs) * 1000)))
+                                      for f in pending], recreate=True)
+        except (redis.exceptions.RedisError, OSError):
+            log.warning("lease record failed; the next poll tries again", extra={"leases": len(pending)})
+            for flight in pending:
+                flight.lease_pending = True
+        finally:
+            for flight in pending:
+                flight.lease_settled.set()
 
     def flush_releases(self) -> None:
         """Drop the leases queued by ``release_later`` in one pipeline; on a Redis error they expire."""
@@ -139,8 +148,11 @@ class AttemptMonitor:
             self._flights[flight.run_id] = flight
 
     def unregister(self, run_id: str) -> None:
+        """The attempt has ended; returns once a lease write of it in progress (``record_leases``) is done."""
         with self._lock:
-            self._flights.pop(run_id, None)
+            flight = self._flights.pop(run_id, None)
+        if flight is not None:
+            flight.lease_settled.wait()
 
     def in_flight(self) -> int:
         with self._lock:

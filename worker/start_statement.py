@@ -201,9 +201,9 @@ WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL
 
 def _sql(*, fallback: bool) -> str:
     if not fallback:  # the message's (or waiter's) own run, if it may go now; fair-share rivals send it on
-        return (_HINTED.format(fair_turn="").replace("WITH RECURSIVE", "WITH")
+        return (_HINTED.replace("{fair_turn}", "").replace("WITH RECURSIVE", "WITH")
                 + ", picked AS (SELECT * FROM hinted)" + _WRITE)
-    return (_HINTED.format(fair_turn=_FAIR_TURN) + _FALLBACK
+    return (_HINTED.replace("{fair_turn}", _FAIR_TURN) + _FALLBACK
             + ", picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM fair UNION ALL SELECT * FROM best LIMIT 1)"
             + _WRITE)
 
