@@ -39,6 +39,7 @@ from shared.clock import utcnow  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.db.engine import make_engine, make_session_factory  # noqa: E402
 from shared.db.models import Job, Run  # noqa: E402
+from shared.egress.addresses import AddressPolicy  # noqa: E402
 from shared.jobs.lifecycle import create_job  # noqa: E402
 from shared.messages import enqueue_runs, make_broker  # noqa: E402
 from shared.runs.commit import commit_and_apply  # noqa: E402
@@ -66,16 +67,14 @@ class Fleet:
             self.dsn = prepare_database_empty(admin, args.db_name)
             subprocess.run([str(tree / ".venv" / "bin" / "sluice"), "db", "upgrade"], check=True,
                            env={**os.environ, "DATABASE_URL": self.dsn})
-        self.settings = Settings.from_env({"DATABASE_URL": self.dsn,
-                                           "SLUICE_SECRET_KEY": BENCH_SECRET_KEY}).with_overrides(
-            redis_url=args.redis_url,
-                                                             allow_private_endpoints=True)
+        self.settings = Settings.from_env({"DATABASE_URL": self.dsn, "SLUICE_SECRET_KEY": BENCH_SECRET_KEY}
+                                          ).with_overrides(redis_url=args.redis_url, allow_private_endpoints=True)
         self.engine = make_engine(self.dsn, pool_size=4)
         self.factory = make_session_factory(self.engine)
         self.broker = make_broker(self.settings)
         self.broker.client.flushdb()
         env = {**os.environ, "DATABASE_URL": self.dsn, "REDIS_URL": args.redis_url,
-               "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true",
+               "SLUICE_ALLOW_PRIVATE_ENDPOINTS": "true", "SLUICE_SECRET_KEY": BENCH_SECRET_KEY,
                "SLUICE_LOG_LEVEL": os.environ.get("SLUICE_BENCH_LOG_LEVEL", "WARNING")}
         self.proc = subprocess.Popen([str(tree / ".venv" / "bin" / "sluice"), "worker", "--processes",
                                       str(args.processes), "--threads", str(args.threads), "--queues", "sluice.runs"],
@@ -85,7 +84,8 @@ class Fleet:
         with self.factory() as s:
             record = create_job(s, Principal("bench", project, frozenset({"*"})),
                                 {"name": project, "slug": f"{project}-{time.time_ns()}", "endpoint_url": url,
-                                 "timeout_secs": 600, "max_attempts": 1}, now=utcnow(), allow_private=True)
+                                 "timeout_secs": 600, "max_attempts": 1}, now=utcnow(),
+                                policy=AddressPolicy(allow_private=True), box=self.settings.secret_box)
             s.commit()
             job = s.get(Job, record["id"])
             assert job is not None
