@@ -177,10 +177,7 @@ class Watchdog:
                 for guard in self._guards:
                     guard.check(now)
                 running = [g.deadline for g in self._guards if not g.stopped]
-                # Sleep until the nearest deadline or the next abort poll. With no call running it still looks
-                # every POLL_SECS (a few wake-ups a second of a thread with nothing to do), so that a call
-                # starting after a quiet spell need not wake it: waking it there would cost that call a thread
-                # switch and a GIL hand-over just before its request goes out.
-                sleep = max(0.0, min(POLL_SECS, min(running) - time.monotonic())) if running else POLL_SECS
-                self._wakes_at = time.monotonic() + sleep
+                # Sleep until the nearest deadline or the next abort poll; with no call running, until one starts.
+                sleep = max(0.0, min(POLL_SECS, min(running) - time.monotonic())) if running else None
+                self._wakes_at = math.inf if sleep is None else time.monotonic() + sleep
                 self._wake.wait(sleep)
