@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
 from strait import Client
 from strait._errors import ApiError, ConflictError, NotFoundError, UnauthorizedError
-from werkzeug.serving import make_server
 
 from tests.integration.jobs_support import ENDPOINT, JOB_FIELDS
+from tests.integration.process_support import served
 
 
 @pytest.fixture()
 def live_url(app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
+    with served(app) as url:
+        yield url
 
 
 @pytest.fixture()
