@@ -37,6 +37,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware
+from redis.exceptions import NoScriptError
 
 from shared import redis_keys
 from shared.config import Settings
@@ -129,9 +130,9 @@ class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
 
     Fetching (this replaces dramatiq's polling ``__next__``, which sleeps a growing back-off between looks
     at an empty queue): a fetch that finds the queue empty is followed by a ``BLPOP`` on the queue's wake
-    list and the broker's stop list for up to ``idle_poll_ms``; a token (or the timeout) leads to the next
-    fetch. While every prefetched message is taken, the consumer waits in memory until a quarter of them
-    are acknowledged. Once the worker is shutting down it fetches nothing more (in-flight messages are
+    list and the broker's stop list for up to ``idle_poll_ms``, with the next fetch pipelined behind it.
+    While every prefetched message is taken, the consumer waits in memory until a quarter of them are
+    acknowledged. Once the worker is shutting down it fetches nothing more (in-flight messages are
     still acknowledged) and checks in memory whether its thread should stop.
     """
 
@@ -144,6 +145,7 @@ class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
         self._wait_keys = [broker.stop_key, redis_keys.queue_wake(broker.namespace, queue_name)]
         self._refill_at = prefetch - max(1, prefetch // REFILL_FRACTION)  # outstanding count that allows a fetch
         self._room = threading.Event()
+        self._idle = False  # the last fetch found the queue empty: the next one waits for a wake-up first
         self._blocked = False  # in BLPOP: acks go out at once instead of waiting for the next fetch
 
     def ack(self, message: Any) -> None:
@@ -200,23 +202,41 @@ class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
                 if self.outstanding_message_count > self._refill_at:
                     self._room.wait(FULL_WAIT_SECS)
                     return None
-                self.message_cache = self.broker.do_fetch(
-                    self.queue_name, self.prefetch - self.outstanding_message_count)
+                count = self.prefetch - self.outstanding_message_count
+                if not self._idle:
+                    self.message_cache = self.broker.do_fetch(self.queue_name, count)
                 if not self.message_cache:
-                    self._wait_for_wake()
-                    return None
+                    self.message_cache = self._fetch_when_woken(count)
+                self._idle = not self.message_cache
+                if self._idle:
+                    return None  # dramatiq's thread looks whether it should stop, then asks again
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
 
-    def _wait_for_wake(self) -> None:
+    def _fetch_when_woken(self, count: int) -> list[bytes | None]:
+        """``BLPOP`` on the wake and stop lists with the fetch pipelined behind it.
+
+        Redis runs a connection's commands in order and holds the ones behind a blocked command, so the
+        fetch runs the moment the wait ends (a token, the stop list, or ``idle_poll_ms`` without either):
+        a woken consumer has its messages in one round trip, not two.
+        """
         self._blocked = True
         try:
-            self.flush_acks()  # an ack that came in since the flush above
-            self.broker.client.blpop(self._wait_keys, timeout=self.broker.idle_poll_ms / 1000)
+            self.flush_acks()  # an ack that came in since the flush in __next__
+            pipe = self.broker.client.pipeline(transaction=False)
+            pipe.blpop(self._wait_keys, timeout=self.broker.idle_poll_ms / 1000)
+            self.broker.fetch_in(pipe, self.queue_name, count)
+            woken, fetched = pipe.execute(raise_on_error=False)
         except redis.TimeoutError:
-            pass  # a client socket timeout shorter than the poll: the same as a poll without a token
+            return []  # a client socket timeout shorter than the poll: the same as a poll without a token
         finally:
             self._blocked = False
+        if isinstance(fetched, NoScriptError):  # Redis restarted empty while this consumer waited
+            fetched = self.broker.do_fetch(self.queue_name, count)
+        for reply in (woken, fetched):
+            if isinstance(reply, Exception):
+                raise reply
+        return list(fetched)
 
     def close(self) -> None:
         try:
@@ -265,6 +285,19 @@ class SluiceBroker(RedisBroker):
                     self._next_maintenance_ms = now + MAINTENANCE_INTERVAL_MS
                     return 1
         return int(super()._should_do_maintenance(command))
+
+    def fetch_in(self, pipe: Any, queue_name: str, count: int) -> None:
+        """Add to ``pipe`` the call ``do_fetch(queue_name, count)`` makes (``dispatch.lua``'s ``fetch``), for a
+        pipe whose ``BLPOP`` holds it for up to ``idle_poll_ms``.
+
+        Its heartbeat is stamped with the latest time it can run. Stamped when sent, it could be
+        ``idle_poll_ms`` old on arrival, and twice that before the next one: past the heartbeat timeout,
+        so other workers would take this one for dead.
+        """
+        args = ["fetch", current_millis() + self.idle_poll_ms, queue_name, self.broker_id, self.heartbeat_timeout,
+                self.dead_message_ttl, self._should_do_maintenance("fetch"), self._max_unpack_size(), count]
+        dispatch: Any = self.scripts["dispatch"]  # redis-py's Script, registered by dramatiq
+        pipe.execute_command("EVALSHA", dispatch.sha, 1, self.namespace, *args)
 
     def unsent_acks(self, queue_name: str) -> UnsentAcks:
         return self._unsent_acks[queue_name]
@@ -389,5 +422,6 @@ def live_workers(broker: RedisBroker, now_ms: int) -> list[WorkerProcess]:
     for broker_id in ids:
         pipe.scard(f"{broker.namespace}:__acks__.{broker_id}.{DISPATCH_QUEUE}")
     in_flight = pipe.execute() if ids else []
-    return [WorkerProcess(broker_id, int(score), int(count))
+    # An idle worker stamps its heartbeat with the end of its wait (``SluiceBroker.fetch_in``): never later than now.
+    return [WorkerProcess(broker_id, min(int(score), now_ms), int(count))
             for broker_id, (_member, score), count in zip(ids, beats, in_flight, strict=True)]

@@ -183,7 +183,25 @@ def test_a_message_enqueued_without_a_wake_token_is_found_at_the_next_idle_poll(
     stock = _declared(RedisBroker(client=redis_client))  # dispatch.lua's enqueue: no token (an older sender)
     stock.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="noop", args=("y",), kwargs={}, options={}))
     assert pulling.done.wait(3)
-    assert pulling.message.args == ("y",) and pulling.nones >= 1
+    assert pulling.message.args == ("y",) and redis_client.llen(_wake_key(broker)) == 0
+
+
+def test_an_idle_consumers_heartbeat_stays_fresh_while_it_waits(redis_client: redis_lib.Redis) -> None:
+    """The fetch pipelined behind a wait lands up to ``idle_poll_ms`` after it was sent: its heartbeat must
+    not be that old on arrival, or a worker that holds a message and waits for more looks dead."""
+    idle = _declared(SluiceBroker(client=redis_client, idle_poll_ms=2_000))
+    enqueue_many(idle, QUEUE, "noop", ["held"])
+    consumer = idle.consume(QUEUE, prefetch=2, timeout=10)
+    assert next(consumer).args == ("held",)  # in hand, never acknowledged: the worker is still calling
+    pulling = Pulling(consumer)  # the queue is empty: waits, 2 s at a time
+    checker = _declared(SluiceBroker(client=redis_client, heartbeat_timeout=3_000,
+                                     maintenance_chance=MAINTENANCE_ALWAYS))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # over two waits: a heartbeat stamped when sent would be 4 s old
+        assert checker.do_fetch(QUEUE, 1) == []  # maintenance found no dead worker to take "held" from
+        time.sleep(0.1)
+    assert pulling.message is None and pending_messages(idle, QUEUE) == 1
+    pulling.done.set()
 
 
 def test_interrupt_waits_releases_blocked_consumers_which_then_fetch_nothing(redis_client: redis_lib.Redis) -> None:
