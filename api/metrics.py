@@ -29,7 +29,7 @@ from api.gate import request_id_for
 from shared import json_codec, redis_keys
 from shared.clock import utcnow
 from shared.db.models import Run
-from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE, ready_messages
+from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE
 from shared.metrics import (
     ACTIVE_RUNS,
     CONTENT_TYPE,
@@ -42,6 +42,7 @@ from shared.metrics import (
     GaugeSpec,
     exposition,
 )
+from shared.queue_state import ready_messages
 from shared.runs.status import ACTIVE
 
 log = logging.getLogger("sluice.api.metrics")

@@ -10,7 +10,8 @@ dramatiq's public API (the key layout of its ``dispatch.lua``, its Redis consume
 dramatiq pin in ``pyproject.toml`` allows only the major those tests ran on. The layout, as ``dispatch.lua``
 documents it: ``<ns>:<queue>`` a list of message ids, ``<ns>:<queue>.msgs`` a hash id → encoded message,
 ``<ns>:__acks__.<broker id>.<queue>`` the ids a consumer fetched and has not acknowledged,
-``<ns>:__heartbeats__`` a sorted set of broker ids by last heartbeat (ms).
+``<ns>:__heartbeats__`` a sorted set of broker ids by last heartbeat (ms). ``shared.queue_state`` reads the
+same layout for the sweeps, metrics and the console.
 
 Wake-ups (ours, not dramatiq's): an idle consumer blocks in ``BLPOP`` on its queue's wake list
 (``shared.redis_keys.queue_wake``) instead of polling. The enqueue script writes the messages and pushes the
@@ -26,8 +27,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import dramatiq
@@ -80,12 +80,12 @@ STOPPING_WAIT_SECS = 0.1
 
 
 
-def _queue_key(broker: RedisBroker, queue_name: str) -> str:
+def queue_key(broker: RedisBroker, queue_name: str) -> str:
     return f"{broker.namespace}:{queue_name}"
 
 
-def _messages_key(broker: RedisBroker, queue_name: str) -> str:
-    return f"{_queue_key(broker, queue_name)}.msgs"
+def messages_key(broker: RedisBroker, queue_name: str) -> str:
+    return f"{queue_key(broker, queue_name)}.msgs"
 
 
 class UnsentAcks:
@@ -141,7 +141,7 @@ class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
         self._unsent = broker.unsent_acks(queue_name)
         self._ack_many = broker.client.register_script(ACK_MANY_SCRIPT)
         self._keys = [f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}",
-                      _messages_key(broker, queue_name), f"{broker.namespace}:__heartbeats__"]
+                      messages_key(broker, queue_name), f"{broker.namespace}:__heartbeats__"]
         self._wait_keys = [broker.stop_key, redis_keys.queue_wake(broker.namespace, queue_name)]
         self._refill_at = prefetch - max(1, prefetch // REFILL_FRACTION)  # outstanding count that allows a fetch
         self._room = threading.Event()
@@ -367,7 +367,7 @@ def _enqueue(broker: RedisBroker, queue_name: str, messages: list[tuple[str, byt
     args: list[Any] = [tokens, WAKE_TOKENS_MAX, WAKE_TTL_MS]
     for message_id, data in messages:
         args += (message_id, data)
-    keys = [_queue_key(broker, queue_name), _messages_key(broker, queue_name),
+    keys = [queue_key(broker, queue_name), messages_key(broker, queue_name),
             redis_keys.queue_wake(broker.namespace, queue_name)]
     return int(broker.client.register_script(ENQUEUE_SCRIPT)(keys=keys, args=args))
 
@@ -378,50 +378,3 @@ def enqueue_runs(broker: RedisBroker, run_ids: Iterable[str]) -> int:
 
 def enqueue_webhooks(broker: RedisBroker, delivery_ids: Iterable[str]) -> int:
     return enqueue_many(broker, WEBHOOK_QUEUE, WEBHOOK_ACTOR, delivery_ids, keyed=True)
-
-
-def messages_waiting(broker: RedisBroker, queue_name: str, message_ids: Sequence[str]) -> set[str]:
-    """Which of the keyed ``message_ids`` are still enqueued or in flight (not yet acknowledged): one round
-    trip for the batch."""
-    if not message_ids:
-        return set()
-    pipe = broker.client.pipeline(transaction=False)
-    for message_id in message_ids:
-        pipe.hexists(_messages_key(broker, queue_name), message_id)
-    return {message_id for message_id, present in zip(message_ids, pipe.execute(), strict=True) if present}
-
-
-def pending_messages(broker: RedisBroker, queue_name: str = DISPATCH_QUEUE) -> int:
-    """Messages enqueued and not yet acknowledged (ready plus in flight), for the sweeper and metrics."""
-    return int(broker.client.hlen(_messages_key(broker, queue_name)))
-
-
-def ready_messages(broker: RedisBroker, queue_name: str = DISPATCH_QUEUE) -> int:
-    """Messages waiting in the queue (not yet fetched by a worker)."""
-    return int(broker.client.llen(_queue_key(broker, queue_name)))
-
-
-@dataclass(frozen=True)
-class WorkerProcess:
-    """A worker process as its broker's heartbeats show it: its broker id, its last heartbeat (unix ms) and
-    the run messages it has fetched and not yet acknowledged."""
-
-    broker_id: str
-    last_heartbeat_ms: int
-    in_flight: int
-
-
-def live_workers(broker: RedisBroker, now_ms: int) -> list[WorkerProcess]:
-    """The worker processes whose consumers heartbeated within ``HEARTBEAT_TIMEOUT_MS`` of ``now_ms``
-    (senders never heartbeat: ``enqueue_many``), most recent first."""
-    client = broker.client
-    beats = client.zrevrangebyscore(f"{broker.namespace}:__heartbeats__", "+inf",
-                                    now_ms - HEARTBEAT_TIMEOUT_MS, withscores=True)
-    ids = [member.decode() if isinstance(member, bytes) else str(member) for member, _score in beats]
-    pipe = client.pipeline(transaction=False)
-    for broker_id in ids:
-        pipe.scard(f"{broker.namespace}:__acks__.{broker_id}.{DISPATCH_QUEUE}")
-    in_flight = pipe.execute() if ids else []
-    # An idle worker stamps its heartbeat with the end of its wait (``SluiceBroker.fetch_in``): never later than now.
-    return [WorkerProcess(broker_id, min(int(score), now_ms), int(count))
-            for broker_id, (_member, score), count in zip(ids, beats, in_flight, strict=True)]

@@ -20,14 +20,8 @@ from dramatiq.brokers.redis import RedisBroker
 
 from shared import redis_keys
 from shared.limits.thread_scripts import LuaScript, ThreadScripts
-from shared.messages import (
-    WAKE_TOKENS_MAX,
-    BatchedAckConsumer,
-    SluiceBroker,
-    enqueue_many,
-    pending_messages,
-    ready_messages,
-)
+from shared.messages import WAKE_TOKENS_MAX, BatchedAckConsumer, SluiceBroker, enqueue_many
+from shared.queue_state import pending_messages, ready_messages
 from tests.conftest import redis_url
 
 QUEUE = "test.contract"

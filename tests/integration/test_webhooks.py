@@ -26,7 +26,8 @@ from werkzeug import Request, Response
 from scheduler.webhook_sweeps import RESEND_AFTER_SECS, enqueue_due_webhooks
 from shared.clock import format_ts, utcnow
 from shared.db.models import Job, Run, RunEvent, WebhookDelivery
-from shared.messages import WEBHOOK_QUEUE, enqueue_webhooks, make_broker, pending_messages, ready_messages
+from shared.messages import WEBHOOK_QUEUE, enqueue_webhooks, make_broker
+from shared.queue_state import pending_messages, ready_messages
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
 from shared.runs.moves import move

@@ -17,7 +17,8 @@ from dramatiq.errors import ConnectionClosed
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shared.messages import ACK_BATCH, SluiceBroker, enqueue_many, pending_messages
+from shared.messages import ACK_BATCH, SluiceBroker, enqueue_many
+from shared.queue_state import pending_messages
 from tests.conftest import REDIS_DB, redis_url
 
 QUEUE = "test.acks"
