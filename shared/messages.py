@@ -139,7 +139,7 @@ class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
     def __init__(self, broker: SluiceBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)
         self._unsent = broker.unsent_acks(queue_name)
-        self._ack_many = broker.client.register_script(ACK_MANY_SCRIPT)
+        self._ack_many: Any = broker.client.register_script(ACK_MANY_SCRIPT)  # redis-py's Script
         self._keys = [f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}",
                       messages_key(broker, queue_name), f"{broker.namespace}:__heartbeats__"]
         self._wait_keys = [broker.stop_key, redis_keys.queue_wake(broker.namespace, queue_name)]
@@ -194,47 +194,59 @@ class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
                     message = dramatiq.Message.decode(data)
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
-                self.flush_acks()  # about to fetch or to wait: the acks go out first
                 if self.broker.stopping.is_set():
-                    time.sleep(STOPPING_WAIT_SECS)  # until dramatiq stops this thread; no Redis call
+                    self.flush_acks()
+                    time.sleep(STOPPING_WAIT_SECS)  # until dramatiq stops this thread; no other Redis call
                     return None
                 self._room.clear()
                 if self.outstanding_message_count > self._refill_at:
-                    self._room.wait(FULL_WAIT_SECS)
+                    self._room.wait(FULL_WAIT_SECS)  # the acks meanwhile go out with the next fetch
                     return None
                 count = self.prefetch - self.outstanding_message_count
-                if not self._idle:
-                    self.message_cache = self.broker.do_fetch(self.queue_name, count)
-                if not self.message_cache:
-                    self.message_cache = self._fetch_when_woken(count)
+                self.message_cache = self._fetch(count, wait=self._idle)
+                if not self.message_cache and not self._idle:  # found empty: look again once woken
+                    self.message_cache = self._fetch(count, wait=True)
                 self._idle = not self.message_cache
                 if self._idle:
                     return None  # dramatiq's thread looks whether it should stop, then asks again
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
 
-    def _fetch_when_woken(self, count: int) -> list[bytes | None]:
-        """``BLPOP`` on the wake and stop lists with the fetch pipelined behind it.
+    def _fetch(self, count: int, *, wait: bool) -> list[bytes | None]:
+        """Up to ``count`` messages, in one round trip that also sends the unsent acks; with ``wait``, the
+        fetch comes after a ``BLPOP`` on the wake and stop lists.
 
         Redis runs a connection's commands in order and holds the ones behind a blocked command, so the
         fetch runs the moment the wait ends (a token, the stop list, or ``idle_poll_ms`` without either):
         a woken consumer has its messages in one round trip, not two.
         """
-        self._blocked = True
-        try:
-            self.flush_acks()  # an ack that came in since the flush in __next__
-            pipe = self.broker.client.pipeline(transaction=False)
+        self._blocked = wait  # first: an ack from now on goes out at once rather than wait for this BLPOP
+        ids = self._unsent.take()
+        pipe = self.broker.client.pipeline(transaction=False)
+        if ids:
+            pipe.execute_command("EVALSHA", self._ack_many.sha, len(self._keys), *self._keys, current_millis(),
+                                 self.broker.broker_id, *ids)
+        if wait:
             pipe.blpop(self._wait_keys, timeout=self.broker.idle_poll_ms / 1000)
-            self.broker.fetch_in(pipe, self.queue_name, count)
-            woken, fetched = pipe.execute(raise_on_error=False)
-        except redis.TimeoutError:
-            return []  # a client socket timeout shorter than the poll: the same as a poll without a token
+        self.broker.fetch_in(pipe, self.queue_name, count, waits=wait)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.TimeoutError:  # a client socket timeout shorter than the poll: as a poll without a token
+            self._unsent.put_back(ids)  # sent or not: acking an id twice is harmless
+            return []
+        except redis.ConnectionError:
+            self._unsent.put_back(ids)
+            raise
         finally:
             self._blocked = False
-        if isinstance(fetched, NoScriptError):  # Redis restarted empty while this consumer waited
+        fetched = replies[-1]
+        if ids and isinstance(replies[0], NoScriptError):  # Redis restarted empty: the script loads again
+            self._unsent.put_back(ids)
+            self.flush_acks()
+        if isinstance(fetched, NoScriptError):
             fetched = self.broker.do_fetch(self.queue_name, count)
-        for reply in (woken, fetched):
-            if isinstance(reply, Exception):
+        for reply in (*replies[:-1], fetched):
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
                 raise reply
         return list(fetched)
 
@@ -286,16 +298,17 @@ class SluiceBroker(RedisBroker):
                     return 1
         return int(super()._should_do_maintenance(command))
 
-    def fetch_in(self, pipe: Any, queue_name: str, count: int) -> None:
-        """Add to ``pipe`` the call ``do_fetch(queue_name, count)`` makes (``dispatch.lua``'s ``fetch``), for a
-        pipe whose ``BLPOP`` holds it for up to ``idle_poll_ms``.
+    def fetch_in(self, pipe: Any, queue_name: str, count: int, *, waits: bool) -> None:
+        """Add to ``pipe`` the call ``do_fetch(queue_name, count)`` makes (``dispatch.lua``'s ``fetch``);
+        ``waits``: behind a ``BLPOP`` that holds it for up to ``idle_poll_ms``.
 
-        Its heartbeat is stamped with the latest time it can run. Stamped when sent, it could be
-        ``idle_poll_ms`` old on arrival, and twice that before the next one: past the heartbeat timeout,
-        so other workers would take this one for dead.
+        Behind a wait, its heartbeat is stamped with the latest time it can run. Stamped when sent, it
+        could be ``idle_poll_ms`` old on arrival, and twice that before the next one: past the heartbeat
+        timeout, so other workers would take this one for dead.
         """
-        args = ["fetch", current_millis() + self.idle_poll_ms, queue_name, self.broker_id, self.heartbeat_timeout,
-                self.dead_message_ttl, self._should_do_maintenance("fetch"), self._max_unpack_size(), count]
+        stamp = current_millis() + (self.idle_poll_ms if waits else 0)
+        args = ["fetch", stamp, queue_name, self.broker_id, self.heartbeat_timeout, self.dead_message_ttl,
+                self._should_do_maintenance("fetch"), self._max_unpack_size(), count]
         dispatch: Any = self.scripts["dispatch"]  # redis-py's Script, registered by dramatiq
         pipe.execute_command("EVALSHA", dispatch.sha, 1, self.namespace, *args)
 

@@ -125,7 +125,9 @@ class Runner:
             self._monitor.unregister(attempt.run_id)
             # Hand the slot on only after a normal end (never while an exception is on its way out).
             chain = handled is not None and not self._stopping() and time.monotonic() < chain_until
-            successor = self._end(attempt, chain=chain, terminal=handled is not None and is_terminal(handled.action))
+            # Still pending once unregistered: the monitor never wrote this attempt's lease.
+            successor = self._end(attempt, chain=chain, terminal=handled is not None and is_terminal(handled.action),
+                                  leased=not flight.lease_pending)
         return handled, successor
 
     def _call_and_record(self, attempt: Attempt, trace: TraceClock, flight: InFlight) -> Handled:
@@ -142,13 +144,15 @@ class Runner:
         trace.responded = call.responded_at if call is not None else time.monotonic()
         return self._record(attempt, call, trace)
 
-    def _end(self, attempt: Attempt, *, chain: bool, terminal: bool) -> Any:
+    def _end(self, attempt: Attempt, *, chain: bool, terminal: bool, leased: bool) -> Any:
         """Slots are released after the outcome commit: handed over / waiters woken for a run whose caps
         were in use; otherwise (no limits, or limits with room to spare) the plain lease is dropped — by the
         monitor's next poll when the run ended terminally (it never takes a lease again), else now (a retry
-        may soon take one)."""
+        may soon take one). An attempt that ended before its lease was written has none to drop."""
         if attempt.hands_off:
             return self._handoff.end_attempt(attempt, chain=chain)
+        if not leased:
+            return None
         if terminal:
             self._monitor.release_later(attempt.run_id, attempt.job_id, attempt.concurrency_key)
         else:
