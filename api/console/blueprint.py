@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, redirect, url_for
 
 from api.console.rendering import page, register_filters
-from shared.errors import SluiceError
+from shared.errors import SluiceError, TooManyRequests
 
 blp = Blueprint("console", __name__, url_prefix="/ui", template_folder="templates", static_folder="static",
                 static_url_path="/static")
@@ -16,9 +16,13 @@ blp.record_once(lambda state: register_filters(state.app))  # type: ignore[arg-t
 
 @blp.errorhandler(SluiceError)
 def _refused(error: SluiceError) -> Any:
-    """A refusal of a page or an action, as a page in the console (the API's status and message)."""
-    return page("error.html", status=error.status_code, code=error.status_code, message=error.message,
-                errors=getattr(error, "errors", None))
+    """A refusal of a page or an action, as a page in the console (the API's status, message and, for a
+    429, ``Retry-After``)."""
+    response = page("error.html", status=error.status_code, code=error.status_code, message=error.message,
+                    errors=getattr(error, "errors", None))
+    if isinstance(error, TooManyRequests):
+        response.headers["Retry-After"] = str(error.retry_after_secs)
+    return response
 
 
 @blp.route("/", methods=["GET"])

@@ -1,8 +1,10 @@
 """The per-key API rate limit (``SLUICE_API_RATE_LIMIT``) counts every request once, whether the front
-layer serves it or hands it to Flask, and refuses the requests over it with 429 and ``Retry-After``."""
+layer serves it or hands it to Flask (or the console renders a page), and refuses the requests over it with
+429 and ``Retry-After``."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,3 +57,15 @@ def test_requests_without_a_valid_key_are_not_counted(limited_app: Flask, redis_
     for _ in range(LIMIT + 2):
         assert client.get("/v1/jobs", headers={"Authorization": "Bearer sk_" + "0" * 64}).status_code == 401
     assert _counted(redis_client) == 0
+
+
+def test_the_consoles_pages_count_too_and_say_when_to_come_back(limited_app: Flask, auth: dict[str, str]) -> None:
+    client = limited_app.test_client()
+    form = client.get("/ui/sign-in").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+    key = auth["Authorization"].removeprefix("Bearer ")
+    assert client.post("/ui/sign-in", data={"api_key": key, "csrf_token": token, "next": "/ui/jobs"}).status_code == 303
+    pages = [client.get("/ui/jobs") for _ in range(LIMIT + 1)]
+    assert [page.status_code for page in pages] == [200] * LIMIT + [429]
+    assert 0 < int(pages[-1].headers["Retry-After"]) <= 86_400
+    assert "API rate limit" in pages[-1].get_data(as_text=True)
