@@ -13,8 +13,6 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from scheduler.cron import CronService
-from scheduler.maintenance import MaintenanceContext, MaintenanceLoop
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.logs import configure_logging
@@ -36,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _parser().parse_args(list(argv or []))
+    # Imported once the arguments are read: with PROMETHEUS_MULTIPROC_DIR set, the scheduler's metrics write
+    # their file when their module loads, and ``sluice scheduler --help`` must leave nothing behind.
+    from scheduler.cron import CronService
+    from scheduler.maintenance import MaintenanceContext, MaintenanceLoop
+
     settings = Settings.from_env()
     configure_logging(settings, process="scheduler")
     engine = make_engine(settings.database_url, pool_size=4)

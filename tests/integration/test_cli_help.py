@@ -43,11 +43,11 @@ print(json.dumps(results))
 
 
 def test_every_help_exits_0_and_starts_nothing(tmp_path: Path) -> None:
-    home, work = tmp_path / "home", tmp_path / "work"
-    home.mkdir()
-    work.mkdir()
+    home, work, metrics = tmp_path / "home", tmp_path / "work", tmp_path / "metrics"
+    for folder in (home, work, metrics):
+        folder.mkdir()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLUICE_", "PG", "PROMETHEUS"))},
-           "HOME": str(home), "DATABASE_URL": f"postgresql://sluice@127.0.0.1:{free_port()}/sluice",
+           "HOME": str(home), "PROMETHEUS_MULTIPROC_DIR": str(metrics), "DATABASE_URL": f"postgresql://sluice@127.0.0.1:{free_port()}/sluice",
            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "SLUICE_URL": f"http://127.0.0.1:{free_port()}"}
     done = subprocess.run([sys.executable, "-c", EVERY_HELP, json.dumps(COMMANDS)], cwd=work, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -58,7 +58,7 @@ def test_every_help_exits_0_and_starts_nothing(tmp_path: Path) -> None:
         assert out.startswith(f"usage: sluice {command}".rstrip()), (command, out[:200])
         assert err == "", (command, err)
     assert sorted(results) == sorted(COMMANDS)
-    assert list(work.iterdir()) == [] and list(home.iterdir()) == []
+    assert list(work.iterdir()) == [] and list(home.iterdir()) == [] and list(metrics.iterdir()) == []
 
 
 def test_version() -> None:
