@@ -180,6 +180,19 @@ def test_a_message_enqueued_without_a_wake_token_is_found_at_the_next_idle_poll(
     assert pulling.message.args == ("y",) and redis_client.llen(_wake_key(broker)) == 0
 
 
+def test_a_consumer_carries_on_when_redis_forgets_its_scripts(redis_client: redis_lib.Redis) -> None:
+    """After a Redis restart (or ``SCRIPT FLUSH``) the acks and the fetch sent in one pipeline meet NOSCRIPT:
+    both are sent again through the scripts' own loading path."""
+    broker = _declared(SluiceBroker(client=redis_client))
+    enqueue_many(broker, QUEUE, "noop", ["a", "b", "c"])
+    consumer = broker.consume(QUEUE, prefetch=1, timeout=10)
+    first = next(consumer)
+    consumer.ack(first)  # unsent: it goes with the next fetch
+    redis_client.script_flush()
+    assert next(consumer).args == ("b",)
+    assert pending_messages(broker, QUEUE) == 2 and ready_messages(broker, QUEUE) == 1  # "a" acknowledged
+
+
 def test_an_idle_consumers_heartbeat_stays_fresh_while_it_waits(redis_client: redis_lib.Redis) -> None:
     """The fetch pipelined behind a wait lands up to ``idle_poll_ms`` after it was sent: its heartbeat must
     not be that old on arrival, or a worker that holds a message and waits for more looks dead."""
