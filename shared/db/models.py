@@ -172,7 +172,8 @@ class Run(Base):
         sa.Index("ix_runs_executing_heartbeat", "heartbeat_at",
                  postgresql_where=sa.text("status = 'executing'")),
         sa.Index("ix_runs_expiring", "expires_at",
-                 postgresql_where=sa.text("attempt = 0 AND expires_at IS NOT NULL")),
+                 postgresql_where=sa.text("attempt = 0 AND expires_at IS NOT NULL "
+                                          "AND status IN ('delayed', 'queued')")),
         sa.Index("ix_runs_waiting_job", "job_id", "created_at",
                  postgresql_where=sa.text("status = 'waiting'")),
         # One run per (job, cron tick), forever (§6.3).

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from scheduler.maintenance import MaintenanceContext, MaintenanceLoop, default_tasks
-from scheduler.sweeps import expire_unstarted, message_deficit, promote_due_delayed
+from scheduler.sweeps import expire_unstarted, message_deficit, promote_due_delayed, seconds_until_next_expiry
 from shared.clock import utcnow
 from shared.db.models import Run, RunEvent
 from shared.messages import make_broker
@@ -71,6 +71,47 @@ def test_promote_due_delayed_batch(session):
     assert session.get(Run, later.id).status == "delayed"
     events = session.scalars(sa.select(RunEvent).where(RunEvent.run_id == due[1].id)).all()
     assert [e.data for e in events] == [{"from": "delayed", "to": "queued"}]
+
+
+def _rows_filtered_out(session, call) -> int:
+    """Rows the index scans of the queries ``call`` sends read and then threw away (index scans forced)."""
+    sent: list[tuple[str, object]] = []
+
+    def capture(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            sent.append((statement, parameters))
+
+    connection = session.connection()
+    sa.event.listen(connection, "before_cursor_execute", capture)
+    try:
+        call()
+    finally:
+        sa.event.remove(connection, "before_cursor_execute", capture)
+    connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    connection.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+    removed = 0
+    for statement, parameters in sent:
+        plan = connection.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters).scalar()
+        nodes = [plan[0]["Plan"]]
+        while nodes:
+            node = nodes.pop()
+            removed += node.get("Rows Removed by Filter", 0)
+            nodes += node.get("Plans", [])
+    return removed
+
+
+def test_the_expiry_sweep_never_reads_runs_that_can_no_longer_expire(session):
+    """Expired (and other finished, never-started) runs keep their ``expires_at``: the expiry index must not
+    hold them, or every sweep would read all of them again until retention deletes them."""
+    job = make_job(session)
+    long_ago = utcnow() - timedelta(days=1)
+    for _ in range(50):
+        make_run(session, job, status="expired", expires_at=long_ago)
+        make_run(session, job, status="canceled", expires_at=long_ago)
+    now = utcnow()
+    make_run(session, job, status="queued", expires_at=now + timedelta(minutes=5))
+    assert _rows_filtered_out(session, lambda: seconds_until_next_expiry(session, now)) == 0
+    assert _rows_filtered_out(session, lambda: expire_unstarted(session, now, Effects())) == 0
 
 
 def test_expire_unstarted_only(session):
