@@ -123,9 +123,10 @@ class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
     Acks: a Sluice message is a wake-up token (PostgreSQL decides what runs; a message delivered twice claims
     nothing or another ready run), so acks can wait a little. They are sent together — when ``ACK_BATCH``
     are unsent, in the same round trip as the consumer's next fetch (or wait), at once while it is blocked,
-    and on close — in one script call that does exactly what that many ``dispatch.lua`` ``ack`` calls do. Ids that fail to go out (Redis unreachable) are kept for the next
-    flush. Only the ids unsent when the process dies stay in the ack set, which dramatiq requeues once this
-    broker's heartbeat is ``heartbeat_timeout`` old: a redundant wake-up, as after any worker crash.
+    and on close — in one script call that does exactly what that many ``dispatch.lua`` ``ack`` calls do.
+    Ids that fail to go out (Redis unreachable) are kept for the next flush. Only the ids unsent when the
+    process dies stay in the ack set, which dramatiq requeues once this broker's heartbeat is
+    ``heartbeat_timeout`` old: a redundant wake-up, as after any worker crash.
 
     Fetching (this replaces dramatiq's polling ``__next__``, which sleeps a growing back-off between looks
     at an empty queue): a fetch that finds the queue empty is followed by a ``BLPOP`` on the queue's wake
