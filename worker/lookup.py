@@ -98,6 +98,4 @@ def resolve_within(resolve: Resolver, url: str, guard: Guard) -> tuple[str, int,
         try:
             return future.result(timeout=min(POLL_SECS, max(0.0, guard.time_left())))
         except FutureTimeout:
-            if future.done():  # the lookup itself raised TimeoutError
-                raise
-            # Not done yet: time_left raises once the deadline has passed or the call is canceled.
+            continue  # time_left raises once the deadline has passed or the call is canceled
