@@ -1,10 +1,10 @@
 """Endpoint-call benchmark: this tree's HTTP client against the one before it, in the same run.
 
-Four local sinks, each in its own process (asyncio, answers every POST with ``200 {"ok":true}``):
-HTTPS and HTTP that keep connections alive (as most servers do), HTTP that closes each connection (what a
-``Connection: close`` server costs), and HTTP kept alive called by a host name (its lookup on every call).
-The HTTPS sink's certificate comes from a throw-away CA that both clients are told to trust (the old one
-through an ``SSLContext``, the new one as ``SLUICE_CA_BUNDLE`` would give it).
+Three local sinks, each in its own process (asyncio, answers every POST with ``200 {"ok":true}``):
+HTTPS and HTTP that keep connections alive (as most servers do), and HTTP that closes each connection
+(what a ``Connection: close`` server costs). The HTTPS sink's certificate comes from a throw-away CA that
+both clients are told to trust (the old one through an ``SSLContext``, the new one as ``SLUICE_CA_BUNDLE``
+would give it).
 
 Each measurement runs in a child process that imports ``worker.http`` from one tree: this one, or the tag
 ``--before`` (default ``before-13``) extracted with ``git archive`` into a temporary directory. A child
@@ -30,10 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SINKS = (("https", "HTTPS, kept alive"), ("http", "HTTP, kept alive"), ("close", "HTTP, server closes"),
-         ("named", "HTTP, kept alive, host name"))
-# "named": the URL names a host (looked up on every call, as a real endpoint's is) that resolves to the sink.
-NAMED_HOST = "sink.test"
+SINKS = (("https", "HTTPS, kept alive"), ("http", "HTTP, kept alive"), ("close", "HTTP, server closes"))
 WARMUP_CALLS = 50
 BODY = b'{"order": 42}'
 
@@ -102,11 +99,10 @@ def _measure(tree: str, sinks: dict[str, list[int]], ca: str, calls: int) -> dic
     results = {}
     for kind, _ in SINKS:
         port, sink_pid = sinks[kind]
-        host = NAMED_HOST if kind == "named" else "127.0.0.1"
-        url = f"{'https' if kind == 'https' else 'http'}://{host}:{port}/hook"
+        url = f"{'https' if kind == 'https' else 'http'}://127.0.0.1:{port}/hook"
 
-        def resolve(_url: str, port: int = port, host: str = host) -> tuple[str, int, list[str]]:
-            return host, port, ["127.0.0.1"]
+        def resolve(_url: str, port: int = port) -> tuple[str, int, list[str]]:
+            return "127.0.0.1", port, ["127.0.0.1"]
 
         def one(url: str = url, resolve: Any = resolve) -> float:
             started = time.perf_counter()
