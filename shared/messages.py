@@ -79,13 +79,20 @@ FULL_WAIT_SECS = 1.0  # and looks whether its thread should stop at least this o
 STOPPING_WAIT_SECS = 0.1
 
 
-
 def queue_key(broker: RedisBroker, queue_name: str) -> str:
     return f"{broker.namespace}:{queue_name}"
 
 
 def messages_key(broker: RedisBroker, queue_name: str) -> str:
     return f"{queue_key(broker, queue_name)}.msgs"
+
+
+def acks_key(broker: RedisBroker, broker_id: str, queue_name: str) -> str:
+    return f"{broker.namespace}:__acks__.{broker_id}.{queue_name}"
+
+
+def heartbeats_key(broker: RedisBroker) -> str:
+    return f"{broker.namespace}:__heartbeats__"
 
 
 class UnsentAcks:
@@ -140,8 +147,8 @@ class BatchedAckConsumer(_RedisConsumer):  # type: ignore[misc]
         super().__init__(broker, queue_name, prefetch, timeout)
         self._unsent = broker.unsent_acks(queue_name)
         self._ack_many: Any = broker.client.register_script(ACK_MANY_SCRIPT)  # redis-py's Script
-        self._keys = [f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}",
-                      messages_key(broker, queue_name), f"{broker.namespace}:__heartbeats__"]
+        self._keys = [acks_key(broker, broker.broker_id, queue_name), messages_key(broker, queue_name),
+                      heartbeats_key(broker)]
         self._wait_keys = [broker.stop_key, redis_keys.queue_wake(broker.namespace, queue_name)]
         self._refill_at = prefetch - max(1, prefetch // REFILL_FRACTION)  # outstanding count that allows a fetch
         self._room = threading.Event()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from dramatiq.brokers.redis import RedisBroker
 
-from shared.messages import DISPATCH_QUEUE, HEARTBEAT_TIMEOUT_MS, messages_key, queue_key
+from shared.messages import DISPATCH_QUEUE, HEARTBEAT_TIMEOUT_MS, acks_key, heartbeats_key, messages_key, queue_key
 
 
 def messages_waiting(broker: RedisBroker, queue_name: str, message_ids: Sequence[str]) -> set[str]:
@@ -49,12 +49,11 @@ def live_workers(broker: RedisBroker, now_ms: int) -> list[WorkerProcess]:
     """The worker processes whose consumers heartbeated within ``HEARTBEAT_TIMEOUT_MS`` of ``now_ms``
     (senders never heartbeat: ``enqueue_many``), most recent first."""
     client = broker.client
-    beats = client.zrevrangebyscore(f"{broker.namespace}:__heartbeats__", "+inf",
-                                    now_ms - HEARTBEAT_TIMEOUT_MS, withscores=True)
+    beats = client.zrevrangebyscore(heartbeats_key(broker), "+inf", now_ms - HEARTBEAT_TIMEOUT_MS, withscores=True)
     ids = [member.decode() if isinstance(member, bytes) else str(member) for member, _score in beats]
     pipe = client.pipeline(transaction=False)
     for broker_id in ids:
-        pipe.scard(f"{broker.namespace}:__acks__.{broker_id}.{DISPATCH_QUEUE}")
+        pipe.scard(acks_key(broker, broker_id, DISPATCH_QUEUE))
     in_flight = pipe.execute() if ids else []
     # An idle worker stamps its heartbeat with the end of its wait (``SluiceBroker.fetch_in``): never later than now.
     return [WorkerProcess(broker_id, min(int(score), now_ms), int(count))
