@@ -20,7 +20,7 @@ from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.prepared import enable_prepared_statements
 from shared.db.schema_version import ShippedSchema
-from shared.messages import make_broker
+from shared.messages.broker import make_broker
 from shared.redis_client import make_redis
 
 

@@ -29,7 +29,8 @@ from api.gate import request_id_for
 from shared import json_codec, redis_keys
 from shared.clock import utcnow
 from shared.db.models import Run
-from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE
+from shared.messages.layout import DISPATCH_QUEUE, WEBHOOK_QUEUE
+from shared.messages.queue_state import ready_messages
 from shared.metrics import (
     ACTIVE_RUNS,
     CONTENT_TYPE,
@@ -42,7 +43,6 @@ from shared.metrics import (
     GaugeSpec,
     exposition,
 )
-from shared.queue_state import ready_messages
 from shared.runs.status import ACTIVE
 
 log = logging.getLogger("sluice.api.metrics")

@@ -29,7 +29,8 @@ from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import Job, Run
 from shared.egress.addresses import AddressPolicy
 from shared.jobs.lifecycle import create_job
-from shared.messages import enqueue_many, enqueue_runs, make_broker
+from shared.messages.broker import make_broker
+from shared.messages.enqueue import enqueue_many, enqueue_runs
 from shared.runs.commit import commit_and_apply
 from shared.runs.creation import RunInputs, create_runs
 from shared.runs.effects import Effects

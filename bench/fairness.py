@@ -41,7 +41,8 @@ from shared.db.engine import make_engine, make_session_factory  # noqa: E402
 from shared.db.models import Job, Run  # noqa: E402
 from shared.egress.addresses import AddressPolicy  # noqa: E402
 from shared.jobs.lifecycle import create_job  # noqa: E402
-from shared.messages import enqueue_runs, make_broker  # noqa: E402
+from shared.messages.broker import make_broker  # noqa: E402
+from shared.messages.enqueue import enqueue_runs  # noqa: E402
 from shared.runs.commit import commit_and_apply  # noqa: E402
 from shared.runs.creation import RunInputs, create_runs  # noqa: E402
 from shared.runs.effects import Effects  # noqa: E402

@@ -53,7 +53,7 @@ from shared.db.engine import make_engine, make_session_factory  # noqa: E402
 from shared.db.models import Job, Run  # noqa: E402
 from shared.egress.addresses import AddressPolicy  # noqa: E402
 from shared.jobs.lifecycle import create_job  # noqa: E402
-from shared.messages import make_broker  # noqa: E402
+from shared.messages.broker import make_broker  # noqa: E402
 from shared.runs.creation import RunInputs, create_runs  # noqa: E402
 from shared.runs.effects import Effects, apply_after_commit  # noqa: E402
 from shared.runs.status import TERMINAL  # noqa: E402

@@ -40,7 +40,7 @@ from shared.config import Settings  # noqa: E402
 from shared.db.engine import make_engine, make_session_factory  # noqa: E402
 from shared.db.models import Job, Run  # noqa: E402
 from shared.jobs.lifecycle import create_job  # noqa: E402
-from shared.messages import make_broker  # noqa: E402
+from shared.messages.broker import make_broker  # noqa: E402
 from shared.runs.commit import commit_and_apply  # noqa: E402
 from shared.runs.effects import Effects  # noqa: E402
 from shared.runs.retention import PRUNE_BATCH  # noqa: E402

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from shared.db.engine import make_engine, make_session_factory
     from shared.logs import configure_logging
-    from shared.messages import make_broker
+    from shared.messages.broker import make_broker
 
     settings = Settings.from_env()
     configure_logging(settings, process="scheduler")

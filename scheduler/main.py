@@ -16,7 +16,7 @@ from types import FrameType
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.logs import configure_logging
-from shared.messages import make_broker
+from shared.messages.broker import make_broker
 from shared.metrics import SCHEDULER_METRICS_PORT, expose_process_metrics
 from shared.redis_client import make_redis
 

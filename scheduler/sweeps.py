@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Job, Run
 from shared.dependencies.gating import WaitingCursor, recheck_page
-from shared.messages import enqueue_runs
-from shared.queue_state import pending_messages
+from shared.messages.enqueue import enqueue_runs
+from shared.messages.queue_state import pending_messages
 from shared.runs.effects import Effects
 from shared.runs.moves import move_many, release_runs
 from shared.runs.status import RunStatus

@@ -29,8 +29,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.db.models import WebhookDelivery
-from shared.messages import WEBHOOK_QUEUE, enqueue_webhooks
-from shared.queue_state import messages_waiting
+from shared.messages.enqueue import enqueue_webhooks
+from shared.messages.layout import WEBHOOK_QUEUE
+from shared.messages.queue_state import messages_waiting
 
 RESEND_AFTER_SECS = 30
 BATCH_SIZE = 500

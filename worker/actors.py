@@ -16,7 +16,7 @@ from typing import Any
 
 import dramatiq
 
-from shared.messages import DISPATCH_ACTOR, DISPATCH_QUEUE
+from shared.messages.layout import DISPATCH_ACTOR, DISPATCH_QUEUE
 from worker.runner import Runner
 
 log = logging.getLogger("sluice.worker")

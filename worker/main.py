@@ -6,7 +6,7 @@ each process builds its own engine, Redis clients and broker, declares the actor
 import time, and the dramatiq CLI is not involved, so this module controls the consumer's idle poll.
 
 Idle: a consumer whose queue is empty blocks in Redis (``BLPOP`` on the queue's wake list, which every
-enqueue pushes to; ``shared.messages.BatchedAckConsumer``) and fetches as soon as a message arrives. Without
+enqueue pushes to; ``shared.messages.consumer.BatchedAckConsumer``) and fetches as soon as a message arrives. Without
 a wake-up it looks at its queue every ``--idle-poll-ms`` (default 5000): the safety net for messages
 enqueued without a token, and the consumer's broker heartbeat. An idle process thus makes well under one
 Redis call per second per queue, and dramatiq's worker threads wait on an in-memory queue.
@@ -41,7 +41,8 @@ from shared.db.engine import make_engine, make_session_factory
 from shared.db.prepared import enable_prepared_statements
 from shared.limits.limiter import Limits
 from shared.logs import configure_logging
-from shared.messages import DEFAULT_IDLE_POLL_MS, DISPATCH_QUEUE, MAX_IDLE_POLL_MS, WEBHOOK_QUEUE, make_broker
+from shared.messages.broker import DEFAULT_IDLE_POLL_MS, MAX_IDLE_POLL_MS, make_broker
+from shared.messages.layout import DISPATCH_QUEUE, WEBHOOK_QUEUE
 from shared.metrics import WORKER_METRICS_PORT, expose_process_metrics
 from shared.metrics_listener import Heartbeat
 from shared.redis_client import make_redis
@@ -217,7 +218,7 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     session_factory = make_session_factory(engine)
     redis_client = make_redis(settings.redis_url)
     limits = Limits(redis_client, per_thread_connections=True)  # its threads live as long as the process
-    # Batched acks, consumers blocking on wake-ups, no delay-queue consumers (shared.messages.SluiceBroker).
+    # Batched acks, consumers blocking on wake-ups, no delay-queue consumers (shared.messages.broker.SluiceBroker).
     broker = make_broker(settings, idle_poll_ms=idle_poll_ms)
     http = HttpClient.configured(settings, os.environ, pool_size=threads)  # endpoint calls and webhooks
     monitor = AttemptMonitor(session_factory, redis_client, limits, clock=utcnow,

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.due_announcer import announce_due
-from shared.messages import WEBHOOK_ACTOR, WEBHOOK_QUEUE
+from shared.messages.layout import WEBHOOK_ACTOR, WEBHOOK_QUEUE
 from worker.http import PostFunction, post
 from worker.webhooks import deliver
 

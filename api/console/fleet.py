@@ -19,8 +19,8 @@ from api.context import get_session, services
 from shared.clock import utcnow
 from shared.jobs.store import limited_job_records
 from shared.limits.limiter import Limits
-from shared.messages import DISPATCH_QUEUE, WEBHOOK_QUEUE
-from shared.queue_state import live_workers, pending_messages, ready_messages
+from shared.messages.layout import DISPATCH_QUEUE, WEBHOOK_QUEUE
+from shared.messages.queue_state import live_workers, pending_messages, ready_messages
 from shared.runs.overview import cron_lags, executing_job_ids, status_counts
 
 JOBS_SHOWN = 50

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from shared.due_announcer import announce_due
-from shared.messages import enqueue_runs, enqueue_webhooks
+from shared.messages.enqueue import enqueue_runs, enqueue_webhooks
 
 log = logging.getLogger("sluice.effects")
 

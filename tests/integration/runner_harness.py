@@ -28,7 +28,7 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.db.models import Job, Run, RunEvent
 from shared.limits.limiter import Limits
-from shared.messages import make_broker
+from shared.messages.broker import make_broker
 from shared.runs.effects import Effects
 from shared.runs.moves import move
 from shared.runs.status import RunStatus

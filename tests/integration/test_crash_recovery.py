@@ -23,7 +23,8 @@ from scheduler.maintenance import MaintenanceContext, MaintenanceLoop
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.db.models import Run, RunEvent
-from shared.messages import enqueue_runs, make_broker
+from shared.messages.broker import make_broker
+from shared.messages.enqueue import enqueue_runs
 from shared.runs.creation import RunInputs, create_runs
 from shared.runs.effects import Effects
 from shared.runs.status import TERMINAL

@@ -43,7 +43,7 @@ from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import Job, Run, RunEvent
 from shared.limits.limiter import Limits
-from shared.messages import make_broker
+from shared.messages.broker import make_broker
 from shared.runs.commit import commit_and_apply
 from shared.runs.creation import RunInputs, create_runs
 from shared.runs.effects import Effects

@@ -18,7 +18,7 @@ from shared.clock import utcnow
 from shared.db.models import Job, Run
 from shared.limits.limiter import LimitDecision, LimitRequest
 from shared.limits.waiters import WAKE_MESSAGE, register_waiter
-from shared.queue_state import ready_messages
+from shared.messages.queue_state import ready_messages
 from tests.integration.runner_harness import Harness
 from worker.runner import Runner
 

@@ -62,7 +62,7 @@ def test_api_statements_are_cancelled_after_the_statement_timeout(settings):
 
 def test_every_process_builds_its_redis_clients_with_timeouts(settings):
     from api.app import create_app
-    from shared.messages import make_broker
+    from shared.messages.broker import make_broker
 
     app = create_app(settings)
     try:

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.cli.embedded_redis import EmbeddedRedis, start_embedded_redis
 from shared.config import Settings
 from shared.db.models import Run
-from shared.messages import enqueue_runs, make_broker
+from shared.messages.broker import make_broker
+from shared.messages.enqueue import enqueue_runs
 from tests import factories
 from tests.integration.servers import RawServer, keep_alive
 from worker.main import run_worker_process

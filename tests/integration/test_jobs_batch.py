@@ -13,7 +13,7 @@ from shared.clock import utcnow
 from shared.db.models import Job, JobVersion, Run
 from shared.egress.addresses import AddressPolicy
 from shared.jobs.lifecycle import create_job
-from shared.queue_state import ready_messages
+from shared.messages.queue_state import ready_messages
 from shared.webhooks.sealing import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 from tests.factories import make_run

@@ -7,7 +7,7 @@ import threading
 import sqlalchemy as sa
 
 from shared.db.models import Job, JobVersion, Run
-from shared.queue_state import ready_messages
+from shared.messages.queue_state import ready_messages
 from tests.factories import make_run
 from tests.integration.jobs_support import SECRET, assert_error, create, opened
 

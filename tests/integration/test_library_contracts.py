@@ -20,8 +20,10 @@ from dramatiq.brokers.redis import RedisBroker
 
 from shared import redis_keys
 from shared.limits.thread_scripts import LuaScript, ThreadScripts
-from shared.messages import WAKE_TOKENS_MAX, BatchedAckConsumer, SluiceBroker, enqueue_many
-from shared.queue_state import pending_messages, ready_messages
+from shared.messages.broker import SluiceBroker
+from shared.messages.consumer import BatchedAckConsumer
+from shared.messages.enqueue import WAKE_TOKENS_MAX, enqueue_many
+from shared.messages.queue_state import pending_messages, ready_messages
 from tests.conftest import redis_url
 
 QUEUE = "test.contract"
@@ -151,6 +153,14 @@ class Pulling:
                 return
             self.nones += 1
 
+    def stop(self) -> None:
+        """End the pulling thread before the test's Redis client closes (a thread left in ``BLPOP`` would
+        meet the closed connection in a later test)."""
+        self.done.set()
+        self.consumer.broker.interrupt_waits()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
 
 def _wake_key(broker: RedisBroker) -> str:
     return redis_keys.queue_wake(broker.namespace, QUEUE)
@@ -208,7 +218,7 @@ def test_an_idle_consumers_heartbeat_stays_fresh_while_it_waits(redis_client: re
         assert checker.do_fetch(QUEUE, 1) == []  # maintenance found no dead worker to take "held" from
         time.sleep(0.1)
     assert pulling.message is None and pending_messages(idle, QUEUE) == 1
-    pulling.done.set()
+    pulling.stop()
 
 
 def test_interrupt_waits_releases_blocked_consumers_which_then_fetch_nothing(redis_client: redis_lib.Redis) -> None:
@@ -221,7 +231,7 @@ def test_interrupt_waits_releases_blocked_consumers_which_then_fetch_nothing(red
     assert time.monotonic() - started < 0.5
     enqueue_many(broker, QUEUE, "noop", ["z"])
     time.sleep(0.3)
-    pulling.done.set()
+    pulling.stop()
     assert pulling.message is None and ready_messages(broker, QUEUE) == 1  # left for the other workers
 
 

@@ -13,7 +13,7 @@ from scheduler.maintenance import MaintenanceContext, MaintenanceLoop, default_t
 from shared.clock import utcnow
 from shared.db.models import Run, RunEvent, WebhookDelivery
 from shared.ids import uuid7
-from shared.messages import make_broker
+from shared.messages.broker import make_broker
 from shared.runs import retention
 from shared.runs.retention import prune_finished_runs
 from tests.factories import make_job, make_run

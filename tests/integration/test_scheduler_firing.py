@@ -15,8 +15,8 @@ from scheduler.cron import EXECUTOR, TickExecutor
 from scheduler.fire import TickFiring, TickRequest, fire_tick
 from scheduler.sync import ScheduleSync, load_last_cron_ticks
 from shared.db.models import Job, Run, RunEvent
-from shared.messages import make_broker
-from shared.queue_state import ready_messages
+from shared.messages.broker import make_broker
+from shared.messages.queue_state import ready_messages
 from shared.runs.effects import Effects
 from shared.schedules.cron import tick_key
 from shared.triggers.cron import create_cron_runs

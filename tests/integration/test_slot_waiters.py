@@ -28,7 +28,7 @@ from shared.limits.waiters import (
     register_waiter,
     waiter_score,
 )
-from shared.queue_state import ready_messages
+from shared.messages.queue_state import ready_messages
 from shared.runs.actions import CancelResult, cancel_run
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects

@@ -15,7 +15,7 @@ from scheduler.maintenance import MaintenanceContext, MaintenanceLoop, default_t
 from scheduler.sweeps import expire_unstarted, message_deficit, promote_due_delayed, seconds_until_next_expiry
 from shared.clock import utcnow
 from shared.db.models import Run, RunEvent
-from shared.messages import make_broker
+from shared.messages.broker import make_broker
 from shared.runs.effects import Effects
 from shared.runs.transitions import EXPIRED_ERROR
 from tests.factories import make_dependency, make_job, make_run

@@ -26,8 +26,10 @@ from werkzeug import Request, Response
 from scheduler.webhook_sweeps import RESEND_AFTER_SECS, enqueue_due_webhooks
 from shared.clock import format_ts, utcnow
 from shared.db.models import Job, Run, RunEvent, WebhookDelivery
-from shared.messages import WEBHOOK_QUEUE, enqueue_webhooks, make_broker
-from shared.queue_state import pending_messages, ready_messages
+from shared.messages.broker import make_broker
+from shared.messages.enqueue import enqueue_webhooks
+from shared.messages.layout import WEBHOOK_QUEUE
+from shared.messages.queue_state import pending_messages, ready_messages
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
 from shared.runs.moves import move

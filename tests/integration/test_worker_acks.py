@@ -1,4 +1,4 @@
-"""Batched message acks (shared.messages.BatchedAckConsumer): dramatiq's acks, sent together, none lost."""
+"""Batched message acks (shared.messages.consumer.BatchedAckConsumer): dramatiq's acks, sent together, none lost."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from dramatiq.errors import ConnectionClosed
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shared.messages import ACK_BATCH, SluiceBroker, enqueue_many
-from shared.queue_state import pending_messages
+from shared.messages.broker import SluiceBroker
+from shared.messages.consumer import ACK_BATCH
+from shared.messages.enqueue import enqueue_many
+from shared.messages.queue_state import pending_messages
 from tests.conftest import REDIS_DB, redis_url
 
 QUEUE = "test.acks"

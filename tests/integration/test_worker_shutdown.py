@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db.models import Run, RunEvent
-from shared.messages import enqueue_runs, make_broker
+from shared.messages.broker import make_broker
+from shared.messages.enqueue import enqueue_runs
 from tests import factories
 from tests.conftest import pg_url, redis_url
 

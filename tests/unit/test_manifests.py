@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shared.messages import DISPATCH_QUEUE
+from shared.messages.layout import DISPATCH_QUEUE
 from tests.deploy_support import K8S, K8S_VERSION, custom_problems, render, validation_problems
 
 BASE = K8S / "base"

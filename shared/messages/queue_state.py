@@ -1,6 +1,6 @@
 """What the queues and the worker processes look like in Redis: for the sweeps, the metrics and the console.
 
-Reads the key layout of dramatiq's Redis broker that ``shared.messages`` documents and writes (its contract
+Reads the key layout of dramatiq's Redis broker that ``shared.messages.layout`` documents (its contract
 tests cover both).
 """
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from dramatiq.brokers.redis import RedisBroker
 
-from shared.messages import DISPATCH_QUEUE, HEARTBEAT_TIMEOUT_MS, acks_key, heartbeats_key, messages_key, queue_key
+from shared.messages.broker import HEARTBEAT_TIMEOUT_MS
+from shared.messages.layout import DISPATCH_QUEUE, acks_key, heartbeats_key, messages_key, queue_key
 
 
 def messages_waiting(broker: RedisBroker, queue_name: str, message_ids: Sequence[str]) -> set[str]:

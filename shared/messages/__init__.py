@@ -1,0 +1,1 @@
+"""Run and webhook messages: queue names, dramatiq's Redis broker and consumer, enqueueing, queue state."""
