@@ -6,10 +6,11 @@ HTTPS and HTTP that keep connections alive (as most servers do), and HTTP that c
 both clients are told to trust (the old one through an ``SSLContext``, the new one as ``SLUICE_CA_BUNDLE``
 would give it).
 
-Each measurement runs in a child process that imports ``worker.http`` from one tree: this one, or the tag
-``--before`` (default ``before-13``) extracted with ``git archive`` into a temporary directory. A child
-makes ``--calls`` sequential calls per sink (after a warm-up) and reports calls/s, p50/p99 latency and the
-CPU time per call of the client and of the sink (on a shared machine CPU is steadier than wall time).
+Each measurement runs in a child process that imports ``worker.http`` from one tree: this one, or the
+revision ``--before`` (default ``78e4088``, the tree before issue #13) extracted with ``git archive`` into a
+temporary directory. A child makes ``--calls`` sequential calls per sink (after a warm-up) and reports
+calls/s, p50/p99 latency and the CPU time per call of the client and of the sink (on a shared machine CPU
+is steadier than wall time).
 Rounds alternate old and new; the table shows medians of ``--rounds`` rounds and new/old ratios.
 
 ``python bench/endpoint_calls.py`` (1 000 calls × 3 rounds) or ``--calls 200 --rounds 1`` for a smoke check.
@@ -202,7 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=1000, help="measured calls per sink and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--before", default="before-13", help="git revision of the tree to compare against")
+    parser.add_argument("--before", default="78e4088", help="git revision of the tree to compare against")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--sinks", help=argparse.SUPPRESS)

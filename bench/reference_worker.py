@@ -1,8 +1,9 @@
 """The bare reference for bench/dispatch.py: a plain dramatiq actor, no Sluice code.
 
 Per message it does the minimum any durable HTTP-job worker does: ``UPDATE`` the run to executing
-(commit), ``POST`` to the endpoint (``Connection: close``, like Sluice), then ``INSERT`` one event and
-``UPDATE`` the run to completed (commit). psycopg2 with one connection per thread, ``http.client`` for the
+(commit), ``POST`` to the endpoint on a new connection (``Connection: close``: Sluice keeps its
+connections alive, so this reference pays a TCP connect per call that Sluice does not), then ``INSERT`` one
+event and ``UPDATE`` the run to completed (commit). psycopg2 with one connection per thread, ``http.client`` for the
 call, the stock Redis broker with default middleware. Same process/thread layout and idle poll as the
 Sluice worker so the comparison measures Sluice's own overhead.
 

@@ -5,7 +5,8 @@ are kept alive, as by any HTTP/1.1 server, unless the client asks to close them 
 Each POST is recorded as
 ``(X-Sluice-Run-Id, X-Sluice-Attempt, arrival unix time)``. ``GET /records`` returns the records as JSON
 and clears them; ``GET /count`` returns how many are held. ``--delay-secs`` makes every answer slow (crash
-tests need attempts that are in flight when a worker is killed).
+tests need attempts that are in flight when a worker is killed). The sink stops by itself once the process
+that started it is gone.
 """
 
 from __future__ import annotations
@@ -84,7 +85,15 @@ async def _serve(port: int, delay_secs: float, ready_file: str | None) -> None:
     else:
         print(bound, flush=True)
     async with server:
-        await server.serve_forever()
+        await _until_orphaned()
+
+
+async def _until_orphaned() -> None:
+    """Serve while the process that started the sink lives: a benchmark stopped by a signal, which runs
+    no cleanup, leaves no sink behind (an orphan is re-parented, so its parent pid changes)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
