@@ -89,5 +89,4 @@ def semantic(field: str, message: str) -> BadRequest:
     """A 400 whose sentence names the field, as in CONTRACT §2.2 (``cron: invalid expression ...``)."""
     err = BadRequest(f"{field}: {message}")
     err.field = field  # type: ignore[attr-defined]
-    err.field_message = message  # type: ignore[attr-defined]
     return err

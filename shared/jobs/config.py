@@ -19,8 +19,6 @@ W_FIELDS: tuple[str, ...] = (
     "webhook_secret_previous",
 )
 
-REQUIRED_FIELDS: frozenset[str] = frozenset({"name", "slug", "endpoint_url"})
-
 # The value of every optional field when unset; also what PATCH `null` restores (§3.5).
 DEFAULTS: dict[str, Any] = {
     "group_id": None, "description": None, "cron": None, "payload_schema": None, "tags": {},

@@ -11,7 +11,7 @@ earlier than due" (docs/flow-control.md, "Decisions").
   refusal ms`` (higher priority first, then the longest waiting). Added by the acquire script that refuses
   the run (``shared.limits.scripts``), so no release can run between the refusal and the registration;
   ``ZADD NX``: a run refused again keeps its place. Removed when popped or when the run is admitted. TTL
-  1 day, refreshed on every add. ``register_waiter`` does the same from Python (tests, tools).
+  1 day, refreshed on every add.
 - A worker whose attempt ends hands its slot over itself (``worker.handoff``: the ending thread starts the
   best waiter). Here: the other releases — the reaper, a cancel, a worker that is stopping or whose
   hand-off failed — call ``SlotWaiters.wake``: one script call pops the best member of each set concerned
@@ -36,9 +36,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from shared import redis_keys
-from shared.db.models import Run
-from shared.limits.limiter import LimitDecision
-from shared.limits.scripts import PRIORITY_WEIGHT, WAITER_TTL_SECS
 from shared.runs.effects import Effects, Slot, apply_after_commit
 from shared.runs.moves import move
 from shared.runs.status import RunStatus
@@ -60,41 +57,6 @@ end
 return out
 """
 
-
-
-def waiter_score(priority: int, refused_ms: int) -> int:
-    """Lower pops first: higher priority, then earlier refusal."""
-    return -priority * PRIORITY_WEIGHT + refused_ms
-
-
-def waiter_set(job_id: str, limit_kind: str, concurrency_key: str | None) -> str | None:
-    """The set for a refusal by ``limit_kind`` (the ``redelayed`` event's ``limit.kind``); ``None`` if that
-    limit is not a concurrency cap."""
-    if limit_kind == "max_concurrency":
-        return redis_keys.slot_waiters_job(job_id)
-    if limit_kind == "max_concurrency_per_key" and concurrency_key:
-        return redis_keys.slot_waiters_key(job_id, concurrency_key)
-    return None
-
-
-def register_waiter(client: redis.Redis, run: Run, decision: LimitDecision, now: datetime) -> None:
-    """Record ``run`` as waiting for the slot that refused it (``decision``); one pipelined round trip.
-
-    The worker's refusals register inside the acquire script (``LimitRequest.waiter_priority``); this is
-    the same from Python, with the decision's Redis clock (``now`` if it has none).
-    """
-    key = waiter_set(run.job_id, str(decision.limit.get("kind")), run.concurrency_key)
-    if key is None:
-        return
-    refused_ms = decision.now_ms if decision.now_ms is not None else round(now.timestamp() * 1000)
-    try:
-        pipe = client.pipeline(transaction=False)
-        pipe.zadd(key, {run.id: waiter_score(run.priority, refused_ms)}, nx=True)
-        pipe.expire(key, WAITER_TTL_SECS)
-        pipe.execute()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        log.warning("could not register a slot waiter; it retries at scheduled_at", extra={
-            "run_id": run.id, "job_id": run.job_id, "error": type(exc).__name__})
 
 
 def slot_sets(slots: Iterable[Slot]) -> list[str]:

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared import json_codec
-from shared.db.models import Job, Run, RunEvent
+from shared.db.models import Job, Run
 from shared.db.prepared import PreparedStatement, run_prepared
 from shared.dependencies.gating import Correlation, correlation_of, gate_new_runs
 from shared.ids import uuid7
@@ -31,9 +31,6 @@ from shared.runs.transitions import CREATION_MARKER, check_created, event, statu
 from shared.triggers.payloads import EMPTY_PAYLOAD, EMPTY_PAYLOAD_HASH
 
 CRON_ACTOR = "system:cron"
-# Core tables: Core inserts take column names (the ORM attribute ``run_metadata`` is column ``metadata``).
-RUNS = cast(sa.Table, Run.__table__)
-EVENTS = cast(sa.Table, RunEvent.__table__)
 
 
 @dataclass

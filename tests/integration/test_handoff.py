@@ -16,10 +16,11 @@ from werkzeug import Request, Response
 from shared import redis_keys
 from shared.clock import utcnow
 from shared.db.models import Job, Run
-from shared.limits.limiter import LimitDecision, LimitRequest
-from shared.limits.waiters import WAKE_MESSAGE, register_waiter
+from shared.limits.limiter import LimitRequest
+from shared.limits.waiters import WAKE_MESSAGE
 from shared.messages.queue_state import ready_messages
 from tests.integration.runner_harness import Harness
+from tests.integration.slot_waiter_support import register_waiter
 from worker.runner import Runner
 
 T0 = 1_700_000_000_000
@@ -49,8 +50,7 @@ def _waiting(harness: Harness, job: Job, ms: int, kind: str = "max_concurrency",
     now = utcnow()
     run = harness.run(job, status="delayed", scheduled_at=now + timedelta(seconds=30),
                       due_at=now + timedelta(seconds=30), queued_at=None, **fields)
-    refusal = LimitDecision(False, "concurrency", None, {"kind": kind, "max": 1, "in_use": 1}, T0 + ms)
-    register_waiter(harness.redis, run, refusal, now)
+    register_waiter(harness.redis, run, kind, T0 + ms)
     return run
 
 
@@ -99,8 +99,7 @@ def test_runs_no_longer_waiting_are_skipped(harness: Harness, httpserver: HTTPSe
     job = harness.job(endpoint_url=endpoint.url, max_concurrency=1)
     holder = harness.run(job)
     done = harness.run(job, status="completed", attempt=1, started_at=utcnow())
-    register_waiter(harness.redis, done, LimitDecision(False, "concurrency", None, {"kind": "max_concurrency"}, T0),
-                    utcnow())
+    register_waiter(harness.redis, done, "max_concurrency", T0)
     retrying = _waiting(harness, job, 1, attempt=1, next_retry_at=utcnow() + timedelta(seconds=30))
     waiting = _waiting(harness, job, 2)
     assert harness.handle(holder.id).action == "completed"

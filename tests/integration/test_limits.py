@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import redis as redis_lib
@@ -330,6 +331,13 @@ def test_concurrency_refusal_registers_a_waiter_in_the_same_script(limits: Limit
     limits.release("a", JOB, "k")
     assert limits.acquire(job_full, now_ms=T0 + 40).admitted  # admission removes it from the waiters
     assert redis_client.zcard(redis_keys.slot_waiters_job(JOB)) == 0
+    # A refusal by a rate limit registers no waiter: the run knows when it may go.
+    limited = LimitRequest(run_id="e", job_id=JOB, max_concurrency=None, concurrency_key=None,
+                           max_concurrency_per_key=None, lease_ms=60_000, rate_rules=(job_rule(1, 60_000),),
+                           waiter_priority=0)
+    assert limits.acquire(limited, now_ms=T0 + 50).admitted
+    assert limits.acquire(replace(limited, run_id="f"), now_ms=T0 + 60).reason == "rate_limit"
+    assert not redis_client.exists(redis_keys.slot_waiters_job(JOB))
 
 
 def test_end_attempt_pops_the_best_waiter_and_keeps_the_leases(limits: Limits) -> None:

@@ -19,26 +19,16 @@ from scheduler.reaper import reap_stale_attempts
 from shared import redis_keys
 from shared.clock import utcnow
 from shared.db.models import Job, Run
-from shared.limits.limiter import LimitDecision, LimitRequest
-from shared.limits.waiters import (
-    MAX_POPS,
-    WAITER_TTL_SECS,
-    WAKE_MESSAGE,
-    SlotWaiters,
-    register_waiter,
-    waiter_score,
-)
+from shared.limits.limiter import LimitRequest
+from shared.limits.waiters import MAX_POPS, WAKE_MESSAGE, SlotWaiters
 from shared.messages.queue_state import ready_messages
 from shared.runs.actions import CancelResult, cancel_run
 from shared.runs.commit import commit_and_apply
 from shared.runs.effects import Effects
 from tests.integration.runner_harness import Harness
+from tests.integration.slot_waiter_support import register_waiter
 
 T0 = 1_700_000_000_000
-
-
-def _refusal(kind: str, now_ms: int = T0) -> LimitDecision:
-    return LimitDecision(False, "concurrency", None, {"kind": kind, "max": 1, "in_use": 1}, now_ms)
 
 
 def _delayed(harness: Harness, job: Job, **fields: object) -> Run:
@@ -58,36 +48,11 @@ def _messages(harness: Harness) -> int:
 
 # ---------------------------------------------------------------------------------------------- registering
 
-def test_register_scores_by_priority_then_age_keeps_first_place_and_sets_the_ttl(
-        harness: Harness, redis_client: redis_lib.Redis) -> None:
-    job = harness.job(max_concurrency=1)
-    run = _delayed(harness, job, priority=3)
-    key = redis_keys.slot_waiters_job(job.id)
-    register_waiter(redis_client, run, _refusal("max_concurrency", T0), utcnow())
-    assert redis_client.zscore(key, run.id) == waiter_score(3, T0) == -3 * 10**13 + T0
-    assert WAITER_TTL_SECS - 5 < redis_client.ttl(key) <= WAITER_TTL_SECS
-    redis_client.expire(key, 100)
-    register_waiter(redis_client, run, _refusal("max_concurrency", T0 + 5000), utcnow())  # refused again
-    assert redis_client.zscore(key, run.id) == waiter_score(3, T0)  # keeps its place in line
-    assert redis_client.ttl(key) > 100  # TTL refreshed on every add
-
-
-def test_register_uses_the_set_of_the_refusing_limit(harness: Harness, redis_client: redis_lib.Redis) -> None:
-    job = harness.job(max_concurrency_per_key=1)
-    run = _delayed(harness, job, concurrency_key="tenant-1")
-    register_waiter(redis_client, run, _refusal("max_concurrency_per_key"), utcnow())
-    assert redis_client.zrange(redis_keys.slot_waiters_key(job.id, "tenant-1"), 0, -1) == [run.id.encode()]
-    assert not redis_client.exists(redis_keys.slot_waiters_job(job.id))
-    rate = LimitDecision(False, "rate_limit", T0 + 100, {"kind": "rate_limit", "name": "job"}, T0)
-    register_waiter(redis_client, run, rate, utcnow())  # rate limits have no waiters: they know their time
-    assert redis_client.keys("sluice:waiters:*") == [redis_keys.slot_waiters_key(job.id, "tenant-1").encode()]
-
-
 def test_pop_order_is_priority_then_age(harness: Harness, redis_client: redis_lib.Redis) -> None:
     job = harness.job(max_concurrency=1)
     old_low, new_low, new_high = (_delayed(harness, job, priority=p) for p in (0, 0, 7))
     for run, ms in ((new_low, T0 + 10), (old_low, T0), (new_high, T0 + 20)):
-        register_waiter(redis_client, run, _refusal("max_concurrency", ms), utcnow())
+        register_waiter(redis_client, run, "max_concurrency", ms)
     waiters = SlotWaiters(redis_client)
     key = redis_keys.slot_waiters_job(job.id)
     popped = [waiters.pop([key])[1][0] for _ in range(4)]
@@ -101,7 +66,7 @@ def test_wake_promotes_the_best_delayed_waiter_at_once_and_enqueues_it(
     job = harness.job(max_concurrency=1)
     first, second = _delayed(harness, job), _delayed(harness, job)
     for i, run in enumerate((first, second)):
-        register_waiter(redis_client, run, _refusal("max_concurrency", T0 + i), utcnow())
+        register_waiter(redis_client, run, "max_concurrency", T0 + i)
     before = _messages(harness)
     assert _wake(harness, (job.id, None)) == [first.id]
     promoted = harness.get(first.id)
@@ -122,9 +87,9 @@ def test_stale_ids_are_dropped_and_the_next_waiter_promoted(harness: Harness, re
     retrying = _delayed(harness, job, attempt=1, next_retry_at=utcnow() + timedelta(seconds=30))
     waiting = _delayed(harness, job)
     for i, run in enumerate((started, done, queued, retrying, waiting)):
-        register_waiter(redis_client, run, _refusal("max_concurrency", T0 + i), utcnow())
+        register_waiter(redis_client, run, "max_concurrency", T0 + i)
     register_waiter(redis_client, Run(id="00000000-0000-7000-8000-000000000000", job_id=job.id, priority=0,
-                                      concurrency_key=None), _refusal("max_concurrency", T0 - 1), utcnow())
+                                      concurrency_key=None), "max_concurrency", T0 - 1)
     assert _wake(harness, (job.id, None)) == [waiting.id]
     assert [harness.get(r.id).status for r in (started, done, queued, retrying)] == [
         "executing", "completed", "queued", "delayed"]  # a retry delay is never cut short
@@ -136,7 +101,7 @@ def test_wake_gives_up_after_a_bounded_number_of_stale_ids(harness: Harness,
     job = harness.job(max_concurrency=1)
     stale = [harness.run(job, status="completed", attempt=1, started_at=utcnow()) for _ in range(MAX_POPS + 2)]
     for i, run in enumerate(stale):
-        register_waiter(redis_client, run, _refusal("max_concurrency", T0 + i), utcnow())
+        register_waiter(redis_client, run, "max_concurrency", T0 + i)
     assert _wake(harness, (job.id, None)) == []
     assert redis_client.zcard(redis_keys.slot_waiters_job(job.id)) == 2
 
@@ -146,9 +111,9 @@ def test_keyed_release_wakes_the_job_and_the_key_waiter(harness: Harness, redis_
     job_waiter = _delayed(harness, job)
     key_waiter = _delayed(harness, job, concurrency_key="t1")
     other_key = _delayed(harness, job, concurrency_key="t2")
-    register_waiter(redis_client, job_waiter, _refusal("max_concurrency"), utcnow())
-    register_waiter(redis_client, key_waiter, _refusal("max_concurrency_per_key"), utcnow())
-    register_waiter(redis_client, other_key, _refusal("max_concurrency_per_key"), utcnow())
+    register_waiter(redis_client, job_waiter, "max_concurrency", T0)
+    register_waiter(redis_client, key_waiter, "max_concurrency_per_key", T0)
+    register_waiter(redis_client, other_key, "max_concurrency_per_key", T0)
     assert sorted(_wake(harness, (job.id, "t1"))) == sorted([job_waiter.id, key_waiter.id])
     assert harness.get(other_key.id).status == "delayed"
 
@@ -229,7 +194,7 @@ def test_reaper_release_wakes_a_waiter_after_its_commit(harness: Harness, redis_
     holder = _holding_lease(harness, {"max_concurrency": 1, "max_attempts": 3})
     job = _job(harness, holder.job_id)
     waiter = _delayed(harness, job)
-    register_waiter(redis_client, waiter, _refusal("max_concurrency"), utcnow())
+    register_waiter(redis_client, waiter, "max_concurrency", T0)
     harness.update_run(holder.id, heartbeat_at=utcnow() - timedelta(minutes=5))
     with harness.session_factory() as s:
         effects = Effects()
@@ -245,7 +210,7 @@ def test_cancel_of_an_executing_run_wakes_a_waiter(harness: Harness, redis_clien
     holder = _holding_lease(harness, {"max_concurrency_per_key": 1}, concurrency_key="t1")
     job_id = holder.job_id
     waiter = _delayed(harness, _job(harness, job_id), concurrency_key="t1")
-    register_waiter(redis_client, waiter, _refusal("max_concurrency_per_key"), utcnow())
+    register_waiter(redis_client, waiter, "max_concurrency_per_key", T0)
     with harness.session_factory() as s:
         effects, result = Effects(), CancelResult()
         cancel_run(s, holder.project_id, holder.id, now=utcnow(), effects=effects, result=result)
