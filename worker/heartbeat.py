@@ -62,7 +62,7 @@ class InFlight:
     lease_margin_secs: int
     aborted: threading.Event = field(default_factory=threading.Event)
     lease_pending: bool = False  # a run of a job without limits: its lease is recorded at the next poll
-    lease_settled: threading.Event = field(default_factory=threading.Event)  # clear while it is being written
+    lease_settled: threading.Event = field(default_factory=threading.Event)  # clear while written or extended
 
     def __post_init__(self) -> None:
         self.lease_settled.set()
@@ -148,7 +148,7 @@ class AttemptMonitor:
             self._flights[flight.run_id] = flight
 
     def unregister(self, run_id: str) -> None:
-        """The attempt has ended; returns once a lease write of it in progress (``record_leases``) is done."""
+        """The attempt has ended; returns once a write or extension of its lease in progress is done."""
         with self._lock:
             flight = self._flights.pop(run_id, None)
         if flight is not None:
@@ -210,12 +210,32 @@ class AttemptMonitor:
         for flight in flights:
             if flight.run_id not in alive:
                 flight.aborted.set()  # canceled, or reaped after a stall: this attempt no longer counts
-                continue
-            lease_ms = max(1, int((flight.deadline - time.monotonic() + flight.lease_margin_secs) * 1000))
-            try:
-                if not self._limits.extend(flight.run_id, flight.job_id, flight.concurrency_key, lease_ms,
-                                           recreate=True):
-                    log.warning("lease re-created (Redis had lost it)",
-                                extra={"run_id": flight.run_id, "job_id": flight.job_id})
-            except (redis.exceptions.RedisError, OSError):
-                log.warning("lease extension failed", extra={"run_id": flight.run_id, "job_id": flight.job_id})
+        held = self._hold([flight for flight in flights if flight.run_id in alive])
+        try:
+            for flight in held:
+                self._extend(flight)
+        finally:
+            for flight in held:
+                flight.lease_settled.set()
+
+    def _hold(self, flights: list[InFlight]) -> list[InFlight]:
+        """Of ``flights``, those still running with their lease written, each marked as being written:
+        ``unregister`` waits for it, so an attempt's release comes after its extension. An attempt that ended
+        since the heartbeat's UPDATE is left alone (extending it would re-create a lease its end dropped),
+        and so is one whose lease is still pending (the next poll writes it; written now, an end that finds
+        it still pending would not release it)."""
+        with self._lock:
+            held = [f for f in flights if self._flights.get(f.run_id) is f and not f.lease_pending]
+            for flight in held:
+                flight.lease_settled.clear()
+        return held
+
+    def _extend(self, flight: InFlight) -> None:
+        lease_ms = max(1, int((flight.deadline - time.monotonic() + flight.lease_margin_secs) * 1000))
+        try:
+            if not self._limits.extend(flight.run_id, flight.job_id, flight.concurrency_key, lease_ms,
+                                       recreate=True):
+                log.warning("lease re-created (Redis had lost it)",
+                            extra={"run_id": flight.run_id, "job_id": flight.job_id})
+        except (redis.exceptions.RedisError, OSError):
+            log.warning("lease extension failed", extra={"run_id": flight.run_id, "job_id": flight.job_id})
