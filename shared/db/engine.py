@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -19,6 +21,10 @@ from shared.errors import ConfigError
 # for the kernel's TCP timeout), and TCP keepalives find a peer that vanished mid-statement.
 CONNECT_TIMEOUT_SECS = 5
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+# A pooled connection that has idled this long is pinged before it is used (HikariCP's alive-bypass window):
+# one returned moments ago is alive in all but a rare race, and a ping at every checkout costs a round trip
+# per request (a tenth of an API read's CPU).
+PING_AFTER_IDLE_SECS = 0.5
 
 
 def connect_args(statement_timeout_secs: int | None = None) -> dict[str, object]:
@@ -34,9 +40,9 @@ def make_engine(database_url: str, *, pool_size: int = 10, single_use: bool = Fa
                 pre_ping: bool = True, statement_timeout_secs: int | None = None) -> Engine:
     """A PostgreSQL engine (any other URL is refused with the ``DATABASE_URL`` message).
 
-    ``single_use`` keeps no pooled connections (migrations, CLI commands). Pooled connections are pinged at
-    checkout (``pre_ping``): one that died while it idled (PostgreSQL restarted) is replaced instead of
-    failing the request that took it.
+    ``single_use`` keeps no pooled connections (migrations, CLI commands). A pooled connection that idled
+    ``PING_AFTER_IDLE_SECS`` or more is pinged at checkout (``pre_ping``): one that died meanwhile
+    (PostgreSQL restarted) is replaced instead of failing the request that took it.
     ``statement_timeout_secs``: PostgreSQL cancels any statement running longer (the API's engines).
     """
     url = sa.make_url(postgres_url(database_url))
@@ -46,16 +52,38 @@ def make_engine(database_url: str, *, pool_size: int = 10, single_use: bool = Fa
     if single_use:
         return sa.create_engine(url, poolclass=sa.pool.NullPool, json_deserializer=loads_json, hide_parameters=True,
                                 connect_args=args)
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         hide_parameters=True,
         connect_args=args,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         json_deserializer=loads_json,
     )
+    if pre_ping:
+        _ping_after_idling(engine)
+    return engine
+
+
+def _ping_after_idling(engine: Engine) -> None:
+    """Ping a pooled connection at checkout when it idled ``PING_AFTER_IDLE_SECS`` or more; a dead one is
+    replaced by a new connection (the pool retries the checkout on ``DisconnectionError``)."""
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+
+    @sa.event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECS:
+            return  # new, or returned moments ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except dbapi_error as exc:
+            raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
 def check_database(database_url: str, timeout_secs: int = 5,

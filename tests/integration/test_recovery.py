@@ -11,6 +11,7 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy.engine import Engine
 from werkzeug import Request, Response
 
+from shared.db.engine import PING_AFTER_IDLE_SECS, make_engine
 from tests.conftest import PG_ADMIN_URL, PG_DB_NAME
 from tests.factories import make_job
 from tests.integration.runner_harness import Harness
@@ -55,8 +56,8 @@ def test_every_request_succeeds_after_the_backends_are_terminated(client, auth, 
 
 def test_no_request_meets_a_stale_pooled_connection(app, client, auth, session) -> None:  # type: ignore[no-untyped-def]
     """Every pooled connection of both API engines is stale (PostgreSQL restarted while they idled): each
-    request, whichever path serves it, checks out a live one (the pools ping at checkout). Without the ping
-    the first request on each pool fails with 503."""
+    request, whichever path serves it, checks out a live one (the pools ping a connection that idled at
+    checkout). Without the ping the first request on each pool fails with 503."""
     make_job(session, slug="hello")
     session.commit()
     session.close()
@@ -67,6 +68,7 @@ def test_no_request_meets_a_stale_pooled_connection(app, client, auth, session) 
             connection.execute(sa.text("SELECT 1"))
         for connection in held:
             connection.close()
+    time.sleep(PING_AFTER_IDLE_SECS)  # they idle
     assert terminate_backends() >= 6
     paths = ["/v1/jobs/hello/versions", "/v1/runs", "/v1/jobs/hello", "/v1/jobs", "/v1/jobs/hello/health"]
     assert [client.get(path, headers=auth).status_code for path in paths] == [200] * len(paths)
@@ -134,3 +136,34 @@ def test_leaked_leases_of_finished_runs_are_swept(session, redis_client) -> None
     assert {m.decode() for m in redis_client.zrange(job_key, 0, -1)} == {live.id, starting.id}
     assert {m.decode() for m in redis_client.zrange(key_key, 0, -1)} == {live.id}
     assert redis_client.zcard(redis_keys.concurrency_job(plain.id)) == 1
+
+
+def _last_statement(pid: int) -> str:
+    admin = sa.create_engine(PG_ADMIN_URL, poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            return str(conn.execute(sa.text("SELECT query FROM pg_stat_activity WHERE pid = :p"), {"p": pid}).scalar())
+    finally:
+        admin.dispose()
+
+
+def test_a_pooled_connection_is_pinged_only_after_it_idled(db_engine: Engine) -> None:
+    """A ping is a round trip: a connection returned moments ago goes straight back to work (a busy API
+    pays no ping per request); one that idled ``PING_AFTER_IDLE_SECS`` is pinged first."""
+    engine = make_engine(db_engine.url.render_as_string(hide_password=False), pool_size=1)
+
+    def backend_pid(conn: sa.Connection) -> int:  # psycopg2 knows it without a statement
+        return int(conn.connection.dbapi_connection.get_backend_pid())  # type: ignore[union-attr]
+
+    try:
+        with engine.connect() as conn:
+            pid = backend_pid(conn)
+            conn.execute(sa.text("SELECT 'work'"))
+        assert _last_statement(pid) == "ROLLBACK"  # the pool's reset as it was returned
+        with engine.connect() as conn:
+            assert backend_pid(conn) == pid and _last_statement(pid) == "ROLLBACK"  # not pinged: just returned
+        time.sleep(PING_AFTER_IDLE_SECS + 0.1)
+        with engine.connect() as conn:
+            assert backend_pid(conn) == pid and _last_statement(pid) == "SELECT 1"  # pinged: it idled
+    finally:
+        engine.dispose()
