@@ -58,7 +58,6 @@ return out
 """
 
 
-
 def slot_sets(slots: Iterable[Slot]) -> list[str]:
     """The waiter sets freed slots concern, without duplicates: the job's, and the key's for keyed runs."""
     keys: dict[str, None] = {}

@@ -29,7 +29,7 @@ from shared import redis_keys
 from shared.messages.layout import acks_key, heartbeats_key, messages_key
 from shared.messages.scripts import ACK_MANY_SCRIPT
 
-ACK_BATCH = 16
+ACK_BATCH = 16  # unsent acknowledgements that go out at once instead of with the next fetch
 # While all its prefetched messages are taken, a consumer waits for this many to be acknowledged before it
 # fetches again (fewer, larger fetches and ack batches under load).
 REFILL_FRACTION = 4
