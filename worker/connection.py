@@ -54,7 +54,8 @@ def _autocommit_off(dbapi_connection: Any, _record: Any) -> None:
         return
     with contextlib.suppress(Exception), dbapi_connection.cursor() as cursor:  # a broken one is discarded anyway
         cursor.execute("RESET enable_seqscan; RESET plan_cache_mode")
-    dbapi_connection.autocommit = False
+    if not dbapi_connection.closed:  # the RESET may have found the server gone (it closes the connection)
+        dbapi_connection.autocommit = False
 
 
 class ThreadConnection:
