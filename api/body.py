@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from shared.errors import BadRequest, UnsupportedMediaType, ValidationFailed
-from shared.json_codec import MAX_DEPTH, may_nest_deeper, nests_deeper
+from shared.json_codec import MAX_DEPTH, nests_deeper
 
 MAX_BODY_BYTES = 1 << 20
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
@@ -32,9 +32,10 @@ def parse_json_body(raw: bytes, mimetype: str, *, optional: bool) -> Any:
     if mimetype != "application/json":
         raise UnsupportedMediaType()
     try:
-        body = json.loads(raw)
-        if may_nest_deeper(raw) and nests_deeper(body):
-            raise RecursionError
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads(raw) would decode
+        if nests_deeper(text):
+            raise BadRequest(_TOO_DEEP)
+        body = json.loads(text)
         # UTF-8 JSON can only carry NUL as the escape \u0000 (a raw control byte is a syntax error), so the
         # walk runs only for bodies holding that sequence, or any 0x00 byte (UTF-16/32, which json accepts).
         wide = b"\x00" in raw
@@ -44,8 +45,6 @@ def parse_json_body(raw: bytes, mimetype: str, *, optional: bool) -> Any:
         lone = _find(body, "", _has_lone_surrogate) if wide or _SURROGATE_ESCAPE.search(raw) else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("Malformed JSON body") from exc
-    except RecursionError:  # nested deeper than the limit (or than the interpreter's stack allows)
-        raise BadRequest(_TOO_DEEP) from None
     if bad is not None:
         raise ValidationFailed(_nested_error(bad, "Must not contain the NUL character (U+0000)."))
     if lone is not None:

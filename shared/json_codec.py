@@ -11,7 +11,9 @@ floats, silently losing digits.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -36,29 +38,21 @@ def dumps(value: Any) -> bytes:
 # (schema validation, canonical encoding, JSONB encoding).
 MAX_DEPTH = 128
 
-
-def may_nest_deeper(text: bytes | str, limit: int = MAX_DEPTH) -> bool:
-    """Cheap pre-check on JSON text: could it nest deeper than ``limit``? (Each level opens a bracket.)"""
-    if isinstance(text, str):
-        return text.count("[") + text.count("{") > limit
-    return text.count(b"[") + text.count(b"{") > limit
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
-def nests_deeper(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """True when the parsed JSON ``value`` has arrays or objects nested more than ``limit`` levels deep.
+def nests_deeper(text: str, limit: int = MAX_DEPTH) -> bool:
+    """True when the JSON ``text`` nests arrays and objects more than ``limit`` levels deep.
 
-    Iterative, so it is safe whatever the depth.
+    Read from the text, before parsing: the standard library's parser recurses once per level, and a
+    document nested close to the interpreter's limit leaves too little stack for anything that runs
+    meanwhile (a garbage collection's finalizers fail with RecursionError). Brackets inside strings do
+    not count. Text that is not valid JSON may be judged either way: its callers refuse it, or keep it
+    as text, in both cases.
     """
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+    if text.count("[") + text.count("{") <= limit:  # each level opens a bracket: most texts stop here
+        return False
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit

@@ -16,7 +16,7 @@ import json
 import math
 from typing import Any
 
-from shared.json_codec import may_nest_deeper, nests_deeper
+from shared.json_codec import nests_deeper
 from shared.runs.attempts import clean_text
 from worker.call_result import CallResult
 
@@ -56,10 +56,10 @@ def result_of(call: CallResult) -> tuple[Any, bool]:
     if not body:
         return None, False
     text = body.decode("utf-8", errors="replace")
+    if nests_deeper(text):
+        return clean_text(text), False  # deeper than anything Sluice stores as JSON: kept as text
     try:
         parsed = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError):  # ValueError also covers integers over Python's digit limit
+    except ValueError:  # also covers integers over Python's digit limit
         return clean_text(text), False
-    if may_nest_deeper(text) and nests_deeper(parsed):
-        return clean_text(text), False  # deeper than anything Sluice stores as JSON: kept as text
     return (_clean(parsed) if "\x00" in text or "\\u0000" in text else parsed), False

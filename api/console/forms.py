@@ -10,6 +10,7 @@ from typing import Any
 import marshmallow as ma
 
 from shared.errors import ValidationFailed
+from shared.json_codec import MAX_DEPTH, nests_deeper
 
 
 def body_of_form(form: Mapping[str, str], *, text: Iterable[str] = (), integers: Iterable[str] = (),
@@ -31,7 +32,9 @@ def body_of_form(form: Mapping[str, str], *, text: Iterable[str] = (), integers:
                 errors[name] = ["Must be a whole number."]
     for name in json_fields:
         value = form.get(name, "").strip()
-        if value:
+        if value and nests_deeper(value):
+            errors[name] = [f"Nested deeper than {MAX_DEPTH} levels."]
+        elif value:
             try:
                 body[name] = json.loads(value)
             except ValueError as exc:

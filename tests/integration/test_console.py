@@ -152,6 +152,12 @@ def test_trigger_form_checks_the_payload_against_the_schema(signed_in, session):
                                                              "action": "trigger"})
     assert created.status_code == 303 and created.headers["Location"].startswith("/ui/runs/")
     assert session.scalar(sa.select(sa.func.count()).select_from(Run)) == 1
+    deep = "[" * 980 + "]" * 980
+    for payload in (deep, "[" * 129 + "]" * 129):  # refused under its name, as the API refuses it
+        refused = signed_in.post("/ui/jobs/typed/trigger", data={"csrf_token": token, "payload": payload,
+                                                                 "action": "trigger"})
+        assert refused.status_code == 422 and "Nested deeper than 128 levels" in refused.get_data(as_text=True)
+    assert session.scalar(sa.select(sa.func.count()).select_from(Run)) == 1
 
 
 def test_version_diff_shows_the_changed_fields(signed_in, client, auth):

@@ -78,6 +78,13 @@ def test_a_payload_nested_near_the_interpreters_limit_is_a_400(client, auth, dep
         assert_error(response, 400, "Malformed JSON body: nested deeper than 128 levels")
 
 
+def test_a_deep_payload_in_utf16_is_a_400_too(client, auth):
+    create(client, auth, "target")
+    raw = ('{"payload": ' + "[" * 980 + "]" * 980 + "}").encode("utf-16-le")
+    response = client.post("/v1/jobs/target/trigger", data=raw, headers={**auth, "Content-Type": "application/json"})
+    assert_error(response, 400, "Malformed JSON body: nested deeper than 128 levels")
+
+
 def test_a_payload_nested_within_the_limit_is_accepted(client, auth):
     create(client, auth, "target")
     payload = "[" * 120 + "]" * 120
