@@ -18,6 +18,7 @@ from flask import Response, request
 from shared import json_codec
 from shared.clock import format_ts, parse_ts
 from shared.errors import BadRequest
+from shared.json_codec import nests_deeper
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -55,7 +56,10 @@ def decode_cursor(kind: str, cursor: str | None) -> list[Any] | None:
         return None
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        parts = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
+        text = base64.urlsafe_b64decode(padded.encode()).decode()
+        if nests_deeper(text, 1):  # a cursor is a flat list; a deep one would exhaust the parser's stack
+            raise ValueError
+        parts = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("cursor: malformed cursor") from exc
     if not isinstance(parts, list) or not parts or parts[0] != kind:

@@ -14,6 +14,7 @@ from shared.cli.api_client import ApiClient, CommandFailure, add_target_options
 from shared.cli.runs_command import add_watch_options
 from shared.cli.tables import render_fields, render_table, show_json, show_time, show_value
 from shared.cli.watch import watch_run
+from shared.json_codec import MAX_DEPTH, nests_deeper
 
 JOB_FIELDS = ("id", "slug", "name", "description", "enabled", "endpoint_url", "fallback_endpoint_url", "cron",
               "timezone", "execution_window_cron", "max_attempts", "retry_strategy", "timeout_secs",
@@ -128,6 +129,8 @@ def read_payload(text: str | None, path: str | None) -> Any:
             raise CommandFailure(f"{where}: {exc.strerror}", exit_codes.USAGE) from None
     if text is None:
         return {}
+    if nests_deeper(text):
+        raise CommandFailure(f"{where}: nested deeper than {MAX_DEPTH} levels", exit_codes.USAGE)
     try:
         return json.loads(text)
     except ValueError as exc:

@@ -209,6 +209,8 @@ def test_every_failure_is_one_line_with_its_exit_code(
                                                     exit_codes.AUTH)
     bad_payload = sluice("jobs", "trigger", "hello", "--payload", "{nope")
     assert one_line(bad_payload, exit_codes.USAGE).startswith("sluice: --payload: not JSON")
+    deep_payload = sluice("jobs", "trigger", "hello", "--payload", "[" * 3000 + "]" * 3000)
+    assert one_line(deep_payload, exit_codes.USAGE) == "sluice: --payload: nested deeper than 128 levels\n"
     invalid = sluice("jobs", "trigger", "hello", "--priority", "11")
     assert "priority: " in one_line(invalid, exit_codes.REFUSED) and "(422)" in invalid.err
     assert one_line(sluice("runs", "list", "--since", "yesterday"), exit_codes.USAGE)

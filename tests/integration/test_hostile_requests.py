@@ -40,6 +40,14 @@ def test_nul_in_a_query_argument_is_a_400(client, auth, query):
         assert "NUL" in response.json["message"]
 
 
+def test_a_deeply_nested_cursor_is_a_400(client, auth):
+    job = create(client, auth, "target")
+    deep = base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode().rstrip("=")
+    for path in ("/v1/jobs", "/v1/runs", f"/v1/runs?job={job['id']}", "/v1/jobs/target/versions"):
+        separator = "&" if "?" in path else "?"
+        assert_error(client.get(f"{path}{separator}cursor={deep}", headers=auth), 400, "cursor: malformed cursor")
+
+
 def test_nul_inside_a_decoded_cursor_is_a_400(client, auth):
     job = create(client, auth, "target")
     jobs_cursor = _cursor("jobs", "2026-01-01T00:00:00.000000Z", "a\u0000b")
