@@ -19,6 +19,7 @@ MAX_BODY_BYTES = 1 << 20
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _NUL_ESCAPE = b"\\u0000"
 _TOO_DEEP = f"Malformed JSON body: nested deeper than {MAX_DEPTH} levels"
+NUL_MESSAGE = "Must not contain the NUL character (U+0000)."
 
 
 def parse_json_body(raw: bytes, mimetype: str, *, optional: bool) -> Any:
@@ -36,20 +37,25 @@ def parse_json_body(raw: bytes, mimetype: str, *, optional: bool) -> Any:
         if nests_deeper(text):
             raise BadRequest(_TOO_DEEP)
         body = json.loads(text)
-        # UTF-8 JSON can only carry NUL as the escape \u0000 (a raw control byte is a syntax error), so the
-        # walk runs only for bodies holding that sequence, or any 0x00 byte (UTF-16/32, which json accepts).
-        wide = b"\x00" in raw
-        bad = _find(body, "", _has_nul) if wide or _NUL_ESCAPE in raw else None
-        # A lone surrogate can only arrive as a \uD800-\uDFFF escape (raw surrogate bytes are not UTF-8);
-        # it cannot be stored or re-encoded, so refuse it like NUL. The byte scan keeps the walk rare.
-        lone = _find(body, "", _has_lone_surrogate) if wide or _SURROGATE_ESCAPE.search(raw) else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("Malformed JSON body") from exc
+    # UTF-8 JSON can only carry NUL as the escape \u0000 (a raw control byte is a syntax error), and a lone
+    # surrogate only as a \uD800-\uDFFF escape (raw surrogate bytes are not UTF-8); any 0x00 byte means
+    # UTF-16/32, which json accepts. The byte scans keep the walk over the body rare.
+    if b"\x00" in raw or _NUL_ESCAPE in raw or _SURROGATE_ESCAPE.search(raw):
+        refuse_unstorable_text(body)
+    return body
+
+
+def refuse_unstorable_text(value: Any, path: str = "") -> None:
+    """A 422 naming the first string (key or value) in ``value`` that holds NUL or a lone surrogate, under
+    ``path``: PostgreSQL cannot store the one, and neither can be re-encoded as UTF-8."""
+    bad = _find(value, path, _has_nul)
     if bad is not None:
-        raise ValidationFailed(_nested_error(bad, "Must not contain the NUL character (U+0000)."))
+        raise ValidationFailed(_nested_error(bad, NUL_MESSAGE))
+    lone = _find(value, path, _has_lone_surrogate)
     if lone is not None:
         raise ValidationFailed(_nested_error(lone, "Must be valid Unicode (no unpaired surrogate escapes)."))
-    return body
 
 
 def _has_nul(text: str) -> bool:

@@ -14,8 +14,8 @@ from typing import Any
 from flask import Flask, current_app, g, request
 
 from api.auth import authenticate_request
-from api.body import MAX_BODY_BYTES, parse_json_body
-from shared.errors import BadRequest, PayloadTooLarge
+from api.body import MAX_BODY_BYTES, NUL_MESSAGE, parse_json_body
+from shared.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from shared.ids import uuid7
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -42,7 +42,10 @@ def request_id_for(incoming: str) -> str:
 def _read_body(view: Any) -> None:
     """Parse the JSON body once into ``g.body`` (``None`` when the request has no body)."""
     g.body = None
-    if request.method not in _BODY_METHODS or getattr(view, "form_body", False):
+    if request.method not in _BODY_METHODS:
+        return
+    if getattr(view, "form_body", False):
+        _refuse_nul_in_form()
         return
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
@@ -73,6 +76,13 @@ def _refuse_nul() -> None:
     for name, value in request.args.items(multi=True):
         if "\x00" in name or "\x00" in value:
             raise BadRequest(f"{name.replace(chr(0), '')}: must not contain the NUL character (%00)")
+
+
+def _refuse_nul_in_form() -> None:
+    """A form field holding NUL is a 422 under its name, as a string in a JSON body is."""
+    for name, value in request.form.items(multi=True):
+        if "\x00" in name or "\x00" in value:
+            raise ValidationFailed({name.replace("\x00", "") or "_schema": [NUL_MESSAGE]})
 
 
 def install(app: Flask) -> None:

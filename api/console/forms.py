@@ -9,6 +9,7 @@ from typing import Any
 
 import marshmallow as ma
 
+from api.body import refuse_unstorable_text
 from shared.errors import ValidationFailed
 from shared.json_codec import MAX_DEPTH, nests_deeper
 
@@ -39,6 +40,8 @@ def body_of_form(form: Mapping[str, str], *, text: Iterable[str] = (), integers:
                 body[name] = json.loads(value)
             except ValueError as exc:
                 errors[name] = [f"Not valid JSON: {exc}."]
+            else:
+                refuse_unstorable_text(body[name], name)
     if errors:
         raise ValidationFailed(errors)
     return body

@@ -7,6 +7,7 @@ field: ``cron: invalid expression "61 * * * *"``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -69,6 +70,8 @@ def check_payload_schema(schema: Any) -> None:
     try:
         if _has_remote_ref(schema):
             raise semantic("payload_schema", "remote $ref is not allowed")
+        if not _all_finite(schema):  # Python parses NaN, Infinity and 1e400; JSON and PostgreSQL do not
+            raise semantic("payload_schema", "numbers must be finite (NaN and Infinity are not JSON)")
         Draft202012Validator.check_schema(schema)
         problem = schema_problem(schema)
         if problem is not None:
@@ -95,6 +98,14 @@ def _has_remote_ref(schema: Any) -> bool:
         elif isinstance(node, list):
             stack.extend(item for item in node if isinstance(item, dict | list))
     return False
+
+
+def _all_finite(schema: Any) -> bool:
+    try:
+        json.dumps(schema, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 def field_of(error: BadRequest) -> str:

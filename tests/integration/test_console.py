@@ -158,6 +158,14 @@ def test_trigger_form_checks_the_payload_against_the_schema(signed_in, session):
                                                                  "action": "trigger"})
         assert refused.status_code == 422 and "Nested deeper than 128 levels" in refused.get_data(as_text=True)
     assert session.scalar(sa.select(sa.func.count()).select_from(Run)) == 1
+    # Text PostgreSQL cannot store is refused under the field's name, as the API refuses it: NUL typed into a
+    # field, or a NUL or lone surrogate escape inside the JSON payload.
+    for field, value, shown in (("idempotency_key", "a\x00b", "NUL"), ("payload", '{"n": 1, "s": "\\u0000"}', "NUL"),
+                                ("payload", '{"n": 1, "s": "\\ud800"}', "unpaired surrogate")):
+        refused = signed_in.post("/ui/jobs/typed/trigger", data={"csrf_token": token, "payload": '{"n": 1}',
+                                                                 field: value, "action": "trigger"})
+        assert refused.status_code == 422 and shown in refused.get_data(as_text=True)
+    assert session.scalar(sa.select(sa.func.count()).select_from(Run)) == 1
 
 
 def test_version_diff_shows_the_changed_fields(signed_in, client, auth):

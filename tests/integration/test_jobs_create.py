@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 
@@ -169,6 +171,18 @@ def test_create_semantic_rules_are_400(client, auth, fields, message):
 def test_invalid_payload_schema_is_400(client, auth):
     response = client.post("/v1/jobs", json=job_body("bad-schema", payload_schema={"type": 5}), headers=auth)
     assert assert_error(response, 400)["message"].startswith("payload_schema: not a valid JSON Schema 2020-12")
+
+
+@pytest.mark.parametrize("schema", ['{"type": "number", "maximum": NaN}', '{"type": "number", "minimum": -Infinity}',
+                                    '{"type": "number", "maximum": 1e400}', '{"const": [NaN]}'])
+def test_a_payload_schema_with_a_non_finite_number_is_400(client, auth, schema):
+    create(client, auth, "target")
+    message = "payload_schema: numbers must be finite (NaN and Infinity are not JSON)"
+    body = json.dumps(job_body("nan")).replace('"name"', f'"payload_schema": {schema}, "name"', 1)
+    assert_error(client.post("/v1/jobs", data=body, headers={**auth, "Content-Type": "application/json"}), 400, message)
+    patch = '{"payload_schema": ' + schema + "}"
+    assert_error(client.patch("/v1/jobs/target", data=patch, headers={**auth, "Content-Type": "application/json"}),
+                 400, message)
 
 
 def test_address_policy_applies_when_private_endpoints_are_refused(app, client, auth):
