@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 
@@ -59,8 +59,8 @@ class ApiTarget:
     def resolve(cls, args: argparse.Namespace, env: Mapping[str, str], cwd: Path) -> ApiTarget:
         """From the options, else the environment, else the defaults; ``ConfigError`` when unusable."""
         url = (args.url or env.get("SLUICE_URL") or DEFAULT_URL).strip().rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = _http_url(url)
+        if parts is None or not parts.hostname:
             raise ConfigError(f"SLUICE_URL: expected the API's address like {DEFAULT_URL}, got {url!r}")
         key = (args.api_key or env.get("SLUICE_API_KEY") or "").strip()
         dev_key = cwd / DEV_KEY_FILE
@@ -72,6 +72,17 @@ class ApiTarget:
         if args.timeout <= 0:
             raise ConfigError("--timeout must be a positive number of seconds")
         return cls(url=url, api_key=key, timeout_secs=args.timeout)
+
+
+def _http_url(url: str) -> SplitResult | None:
+    """``url`` split, when it is an http(s) URL with a host and, if it names a port, a valid one."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and parts.hostname and (parts.port is None or parts.port > 0):
+            return parts
+    except ValueError:  # an unclosed IPv6 bracket; a port that is not a number, or out of range
+        pass
+    return None
 
 
 def _is_loopback(host: str) -> bool:

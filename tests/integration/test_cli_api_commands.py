@@ -223,3 +223,8 @@ def test_every_failure_is_one_line_with_its_exit_code(
                   "is `sluice api` or `sluice dev` running there?\n"
     assert main(["runs", "list", "--url", "http://api.example.com"]) == exit_codes.USAGE  # no key anywhere
     assert capsys.readouterr().err.startswith("sluice: no API key: set SLUICE_API_KEY or pass --api-key")
+    for malformed in ("http://[::1", "http://127.0.0.1:99999", "http://api:port", "ftp://api", "api.example.com"):
+        capsys.readouterr()
+        assert main(["runs", "list", "--url", malformed, "--api-key", key]) == exit_codes.USAGE
+        assert capsys.readouterr().err == \
+            f"sluice: SLUICE_URL: expected the API's address like http://127.0.0.1:8080, got {malformed!r}\n"
