@@ -88,7 +88,9 @@ def parse_retry_after(value: str | None, now: datetime) -> int | None:
     if not text:
         return None
     if text.isascii() and text.isdigit():
-        return min(int(text), MAX_RETRY_AFTER_SECS)
+        digits = text.lstrip("0") or "0"  # more digits than the cap has is the cap (int() refuses 4,301)
+        return MAX_RETRY_AFTER_SECS if len(digits) > len(str(MAX_RETRY_AFTER_SECS)) else min(int(digits),
+                                                                                             MAX_RETRY_AFTER_SECS)
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):

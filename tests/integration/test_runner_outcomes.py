@@ -155,6 +155,15 @@ def test_retry_after_is_a_floor_for_the_next_delay(harness: Harness, httpserver:
     assert retry["retry_after_secs"] == 120 and retry["delay_secs"] == 1
 
 
+def test_a_retry_after_of_thousands_of_digits_is_the_cap(harness: Harness, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/rl").respond_with_data("", status=503, headers={"Retry-After": "9" * 5000})
+    run = harness.run(harness.job(endpoint_url=httpserver.url_for("/rl"), max_attempts=3, retry_strategy="fixed"))
+    harness.handle(run.id)
+    done = harness.get(run.id)
+    assert (done.status, done.error_class) == ("delayed", "server")
+    assert harness.events(run.id, "retry_scheduled")[0].data["retry_after_secs"] == 86400
+
+
 @pytest.mark.parametrize(("status", "error_class"), [(400, "client"), (404, "client"), (302, "invalid_response"),
                                                      (101, "invalid_response")])
 def test_non_retryable_statuses_fail_at_once(harness: Harness, httpserver: HTTPServer, status: int,

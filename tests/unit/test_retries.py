@@ -90,6 +90,8 @@ def test_retry_summary_matches_brute_force() -> None:
     (None, None), ("", None), ("   ", None), ("abc", None), ("-5", None), ("1.5", None), ("+3", None),
     ("0", 0), ("120", 120), (" 30 ", 30), ("86400", 86400), ("86401", 86400), ("9" * 40, 86400),
     ("٣", None),  # a non-ASCII digit is not delta-seconds
+    ("9" * 5000, 86400),  # beyond the digits int() reads: still the cap, not an error
+    ("000120", 120), ("0" * 5000 + "7", 7), ("0" * 5000, 0), ("0" + "1" * 5, 11111), ("0" + "9" * 6, 86400),
 ])
 def test_retry_after_seconds(value: str | None, expected: int | None) -> None:
     assert parse_retry_after(value, NOW) == expected
