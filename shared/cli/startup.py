@@ -23,9 +23,12 @@ def check_redis(redis_url: str) -> None:
     """Redis answers a PING at ``redis_url``."""
     import redis
 
-    parts = urlsplit(redis_url)
-    shown = urlunsplit(parts._replace(netloc=f"***@{parts.hostname}:{parts.port or 6379}")) \
-        if parts.password else redis_url
+    try:
+        parts = urlsplit(redis_url)
+        port = parts.port or 6379
+    except ValueError:  # an unclosed IPv6 bracket, a port that is not a number: not the URL (it may hold a password)
+        raise ConfigError("REDIS_URL: not a URL Redis can be reached at (redis://[:password@]host:6379/0)") from None
+    shown = urlunsplit(parts._replace(netloc=f"***@{parts.hostname}:{port}")) if parts.password else redis_url
     try:
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=CONNECT_TIMEOUT_SECS,
                                       socket_timeout=CONNECT_TIMEOUT_SECS)
@@ -34,7 +37,7 @@ def check_redis(redis_url: str) -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+        where = f"{parts.hostname or '127.0.0.1'}:{port}"
         raise ConfigError(f"cannot connect to Redis at {shown} (REDIS_URL): {str(exc).rstrip('.')}; "
                           f"is Redis running at {where}?") from None
     finally:

@@ -196,6 +196,10 @@ def test_an_unreachable_or_malformed_redis_stops_every_role_with_one_line(
         monkeypatch.setenv("REDIS_URL", "localhost:6379")
         assert one_line(sluice_here(args, pg_url(), monkeypatch, capsys)).startswith(
             "sluice: REDIS_URL: Redis URL must specify one of the following schemes"), args
+    for malformed in ("redis://:s3cret@[::1/0", "redis://:s3cret@127.0.0.1:port/0"):
+        monkeypatch.setenv("REDIS_URL", malformed)
+        assert one_line(sluice_here(["worker"], pg_url(), monkeypatch, capsys)) == \
+            "sluice: REDIS_URL: not a URL Redis can be reached at (redis://[:password@]host:6379/0)\n"
 
 
 @pytest.mark.parametrize("role", ["api", "worker"])

@@ -67,6 +67,15 @@ def test_any_other_database_is_refused_naming_the_setting(url: str) -> None:
     assert "secret" not in message and "\n" not in message
 
 
+@pytest.mark.parametrize("url", ["postgresql://u:secret@[::1/app", "postgresql://u:secret@db:port/app",
+                                 "postgresql://u:secret@db:99999/app"])
+def test_a_postgresql_url_that_does_not_parse_is_refused_without_showing_it(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"DATABASE_URL": url})
+    assert caught.value.message == ("DATABASE_URL: not a URL PostgreSQL can be reached at "
+                                    "(postgresql://user:password@host:5432/dbname)")
+
+
 def test_make_engine_refuses_what_settings_refuse() -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL: PostgreSQL is required"):
         make_engine("sqlite:///x.db")
