@@ -42,9 +42,14 @@ def _read(env: Mapping[str, str]) -> dict[str, str]:
 
 def _proxy_url(variable: str, value: str) -> str:
     url = value if "://" in value else f"http://{value}"
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{variable}: expected an http:// or https:// proxy URL, got {value!r}")
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed IPv6 bracket; a port that is not a number, or out of range
+        usable = False
+    if not usable:
+        shown = "***@" + value.rsplit("@", 1)[1] if "@" in value else value  # never the proxy's password
+        raise ConfigError(f"{variable}: expected an http:// or https:// proxy URL, got {shown!r}")
     return url
 
 

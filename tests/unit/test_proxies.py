@@ -60,7 +60,9 @@ def test_no_proxy_matching(no_proxy: str, url: str, direct: bool) -> None:
     assert (route is None) is direct
 
 
-@pytest.mark.parametrize("value", ["socks5://proxy:1080", "http://"])
+@pytest.mark.parametrize("value", ["socks5://proxy:1080", "http://", "http://[::1", "http://proxy:port",
+                                   "http://proxy:99999", "http://proxy:0", "socks5://user:s3cret@proxy:1080"])
 def test_a_proxy_sluice_cannot_use_stops_the_process(value: str) -> None:
-    with pytest.raises(ConfigError, match="HTTPS_PROXY"):
+    with pytest.raises(ConfigError, match="HTTPS_PROXY: expected an http:// or https:// proxy URL") as caught:
         routes(HTTPS_PROXY=value)
+    assert "s3cret" not in caught.value.message
