@@ -183,7 +183,11 @@ def main(argv: list[str]) -> int:
     if not _lock(data_dir):
         print(f"sluice dev: another sluice dev is running on {data_dir}", file=sys.stderr)
         return 2
-    with contextlib.ExitStack() as cleanup:  # unwinds in reverse: PostgreSQL stops last
+    with contextlib.ExitStack() as cleanup:  # unwinds in reverse: PostgreSQL stops just before the echo endpoint
+        # The echo endpoint binds the API's port + 1 first: PostgreSQL and Redis take ports the OS picks, and
+        # one of those could otherwise be that port, moving the echo endpoint (and the example job's URL).
+        echo = EchoEndpoint(args.port + 1 if args.port < 65535 and is_port_free("127.0.0.1", args.port + 1) else 0)
+        cleanup.callback(echo.stop)
         try:
             postgres = start_embedded_postgres(data_dir, log_path=data_dir / "postgres.log")
             cleanup.callback(postgres.stop)
@@ -194,8 +198,6 @@ def main(argv: list[str]) -> int:
             return 1
         os.environ.update(secret_key_env(os.environ, data_dir))  # the migrations and every child seal with it
         key = _prepare_database(postgres.url, data_dir)
-        echo = EchoEndpoint(args.port + 1 if args.port < 65535 and is_port_free("127.0.0.1", args.port + 1) else 0)
-        cleanup.callback(echo.stop)
         children: list[Child] = []
         cleanup.callback(_stop_children, children, hurry)
         env = child_env(os.environ, database_url=postgres.url, redis_url=redis.url, metrics_dir=data_dir / "metrics")

@@ -13,6 +13,7 @@ import contextlib
 import os
 import pwd
 import queue
+import random
 import re
 import shutil
 import signal
@@ -29,6 +30,7 @@ import psycopg2
 import pytest
 
 from shared.cli.embedded_postgres import SERVER_USER_AS_ROOT, start_embedded_postgres
+from shared.cli.ports import is_port_free
 from tests.integration.process_support import call, descendants, free_port, is_listening, is_running
 
 pytestmark = pytest.mark.slow
@@ -149,11 +151,24 @@ def run_to_completion(base: str, key: str, payload: dict[str, Any], timeout_secs
         if run["status"] == "completed":
             return run
         time.sleep(0.2)
-    pytest.fail(f"run {run['id']} still {run['status']} after {timeout_secs} s")
+    pytest.fail(f"run {run['id']} still {run['status']} after {timeout_secs} s ({run.get('error_class')}: "
+                f"{run.get('error')})")
+
+
+def port_pair_below_ephemeral() -> int:
+    """A free port whose next port is free too, both below the kernel's ephemeral range: ``sluice dev`` puts
+    its echo endpoint on the API's port + 1, and an ephemeral port's neighbour can be taken at any moment by
+    some process's outgoing connection (the echo endpoint then moves, and the example job's URL with it)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 32_000)
+        if all(is_port_free("127.0.0.1", p) for p in (port, port + 1)):
+            return port
+    raise AssertionError("no free pair of ports below 32000")
 
 
 def test_dev_runs_a_job_keeps_it_across_restarts_and_leaves_nothing_running(tmp_path: Path) -> None:
-    port = free_port()
+    port = port_pair_below_ephemeral()
     base = f"http://127.0.0.1:{port}"
     first = DevProcess(tmp_path, port, None)
     try:
@@ -203,6 +218,7 @@ def test_dev_runs_a_job_keeps_it_across_restarts_and_leaves_nothing_running(tmp_
     second = DevProcess(tmp_path, port, "fakeredis")
     try:
         assert second.wait_until_ready() == key
+        assert second.echo_url() == echo_url  # the same echo endpoint after a restart
         status, job = call("GET", f"{base}/v1/jobs/hello", key)
         assert status == 200 and job["endpoint_url"] == echo_url
         assert run_to_completion(base, key, {"again": True})["result"]["received"] == {"again": True}
