@@ -1,14 +1,20 @@
 """``sluice scheduler``: the maintenance loop (and, with the cron service, the schedules) until SIGTERM/SIGINT.
 
 Builds Settings, engine, Redis and broker once, then runs each long-lived service in a thread that
-watches one stop event. A signal sets the event; the process exits 0 once every thread has returned.
+watches one stop event. A signal sets the event; the process exits 0 once every thread has returned, or
+1 after ``SHUTDOWN_SECS`` if one has not (its stack goes to stderr): a scheduler whose parent died (a
+killed ``sluice dev``) gets one SIGTERM and nothing after it, so its exit must not wait on a stuck call.
+Stopping anywhere is safe: every write is one transaction, and a tick fired twice makes one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
@@ -21,6 +27,8 @@ from shared.metrics import SCHEDULER_METRICS_PORT, expose_process_metrics
 from shared.redis_client import make_redis
 
 log = logging.getLogger("sluice.scheduler")
+
+SHUTDOWN_SECS = 20.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,12 +69,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     # /healthz fails once a service thread has died (the process then exits 1 within a second anyway).
     expose_process_metrics(SCHEDULER_METRICS_PORT, health=lambda: all(t.is_alive() for t in services))
     log.info("scheduler started", extra={"sweep_interval_secs": settings.sweep_interval_secs})
+    code = 0
     while not stop.wait(1.0):
         if not all(t.is_alive() for t in services):
             log.error("a scheduler service thread died; exiting")
             stop.set()
-            return 1
+            code = 1
+    _exit_after(SHUTDOWN_SECS)
     for thread in services:
-        thread.join(timeout=30)
+        thread.join()
     engine.dispose()
-    return 0
+    return code
+
+
+def _exit_after(secs: float) -> None:
+    """Exit the process with 1 if it is still running ``secs`` from now (a thread stuck in a call)."""
+    def force() -> None:
+        log.error("scheduler did not stop in time; exiting", extra={
+            "timeout_secs": secs, "threads": [t.name for t in threading.enumerate() if t.is_alive()]})
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(secs, force)
+    timer.daemon = True
+    timer.start()
