@@ -7,10 +7,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from urllib.parse import urlsplit
 
 from shared.egress.addresses import AddressPolicy
 from shared.errors import ConfigError
+from shared.urls import split_url
 from shared.webhooks.sealing import SecretBox, parse_keys
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgresql+psycopg2://")
@@ -24,12 +24,9 @@ def postgres_url(raw: str) -> str:
         scheme = raw.split(":", 1)[0] if ":" in raw else raw[:20]
         raise ConfigError(f"DATABASE_URL: PostgreSQL is required (postgresql://user:password@host:5432/dbname), "
                           f"got a {scheme!r} URL; to try Sluice without a database server, run `sluice dev`")
-    try:
-        urlsplit(url).port  # noqa: B018 - reading the port refuses one that is not a number (or out of range)
-    except ValueError:  # that, or an unclosed IPv6 bracket
-        # Not the URL in the message: it may hold a password.
+    if split_url(url) is None:  # not the URL in the message: it may hold a password
         raise ConfigError("DATABASE_URL: not a URL PostgreSQL can be reached at "
-                          "(postgresql://user:password@host:5432/dbname)") from None
+                          "(postgresql://user:password@host:5432/dbname)")
     return url
 
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
 
 import requests
 
 from shared.cli import exit_codes
 from shared.errors import ConfigError
+from shared.urls import split_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEV_KEY_FILE = Path(".sluice") / "dev-key"
@@ -59,8 +59,8 @@ class ApiTarget:
     def resolve(cls, args: argparse.Namespace, env: Mapping[str, str], cwd: Path) -> ApiTarget:
         """From the options, else the environment, else the defaults; ``ConfigError`` when unusable."""
         url = (args.url or env.get("SLUICE_URL") or DEFAULT_URL).strip().rstrip("/")
-        parts = _http_url(url)
-        if parts is None or not parts.hostname:
+        parts = split_url(url)
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.port == 0:
             raise ConfigError(f"SLUICE_URL: expected the API's address like {DEFAULT_URL}, got {url!r}")
         key = (args.api_key or env.get("SLUICE_API_KEY") or "").strip()
         dev_key = cwd / DEV_KEY_FILE
@@ -72,17 +72,6 @@ class ApiTarget:
         if args.timeout <= 0:
             raise ConfigError("--timeout must be a positive number of seconds")
         return cls(url=url, api_key=key, timeout_secs=args.timeout)
-
-
-def _http_url(url: str) -> SplitResult | None:
-    """``url`` split, when it is an http(s) URL with a host and, if it names a port, a valid one."""
-    try:
-        parts = urlsplit(url)
-        if parts.scheme in ("http", "https") and parts.hostname and (parts.port is None or parts.port > 0):
-            return parts
-    except ValueError:  # an unclosed IPv6 bracket; a port that is not a number, or out of range
-        pass
-    return None
 
 
 def _is_loopback(host: str) -> bool:

@@ -3,11 +3,12 @@ database's schema is not behind this release. Each failure is a ``ConfigError`` 
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 from shared.config import Settings
 from shared.db.engine import check_database
 from shared.errors import ConfigError
+from shared.urls import split_url
 
 CONNECT_TIMEOUT_SECS = 5
 
@@ -23,11 +24,10 @@ def check_redis(redis_url: str) -> None:
     """Redis answers a PING at ``redis_url``."""
     import redis
 
-    try:
-        parts = urlsplit(redis_url)
-        port = parts.port or 6379
-    except ValueError:  # an unclosed IPv6 bracket, a port that is not a number: not the URL (it may hold a password)
-        raise ConfigError("REDIS_URL: not a URL Redis can be reached at (redis://[:password@]host:6379/0)") from None
+    parts = split_url(redis_url)
+    if parts is None:  # not the URL in the message: it may hold a password
+        raise ConfigError("REDIS_URL: not a URL Redis can be reached at (redis://[:password@]host:6379/0)")
+    port = parts.port or 6379
     shown = urlunsplit(parts._replace(netloc=f"***@{parts.hostname}:{port}")) if parts.password else redis_url
     try:
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=CONNECT_TIMEOUT_SECS,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
+from shared.urls import split_url
 
 _SCHEMES = ("http", "https", "all")
 
@@ -42,12 +43,8 @@ def _read(env: Mapping[str, str]) -> dict[str, str]:
 
 def _proxy_url(variable: str, value: str) -> str:
     url = value if "://" in value else f"http://{value}"
-    try:
-        parts = urlsplit(url)
-        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # an unclosed IPv6 bracket; a port that is not a number, or out of range
-        usable = False
-    if not usable:
+    parts = split_url(url)
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.port == 0:
         shown = "***@" + value.rsplit("@", 1)[1] if "@" in value else value  # never the proxy's password
         raise ConfigError(f"{variable}: expected an http:// or https:// proxy URL, got {shown!r}")
     return url
