@@ -151,7 +151,7 @@ def read_page(session: Session, digest: str, *, page: int, after: tuple[datetime
             return None, b"", None
         kept = [(job["id"], cache.keep(job, version), job["created_at"]) for job, version in versioned]
         found, more = kept[:page], len(kept) > page
-    fitting = items_within(len(entry[1]) for entry in found)  # the page's byte budget
+    fitting = items_within([len(encoded) for _, encoded, _ in found])  # the page's byte budget
     if fitting < len(found):
         found, more = found[:fitting], True
     body = b"[" + b",".join([entry[1] for entry in found]) + b"]"

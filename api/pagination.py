@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
+from bisect import bisect_left
 from collections.abc import Iterable
 from datetime import datetime
+from itertools import accumulate
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,13 +32,8 @@ PAGE_MAX_BYTES = 4 * 1024 * 1024
 def items_within(sizes: Iterable[int], max_bytes: int = PAGE_MAX_BYTES) -> int:
     """How many leading items of these ``sizes`` a page holds: each one while the items before it stay
     under ``max_bytes`` (so at least one)."""
-    count = total = 0
-    for size in sizes:
-        if count and total >= max_bytes:
-            break
-        count += 1
-        total += size
-    return count
+    totals = list(accumulate(sizes))  # totals[i]: the bytes of items 0..i
+    return min(bisect_left(totals, max_bytes) + 1, len(totals))
 
 
 def clamp_limit(limit: int | None) -> int:

@@ -20,6 +20,9 @@ WAKE_TOKENS_MAX = 256
 WAKE_TTL_MS = 60_000  # a token nobody took within a minute is stale: idle consumers fetch before they block
 
 
+_SCRIPT_NAME = "sluice_enqueue"  # its key in the broker's ``scripts``, beside dramatiq's "dispatch"
+
+
 def _message(queue_name: str, actor_name: str, arg: str, message_id: str | None = None) -> dramatiq.Message[Any]:
     return dramatiq.Message(
         queue_name=queue_name, actor_name=actor_name, args=(arg,), kwargs={},
@@ -56,7 +59,16 @@ def enqueue_messages(broker: RedisBroker, queue_name: str, messages: list[tuple[
         args += (message_id, data)
     keys = [queue_key(broker, queue_name), messages_key(broker, queue_name),
             redis_keys.queue_wake(broker.namespace, queue_name)]
-    return int(broker.client.register_script(ENQUEUE_SCRIPT)(keys=keys, args=args))
+    return int(_enqueue_script(broker)(keys=keys, args=args))
+
+
+def _enqueue_script(broker: RedisBroker) -> Any:
+    """``ENQUEUE_SCRIPT`` as redis-py's Script, registered once per broker beside dramatiq's own scripts
+    (registering hashes the script: per call, a few microseconds of every trigger)."""
+    script = broker.scripts.get(_SCRIPT_NAME)
+    if script is None:  # two threads may both register: the same script, harmless
+        script = broker.scripts[_SCRIPT_NAME] = broker.client.register_script(ENQUEUE_SCRIPT)
+    return script
 
 
 def enqueue_runs(broker: RedisBroker, run_ids: Iterable[str]) -> int:

@@ -156,7 +156,7 @@ def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effec
     if not rows:
         return []
     for row in rows:
-        check_created(RunStatus(row["status"]))
+        check_created(row["status"])
     if len(rows) == 1 and not skip_existing:
         run_prepared(session.connection(), _RUN_WITH_EVENT_AS_JSON,
                 {"run": _as_json(_column_values(rows[0])), "event": _as_json(creation_event(rows[0]))})

@@ -111,8 +111,9 @@ def status_columns(to: RunStatus, values: dict[str, Any], now: datetime) -> dict
     return columns
 
 
-def check_created(status: RunStatus) -> None:
-    """A run is created ``waiting``, ``delayed`` or ``queued`` (with ``status_columns``' bookkeeping)."""
+def check_created(status: str) -> None:
+    """A run is created ``waiting``, ``delayed`` or ``queued`` (with ``status_columns``' bookkeeping).
+    ``status``: a ``RunStatus`` or its value (a ``StrEnum`` member hashes and compares as its value)."""
     if status not in CREATED:
         raise InvalidMove(f"a run cannot be created {status}")
 
