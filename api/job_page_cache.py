@@ -41,7 +41,7 @@ from api.job_page import (
     find_key_and_versioned_page,
     key_of,
 )
-from api.pagination import encode_cursor, items_within
+from api.pagination import PAGE_MAX_BYTES, encode_cursor, items_within
 from shared import json_codec
 from shared.db.prepared import PreparedQuery
 from shared.jobs.store import page_query, page_sql
@@ -51,47 +51,45 @@ LIFETIME_SECS = 3600.0
 
 
 class RenderedJobs:
-    """Job id → (row version, the Job resource's JSON, its ``created_at``) for this process. Thread-safe:
-    lookups are single dict reads under the GIL (a lost race only costs a rendering); changes take a lock,
-    so the byte count always equals the bytes held."""
+    """``"<id> <row version>"`` → (id, the Job resource's JSON, its ``created_at``) for this process, one
+    rendering per job (a newer version replaces the older). Keyed by the page statement's own items, so a
+    page's lookup is one dict read per job. Thread-safe: lookups are single dict reads under the GIL (a lost
+    race only costs a rendering); changes take a lock, so the byte count always equals the bytes held."""
 
     def __init__(self, max_bytes: int = MAX_BYTES, lifetime_secs: float = LIFETIME_SECS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
         self.lifetime_secs = lifetime_secs
         self._clock = clock
-        self._entries: dict[str, tuple[str, bytes, str]] = {}
+        self._renderings: dict[str, tuple[str, bytes, str]] = {}
+        self._item_of: dict[str, str] = {}  # job id → its item in ``_renderings``
         self._bytes = 0  # of the JSON held
         self._since = clock()
         self._lock = threading.Lock()
 
-    def find(self, versions: list[str]) -> list[tuple[str, bytes, str]] | None:
+    def find(self, items: list[str]) -> list[tuple[str, bytes, str]] | None:
         """The (id, JSON, created_at) of each ``"<id> <version>"`` in order, or ``None`` unless every one is
         held at exactly that version."""
         if self._clock() - self._since > self.lifetime_secs:
             self.clear()
             return None
-        entries = self._entries
-        found = []
-        for item in versions:
-            job_id, _, version = item.partition(" ")
-            entry = entries.get(job_id)
-            if entry is None or entry[0] != version:
-                return None
-            found.append((job_id, entry[1], entry[2]))
-        return found
+        found = list(map(self._renderings.get, items))
+        return None if None in found else found  # type: ignore[return-value]
 
     def keep(self, job: dict[str, Any], version: str) -> bytes:
         """Encode the Job resource ``job`` read at row ``version``, keep it, and return its JSON."""
         encoded = json_codec.dumps(job)
+        job_id = job["id"]
         with self._lock:
-            replaced = self._entries.get(job["id"])
+            replaced = self._renderings.pop(self._item_of.get(job_id, ""), None)
             if replaced is not None:
                 self._bytes -= len(replaced[1])
             if self._bytes + len(encoded) > self.max_bytes:
                 self._clear()
             self._bytes += len(encoded)
-            self._entries[job["id"]] = (version, encoded, job["created_at"])
+            item = f"{job_id} {version}"
+            self._item_of[job_id] = item
+            self._renderings[item] = (job_id, encoded, job["created_at"])
         return encoded
 
     def clear(self) -> None:
@@ -99,12 +97,13 @@ class RenderedJobs:
             self._clear()
 
     def _clear(self) -> None:
-        self._entries = {}
+        self._renderings = {}
+        self._item_of = {}
         self._bytes = 0
         self._since = self._clock()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._renderings)
 
     @property
     def held_bytes(self) -> int:
@@ -151,10 +150,11 @@ def read_page(session: Session, digest: str, *, page: int, after: tuple[datetime
             return None, b"", None
         kept = [(job["id"], cache.keep(job, version), job["created_at"]) for job, version in versioned]
         found, more = kept[:page], len(kept) > page
-    fitting = items_within([len(encoded) for _, encoded, _ in found])  # the page's byte budget
-    if fitting < len(found):
-        found, more = found[:fitting], True
     body = b"[" + b",".join([entry[1] for entry in found]) + b"]"
+    if len(body) > PAGE_MAX_BYTES:  # over the page's byte budget: end it early (within it, every item fits)
+        fitting = items_within([len(encoded) for _, encoded, _ in found])
+        found, more = found[:fitting], more or fitting < len(found)
+        body = b"[" + b",".join([entry[1] for entry in found]) + b"]"
     if not more:
         return key, body, None
     return key, body, encode_cursor(CURSOR_KIND, found[-1][2], found[-1][0])

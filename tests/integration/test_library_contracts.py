@@ -2,12 +2,14 @@
 Sluice uses.
 
 Sluice relies on dramatiq's Redis key layout and consumer class (``shared.messages``) and on redis-py's
-connection interface (``shared.limits.thread_scripts``). The version pins in ``pyproject.toml`` allow only
-the majors these tests ran on; run them before widening a pin.
+connection interface (``shared.limits.thread_scripts``, ``shared.redis_client``). The version pins in
+``pyproject.toml`` allow only the majors these tests ran on; run them before widening a pin.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -24,6 +26,7 @@ from shared.messages.broker import SluiceBroker
 from shared.messages.consumer import BatchedAckConsumer
 from shared.messages.enqueue import WAKE_TOKENS_MAX, enqueue_many
 from shared.messages.queue_state import pending_messages, ready_messages
+from shared.redis_client import CONNECTION_CLASSES, make_redis
 from tests.conftest import redis_url
 
 QUEUE = "test.contract"
@@ -359,6 +362,30 @@ def test_thread_scripts_raise_errors_and_reconnect(redis_client: redis_lib.Redis
     with pytest.raises((redis_lib.exceptions.ConnectionError, OSError)):
         scripts.run(ok, [], [])
     assert scripts.run(ok, [], []) == 1
+
+
+def test_sluice_redis_connections_time_out_in_the_kernel_not_in_python() -> None:
+    """``shared.redis_client``: redis-py creates every socket through ``Connection._connect`` and leaves it
+    blocking when ``socket_timeout`` is unset, so the kernel's timeouts set there bound every read and write."""
+    client = make_redis(redis_url(), blocking_secs=1.5)
+    assert client.ping()
+    connection = client.connection_pool.get_connection()
+    try:
+        sock = connection._sock
+        assert sock is not None and sock.gettimeout() is None  # blocking: no poll before each call
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            assert struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, option, 16)) == (6, 500_000)
+        assert connection.can_read() is False  # the pool's idle check switches to non-blocking and back
+        assert sock.gettimeout() is None
+    finally:
+        client.connection_pool.release(connection)
+        client.close()
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://h:6379/0", "unix:///tmp/redis.sock"])
+def test_sluice_connection_classes_extend_the_ones_redis_py_picks_per_scheme(url: str) -> None:
+    picked = redis_lib.connection.parse_url(url).get("connection_class", redis_lib.Connection)
+    assert issubclass(CONNECTION_CLASSES[url.split(":", 1)[0]], picked)
 
 
 # ---------------------------------------------------------------------------------------------- jsonschema
