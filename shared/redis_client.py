@@ -8,9 +8,10 @@ worker's retry) instead of holding a thread. Idle pooled connections are checked
 
 The read and write timeouts are the kernel's (``SO_RCVTIMEO``/``SO_SNDTIMEO`` on a blocking socket), not
 Python's socket timeout: Python implements its own with a ``poll`` before every send and every receive,
-two extra system calls per command that cost a trigger about 4 % of its CPU. The kernel's bound is the
-same, for free. Only the connect keeps Python's timeout. ``tests/integration/test_library_contracts.py``
-fails if an installed redis-py stops creating its sockets through ``_connect``.
+two extra system calls per command (a trigger makes one Redis call, a worker several per run). The
+kernel's bound is the same without them. Only the connect keeps Python's timeout.
+``tests/integration/test_library_contracts.py`` fails if an installed redis-py stops creating its sockets
+through ``_connect`` or picks other connection classes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import socket
 import struct
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 
@@ -55,14 +55,24 @@ class UnixConnection(_KernelTimeouts, redis.UnixDomainSocketConnection):
     pass
 
 
-CONNECTION_CLASSES = {"redis": TcpConnection, "rediss": TlsConnection, "unix": UnixConnection}
+# redis-py's connection class for a URL's scheme → the same with the kernel's timeouts.
+TIMED_CLASSES: dict[type[Any], type[Any]] = {
+    redis.Connection: TcpConnection,
+    redis.SSLConnection: TlsConnection,
+    redis.UnixDomainSocketConnection: UnixConnection,
+}
+
+
+def connection_class(url: str) -> type[Any]:
+    """The connection class for ``url``; a URL redis-py refuses raises its ``ValueError``."""
+    return TIMED_CLASSES[redis.connection.parse_url(url).get("connection_class", redis.Connection)]
 
 
 def make_redis(url: str, *, blocking_secs: float = 0.0) -> redis.Redis:
     """A client for ``url`` (``REDIS_URL``, already validated) with Sluice's timeouts; options in the URL's
     query win. ``blocking_secs``: the longest a command of this client waits on the server by design (a
     ``BLPOP``)."""
-    pool = redis.ConnectionPool.from_url(url, connection_class=CONNECTION_CLASSES[urlsplit(url).scheme.lower()],
+    pool = redis.ConnectionPool.from_url(url, connection_class=connection_class(url),
                                          io_timeout_secs=SOCKET_TIMEOUT_SECS + blocking_secs,
                                          socket_connect_timeout=CONNECT_TIMEOUT_SECS, socket_keepalive=True,
                                          health_check_interval=HEALTH_CHECK_SECS)

@@ -12,7 +12,7 @@ import redis as redis_lib
 import sqlalchemy as sa
 
 from shared.db.engine import make_engine
-from shared.redis_client import CONNECTION_CLASSES, make_redis
+from shared.redis_client import TIMED_CLASSES, make_redis
 
 
 @pytest.fixture()
@@ -71,6 +71,6 @@ def test_every_process_builds_its_redis_clients_with_timeouts(settings):
         for client in clients:
             kwargs = client.connection_pool.connection_kwargs
             assert kwargs["io_timeout_secs"] and kwargs["socket_connect_timeout"], kwargs
-            assert client.connection_pool.connection_class in CONNECTION_CLASSES.values()
+            assert client.connection_pool.connection_class in TIMED_CLASSES.values()
     finally:
         app.extensions["sluice"].close()

@@ -20,13 +20,13 @@ import pytest
 import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
 
-from shared import redis_keys
+from shared import redis_client, redis_keys
 from shared.limits.thread_scripts import LuaScript, ThreadScripts
 from shared.messages.broker import SluiceBroker
 from shared.messages.consumer import BatchedAckConsumer
 from shared.messages.enqueue import WAKE_TOKENS_MAX, enqueue_many
 from shared.messages.queue_state import pending_messages, ready_messages
-from shared.redis_client import CONNECTION_CLASSES, make_redis
+from shared.redis_client import connection_class, make_redis
 from tests.conftest import redis_url
 
 QUEUE = "test.contract"
@@ -384,8 +384,11 @@ def test_sluice_redis_connections_time_out_in_the_kernel_not_in_python() -> None
 
 @pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://h:6379/0", "unix:///tmp/redis.sock"])
 def test_sluice_connection_classes_extend_the_ones_redis_py_picks_per_scheme(url: str) -> None:
-    picked = redis_lib.connection.parse_url(url).get("connection_class", redis_lib.Connection)
-    assert issubclass(CONNECTION_CLASSES[url.split(":", 1)[0]], picked)
+    chosen = connection_class(url)
+    assert issubclass(chosen, redis_lib.Redis.from_url(url).connection_pool.connection_class)
+    assert chosen in {redis_client.TcpConnection, redis_client.TlsConnection, redis_client.UnixConnection}
+    with pytest.raises(ValueError, match="scheme"):
+        connection_class("http://h:6379/0")
 
 
 # ---------------------------------------------------------------------------------------------- jsonschema
