@@ -6,6 +6,8 @@ between runs of the same tree). Here both trees serve the same requests side by 
 process (its own interpreter and venv, its own database), both pinned to the same CPU when ``taskset`` is
 installed, and they take turns, ``--per-chunk`` requests at a time, the order swapping every pair. The
 figure that matters is the median of the per-pair ratios, which a slow spell shared by both cancels out.
+Even so, one run is good to about ±5 %. ``--opcodes N`` instead counts the Python opcodes each tree runs
+per request (``sys.settrace``): exact and repeatable, blind to C code and system calls.
 
     .venv/bin/python bench/trees.py /tmp/before --ops get,list,create,trigger --chunks 21
 
@@ -18,6 +20,7 @@ goes through the Flask test client (its own cost, ~0.15 ms, is in both figures);
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -67,15 +70,45 @@ def serve(tree: str, db_name: str, redis_url: str) -> None:
     }
     print("ready", flush=True)
     seq = 0
-    for line in sys.stdin:
-        op, count = line.split()
-        began = time.process_time()
-        for _ in range(int(count)):
+
+    def run(op: str, count: int) -> None:
+        nonlocal seq
+        for _ in range(count):
             seq += 1
             response = calls[op](seq)
             if response.status_code >= 300:
                 raise SystemExit(f"{tree} {op}: HTTP {response.status_code} {response.data[:200]!r}")
+
+    for line in sys.stdin:
+        measure, op, count = line.split()
+        work = functools.partial(run, op, int(count))
+        if measure == "opcodes":
+            print(opcodes_of(work) / int(count), flush=True)
+            continue
+        began = time.process_time()
+        work()
         print((time.process_time() - began) / int(count) * 1000, flush=True)
+
+
+def opcodes_of(work: Callable[[], None]) -> int:
+    """The Python opcodes ``work`` executes (``sys.settrace``): a count the machine's load cannot move."""
+    executed = 0
+
+    def local(_frame: Any, event: str, _arg: Any) -> Any:
+        nonlocal executed
+        executed += event == "opcode"
+        return local
+
+    def new_frame(frame: Any, _event: str, _arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        return local
+
+    sys.settrace(new_frame)
+    try:
+        work()
+    finally:
+        sys.settrace(None)
+    return executed
 
 
 class Side:
@@ -94,9 +127,9 @@ class Side:
         assert self.process.stdout is not None
         return self.process.stdout.readline().strip()
 
-    def chunk(self, op: str, count: int) -> float:
+    def chunk(self, op: str, count: int, measure: str = "cpu") -> float:
         assert self.process.stdin is not None
-        self.process.stdin.write(f"{op} {count}\n")
+        self.process.stdin.write(f"{measure} {op} {count}\n")
         self.process.stdin.flush()
         answer = self._line()
         if not answer:
@@ -115,16 +148,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--chunks", type=int, default=21, help="measured pairs of chunks per operation (21)")
     parser.add_argument("--per-chunk", type=int, default=150, help="requests per chunk (150)")
+    parser.add_argument("--opcodes", type=int, default=0, metavar="N",
+                        help="instead of CPU time, count the Python opcodes of N requests per operation")
     parser.add_argument("--redis-url", default=os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
     parser.add_argument("--serve", nargs=2, metavar=("TREE", "DB_NAME"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(*args.serve, args.redis_url)
+        tree, db_name = args.serve
+        serve(tree, db_name, args.redis_url)
         return 0
     if args.other is None:
         parser.error("the other tree is required")
     sides = {"this": Side(ROOT, "sluice_bench_trees_a", args.redis_url),
              "other": Side(args.other.resolve(), "sluice_bench_trees_b", args.redis_url)}
+    if args.opcodes:
+        print_opcodes(sides, args.ops.split(","), args.opcodes, args.per_chunk)
+        for side in sides.values():
+            side.close()
+        return 0
     print(f"this tree: {ROOT}\nother tree: {args.other.resolve()}\n"
           f"{args.chunks} pairs of chunks of {args.per_chunk} requests; CPU ms per request (medians)\n")
     print("| operation | this | other | other ÷ this, median of pairs |\n|---|---:|---:|---:|")
@@ -144,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     for side in sides.values():
         side.close()
     return 0
+
+
+def print_opcodes(sides: dict[str, Side], ops: list[str], requests: int, warm_up: int) -> None:
+    print(f"Python opcodes per request, over {requests} requests after {warm_up} to warm up\n")
+    print("| operation | this | other | this ÷ other |\n|---|---:|---:|---:|")
+    for op in ops:
+        counts = {}
+        for name, side in sides.items():
+            side.chunk(op, warm_up)
+            counts[name] = side.chunk(op, requests, "opcodes")
+        print(f"| {op} | {counts['this']:,.0f} | {counts['other']:,.0f} | {counts['this'] / counts['other']:.3f} |")
 
 
 if __name__ == "__main__":
