@@ -30,6 +30,7 @@ _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-f
 
 COUNTER_BITS = 42
 _MS_MASK = (1 << 48) - 1
+_TEXT = "%08x-%04x-%04x-%04x-%04x%08x"
 
 
 class UuidV7Source:
@@ -56,26 +57,22 @@ class UuidV7Source:
         """``count`` ids, each greater than every id this source made before: one clock read and one read
         of the random source."""
         now_ms = (self._clock_ns() // 1_000_000) & _MS_MASK
-        random = self._random_bytes(4 * count + 6)
-        seed = int.from_bytes(random[-6:], "big") >> self._seed_shift
+        random = self._random_bytes(6 + 4 * count)
+        seed = int.from_bytes(random[:6], "big") >> self._seed_shift
+        ids = []
         with self._lock:
             ms, counter = self._ms, self._counter
             if now_ms > ms:
                 ms, counter = now_ms, seed - 1
-            stamps = []
-            for _ in range(count):
+            for tail in range(6, 6 + 4 * count, 4):
                 counter += 1
                 if counter > self._counter_max:  # this millisecond is used up: borrow the next one
                     ms, counter = (ms + 1) & _MS_MASK, seed
-                stamps.append((ms, counter))
+                # The canonical text form straight from the fields, without building a uuid.UUID: time high,
+                # time low, version + counter high, variant + counter middle, counter low + random tail.
+                ids.append(_TEXT % (ms >> 16, ms & 0xFFFF, 0x7000 | counter >> 30, 0x8000 | (counter >> 16) & 0x3FFF,
+                                    counter & 0xFFFF, int.from_bytes(random[tail:tail + 4], "big")))
             self._ms, self._counter = ms, counter
-        ids = []
-        for index, (stamp, count_value) in enumerate(stamps):
-            tail = int.from_bytes(random[4 * index:4 * index + 4], "big")
-            value = (stamp << 80 | 0x7 << 76 | (count_value >> 30) << 64 | 0b10 << 62
-                     | (count_value & ((1 << 30) - 1)) << 32 | tail)
-            h = f"{value:032x}"  # the canonical text form, without building a uuid.UUID
-            ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
         return ids
 
 
