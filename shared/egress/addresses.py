@@ -199,6 +199,7 @@ def strip_userinfo(url: str) -> str:
     return _USERINFO.sub(r"\1//", url, count=1)
 
 
+@lru_cache(maxsize=1024)  # per endpoint call; a job's URLs repeat (a refused URL is not cached: it raises)
 def _parse(url: str) -> _Target:
     """Split ``url`` into what the policy checks; raise ``AddressRefused`` for shape problems."""
     if _UNSAFE_CHARS.search(url):
