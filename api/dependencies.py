@@ -12,6 +12,7 @@ from api.context import get_session, services
 from api.pagination import clamp_limit, decode_time_cursor, encode_cursor, json_response, paged_response
 from api.schemas.jobs import DependencyCreateSchema, PageQuerySchema
 from api.schemas.resources import schema_of
+from shared import json_codec
 from shared.clock import utcnow
 from shared.dependencies.edges import create_edge, delete_edge, list_edges
 from shared.jobs.lifecycle import require_job
@@ -38,7 +39,7 @@ def list_dependencies_view(job: str, limit: int | None = None, cursor: str | Non
     if len(rows) > page:
         rows = rows[:page]
         next_cursor = encode_cursor(CURSOR_KIND, rows[-1]["created_at"], rows[-1]["id"])
-    return paged_response([DEPENDENCY.render(row) for row in rows], next_cursor, page)
+    return paged_response(json_codec.dumps([DEPENDENCY.render(row) for row in rows]), next_cursor, page)
 
 
 @blp.route("/jobs/<job>/dependencies", methods=["POST"])

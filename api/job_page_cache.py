@@ -41,7 +41,7 @@ from api.job_page import (
     find_key_and_versioned_page,
     key_of,
 )
-from api.pagination import PAGE_MAX_BYTES, encode_cursor, items_within
+from api.pagination import PAGE_MAX_BYTES, encode_cursor, items_within, json_array
 from shared import json_codec
 from shared.db.prepared import PreparedQuery
 from shared.jobs.store import page_query, page_sql
@@ -150,11 +150,11 @@ def read_page(session: Session, digest: str, *, page: int, after: tuple[datetime
             return None, b"", None
         kept = [(job["id"], cache.keep(job, version), job["created_at"]) for job, version in versioned]
         found, more = kept[:page], len(kept) > page
-    body = b"[" + b",".join([entry[1] for entry in found]) + b"]"
+    body = json_array([entry[1] for entry in found])
     if len(body) > PAGE_MAX_BYTES:  # over the page's byte budget: end it early (within it, every item fits)
         fitting = items_within([len(encoded) for _, encoded, _ in found])
         found, more = found[:fitting], more or fitting < len(found)
-        body = b"[" + b",".join([entry[1] for entry in found]) + b"]"
+        body = json_array([entry[1] for entry in found])
     if not more:
         return key, body, None
     return key, body, encode_cursor(CURSOR_KIND, found[-1][2], found[-1][0])

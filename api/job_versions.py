@@ -10,6 +10,7 @@ from api.context import get_session
 from api.pagination import clamp_limit, decode_cursor, encode_cursor, json_response, paged_response
 from api.schemas.jobs import PageQuerySchema
 from api.schemas.resources import schema_of
+from shared import json_codec
 from shared.errors import BadRequest, NotFound
 from shared.jobs.lifecycle import require_job
 from shared.jobs.resource import VERSION, render_version
@@ -44,7 +45,7 @@ def list_versions_view(job: str, limit: int | None = None, cursor: str | None = 
     if len(rows) > page:
         rows = rows[:page]
         next_cursor = encode_cursor(CURSOR_KIND, rows[-1]["version"])
-    return paged_response([render_version(row) for row in rows], next_cursor, page)
+    return paged_response(json_codec.dumps([render_version(row) for row in rows]), next_cursor, page)
 
 
 @blp.route("/jobs/<job>/versions/<version_id>", methods=["GET"])

@@ -22,6 +22,7 @@ from api.pagination import (
     decode_time_cursor,
     encode_cursor,
     items_within,
+    json_array,
     json_response,
     paged_response,
 )
@@ -76,13 +77,13 @@ def list_jobs_view(limit: int | None = None, cursor: str | None = None, project_
     after = decode_time_cursor(CURSOR_KIND, cursor)
     rows = list_job_records(get_session(), current_principal().project_id, limit=page + 1, after=after,
                             slug=slug, tag_key=tag_key, tag_value=tag_value, enabled=enabled)
-    jobs = [JOB.render(row) for row in rows[:page]]
-    fitting = items_within(len(json_codec.dumps(job)) for job in jobs)  # the page's byte budget
+    jobs = [json_codec.dumps(JOB.render(row)) for row in rows[:page]]
+    fitting = items_within(len(job) for job in jobs)  # the page's byte budget
     next_cursor = None
     if len(rows) > fitting:
         rows, jobs = rows[:fitting], jobs[:fitting]
         next_cursor = encode_cursor(CURSOR_KIND, rows[-1]["created_at"], rows[-1]["id"])
-    return paged_response(jobs, next_cursor, page)
+    return paged_response(json_array(jobs), next_cursor, page)
 
 
 @blp.route("/jobs", methods=["POST"])

@@ -79,9 +79,14 @@ def decode_time_cursor(kind: str, cursor: str | None) -> tuple[datetime, str] | 
         raise BadRequest("cursor: malformed cursor") from exc
 
 
-def paged_response(items: list[dict[str, Any]], next_cursor: str | None, limit: int) -> Response:
-    """A bare JSON array with ``X-Next-Cursor`` and ``Link`` when more items exist."""
-    response = Response(json_codec.dumps(items), status=200, mimetype="application/json")
+def json_array(encoded: list[bytes]) -> bytes:
+    """The JSON array of items already encoded one by one (each measured for the page's byte budget)."""
+    return b"[" + b",".join(encoded) + b"]"
+
+
+def paged_response(body: bytes, next_cursor: str | None, limit: int) -> Response:
+    """A page (``body``: its JSON array) with ``X-Next-Cursor`` and ``Link`` when more items exist."""
+    response = Response(body, status=200, mimetype="application/json")
     if next_cursor is not None:
         args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("cursor", "limit")]
         response.headers["X-Next-Cursor"] = next_cursor

@@ -29,6 +29,7 @@ from api.pagination import (
 from api.resources import BULK_CANCEL_RESULT, BULK_REPLAY_RESULT
 from api.schemas.resources import schema_of
 from api.schemas.runs import PageQuerySchema, RunFilterQuerySchema, RunIdsSchema, RunListQuerySchema
+from shared import json_codec
 from shared.clock import utcnow
 from shared.errors import NotFound
 from shared.jobs.lookup import get_job
@@ -70,7 +71,7 @@ def _page_of_runs(query: dict[str, Any], kind: str, *, job_ref: str | None = Non
     after = decode_time_cursor(kind, request.args.get("cursor"))
     runs, position = list_runs(session, filters, limit=limit, after=after, max_bytes=PAGE_MAX_BYTES)
     cursor = encode_cursor(kind, *position) if position else None
-    return paged_response([RUN.render(r) for r in runs], cursor, limit)
+    return paged_response(json_codec.dumps([RUN.render(r) for r in runs]), cursor, limit)
 
 
 @blp.route("/runs", methods=["GET"])
@@ -127,7 +128,7 @@ def list_events_view(query: dict[str, Any], run_id: str) -> Response:
     events, position = list_events(get_session(), run.id, limit=limit,
                                    after=decode_time_cursor(kind, request.args.get("cursor")))
     cursor = encode_cursor(kind, *position) if position else None
-    return paged_response([RUN_EVENT.render(e) for e in events], cursor, limit)
+    return paged_response(json_codec.dumps([RUN_EVENT.render(e) for e in events]), cursor, limit)
 
 
 def _cancel(run_id: str) -> Response:
