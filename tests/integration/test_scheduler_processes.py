@@ -126,7 +126,11 @@ def test_two_replicas_one_run_per_tick_and_changes_apply_within_a_sync(session_f
     replicas = [spawn("a"), spawn("b")]
     for replica in replicas:
         replica.start()
-    # Both replicas have scheduled the three jobs as they were; the changes must reach them within a sync.
+    # Both replicas have scheduled the three jobs as they were; the changes must reach them within a sync,
+    # made where no tick can fall before that sync: not just before a minute boundary.
+    boundary = next_minute(datetime.now(UTC))
+    if boundary - datetime.now(UTC) < timedelta(seconds=4 * SYNC_SECS):
+        sleep_until(boundary + timedelta(seconds=1))
     set_job(session_factory, patched.id, cron="* * * * *")  # a PATCH of cron
     set_job(session_factory, toggled.id, enabled=False)
     changed = datetime.now(UTC)
