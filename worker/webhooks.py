@@ -34,6 +34,7 @@ from shared.clock import format_ts
 from shared.config import Settings
 from shared.db.models import Job, WebhookDelivery
 from shared.egress.addresses import AddressPolicy, AddressRefused, resolve_checked
+from shared.ids import uuid7
 from shared.metrics import observe_webhook_delivery
 from shared.runs.retries import RETRYABLE, Outcome
 from shared.runs.transitions import event, insert_events
@@ -204,7 +205,7 @@ def _record(session_factory: sessionmaker[Session], claim: _Claim, outcome: Outc
             log.warning("webhook outcome discarded", extra={
                 "delivery_id": claim.delivery_id, "run_id": claim.run_id, "job_id": claim.job_id})
             return None
-        insert_events(session, [event(claim.run_id, "webhook_delivery", {
+        insert_events(session, [event(uuid7(), claim.run_id, "webhook_delivery", {
             "event_type": claim.event_type,
             "delivery_attempt": claim.attempt,
             "http_status": outcome.http_status,

@@ -21,7 +21,7 @@ from shared import json_codec
 from shared.db.models import Job, Run
 from shared.db.prepared import PreparedStatement, run_prepared
 from shared.dependencies.gating import Correlation, correlation_of, gate_new_runs
-from shared.ids import uuid7
+from shared.ids import uuid7, uuid7s
 from shared.metrics import observe_runs_created, observe_runs_created_by
 from shared.runs.effects import Effects
 from shared.runs.retries import retry_summary
@@ -84,17 +84,18 @@ def creation_expiry(status: RunStatus, ttl_secs: int | None, start: datetime) ->
     return start + timedelta(seconds=ttl_secs)
 
 
-def build_run_row(job: Job, inputs: RunInputs, status: RunStatus, now: datetime, *,
+def build_run_row(job: Job, inputs: RunInputs, status: RunStatus, now: datetime, *, run_id: str | None,
                   expiry_start: datetime | None = None) -> dict[str, Any]:
-    """A ``runs`` row (ORM attribute names) for ``sa.insert(Run)``. ``expiry_start`` defaults to
-    max(``scheduled_at``, now); cron passes its tick."""
+    """A ``runs`` row (ORM attribute names) for ``sa.insert(Run)``; ``run_id`` from ``uuid7s``, one call for a
+    whole batch of rows (``None``: a preview). ``expiry_start`` defaults to max(``scheduled_at``, now); cron
+    passes its tick."""
     max_attempts = inputs.max_attempts_override or job.max_attempts
     initial_delay, max_delay = retry_summary(job.retry_strategy, list(job.retry_delays_secs or []), max_attempts)
     if expiry_start is None:
         expiry_start = max(inputs.scheduled_at, now) if inputs.scheduled_at is not None else now
     bookkeeping = status_columns(status, {"scheduled_at": inputs.scheduled_at}, now)
     return {
-        "id": uuid7(),
+        "id": run_id,
         "job_id": job.id,
         "project_id": job.project_id,
         "status": status.value,
@@ -138,8 +139,8 @@ def build_run_row(job: Job, inputs: RunInputs, status: RunStatus, now: datetime,
     }
 
 
-def creation_event(row: dict[str, Any]) -> dict[str, Any]:
-    return event(row["id"], "state_change", {"from": None, "to": row["status"]}, row["created_at"])
+def creation_event(row: dict[str, Any], event_id: str) -> dict[str, Any]:
+    return event(event_id, row["id"], "state_change", {"from": None, "to": row["status"]}, row["created_at"])
 
 
 def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effects, *,
@@ -159,7 +160,7 @@ def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effec
         check_created(row["status"])
     if len(rows) == 1 and not skip_existing:
         run_prepared(session.connection(), _RUN_WITH_EVENT_AS_JSON,
-                {"run": _as_json(_column_values(rows[0])), "event": _as_json(creation_event(rows[0]))})
+                {"run": _as_json(_column_values(rows[0])), "event": _as_json(creation_event(rows[0], uuid7()))})
     else:
         conflict = " ON CONFLICT DO NOTHING" if skip_existing else ""
         inserted = set(session.scalars(sa.text(
@@ -169,7 +170,8 @@ def insert_run_rows(session: Session, rows: list[dict[str, Any]], effects: Effec
         if rows:
             session.execute(sa.text("INSERT INTO run_events SELECT * FROM jsonb_populate_recordset("
                                     "NULL::run_events, CAST(:rows AS jsonb))"),
-                            {"rows": _as_json([creation_event(row) for row in rows])})
+                            {"rows": _as_json([creation_event(row, event_id)
+                                               for row, event_id in zip(rows, uuid7s(len(rows)), strict=True)])})
     if len(rows) == 1:
         observe_runs_created(rows[0]["triggered_by"])
     else:
@@ -198,8 +200,8 @@ def create_runs(session: Session, job: Job, inputs: list[RunInputs], *, now: dat
                 has_edges: bool | None = None) -> list[dict[str, Any]]:
     """Gate ``inputs`` on the job's dependencies and insert one run each (no idempotency, no dedup)."""
     verdicts = gate_new_runs(session, job.id, [i.correlation for i in inputs], has_edges=has_edges)
-    rows = [build_run_row(job, item, initial_status(v.holds, item.scheduled_at, now), now)
-            for item, v in zip(inputs, verdicts, strict=True)]
+    rows = [build_run_row(job, item, initial_status(v.holds, item.scheduled_at, now), now, run_id=run_id)
+            for item, v, run_id in zip(inputs, verdicts, uuid7s(len(inputs)), strict=True)]
     insert_run_rows(session, rows, effects)
     return rows
 

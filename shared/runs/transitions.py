@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Run, RunEvent
 from shared.db.prepared import PreparedStatement
-from shared.ids import uuid7, uuid7s
+from shared.ids import uuid7s
 from shared.runs.status import CREATED, TERMINAL, RunStatus
 
 S = RunStatus
@@ -123,9 +123,10 @@ def check_move(from_: frozenset[RunStatus], to: RunStatus) -> None:
         raise InvalidMove(f"{sorted(from_)} -> {to} is not a run transition")
 
 
-def event(run_id: str, type_: str, data: dict[str, Any], now: datetime, message: str | None = None) -> dict[str, Any]:
+def event(event_id: str, run_id: str, type_: str, data: dict[str, Any], now: datetime,
+          message: str | None = None) -> dict[str, Any]:
     """A ``run_events`` row, for the inserts that create runs (their ``state_change`` from null)."""
-    return {"id": uuid7(), "run_id": run_id, "type": type_, "message": message, "data": data, "created_at": now}
+    return {"id": event_id, "run_id": run_id, "type": type_, "message": message, "data": data, "created_at": now}
 
 
 def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Job, JobDependency
 from shared.dependencies.gating import gate_new_runs
+from shared.ids import uuid7s
 from shared.runs.creation import (
     CRON_ACTOR,
     RunInputs,
@@ -63,10 +64,11 @@ def create_cron_runs(session: Session, jobs: Sequence[Job], tick: datetime, now:
         return []
     gated = _jobs_with_edges(session, [job.id for job in ordered])
     rows: list[dict[str, Any]] = []
-    for job in ordered:
+    for job, run_id in zip(ordered, uuid7s(len(ordered)), strict=True):
         inputs = cron_inputs(job, tick)
         holds = True
         if job.id in gated:
             holds = gate_new_runs(session, job.id, [inputs.correlation])[0].holds
-        rows.append(build_run_row(job, inputs, initial_status(holds, tick, now), now, expiry_start=tick))
+        rows.append(build_run_row(job, inputs, initial_status(holds, tick, now), now, run_id=run_id,
+                                  expiry_start=tick))
     return insert_run_rows(session, rows, effects, skip_existing=True)

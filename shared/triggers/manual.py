@@ -155,8 +155,7 @@ def find_dedup_runs(session: Session, job: Job, payloads: dict[str, str], now: d
 def preview_run(session: Session, job: Job, inputs: RunInputs, now: datetime) -> Run:
     """The run a trigger would create (§4.3 dry run): nothing stored, enqueued or locked."""
     verdict = evaluate_many(session, edges_of(session, job.id), [inputs.correlation])[0]
-    row = build_run_row(job, inputs, initial_status(verdict.holds, inputs.scheduled_at, now), now)
-    row["id"] = None
+    row = build_run_row(job, inputs, initial_status(verdict.holds, inputs.scheduled_at, now), now, run_id=None)
     return row_to_run(row)
 
 
