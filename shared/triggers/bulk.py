@@ -20,10 +20,9 @@ from sqlalchemy.orm import Session
 
 from shared.db.locks import lock_all, striped
 from shared.db.models import Batch, Job
-from shared.dependencies.gating import gate_new_runs
 from shared.errors import ValidationFailed
-from shared.ids import uuid7, uuid7s
-from shared.runs.creation import RunInputs, build_run_row, initial_status, insert_run_rows
+from shared.ids import uuid7
+from shared.runs.creation import RunInputs, create_runs
 from shared.runs.effects import Effects
 from shared.triggers.manual import ensure_enabled, find_dedup_runs, find_idempotent_runs, prepare_inputs
 
@@ -105,13 +104,10 @@ def trigger_bulk(session: Session, job: Job, items: list[dict[str, Any]], *, act
                 found_hashes[item.payload_hash] = len(fresh)
             fresh.append(item)
 
-    verdicts = gate_new_runs(session, job.id, [i.correlation for i in fresh])
-    rows = [build_run_row(job, item, initial_status(v.holds, item.scheduled_at, now), now, run_id=run_id)
-            for item, v, run_id in zip(fresh, verdicts, uuid7s(len(fresh)), strict=True)]
     session.execute(sa.insert(Batch), [{"id": batch_id, "project_id": job.project_id, "job_id": job.id,
-                                        "total": len(items), "created": len(rows), "created_by": actor,
+                                        "total": len(items), "created": len(fresh), "created_by": actor,
                                         "created_at": now}])
-    insert_run_rows(session, rows, effects)
+    rows = create_runs(session, job, fresh, now=now, effects=effects)
     return BulkOutcome(batch_id, _results(plan, rows, found_keys, found_hashes), len(rows))
 
 
