@@ -127,10 +127,8 @@ class Bench:
         return lambda: apply_after_commit(effects, self.broker)
 
     def wait_terminal(self, job: Job, n: int, timeout: float = 900, *, sink: SinkProcess | None = None) -> float:
-        """Wait until ``n`` runs of ``job`` are terminal; return the last ``finished_at`` (unix seconds).
-
-        With ``sink``, the database is only asked once the sink has seen ``n`` calls: counting a large batch
-        costs PostgreSQL milliseconds, and ten counts a second would be charged to the drain measured."""
+        """Wait until ``n`` runs of ``job`` are terminal; return the last ``finished_at`` (unix seconds). With
+        ``sink``, first until it has seen ``n`` calls: counting in the database is charged to the drain measured."""
         deadline = time.monotonic() + timeout
         while sink is not None and sink.count() < n and time.monotonic() < deadline:
             time.sleep(0.1)
