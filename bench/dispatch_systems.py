@@ -73,12 +73,10 @@ class System:
                 self.proc.wait(10)
 
     def wait_terminal(self, n: int, timeout: float = 600, *, calls_first: bool = False) -> None:
-        """Until ``n`` runs of the batch are finished. With ``calls_first``, the database is only asked once
-        the sink has seen ``n`` calls: counting a 10,000-run batch costs PostgreSQL about 10 ms, and ten such
-        counts a second during a drain would be charged to the system measured, on the cores it drains with."""
+        """Until ``n`` runs of the batch are finished; with ``calls_first``, first until the sink saw ``n`` calls."""
         deadline = time.monotonic() + timeout
-        while calls_first and self.sink.count() < n and time.monotonic() < deadline:
-            time.sleep(0.1)
+        if calls_first:
+            self.sink.wait_for(n, deadline)
         while self.terminal_count() < n:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name}: only {self.terminal_count()} of {n} runs finished")
