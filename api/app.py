@@ -18,7 +18,6 @@ from api.resources import ERROR
 from api.schemas.resources import schema_of
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
-from shared.db.prepared import enable_prepared_statements
 from shared.db.schema_version import ShippedSchema
 from shared.messages.broker import make_broker
 from shared.redis_client import make_redis
@@ -93,8 +92,6 @@ def _services(settings: Settings) -> Services:
     timeout = settings.api_statement_timeout_secs or None
     engine = make_engine(settings.database_url, pool_size=pool, statement_timeout_secs=timeout)
     read_engine = make_engine(settings.database_url, pool_size=pool, statement_timeout_secs=timeout)
-    for each in (engine, read_engine):
-        enable_prepared_statements(each)
     client = make_redis(settings.redis_url)
     return Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),
                     read_engine=read_engine, read_session_factory=autocommit_read_factory(read_engine),

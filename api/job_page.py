@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from shared.apikeys import KEY_FIELDS, KEY_TYPES
+from shared.apikeys import KEY_FIELDS
 from shared.db.engine import loads_json
 from shared.db.prepared import PreparedQuery
 from shared.jobs.resource import JOB
@@ -76,7 +76,6 @@ _FINISHING = tuple((field.name, finish) for field in JOB.fields if (finish := _f
 KEY_NAMES = tuple(field.name for field in KEY_FIELDS)
 KEY_SQL = ", ".join(f"k.{field.element.name}{'::text' if field.name == 'key_scopes' else ''} AS {field.name}"
                     for field in KEY_FIELDS)
-KEY_RESULT_TYPES = {**KEY_TYPES, "key_scopes": sa.Text()}
 
 # A job row's version: the transaction that wrote it (a new one on every change, kept by freezing) and the
 # job's ``updated_at``, which every change of a rendered field sets. ``api.job_page_cache`` keys renderings
@@ -98,8 +97,7 @@ def _key_and_page_sql(after: bool, limit: int) -> str:
 @lru_cache(maxsize=512)  # limits are 2..MAX_LIMIT + 1 (a page and one more), each first or next
 def _key_and_page(after: bool, limit: int) -> PreparedQuery:
     """One statement per page size: its limit is literal, so PostgreSQL keeps a generic plan."""
-    return page_query(f"sluice_key_jobs_page_{limit}", _key_and_page_sql(after, limit), after,
-                      {**KEY_RESULT_TYPES, "row_version": sa.Text()})
+    return page_query(f"sluice_key_jobs_page_{limit}", _key_and_page_sql(after, limit), after)
 
 
 # The page sizes whose statements are prepared. They are prepared before the key is known (the key is read

@@ -29,12 +29,10 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from api.job_page import (
     CURSOR_KIND,
-    KEY_RESULT_TYPES,
     KEY_SQL,
     PREPARED_PAGE_SIZES,
     ROW_VERSION_SQL,
@@ -123,8 +121,7 @@ def _key_and_versions_sql(after: bool, limit: int) -> str:
 
 @lru_cache(maxsize=512)  # as api.job_page: one statement per literal limit, first or next
 def _key_and_versions(after: bool, limit: int) -> PreparedQuery:
-    return page_query(f"sluice_key_job_versions_{limit}", _key_and_versions_sql(after, limit), after,
-                      {**KEY_RESULT_TYPES, "versions": sa.Text()})
+    return page_query(f"sluice_key_job_versions_{limit}", _key_and_versions_sql(after, limit), after)
 
 
 def read_page(session: Session, digest: str, *, page: int, after: tuple[datetime, str] | None,

@@ -92,7 +92,6 @@ KEYS: sa.Table = ApiKey.__table__  # type: ignore[assignment]
 KEY_FIELDS = (KEYS.c.id.label("key_id"), KEYS.c.project_id.label("key_project_id"),
               KEYS.c.scopes.label("key_scopes"), KEYS.c.revoked_at.label("key_revoked_at"),
               KEYS.c.last_used_at.label("key_last_used_at"))
-KEY_TYPES = {field.name: field.type for field in KEY_FIELDS}  # result types of KEY_FIELDS, for text SQL
 
 
 def key_columns_sql(alias: str | None = None) -> str:
@@ -101,10 +100,10 @@ def key_columns_sql(alias: str | None = None) -> str:
     return ", ".join(f"{prefix}{field.element.name} AS {field.name}" for field in KEY_FIELDS)
 
 
-# Runs on every request that is not a trigger or a job read (those read the key with the job): prepared
-# where the engine allows, planned once per connection (``shared.db.prepared.PreparedQuery``).
+# Runs on every request that is not a trigger or a job read (those read the key with the job): prepared,
+# planned once per connection (``shared.db.prepared.PreparedQuery``).
 _BY_DIGEST = PreparedQuery.build("sluice_key_by_digest",
-                            f"SELECT {key_columns_sql()} FROM api_keys WHERE key_hash = :digest", KEY_TYPES)
+                                 f"SELECT {key_columns_sql()} FROM api_keys WHERE key_hash = :digest")
 _TOUCH = sa.update(KEYS).where(KEYS.c.id == sa.bindparam("key_id")).values(last_used_at=sa.bindparam("now"))
 
 

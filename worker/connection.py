@@ -41,9 +41,7 @@ class _Held:
         # Generic plans only: the start statement is large (planning it takes milliseconds, many times its
         # execution), and its plan does not depend on the values it is sent with.
         self.cursor.execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
-        prepared = prepared_names(self.proxy.info, create=True)
-        assert prepared is not None
-        self.prepared: set[str] = prepared
+        self.prepared: set[str] = prepared_names(self.proxy.info)
         self.used = False  # a statement was sent on it (a fresh connection that fails is not retried)
 
 

@@ -38,7 +38,6 @@ from sqlalchemy.engine import Engine
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
-from shared.db.prepared import enable_prepared_statements
 from shared.limits.limiter import Limits
 from shared.logs import configure_logging
 from shared.messages.broker import DEFAULT_IDLE_POLL_MS, MAX_IDLE_POLL_MS, make_broker
@@ -214,7 +213,6 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     # one) and check nothing out; sessions serve the heartbeat, terminal hooks and snapshot reads.
     engine = make_engine(settings.database_url, pool_size=threads + 2)
     steer_claim_plans(engine)
-    enable_prepared_statements(engine)  # the per-attempt statements are planned once per connection
     session_factory = make_session_factory(engine)
     redis_client = make_redis(settings.redis_url)
     limits = Limits(redis_client, per_thread_connections=True)  # its threads live as long as the process

@@ -1,17 +1,16 @@
-"""Server-side prepared statements for the statements run on every request or attempt (opt-in per engine).
+"""Server-side prepared statements for the statements run on every request or attempt.
 
 psycopg2 sends every statement as text, so PostgreSQL parses and plans it on every execution. For the
 worker's per-attempt statements against ``runs`` (14 indexes, a join for the claim) planning costs more
-server CPU than executing (measured: claim 0.13 ms planning vs 0.05 ms executing, warm). A process that
-calls ``enable_prepared_statements(engine)`` gets each hot statement ``PREPARE``d once per connection and
-then ``EXECUTE``d; any other engine runs the same statements as plain text.
+server CPU than executing (measured: claim 0.13 ms planning vs 0.05 ms executing, warm). So each such
+statement is ``PREPARE``d once per connection and then ``EXECUTE``d, on every engine: the API, the workers,
+the scheduler, the CLI and the tests all run the same statements the same way.
 
 A prepared statement lives in the database session: the names prepared on a connection are remembered in
 the pool's per-connection ``info`` dict (``prepared_names``: the one registry, which the worker threads'
 own connections share), which SQLAlchemy clears when a connection is replaced. ``PREPARE``
-is not transactional, so a rolled-back transaction keeps it. Not for a transaction-pooling PgBouncer in
-front of the workers (connections there are not sessions); point the workers at PostgreSQL or a
-session-pooling bouncer.
+is not transactional, so a rolled-back transaction keeps it. Not for a transaction-pooling PgBouncer
+(connections there are not sessions); point Sluice at PostgreSQL or a session-pooling bouncer.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.engine import Connection, CursorResult
 
 _INFO_KEY = "sluice_prepared"
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
@@ -55,21 +54,12 @@ class PreparedStatement:
         return cls(name, sa.text(sql), _PARAM.sub(number, sql), tuple(order))
 
 
-def enable_prepared_statements(engine: Engine) -> None:
-    """Make ``execute_prepared`` prepare statements on this engine's connections."""
-    def on_connect(_dbapi_connection: Any, record: Any) -> None:
-        record.info[_INFO_KEY] = set()
-
-    sa.event.listen(engine, "connect", on_connect)
-
-
-def prepared_names(info: dict[str, Any], *, create: bool = False) -> set[str] | None:
+def prepared_names(info: dict[str, Any]) -> set[str]:
     """The names prepared on the database session of the pooled connection whose ``info`` this is: the one
     registry of every path that prepares statements (the pool clears ``info`` when it replaces a connection,
-    and with it the names, as the new database session has none). ``None`` where the engine did not enable
-    prepared statements, unless ``create``."""
+    and with it the names, as the new database session has none)."""
     names: set[str] | None = info.get(_INFO_KEY)
-    if names is None and create:
+    if names is None:
         names = info[_INFO_KEY] = set()
     return names
 
@@ -78,23 +68,17 @@ def prepare_sql(statement: PreparedStatement) -> str:
     return f"PREPARE {statement.name} AS {statement.positional_sql}"
 
 
-def prepare_once(connection: Connection, statement: PreparedStatement) -> bool:
-    """Prepare ``statement`` on this connection unless it already is; ``False`` where not enabled (then
-    run the plain text). For callers that ``EXECUTE`` it themselves (e.g. through an ORM ``from_statement``)."""
+def prepare_once(connection: Connection, statement: PreparedStatement) -> None:
+    """Prepare ``statement`` on this connection unless it already is."""
     prepared = prepared_names(connection.info)
-    if prepared is None:
-        return False
     if statement.name not in prepared:
         connection.exec_driver_sql(prepare_sql(statement))
         prepared.add(statement.name)
-    return True
 
 
 def execute_prepared(connection: Connection, statement: PreparedStatement, params: dict[str, Any]) -> CursorResult[Any]:
-    """Run ``statement``: ``EXECUTE`` of its prepared form where enabled (preparing it on first use on this
-    connection), else the plain text."""
-    if not prepare_once(connection, statement):
-        return connection.execute(statement.text, params)
+    """``EXECUTE`` ``statement``, preparing it on first use on this connection."""
+    prepare_once(connection, statement)
     return connection.exec_driver_sql(*statement.execute_call(params))
 
 
@@ -160,47 +144,37 @@ def _run_on_driver(connection: Connection, statement: PreparedStatement, params:
 
 
 def run_prepared(connection: Connection, statement: PreparedStatement, params: dict[str, Any]) -> int:
-    """Run a statement that returns no rows — prepared and run on the driver's cursor where the engine
-    enables prepared statements, else through SQLAlchemy; its row count."""
-    if not prepare_once(connection, statement):
-        return int(connection.execute(statement.text, params).rowcount)
+    """Run a statement that returns no rows, prepared, on the driver's cursor; its row count."""
+    prepare_once(connection, statement)
     return int(_run_on_driver(connection, statement, params, fetch=False))
 
 
 @dataclass(frozen=True)
 class PreparedQuery:
-    """A hot read: prepared and run on the driver's cursor where the engine enables prepared statements
-    (driver values: psycopg2 decodes JSONB and returns aware timestamps), else the same SQL with typed
-    result columns (so that SQLite and plain engines decode JSON and timestamps through the models' types)."""
+    """A hot read, prepared and run on the driver's cursor (psycopg2 decodes JSONB and returns aware
+    timestamps, as the models' types do)."""
 
     statement: PreparedStatement
-    typed: sa.TextualSelect
 
     @classmethod
-    def build(cls, name: str, sql: str, types: dict[str, Any],
-              bind_types: dict[str, Any] | None = None) -> PreparedQuery:
-        """``types``: result column types; ``bind_types``: parameter types the fallback must process (e.g.
-        a timestamp compared with a column SQLite stores as text)."""
-        text = sa.text(sql)
-        if bind_types:
-            text = text.bindparams(*(sa.bindparam(key, type_=value) for key, value in bind_types.items()))
-        return cls(PreparedStatement.build(name, sql), text.columns(**types))
+    def build(cls, name: str, sql: str) -> PreparedQuery:
+        return cls(PreparedStatement.build(name, sql))
 
     def first(self, connection: Connection, params: dict[str, Any]) -> Any:
         """The first row (attribute per column, ``_mapping``) or ``None``."""
-        if prepare_once(connection, self.statement):
-            return _run_on_driver(connection, self.statement, params, fetch=True)
-        return connection.execute(self.typed, params).first()
+        prepare_once(connection, self.statement)
+        return _run_on_driver(connection, self.statement, params, fetch=True)
 
     def all(self, connection: Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Every row, as column name → value dicts."""
-        if prepare_once(connection, self.statement):
-            return _run_on_driver(connection, self.statement, params, fetch="all")  # type: ignore[no-any-return]
-        return [dict(row) for row in connection.execute(self.typed, params).mappings()]
+        prepare_once(connection, self.statement)
+        return _run_on_driver(connection, self.statement, params, fetch="all")  # type: ignore[no-any-return]
 
     def tuples(self, connection: Connection, params: dict[str, Any], *, prepare: bool = True) -> list[tuple[Any, ...]]:
         """Every row as a plain tuple in select-list order: for callers that read columns by position
-        (no per-row dict). ``prepare=False`` runs the text as the engines without prepared statements do."""
-        if prepare and prepare_once(connection, self.statement):
+        (no per-row dict). ``prepare=False`` sends the text instead, for a statement too rarely used to be
+        worth a prepared statement on every connection."""
+        if prepare:
+            prepare_once(connection, self.statement)
             return _run_on_driver(connection, self.statement, params, fetch="tuples")  # type: ignore[no-any-return]
-        return [tuple(row) for row in connection.execute(self.typed, params)]
+        return [tuple(row) for row in connection.execute(self.statement.text, params)]

@@ -14,13 +14,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.apikeys import KEY_TYPES, key_columns_sql
+from shared.apikeys import key_columns_sql
 from shared.db.models import Job
 from shared.db.prepared import PreparedQuery
 from shared.ids import canonical_uuid
 
 JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
-JOB_TYPES = {column.name: column.type for column in JOBS.c}  # result types of every job column, for text SQL
 
 JobRecord = Mapping[Any, Any]
 
@@ -71,12 +70,7 @@ def key_and_job_sql(by_id: bool, extra_columns: str = "") -> str:
             f"k.project_id AND {match}{order} LIMIT 1) WHERE k.key_hash = :digest")
 
 
-def key_lookup(name: str, sql: str, **extra_types: Any) -> PreparedQuery:
-    """A key + job lookup (``key_and_job_sql``) with the key and job columns typed for the fallback path."""
-    return PreparedQuery.build(name, sql, {**KEY_TYPES, **JOB_TYPES, **extra_types})
-
-
-_KEY_AND_JOB = {by_id: key_lookup(f"sluice_key_job_{'id' if by_id else 'slug'}", key_and_job_sql(by_id))
+_KEY_AND_JOB = {by_id: PreparedQuery.build(f"sluice_key_job_{'id' if by_id else 'slug'}", key_and_job_sql(by_id))
                 for by_id in (False, True)}
 
 
@@ -162,14 +156,13 @@ def page_sql(alias: str, project: str, after: bool, columns: str | None = None, 
             f"ORDER BY {alias}.created_at DESC, {alias}.id DESC LIMIT {':limit' if limit is None else int(limit)}")
 
 
-def page_query(name: str, sql: str, after: bool, types: dict[str, Any]) -> PreparedQuery:
-    """A page statement (``page_sql``) named per keyset variant, its ``:after_created_at`` typed for SQLite."""
-    return PreparedQuery.build(f"{name}{'_after' if after else ''}", sql, types,
-                          {"after_created_at": JOBS.c.created_at.type} if after else None)
+def page_query(name: str, sql: str, after: bool) -> PreparedQuery:
+    """A page statement (``page_sql``) named per keyset variant."""
+    return PreparedQuery.build(f"{name}{'_after' if after else ''}", sql)
 
 
 # A page of the project's jobs without filters, first or next (by keyset), the list request nearly always.
-_PLAIN_PAGE = {after: page_query("sluice_jobs_page", page_sql("m", ":project_id", after), after, JOB_TYPES)
+_PLAIN_PAGE = {after: page_query("sluice_jobs_page", page_sql("m", ":project_id", after), after)
                for after in (False, True)}
 
 

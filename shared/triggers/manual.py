@@ -25,7 +25,7 @@ from shared.db.models import Job, Run
 from shared.db.prepared import PreparedQuery
 from shared.dependencies.gating import edges_of, evaluate_many
 from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.jobs.store import key_and_job_sql, key_lookup, ref_params
+from shared.jobs.store import key_and_job_sql, ref_params
 from shared.runs.creation import (
     RunInputs,
     build_run_row,
@@ -160,11 +160,11 @@ def preview_run(session: Session, job: Job, inputs: RunInputs, now: datetime) ->
 
 
 def _key_and_job_statement(by_id: bool) -> PreparedQuery:
-    """``shared.jobs.store.key_and_job_sql`` plus ``has_edges``: it runs on every trigger, prepared where
-    the engine allows (``shared.db.prepared.PreparedQuery``)."""
+    """``shared.jobs.store.key_and_job_sql`` plus ``has_edges``: it runs on every trigger, prepared
+    (``shared.db.prepared.PreparedQuery``)."""
     has_edges = ", EXISTS (SELECT 1 FROM job_dependencies d WHERE d.job_id = j.id) AS has_edges"
-    return key_lookup(f"sluice_trigger_key_job_{'id' if by_id else 'slug'}", key_and_job_sql(by_id, has_edges),
-                           has_edges=sa.Boolean())
+    return PreparedQuery.build(f"sluice_trigger_key_job_{'id' if by_id else 'slug'}",
+                               key_and_job_sql(by_id, has_edges))
 
 
 # Built once (compiled once, then only bound): these lookups run on every trigger.

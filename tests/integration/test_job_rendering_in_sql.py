@@ -1,7 +1,7 @@
 """The jobs page rendered by its statement (``api.job_page``: the select list made from the Job
 description, timestamps formatted and JSON columns as text in SQL) must be exactly ``JOB.render`` of the
-stored records, byte for byte once encoded, whatever the stored values — on prepared statements and on
-plain SQL. Rows are written directly, so values the API would never store are covered too: a fixed set
+stored records, byte for byte once encoded, whatever the stored values — prepared (the usual page sizes)
+and sent as text (other sizes). Rows are written directly, so values the API would never store are covered too: a fixed set
 of awkward ones, and rows Hypothesis generates column by column."""
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from sqlalchemy.orm import Session
 from api.job_page import find_key_and_versioned_page
 from shared import json_codec
 from shared.apikeys import key_digest
-from shared.db.engine import make_engine, make_session_factory, transaction
+from shared.db.engine import make_session_factory, transaction
 from shared.db.models import UTCDateTime
-from shared.db.prepared import enable_prepared_statements
 from shared.ids import new_version_id, uuid7
 from shared.jobs.config import config_for_create
 from shared.jobs.resource import JOB
 from shared.jobs.store import JOBS, list_job_records, new_job_record
-from tests.conftest import make_key, pg_url
+from tests.conftest import make_key
 
 PROJECT = "proj-a"
 BASE = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -78,16 +77,9 @@ def _store(session_factory: Any, project: str = PROJECT) -> None:
             s.execute(sa.insert(JOBS).values(**record))  # one by one: sa.null() is a per-row expression
 
 
-@pytest.fixture(name="engine", params=["fallback", "driver"])
-def engine_fixture(request: pytest.FixtureRequest, db_engine: Engine) -> Iterator[Engine]:
-    """The test engine (statements through SQLAlchemy) or one with prepared statements, as the API runs."""
-    if request.param == "fallback":
-        yield db_engine.execution_options(isolation_level="AUTOCOMMIT")
-        return
-    engine = make_engine(pg_url(), pool_size=2)
-    enable_prepared_statements(engine)
-    yield engine.execution_options(isolation_level="AUTOCOMMIT")
-    engine.dispose()
+@pytest.fixture(name="engine")
+def engine_fixture(db_engine: Engine) -> Engine:
+    return db_engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _rendered_page(session: Session, digest: str, limit: int, after: Any = None

@@ -14,7 +14,7 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.models import RunEvent, WebhookDelivery
-from shared.db.prepared import PreparedStatement, enable_prepared_statements, execute_prepared
+from shared.db.prepared import PreparedStatement, execute_prepared
 from shared.runs.attempts import AttemptEnd, RetryPolicy, finish_attempt
 from shared.runs.effects import Effects
 from shared.runs.retries import SUCCESS, Outcome
@@ -28,7 +28,6 @@ def prepared_harness_fixture(settings: Settings, db_engine: Engine,
                              redis_client: redis_lib.Redis) -> Iterator[Harness]:
     engine = make_engine(db_engine.url.render_as_string(hide_password=False), pool_size=2, pre_ping=False)
     steer_claim_plans(engine)
-    enable_prepared_statements(engine)
     harness = make_harness(settings, make_session_factory(engine), redis_client)
     harness.monitor.start()
     try:
@@ -98,7 +97,6 @@ def test_every_path_shares_one_registry_of_prepared_statements(db_engine: Engine
     """A statement prepared by the session path is not prepared again by a worker thread's connection on
     the same pooled connection, and the other way round (PostgreSQL refuses a second PREPARE of a name)."""
     engine = make_engine(db_engine.url.render_as_string(hide_password=False), pool_size=1, pre_ping=False)
-    enable_prepared_statements(engine)
     try:
         with engine.connect() as connection:  # the session path prepares it first
             assert execute_prepared(connection, _PROBE, {"status": "queued"}).scalar() == 0
@@ -116,7 +114,6 @@ PID = PreparedStatement.build("sluice_probe_pid", "SELECT pg_backend_pid()")
 
 def test_a_dropped_connection_is_replaced_and_its_statements_prepared_again(db_engine: Engine) -> None:
     engine = make_engine(db_engine.url.render_as_string(hide_password=False), pool_size=1, pre_ping=False)
-    enable_prepared_statements(engine)
     thread_connection = ThreadConnection(engine)
     try:
         assert thread_connection.first(_PROBE, {"status": "queued"}) == (0,)
