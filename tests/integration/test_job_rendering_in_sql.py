@@ -1,8 +1,8 @@
 """The jobs page rendered by its statement (``api.job_page``: the select list made from the Job
 description, timestamps formatted and JSON columns as text in SQL) must be exactly ``JOB.render`` of the
 stored records, byte for byte once encoded, whatever the stored values — prepared (the usual page sizes)
-and sent as text (other sizes). Rows are written directly, so values the API would never store are covered too: a fixed set
-of awkward ones, and rows Hypothesis generates column by column."""
+and sent as text (other sizes). Rows are written directly, so values the API would never store are
+covered too: a fixed set of awkward ones, and rows Hypothesis generates column by column."""
 
 from __future__ import annotations
 
