@@ -3,10 +3,8 @@
 Declared on a broker passed in (nothing is registered at import time). The actor is thin: the message is
 a wake-up token carrying a run id and ``Runner.handle`` does the work.
 
-Dramatiq's own safety nets are tuned on purpose: Sluice retries through PostgreSQL (``max_retries=0``),
-and attempts may last 86 400 s, so the ``TimeLimit`` middleware (default 10 minutes, which would raise
-inside a long call) gets a limit above any attempt. ``AgeLimit`` stays inactive (no ``max_age``): an old
-message is still a valid wake-up.
+Dramatiq's own safety nets are not installed (``shared.messages.broker``): Sluice retries through
+PostgreSQL, attempts may last 86 400 s under their own deadline, and an old message is still a valid wake-up.
 """
 
 from __future__ import annotations
@@ -22,10 +20,6 @@ from worker.runner import Runner
 log = logging.getLogger("sluice.worker")
 
 
-# Longer than the longest attempt (86 400 s) plus recording time: never the thing that ends an attempt.
-DISPATCH_TIME_LIMIT_MS = (86_400 + 3_600) * 1000
-
-
 def declare_dispatch_actor(broker: dramatiq.Broker, runner: Runner) -> dramatiq.Actor[Any, Any]:
     """Register ``dispatch_run(run_id)`` on ``sluice.runs`` for ``broker``."""
     def dispatch_run(run_id: str) -> None:
@@ -36,6 +30,5 @@ def declare_dispatch_actor(broker: dramatiq.Broker, runner: Runner) -> dramatiq.
             # re-creates its message. Re-raising would only park the message in dramatiq's dead letters.
             log.exception("dispatch failed", extra={"run_id": run_id})
 
-    declare = dramatiq.actor(broker=broker, actor_name=DISPATCH_ACTOR, queue_name=DISPATCH_QUEUE,
-                             max_retries=0, time_limit=DISPATCH_TIME_LIMIT_MS)
+    declare = dramatiq.actor(broker=broker, actor_name=DISPATCH_ACTOR, queue_name=DISPATCH_QUEUE)
     return declare(dispatch_run)

@@ -34,8 +34,8 @@ from worker.start import Starter
 
 log = logging.getLogger("sluice.worker")
 
-# A chain of hand-offs runs inside one dispatch message: stop chaining after this long so the message's
-# time limit (worker.actors.DISPATCH_TIME_LIMIT_MS = longest attempt + 1 h) is never reached.
+# A chain of hand-offs runs inside one dispatch message: stop chaining after this long, so that the thread
+# goes back to its queue and no message stays unacknowledged for hours.
 CHAIN_SECS = 1800
 
 

@@ -1,10 +1,9 @@
 """The ``deliver_webhook`` dramatiq actor (queue ``sluice.webhooks``): a thin shell around ``deliver``.
 
 Registered by the worker's entry point with ``register_webhook_actor``; nothing is built at import time.
-``max_retries=0``: a failed attempt is not an exception, and its retry is scheduled in PostgreSQL and
-enqueued by ``scheduler.webhook_sweeps`` (dramatiq's retries would be lost with the message and cannot
-follow the §5.15 schedule). No ``time_limit`` of its own: each attempt carries its own 10 s deadline, far
-inside dramatiq's default ``TimeLimit`` (10 minutes), which therefore never ends a delivery.
+No dramatiq retries (the broker has none): a failed attempt is not an exception, and its retry is
+scheduled in PostgreSQL and enqueued by ``scheduler.webhook_sweeps`` (dramatiq's retries would be lost with
+the message and cannot follow the §5.15 schedule). Each attempt carries its own 10 s deadline.
 """
 
 from __future__ import annotations
@@ -43,5 +42,5 @@ def register_webhook_actor(broker: dramatiq.Broker, *, session_factory: sessionm
             # an attempt was claimed). Re-raising would only park the message in dramatiq's dead letters.
             log.exception("webhook delivery failed", extra={"delivery_id": delivery_id})
 
-    declare = dramatiq.actor(actor_name=WEBHOOK_ACTOR, queue_name=WEBHOOK_QUEUE, broker=broker, max_retries=0)
+    declare = dramatiq.actor(actor_name=WEBHOOK_ACTOR, queue_name=WEBHOOK_QUEUE, broker=broker)
     return declare(deliver_webhook)

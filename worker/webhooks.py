@@ -14,7 +14,7 @@
    address policy refused the destination, else ``pending`` with the next due time, or ``failed``
    after the 6th attempt; plus one ``webhook_delivery`` run event. The run itself is never touched.
 
-Retries are not dramatiq's (the actor has ``max_retries=0``): the sweeper enqueues due rows.
+Retries are not dramatiq's (its broker has none): the sweeper enqueues due rows.
 """
 
 from __future__ import annotations

@@ -59,11 +59,15 @@ class SluiceBroker(RedisBroker):
     no consumer polling it. ``idle_poll_ms`` bounds how long an idle consumer waits for a wake-up before it
     looks at its queue anyway. When a worker starts shutting down, ``interrupt_waits`` ends its consumers'
     ``BLPOP`` through the broker's own stop list (``shared.redis_keys.consumer_stop``).
+
+    That is its only middleware: none of dramatiq's defaults has work to do here, and each would run on
+    every message. Retries live in PostgreSQL (a failed attempt is not an exception), an attempt's deadline
+    is its own (``TimeLimit`` would cut a long call short), an old message is still a valid wake-up
+    (``AgeLimit``), and no actor uses callbacks, pipelines or shutdown notifications.
     """
 
     def __init__(self, *, idle_poll_ms: int = DEFAULT_IDLE_POLL_MS, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_middleware(_InterruptWaitsOnShutdown())
+        super().__init__(middleware=[_InterruptWaitsOnShutdown()], **kwargs)
         self.idle_poll_ms = idle_poll_ms
         self.stopping = threading.Event()
         self.stop_key = redis_keys.consumer_stop(self.namespace, self.broker_id)
