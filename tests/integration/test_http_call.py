@@ -187,6 +187,23 @@ def test_a_malformed_head_is_an_invalid_response(raw: list[RawServer], raw_respo
     assert result.outcome.error == f"invalid_response: malformed response: {reason}"
 
 
+def test_response_header_fields(raw: list[RawServer]) -> None:
+    """Repeats are joined, a folded line continues its header, a line without a colon is dropped, and the
+    length still frames the body when it follows such a line."""
+    server = start(raw, servers.respond_then_hang(
+        b"HTTP/1.1 503 Busy\r\nX-Tag: a\r\nRetry-After:\t 30 \r\nX-Note: first\r\n  second\r\nno colon here\r\n"
+        b"x-tag: b\r\nContent-Length: 4\r\n\r\nbusy"))  # a hanging peer: only the length ends the body
+    result = call(server.url())
+    assert result.headers == {"x-tag": "a, b", "retry-after": "30", "x-note": "first second", "content-length": "4"}
+    assert (result.status, result.body, result.retry_after_secs) == (503, b"busy", 30)
+
+
+@pytest.mark.parametrize("length", [b"-1", b"4x"])
+def test_a_length_that_is_not_a_number_reads_until_close(raw: list[RawServer], length: bytes) -> None:
+    server = start(raw, servers.respond(b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\nuntil the end"))
+    assert call(server.url()).body == b"until the end"
+
+
 def test_garbage_is_an_invalid_response(raw: list[RawServer]) -> None:
     server = start(raw, servers.respond(b"SSH-2.0-OpenSSH\r\n\r\n"))
     result = call(server.url())
