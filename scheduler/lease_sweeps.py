@@ -7,7 +7,9 @@ timeout, during which a ``max_concurrency: 1`` job starts nothing. This sweep wa
 concurrency cap, ``JOBS_PER_PASS`` per pass from a cursor, reads the members of their lease sets (the job's,
 and those of the concurrency keys its runs used lately) and removes every lease whose run has finished or
 no longer exists. Leases of runs in any other status stay: an executing run's is live, and a queued or
-delayed run may be in the middle of its start (its lease is taken before the start commits).
+delayed run may be in the middle of its start (its lease is taken before the start commits). A run that
+finished less than ``RELEASE_GRACE`` ago keeps its lease too: its worker releases it within half a second
+(in a batch), and a busy fleet always has such runs, which are not leaks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ log = logging.getLogger("sluice.sweeper")
 
 JOBS_PER_PASS = 200
 KEYS_LOOKBACK = timedelta(hours=1)  # concurrency keys of runs that finished this recently are checked
+RELEASE_GRACE = timedelta(seconds=10)  # a run that finished this recently still has its release coming
 _FINISHED = frozenset(status.value for status in TERMINAL)
 
 
@@ -53,9 +56,10 @@ def sweep_leaked_leases(session: Session, client: redis.Redis, now: datetime,
     members = {key: [m.decode() if isinstance(m, bytes) else m for m in found]
                for key, found in zip(keys, pipe.execute(), strict=True) if found}
     run_ids = sorted({m for found in members.values() for m in found})
-    status = dict(session.execute(sa.select(Run.id, Run.status).where(Run.id.in_(run_ids))).tuples().all()
-                  ) if run_ids else {}
-    leaked = {run_id for run_id in run_ids if status.get(run_id) is None or status[run_id] in _FINISHED}
+    ended = {run_id: status in _FINISHED and finished_at <= now - RELEASE_GRACE for run_id, status, finished_at in
+             session.execute(sa.select(Run.id, Run.status, Run.finished_at).where(Run.id.in_(run_ids)))
+             } if run_ids else {}
+    leaked = {run_id for run_id in run_ids if ended.get(run_id, True)}
     removed = 0
     if leaked:
         for key, found in members.items():

@@ -111,9 +111,10 @@ def test_a_running_attempt_recreates_the_lease_redis_lost(harness: Harness, http
 
 
 def test_leaked_leases_of_finished_runs_are_swept(session, redis_client) -> None:  # type: ignore[no-untyped-def]
-    """A worker died before releasing: the leases of finished (or deleted) runs go, a live attempt's lease
-    and the lease of a run in the middle of its start stay; per-key lease sets too."""
-    from scheduler.lease_sweeps import sweep_leaked_leases
+    """A worker died before releasing: the leases of finished (or deleted) runs go, a live attempt's lease,
+    the lease of a run in the middle of its start and that of a run that has just finished (its release is
+    on its way) stay; per-key lease sets too."""
+    from scheduler.lease_sweeps import RELEASE_GRACE, sweep_leaked_leases
     from shared import redis_keys
     from shared.clock import utcnow
     from tests.factories import make_run
@@ -121,19 +122,21 @@ def test_leaked_leases_of_finished_runs_are_swept(session, redis_client) -> None
     now = utcnow()
     job = make_job(session, max_concurrency=1, max_concurrency_per_key=1)
     plain = make_job(session)  # no cap: not swept
-    done = make_run(session, job, status="completed", attempt=1, finished_at=now, concurrency_key="k")
+    done = make_run(session, job, status="completed", attempt=1, finished_at=now - RELEASE_GRACE, concurrency_key="k")
+    just_done = make_run(session, job, status="failed", attempt=1, finished_at=now - RELEASE_GRACE / 2)
     live = make_run(session, job, status="executing", attempt=1, started_at=now, heartbeat_at=now,
                     concurrency_key="k")
     starting = make_run(session, job, status="queued")
     session.commit()
     expiry = int(now.timestamp() * 1000) + 600_000
     job_key, key_key = redis_keys.concurrency_job(job.id), redis_keys.concurrency_key(job.id, "k")
-    redis_client.zadd(job_key, {done.id: expiry, live.id: expiry, starting.id: expiry, "deleted-run": expiry})
+    redis_client.zadd(job_key, {done.id: expiry, live.id: expiry, starting.id: expiry, just_done.id: expiry,
+                                "deleted-run": expiry})
     redis_client.zadd(key_key, {done.id: expiry, live.id: expiry})
     redis_client.zadd(redis_keys.concurrency_job(plain.id), {"deleted-run": expiry})
     removed, cursor = sweep_leaked_leases(session, redis_client, now, None)
     assert (removed, cursor) == (3, None)
-    assert {m.decode() for m in redis_client.zrange(job_key, 0, -1)} == {live.id, starting.id}
+    assert {m.decode() for m in redis_client.zrange(job_key, 0, -1)} == {live.id, starting.id, just_done.id}
     assert {m.decode() for m in redis_client.zrange(key_key, 0, -1)} == {live.id}
     assert redis_client.zcard(redis_keys.concurrency_job(plain.id)) == 1
 
