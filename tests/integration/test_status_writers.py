@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = ("api", "worker", "scheduler", "shared")
 BUILDERS = {"shared/runs/transitions.py", "worker/start_statement.py"}  # statements built from the table
 CREATORS = {"shared/runs/creation.py"}
+# Modules whose ``.status`` assignments are not runs': the reason for each.
+OTHER_STATUSES = {"worker/transport.py": "the status code of an http.client response it reads"}
 TEST_SETUP = "/* test setup */"
 _SQL_UPDATE = re.compile(r"UPDATE\s+runs\s+SET\s+(?P<set>.*?)(?:\bFROM\b|\bWHERE\b|$)", re.I | re.S)
 _SQL_INSERT = re.compile(r"INSERT\s+INTO\s+runs\b", re.I)
@@ -81,7 +83,8 @@ def test_only_the_table_writes_status_and_only_creation_inserts_runs() -> None:
         for node in ast.walk(ast.parse(text)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
                 node, ast.AugAssign | ast.AnnAssign) else []
-            if any(isinstance(t, ast.Attribute) and t.attr == "status" for t in targets):
+            if path not in OTHER_STATUSES and any(isinstance(t, ast.Attribute) and t.attr == "status"
+                                                  for t in targets):
                 offenders.append(f"{path}: assigns an object's status")
     assert offenders == []
 
