@@ -194,7 +194,7 @@ class Shape:
 @lru_cache(maxsize=512)
 def move_statement(shape: Shape) -> PreparedStatement:
     """The statement for ``shape``; its rows are ``(id, job_id, old_status[, webhook_url, has_dependents])``,
-    one per moved run, the last two for terminal moves."""
+    one per moved run, the last two for terminal moves without the ``no_hooks`` guard."""
     check_move(frozenset(shape.from_), shape.to)
     if shape.many and shape.extra_events:
         raise InvalidMove("moves of many runs write only their state_change")
@@ -227,7 +227,7 @@ def move_statement(shape: Shape) -> PreparedStatement:
     events += [f"SELECT :e{i}_id, moved.id, :e{i}_type, NULL, CAST(:e{i}_data AS jsonb), CAST(:now AS timestamptz) "
                "FROM moved" for i in range(1, shape.extra_events + 1)]
     hooks = ""
-    if shape.to in TERMINAL:
+    if shape.to in TERMINAL and "no_hooks" not in shape.guards:  # with the guard, no hook can be due
         hooks = (", (SELECT jobs.webhook_url FROM jobs WHERE jobs.id = moved.job_id) AS webhook_url, "
                  "EXISTS (SELECT 1 FROM job_dependencies d WHERE d.depends_on_job_id = moved.job_id) AS has_dependents")
     sql = (f"{MARKER} WITH moved AS (UPDATE runs SET {set_clause(shape.to, shape.columns)} {source}"
