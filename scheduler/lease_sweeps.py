@@ -56,9 +56,9 @@ def sweep_leaked_leases(session: Session, client: redis.Redis, now: datetime,
     members = {key: [m.decode() if isinstance(m, bytes) else m for m in found]
                for key, found in zip(keys, pipe.execute(), strict=True) if found}
     run_ids = sorted({m for found in members.values() for m in found})
-    ended = {run_id: status in _FINISHED and finished_at <= now - RELEASE_GRACE for run_id, status, finished_at in
-             session.execute(sa.select(Run.id, Run.status, Run.finished_at).where(Run.id.in_(run_ids)))
-             } if run_ids else {}
+    ended = {run_id: status in _FINISHED and (finished_at is None or finished_at <= now - RELEASE_GRACE)
+             for run_id, status, finished_at in session.execute(
+                 sa.select(Run.id, Run.status, Run.finished_at).where(Run.id.in_(run_ids)))} if run_ids else {}
     leaked = {run_id for run_id in run_ids if ended.get(run_id, True)}
     removed = 0
     if leaked:
