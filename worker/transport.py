@@ -158,13 +158,12 @@ class _Response(http.client.HTTPResponse):
         self.headers = self.msg = _message(lines)
         self.chunked = (self.headers.get("transfer-encoding") or "").lower() == "chunked"
         self.chunk_left = None
-        self.will_close = self._check_close()  # type: ignore[attr-defined]
         length = None if self.chunked else self.headers.get("content-length")
         self.length = int(length) if length and length.isdigit() else None
         if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or status < 200 or self._method == "HEAD":
             self.length = 0  # type: ignore[attr-defined]
         # Neither chunked nor a length: the body ends when the server closes the connection.
-        self.will_close = self.will_close or (not self.chunked and self.length is None)
+        self.will_close = self._check_close() or (not self.chunked and self.length is None)  # type: ignore[attr-defined]
 
 
 class _TracedConnection(HTTPConnection):
