@@ -39,6 +39,7 @@ from shared.clock import utcnow  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.db.engine import make_engine, make_session_factory  # noqa: E402
 from shared.db.models import Job, Run  # noqa: E402
+from shared.egress.addresses import AddressPolicy  # noqa: E402
 from shared.jobs.lifecycle import create_job  # noqa: E402
 from shared.messages.broker import make_broker  # noqa: E402
 from shared.runs.commit import commit_and_apply  # noqa: E402
@@ -94,10 +95,11 @@ class Bench:
         with self.factory() as s:
             for i in range(args.jobs):
                 create_job(s, self.principal, {"name": f"old {i}", "slug": f"old-{i}",
-                                               "endpoint_url": "http://127.0.0.1:9/"}, now=utcnow(), allow_private=True)
+                                               "endpoint_url": "http://127.0.0.1:9/"}, now=utcnow(),
+                           policy=AddressPolicy(allow_private=True), box=self.settings.secret_box)
             record = create_job(s, self.principal, {"name": "live", "slug": "live",
                                                     "endpoint_url": "http://127.0.0.1:9/"}, now=utcnow(),
-                                allow_private=True)
+                                policy=AddressPolicy(allow_private=True), box=self.settings.secret_box)
             s.commit()
             self.live = s.get(Job, record["id"])
 
