@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from shared.db.locks import lock_key
 from shared.db.models import JobDependency, Run
 from shared.runs.status import TERMINAL, RunStatus
-from shared.schedules.cron import is_tick_key
+from shared.schedules.cron import TICK_KEY_PREFIX, is_tick_key
 
 _FAILURES = frozenset({"failed", "timed_out", "crashed", "system_failed", "expired"})
 CONDITION_STATUSES: dict[str, frozenset[str]] = {
@@ -45,6 +45,8 @@ CONDITION_STATUSES: dict[str, frozenset[str]] = {
 }
 _TERMINAL_VALUES = [s.value for s in TERMINAL]
 RELEASE_BATCH = 500
+# What an upstream run offers a dependent run correlating on a dependency key (``metadata->>'dependency_key'``).
+_DEPENDENCY_KEY = Run.run_metadata["dependency_key"].as_string()
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def _newest_terminal(session: Session, upstream_job_id: str, kind: str,
     if kind == "any":
         row = session.execute(sa.select(Run.id, Run.status).where(*where).order_by(*order).limit(1)).first()
         return {None: (row[0], row[1])} if row else {}
-    column = Run.idempotency_key if kind == "idem" else Run.run_metadata["dependency_key"].as_string()
+    column = Run.idempotency_key if kind == "idem" else _DEPENDENCY_KEY
     ranked = (
         sa.select(Run.id, Run.status, column.label("corr"),
                   sa.func.row_number().over(partition_by=column, order_by=order).label("rn"))
@@ -160,14 +162,52 @@ def dependent_jobs(session: Session, upstream_job_id: str) -> list[str]:
         sa.select(JobDependency.job_id).where(JobDependency.depends_on_job_id == upstream_job_id))))
 
 
-def releasable_runs(session: Session, job_id: str) -> Iterator[list[tuple[Run, Verdict]]]:
+@dataclass(frozen=True)
+class Finished:
+    """The correlation keys of upstream runs that have just become terminal."""
+
+    idempotency_keys: frozenset[str]
+    dependency_keys: frozenset[str]
+
+
+def finished_keys(session: Session, run_ids: Sequence[str]) -> dict[str, Finished]:
+    """Per upstream job (in id order: the order dependency locks are taken), the keys of its runs among
+    ``run_ids``."""
+    keys: dict[str, tuple[set[str], set[str]]] = {}
+    for job_id, idempotency_key, dependency_key in session.execute(
+            sa.select(Run.job_id, Run.idempotency_key, _DEPENDENCY_KEY).where(Run.id.in_(run_ids))):
+        idempotency_keys, dependency_keys = keys.setdefault(job_id, (set(), set()))
+        idempotency_keys.update([idempotency_key] if idempotency_key is not None else [])
+        dependency_keys.update([dependency_key] if dependency_key is not None else [])
+    return {job_id: Finished(frozenset(keys[job_id][0]), frozenset(keys[job_id][1])) for job_id in sorted(keys)}
+
+
+def correlating_with(finished: Finished) -> sa.ColumnElement[bool]:
+    """Waiting runs that may correlate with one of the ``finished`` runs (``correlation_of``): the same
+    idempotency key; else, without a usable one, the same dependency key; else, without either, any.
+    Only these can have their verdict changed by those runs: a superset of them, never fewer (the test
+    compares it with a full re-evaluation)."""
+    no_idempotency_key = sa.or_(Run.idempotency_key.is_(None), Run.idempotency_key == "",
+                                Run.idempotency_key.startswith(TICK_KEY_PREFIX, autoescape=True))
+    no_dependency_key = sa.func.jsonb_typeof(Run.run_metadata["dependency_key"]).is_distinct_from("string")
+    return sa.or_(Run.idempotency_key.in_(sorted(finished.idempotency_keys)),
+                  sa.and_(no_idempotency_key, _DEPENDENCY_KEY.in_(sorted(finished.dependency_keys))),
+                  sa.and_(no_idempotency_key, no_dependency_key))
+
+
+def releasable_runs(session: Session, job_id: str,
+                    finished: Finished | None = None) -> Iterator[list[tuple[Run, Verdict]]]:
     """``job_id``'s waiting runs whose edges all hold, oldest first, in batches: the caller releases each
-    batch before the next is read. Takes the job's dependency lock first (see the module doc)."""
+    batch before the next is read. With ``finished``, only the runs those upstream runs can release
+    (``correlating_with``): a job whose waiting runs each wait for their own upstream run is not read
+    whole at every finish. Takes the job's dependency lock first (see the module doc)."""
     lock_key(session, "deps", job_id)
     edges = edges_of(session, job_id)
     after: tuple[datetime, str] | None = None
     while True:
         query = sa.select(Run).where(Run.job_id == job_id, Run.status == RunStatus.WAITING.value)
+        if finished is not None:
+            query = query.where(correlating_with(finished))
         if after is not None:
             query = query.where(sa.or_(Run.created_at > after[0],
                                        sa.and_(Run.created_at == after[0], Run.id > after[1])))

@@ -25,7 +25,14 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Run
 from shared.db.prepared import PreparedStatement, execute_prepared
-from shared.dependencies.gating import Verdict, dependent_jobs, releasable_runs, release_expiry
+from shared.dependencies.gating import (
+    Finished,
+    Verdict,
+    dependent_jobs,
+    finished_keys,
+    releasable_runs,
+    release_expiry,
+)
 from shared.metrics import observe_run_finished
 from shared.runs.effects import Effects
 from shared.runs.status import TERMINAL, RunStatus
@@ -111,8 +118,9 @@ def _after(session: Session, to: RunStatus, rows: Sequence[Any], *, now: datetim
             observe_run_finished(to.value)
             if row[3] and not effects.suppress_webhooks:
                 queue_terminal_webhook(session, _load(session, one.id), url=row[3], now=now, effects=effects)
-        for job_id in sorted({one.job_id for row, one in zip(rows, moved, strict=True) if row[4]}):
-            release_dependents(session, job_id, now=now, effects=effects)
+        upstream = [one.id for row, one in zip(rows, moved, strict=True) if row[4]]
+        for job_id, finished in (finished_keys(session, upstream) if upstream else {}).items():
+            release_dependents(session, job_id, now=now, effects=effects, finished=finished)
     return moved
 
 
@@ -121,17 +129,22 @@ def _load(session: Session, run_id: str) -> Run:
                            .execution_options(populate_existing=True)).scalar_one()
 
 
-def release_dependents(session: Session, upstream_job_id: str, *, now: datetime, effects: Effects) -> int:
-    """Re-evaluate the waiting runs of every job that depends on ``upstream_job_id``; how many were
-    released. Run by every terminal move, in its transaction."""
-    return sum(release_waiting(session, job_id, now=now, effects=effects)
+def release_dependents(session: Session, upstream_job_id: str, *, now: datetime, effects: Effects,
+                       finished: Finished | None = None) -> int:
+    """Re-evaluate the waiting runs of every job that depends on ``upstream_job_id`` (with ``finished``, the
+    ones that correlate with those upstream runs); how many were released. Run by every terminal move, in
+    its transaction."""
+    return sum(release_waiting(session, job_id, now=now, effects=effects, finished=finished)
                for job_id in dependent_jobs(session, upstream_job_id))
 
 
-def release_waiting(session: Session, job_id: str, *, now: datetime, effects: Effects) -> int:
+def release_waiting(session: Session, job_id: str, *, now: datetime, effects: Effects,
+                    finished: Finished | None = None) -> int:
     """Release ``job_id``'s waiting runs whose edges all hold, oldest first (``queued``, or ``delayed`` if
-    ``scheduled_at`` is ahead; event ``released``); how many."""
-    return sum(release_runs(session, batch, now=now, effects=effects) for batch in releasable_runs(session, job_id))
+    ``scheduled_at`` is ahead; event ``released``); how many. With ``finished``, only the runs that those
+    upstream runs can release are looked at (``shared.dependencies.gating.correlating_with``)."""
+    return sum(release_runs(session, batch, now=now, effects=effects)
+               for batch in releasable_runs(session, job_id, finished))
 
 
 def release_runs(session: Session, runs: Sequence[tuple[Run, Verdict]], *, now: datetime, effects: Effects) -> int:

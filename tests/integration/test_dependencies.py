@@ -82,6 +82,45 @@ def test_release_on_upstream_terminal(session):
     assert released.data == {"dependency_runs": [upstream.id]}
 
 
+_NO_KEY = object()  # metadata without a dependency_key
+
+
+def _metadata(dependency_key: object) -> dict[str, object]:
+    return {} if dependency_key is _NO_KEY else {"dependency_key": dependency_key}
+
+
+def test_a_finish_releases_what_re_evaluating_every_waiting_run_would(session):
+    """A terminal move looks only at the waiting runs that can correlate with the finished run, so that a job
+    whose waiting runs each wait for their own upstream run is not read whole at every finish. For every
+    combination of keys a waiting run and the finished upstream run can have (no key, an empty one, equal
+    or different ones, a cron tick key, a dependency key that is not a string), it releases exactly what
+    re-evaluating every waiting run of the job releases."""
+    up, down = make_job(session), make_job(session)
+    make_dependency(session, down, up)
+    now = utcnow()
+    for index, (idempotency_key, dependency_key) in enumerate(
+            (i, d) for i in (None, "", "k1", "k2", "cron:tick") for d in (_NO_KEY, "d1", "d2", 5, None)):
+        make_run(session, down, status="waiting", idempotency_key=idempotency_key,
+                 run_metadata=_metadata(dependency_key), now=now - timedelta(seconds=60 - index))
+    released = []
+    for idempotency_key, dependency_key in ((i, d) for i in (None, "k1", "cron:tick") for d in (_NO_KEY, "d1", 5)):
+        keys = {"idempotency_key": idempotency_key, "run_metadata": _metadata(dependency_key)}
+        savepoint = session.begin_nested()
+        upstream = make_run(session, up, status="executing", attempt=1, started_at=now, **keys)
+        by_finish = Effects()
+        move(session, upstream.id, RunStatus.COMPLETED, now=now, effects=by_finish)
+        savepoint.rollback()
+        savepoint = session.begin_nested()
+        make_run(session, up, status="completed", attempt=1, started_at=now, **keys)
+        by_everything = Effects()
+        release_waiting(session, down.id, now=now, effects=by_everything)
+        savepoint.rollback()
+        assert by_finish.enqueue == by_everything.enqueue, keys
+        released.append(len(by_finish.enqueue))
+    # Not vacuous: each finish releases some of the 25 waiting runs, and not the same number each time.
+    assert 0 < min(released) < max(released) < 25, released
+
+
 def test_release_waiting_of_job_after_edge_delete(session):
     up, down = make_job(session), make_job(session)
     edge = make_dependency(session, down, up)
