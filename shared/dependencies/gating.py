@@ -173,13 +173,11 @@ class Finished:
 def finished_keys(session: Session, run_ids: Sequence[str]) -> dict[str, Finished]:
     """Per upstream job (in id order: the order dependency locks are taken), the keys of its runs among
     ``run_ids``."""
-    keys: dict[str, tuple[set[str], set[str]]] = {}
-    for job_id, idempotency_key, dependency_key in session.execute(
-            sa.select(Run.job_id, Run.idempotency_key, _DEPENDENCY_KEY).where(Run.id.in_(run_ids))):
-        idempotency_keys, dependency_keys = keys.setdefault(job_id, (set(), set()))
-        idempotency_keys.update([idempotency_key] if idempotency_key is not None else [])
-        dependency_keys.update([dependency_key] if dependency_key is not None else [])
-    return {job_id: Finished(frozenset(keys[job_id][0]), frozenset(keys[job_id][1])) for job_id in sorted(keys)}
+    rows = session.execute(sa.select(Run.job_id, Run.idempotency_key, _DEPENDENCY_KEY)
+                           .where(Run.id.in_(run_ids))).all()
+    return {job_id: Finished(frozenset(row[1] for row in rows if row[0] == job_id and row[1] is not None),
+                             frozenset(row[2] for row in rows if row[0] == job_id and row[2] is not None))
+            for job_id in sorted({row[0] for row in rows})}
 
 
 def correlating_with(finished: Finished) -> sa.ColumnElement[bool]:
