@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import dramatiq
+import redis
 
 from shared.messages.layout import DISPATCH_ACTOR, DISPATCH_QUEUE
 from worker.runner import Runner
@@ -25,6 +26,10 @@ def declare_dispatch_actor(broker: dramatiq.Broker, runner: Runner) -> dramatiq.
     def dispatch_run(run_id: str) -> None:
         try:
             runner.handle(run_id)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            # Redis went away (a restart, a failover): an outage to report, not a bug to trace. The run is
+            # as safe as below, and the limits it needs are back with Redis.
+            log.warning("dispatch failed: Redis unavailable", extra={"run_id": run_id, "error": str(exc)})
         except Exception:
             # The run stays safely in PostgreSQL (queued, or executing until the reaper); the sweeper
             # re-creates its message. Re-raising would only park the message in dramatiq's dead letters.

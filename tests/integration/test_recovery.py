@@ -1,20 +1,28 @@
 """Recovery without errors: after PostgreSQL drops every connection (a restart, a failover, an operator's
-``pg_terminate_backend``), the next requests and attempts succeed on fresh connections."""
+``pg_terminate_backend``), the next requests and attempts succeed on fresh connections; while Redis is away,
+runs wait in PostgreSQL."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
+import pytest
+import redis as redis_lib
 import sqlalchemy as sa
 from pytest_httpserver import HTTPServer
 from sqlalchemy.engine import Engine
 from werkzeug import Request, Response
 
+from shared.config import Settings
 from shared.db.engine import PING_AFTER_IDLE_SECS, make_engine
+from shared.limits.limiter import Limits
 from tests.conftest import PG_ADMIN_URL, PG_DB_NAME
 from tests.factories import make_job
-from tests.integration.runner_harness import Harness
+from tests.integration.runner_harness import Harness, make_harness
+from tests.integration.servers import closed_port
+from worker.actors import declare_dispatch_actor
 
 
 def terminate_backends() -> int:
@@ -170,3 +178,21 @@ def test_a_pooled_connection_is_pinged_only_after_it_idled(db_engine: Engine) ->
             assert backend_pid(conn) == pid and _last_statement(pid) == "SELECT 1"  # pinged: it idled
     finally:
         engine.dispose()
+
+
+def test_a_start_that_finds_redis_gone_is_a_warning_and_the_run_stays_queued(
+        settings: Settings, session_factory, redis_client, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """Redis is away when a limited run starts (its limits live there): the worker logs one warning that
+    names the outage, without a traceback, and the run is still queued, unstarted, for the message the
+    sweeper sends again."""
+    gone = redis_lib.Redis(port=closed_port(), socket_connect_timeout=1)
+    harness = make_harness(settings, session_factory, redis_client, limits=Limits(gone, per_thread_connections=True))
+    run = harness.run(harness.job(max_concurrency=2))
+    dispatch = declare_dispatch_actor(harness.broker, harness.runner)
+    with caplog.at_level(logging.INFO, logger="sluice.worker"):
+        dispatch.fn(run.id)
+    failed = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records
+              if r.name == "sluice.worker" and r.getMessage().startswith("dispatch failed")]
+    assert failed == [("WARNING", "dispatch failed: Redis unavailable", None)]
+    after = harness.get(run.id)
+    assert (after.status, after.attempt) == ("queued", 0)
