@@ -6,10 +6,12 @@ runs waits for the ``up`` run with its own key. Each measured finish moves one e
 which releases the one waiting run with the same key. The table shows the finish's latency, median and
 max of ``--finishes``, per number of waiting runs.
 
-To compare trees, run this file against another checkout (``--tree``, same venv): it imports that tree's code.
+To compare trees, run this file against another checkout (``--tree``, same venv): it imports that tree's code,
+which needs the same job, edge and move functions (a worktree of an earlier commit, e.g. ``git worktree add
+/tmp/previous HEAD~1``).
 
     .venv/bin/python bench/dependencies.py                          # 1,000 / 10,000 / 50,000 waiting
-    .venv/bin/python bench/dependencies.py --tree /tmp/before --waiting 10000
+    .venv/bin/python bench/dependencies.py --tree /tmp/previous --waiting 10000
 """
 
 from __future__ import annotations
