@@ -27,8 +27,8 @@ def declare_dispatch_actor(broker: dramatiq.Broker, runner: Runner) -> dramatiq.
         try:
             runner.handle(run_id)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            # Redis went away (a restart, a failover): an outage to report, not a bug to trace. The run is
-            # as safe as below, and the limits it needs are back with Redis.
+            # Redis went away (a restart, a failover): an outage to report, not a bug to trace. The run is as
+            # safe as in the case below, and starts once Redis (with its message and its limits) is back.
             log.warning("dispatch failed: Redis unavailable", extra={"run_id": run_id, "error": str(exc)})
         except Exception:
             # The run stays safely in PostgreSQL (queued, or executing until the reaper); the sweeper
