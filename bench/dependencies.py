@@ -6,12 +6,16 @@ runs waits for the ``up`` run with its own key. Each measured finish moves one e
 which releases the one waiting run with the same key. The table shows the finish's latency, median and
 max of ``--finishes``, per number of waiting runs.
 
+With ``--keyless``, no run has a key: the first finish releases every waiting run at once (the max column),
+and the later ones find none left.
+
 To compare trees, run this file against another checkout (``--tree``, same venv): it imports that tree's code,
 which needs the same job, edge and move functions (a worktree of an earlier commit, e.g. ``git worktree add
 /tmp/previous HEAD~1``).
 
     .venv/bin/python bench/dependencies.py                          # 1,000 / 10,000 / 50,000 waiting
     .venv/bin/python bench/dependencies.py --tree /tmp/previous --waiting 10000
+    .venv/bin/python bench/dependencies.py --keyless --finishes 1  # one finish releases them all
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ INSERT INTO runs (id, job_id, project_id, status, attempt, payload, payload_hash
                   debug_mode, lineage_depth, tags, created_by, created_at, idempotency_key)
 SELECT gen_random_uuid()::text, j.id, j.project_id, :status, :attempt, '{}', repeat('0', 64), '{}', 'manual', 0,
        j.version, j.version_id, 'exponential', 0, 0, false, 0, '{}', 'apikey:bench',
-       now() - interval '1 hour' + g * interval '1 microsecond', 'key-' || g
+       now() - interval '1 hour' + g * interval '1 microsecond', CASE WHEN :keyed THEN 'key-' || g END
 FROM generate_series(1, :n) AS g JOIN jobs j ON j.slug = :slug
 """
 
@@ -62,8 +66,10 @@ def measure(args: argparse.Namespace, waiting: int) -> list[float]:
                                  now=utcnow(), policy=AddressPolicy(allow_private=True), box=box)
                 for slug in ("up", "down")}
         create_edge(s, jobs["down"], "up", "completed", now=utcnow())
-        s.execute(sa.text(SEED), {"status": "waiting", "attempt": 0, "n": waiting, "slug": "down"})
-        s.execute(sa.text(SEED), {"status": "executing", "attempt": 1, "n": args.finishes, "slug": "up"})
+        keyed = not args.keyless
+        s.execute(sa.text(SEED), {"status": "waiting", "attempt": 0, "n": waiting, "slug": "down", "keyed": keyed})
+        s.execute(sa.text(SEED), {"status": "executing", "attempt": 1, "n": args.finishes, "slug": "up",
+                                  "keyed": keyed})
         s.commit()
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE"))
@@ -79,7 +85,8 @@ def measure(args: argparse.Namespace, waiting: int) -> list[float]:
             s.commit()
         latencies.append((time.perf_counter() - started) * 1000)
         released += len(effects.enqueue)
-    assert released == min(waiting, args.finishes), released  # each finish released its own dependent run
+    # Keyed, each finish released its own dependent run; keyless, the first released them all.
+    assert released == (waiting if args.keyless else min(waiting, args.finishes)), released
     engine.dispose()
     return latencies
 
@@ -89,6 +96,7 @@ def main() -> int:
     parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose code is measured")
     parser.add_argument("--waiting", default="1000,10000,50000", help="waiting runs of the dependent job, each row")
     parser.add_argument("--finishes", type=int, default=20, help="upstream finishes measured per row")
+    parser.add_argument("--keyless", action="store_true", help="runs without keys: one finish releases all")
     parser.add_argument("--db-name", default="sluice_bench_dependencies")
     parser.add_argument("--pg-admin-url", default=os.environ.get(
         "SLUICE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))

@@ -78,12 +78,13 @@ def move(session: Session, run_id: str, to: RunStatus, *, now: datetime, effects
 
 def move_many(session: Session, run_ids: list[str], to: RunStatus, *, now: datetime, effects: Effects,
               from_: Iterable[RunStatus] | None = None, values: dict[str, Any] | None = None,
-              guards: tuple[str, ...] = (), message: str | None = None) -> list[Moved]:
-    """``move`` for a batch of runs in one statement (each writes only its ``state_change``)."""
+              guards: tuple[str, ...] = (), events: Events | None = None, message: str | None = None) -> list[Moved]:
+    """``move`` for a batch of runs in one statement: the same ``values`` for each, and each writes its
+    ``state_change`` and ``events`` (the same type and data for every run)."""
     if not run_ids:
         return []
-    shape, extra = _shape(to, from_, values or {}, {}, guards, [], True, now)
-    params = move_params(shape, run_ids, now, extra, {}, [], message)
+    shape, extra = _shape(to, from_, values or {}, {}, guards, events or [], True, now)
+    params = move_params(shape, run_ids, now, extra, {}, events or [], message)
     rows = execute_prepared(session.connection(), move_statement(shape), params).all()
     return _after(session, to, rows, now=now, effects=effects, due=extra.get("due_at"))
 
@@ -148,16 +149,20 @@ def release_waiting(session: Session, job_id: str, *, now: datetime, effects: Ef
 
 
 def release_runs(session: Session, runs: Sequence[tuple[Run, Verdict]], *, now: datetime, effects: Effects) -> int:
-    """Release each waiting run whose edges were found to hold (under its job's dependency lock); how many."""
-    return sum(_release(session, run, verdict, now=now, effects=effects) for run, verdict in runs)
-
-
-def _release(session: Session, run: Run, verdict: Verdict, *, now: datetime, effects: Effects) -> int:
-    ahead = run.scheduled_at is not None and run.scheduled_at > now
-    values: dict[str, Any] = {"expires_at": release_expiry(run, now)}
-    if ahead:
-        values["scheduled_at"] = run.scheduled_at  # a delayed run is due at its scheduled_at
-    moved = move(session, run.id, RunStatus.DELAYED if ahead else RunStatus.QUEUED, now=now, effects=effects,
-                 from_=(RunStatus.WAITING,), values=values,
-                 events=[("released", {"dependency_runs": verdict.dependency_runs})])
-    return 0 if moved is None else 1
+    """Release each waiting run whose edges were found to hold (under its job's dependency lock): ``queued``,
+    or ``delayed`` if its ``scheduled_at`` is ahead, with the event ``released``; how many. Runs released
+    alike (the same expiry, schedule and upstream runs: all the keyless runs of a job, typically) move in
+    one statement."""
+    alike: dict[tuple[datetime | None, datetime | None, tuple[str, ...]], list[str]] = {}
+    for run, verdict in runs:
+        ahead = run.scheduled_at if run.scheduled_at is not None and run.scheduled_at > now else None
+        alike.setdefault((release_expiry(run, now), ahead, tuple(verdict.dependency_runs)), []).append(run.id)
+    released = 0
+    for (expires_at, ahead, dependency_runs), run_ids in alike.items():
+        values: dict[str, Any] = {"expires_at": expires_at}
+        if ahead is not None:
+            values["scheduled_at"] = ahead  # a delayed run is due at its scheduled_at
+        released += len(move_many(session, run_ids, RunStatus.QUEUED if ahead is None else RunStatus.DELAYED,
+                                  now=now, effects=effects, from_=(RunStatus.WAITING,), values=values,
+                                  events=[("released", {"dependency_runs": list(dependency_runs)})]))
+    return released

@@ -188,16 +188,15 @@ class Shape:
     conditions: tuple[str, ...] = ()  # extra ``<column> = :w_<name>`` conditions
     guards: tuple[str, ...] = ()  # names in ``GUARDS``
     extra_events: int = 0  # events after the state_change, each from ``:e<i>_id/_type/_data``
-    many: bool = False  # ``:ids`` (with ``:e0_ids``) instead of ``:run_id``
+    many: bool = False  # ``:ids`` (with an id per run for each event, ``:e<i>_ids``) instead of ``:run_id``
 
 
 @lru_cache(maxsize=512)
 def move_statement(shape: Shape) -> PreparedStatement:
     """The statement for ``shape``; its rows are ``(id, job_id, old_status[, webhook_url, has_dependents])``,
-    one per moved run, the last two for terminal moves without the ``no_hooks`` guard."""
+    one per moved run (a batch's in the order of its ids), the last two for terminal moves without the
+    ``no_hooks`` guard."""
     check_move(frozenset(shape.from_), shape.to)
-    if shape.many and shape.extra_events:
-        raise InvalidMove("moves of many runs write only their state_change")
     froms = ", ".join(f"'{s.value}'" for s in sorted(shape.from_))
     single_from = f"'{shape.from_[0].value}'" if len(shape.from_) == 1 else None
     # "IS TRUE": a condition on status that matches no partial index's predicate (``ix_runs_executing_heartbeat``
@@ -206,14 +205,16 @@ def move_statement(shape: Shape) -> PreparedStatement:
     where = [f"(runs.status IN ({froms})) IS TRUE" if single_from is None else f"(runs.status = {single_from}) IS TRUE"]
     where += [f'runs."{_COLUMN_OF.get(c, c)}" = :w_{c}' for c in shape.conditions]
     where += [GUARDS[g] for g in shape.guards]
-    if shape.many:
-        source = "FROM unnest(CAST(:ids AS varchar[]), CAST(:e0_ids AS varchar[])) AS t(id, event_id) "
+    numbers = range(shape.extra_events + 1)  # the state_change, then the caller's events
+    if shape.many:  # each run's event ids travel beside its id
+        arrays = ", ".join(["CAST(:ids AS varchar[])", *(f"CAST(:e{i}_ids AS varchar[])" for i in numbers)])
+        source = f"FROM unnest({arrays}) WITH ORDINALITY AS t(id, {', '.join(f'e{i}_id' for i in numbers)}, place) "
         where.insert(0, "runs.id = t.id")
-        event_id = "moved.event_id"
+        event_ids_sql = [f"moved.e{i}_id" for i in numbers]
     else:
         source = ""
         where.insert(0, "runs.id = :run_id")
-        event_id = ":e0_id"
+        event_ids_sql = [f":e{i}_id" for i in numbers]
     if single_from is None:
         # The old status goes into the event: read it, and update only if it is still what was read
         # (PostgreSQL re-checks the condition after taking the row lock).
@@ -222,10 +223,13 @@ def move_statement(shape: Shape) -> PreparedStatement:
         old = "old.old_status"
     else:
         old = single_from
-    returning = f"runs.id, runs.job_id, {old}::text AS old_status" + (", t.event_id" if shape.many else "")
-    events = [state_change_event(event_id, "moved.id", "moved.old_status", shape.to, ":message") + " FROM moved"]
-    events += [f"SELECT :e{i}_id, moved.id, :e{i}_type, NULL, CAST(:e{i}_data AS jsonb), CAST(:now AS timestamptz) "
-               "FROM moved" for i in range(1, shape.extra_events + 1)]
+    returning = f"runs.id, runs.job_id, {old}::text AS old_status"
+    if shape.many:
+        returning += "".join(f", t.e{i}_id" for i in numbers) + ", t.place"
+    events = [state_change_event(event_ids_sql[0], "moved.id", "moved.old_status", shape.to, ":message")
+              + " FROM moved"]
+    events += [f"SELECT {event_ids_sql[i]}, moved.id, :e{i}_type, NULL, CAST(:e{i}_data AS jsonb), "
+               "CAST(:now AS timestamptz) FROM moved" for i in numbers[1:]]
     hooks = ""
     if shape.to in TERMINAL and "no_hooks" not in shape.guards:  # with the guard, no hook can be due
         hooks = (", (SELECT jobs.webhook_url FROM jobs WHERE jobs.id = moved.job_id) AS webhook_url, "
@@ -234,29 +238,32 @@ def move_statement(shape: Shape) -> PreparedStatement:
            f"WHERE {' AND '.join(where)} RETURNING {returning}), "
            f"logged AS (INSERT INTO run_events (id, run_id, type, message, data, created_at) "
            f"{' UNION ALL '.join(events)}) "
-           f"SELECT moved.id, moved.job_id, moved.old_status{hooks} FROM moved")
+           f"SELECT moved.id, moved.job_id, moved.old_status{hooks} FROM moved"
+           + (" ORDER BY moved.place" if shape.many else ""))  # a batch's rows in the order of its ids
     return PreparedStatement.build(f"sluice_move_{hashlib.sha1(sql.encode()).hexdigest()[:16]}", sql)
 
 
 def move_params(shape: Shape, targets: str | list[str], now: datetime, values: dict[str, Any],
                 where: dict[str, Any], events: list[tuple[str, dict[str, Any]]],
                 message: str | None) -> dict[str, Any]:
-    """The parameters of ``move_statement(shape)`` for ``targets`` (one run id, or a list when ``many``)."""
+    """The parameters of ``move_statement(shape)`` for ``targets`` (one run id, or a list when ``many``: each
+    of ``events`` is then written for every run, with the same type and data)."""
     params: dict[str, Any] = {"now": now, "message": message}
     for name in shape.columns:
         value = values[name]
         params[f"v_{name}"] = json.dumps(value) if _COLUMN_OF.get(name, name) in _JSONB_COLUMNS else value
     for name in shape.conditions:
         params[f"w_{name}"] = where[name]
-    if shape.many:
-        params["ids"] = list(targets)
-        params["e0_ids"] = uuid7s(len(targets))
-        return params
-    params["run_id"] = targets
-    ids = event_ids(1 + len(events))
-    params["e0_id"] = ids[0]
     for index, (type_, data) in enumerate(events, start=1):
-        params[f"e{index}_id"] = ids[index]
         params[f"e{index}_type"] = type_
         params[f"e{index}_data"] = json.dumps(data)
+    if shape.many:
+        params["ids"] = list(targets)
+        # One list per event, made in write order: each run's state_change sorts before its own events.
+        for index in range(1 + len(events)):
+            params[f"e{index}_ids"] = event_ids(len(targets))
+        return params
+    params["run_id"] = targets
+    for index, event_id in enumerate(event_ids(1 + len(events))):
+        params[f"e{index}_id"] = event_id
     return params

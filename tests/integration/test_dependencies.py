@@ -82,6 +82,46 @@ def test_release_on_upstream_terminal(session):
     assert released.data == {"dependency_runs": [upstream.id]}
 
 
+def test_a_finish_releases_the_keyless_waiting_runs_in_one_statement_each_with_its_own_events(session):
+    """Runs released alike (no keys: the same upstream run, expiry and schedule) move together, in one
+    statement per kind, in the order they were created; each still gets its own state_change and then its
+    own released event."""
+    up, down = make_job(session), make_job(session)
+    make_dependency(session, down, up)
+    now = utcnow()
+    plain = [make_run(session, down, status="waiting", now=now - timedelta(seconds=60 - i)).id for i in range(12)]
+    with_ttl = [make_run(session, down, status="waiting", ttl_secs=60, now=now - timedelta(seconds=40 - i)).id
+                for i in range(3)]
+    ahead = make_run(session, down, status="waiting", scheduled_at=now + timedelta(hours=1)).id
+    upstream = make_run(session, up, status="executing", attempt=1, started_at=now)
+    moves: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+        if "sluice_move" in statement and "EXECUTE" in statement:
+            moves.append(statement)
+
+    engine = session.get_bind()
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        effects = Effects()
+        move(session, upstream.id, RunStatus.COMPLETED, now=now, effects=effects)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(moves) == 4  # the upstream run's finish, then one each: plain, with a TTL, scheduled ahead
+    assert effects.enqueue == plain + with_ttl
+    session.expire_all()
+    for run_id in (*plain, *with_ttl, ahead):
+        run = session.get(Run, run_id)
+        events = session.scalars(sa.select(RunEvent).where(RunEvent.run_id == run_id)
+                                 .order_by(RunEvent.created_at, RunEvent.id)).all()
+        to = "delayed" if run_id == ahead else "queued"
+        assert run.status == to
+        assert [(e.type, e.data) for e in events[-2:]] == [
+            ("state_change", {"from": "waiting", "to": to}), ("released", {"dependency_runs": [upstream.id]})]
+        assert run.expires_at == (now + timedelta(seconds=60) if run_id in with_ttl else None)
+    assert session.get(Run, ahead).due_at == now + timedelta(hours=1)
+
+
 _NO_KEY = object()  # metadata without a dependency_key
 
 
