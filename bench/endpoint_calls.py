@@ -1,10 +1,11 @@
 """Endpoint-call benchmark: this tree's HTTP client against the one before it, in the same run.
 
-Three local sinks, each in its own process (asyncio, answers every POST with ``200 {"ok":true}``):
-HTTPS and HTTP that keep connections alive (as most servers do), and HTTP that closes each connection
-(what a ``Connection: close`` server costs). The HTTPS sink's certificate comes from a throw-away CA that
-both clients are told to trust (the old one through an ``SSLContext``, the new one as ``SLUICE_CA_BUNDLE``
-would give it).
+Four local sinks, each in its own process (asyncio, answers every POST with ``200 {"ok":true}``):
+HTTPS and HTTP that keep connections alive (as most servers do), HTTP that closes each connection
+(what a ``Connection: close`` server costs), and HTTP kept alive but called by a host name (``localhost``:
+the client's name-lookup step runs on every call; the lookup itself is the benchmark's, and instant).
+The HTTPS sink's certificate comes from a throw-away CA that both clients are told to trust (the old one
+through an ``SSLContext``, the new one as ``SLUICE_CA_BUNDLE`` would give it).
 
 Each measurement runs in a child process that imports ``worker.http`` from one tree: this one, or the
 revision ``--before`` (default ``78e4088``, the tree before issue #13) extracted with ``git archive`` into a
@@ -31,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SINKS = (("https", "HTTPS, kept alive"), ("http", "HTTP, kept alive"), ("close", "HTTP, server closes"))
+SINKS = (("https", "HTTPS, kept alive"), ("http", "HTTP, kept alive"), ("close", "HTTP, server closes"),
+         ("named", "HTTP, kept alive, by host name"))
 WARMUP_CALLS = 50
 BODY = b'{"order": 42}'
 
@@ -100,10 +102,11 @@ def _measure(tree: str, sinks: dict[str, list[int]], ca: str, calls: int) -> dic
     results = {}
     for kind, _ in SINKS:
         port, sink_pid = sinks[kind]
-        url = f"{'https' if kind == 'https' else 'http'}://127.0.0.1:{port}/hook"
+        host = "localhost" if kind == "named" else "127.0.0.1"  # a name goes through the client's lookup step
+        url = f"{'https' if kind == 'https' else 'http'}://{host}:{port}/hook"
 
-        def resolve(_url: str, port: int = port) -> tuple[str, int, list[str]]:
-            return "127.0.0.1", port, ["127.0.0.1"]
+        def resolve(_url: str, host: str = host, port: int = port) -> tuple[str, int, list[str]]:
+            return host, port, ["127.0.0.1"]
 
         def one(url: str = url, resolve: Any = resolve) -> float:
             started = time.perf_counter()
