@@ -35,21 +35,28 @@ class LookupThreads:
                 self._idle -= 1  # claimed: one waiting thread will take it
                 self._lookups.put(lookup)
                 return
-        threading.Thread(target=self._serve, args=(lookup,), name="sluice-resolve", daemon=True).start()
+        # Handed over in a list the thread empties: a thread's own arguments live as long as it does.
+        threading.Thread(target=self._serve, args=([lookup],), name="sluice-resolve", daemon=True).start()
 
-    def _serve(self, lookup: Callable[[], None]) -> None:
-        while True:
+    def _serve(self, first: list[Callable[[], None]]) -> None:
+        lookup: Callable[[], None] | None = first.pop()
+        while lookup is not None:
             lookup()
+            lookup = None  # an idle thread holds nothing of the call it served (its resolver holds a runner)
+            lookup = self._next()
+
+    def _next(self) -> Callable[[], None] | None:
+        """The next lookup, or ``None`` once this thread has been idle for ``IDLE_SECS`` and should end."""
+        with self._lock:
+            self._idle += 1
+        try:
+            return self._lookups.get(timeout=IDLE_SECS)
+        except queue.Empty:
             with self._lock:
-                self._idle += 1
-            try:
-                lookup = self._lookups.get(timeout=IDLE_SECS)
-            except queue.Empty:
-                with self._lock:
-                    if self._idle:  # still unclaimed: end
-                        self._idle -= 1
-                        return
-                lookup = self._lookups.get()  # claimed just as the wait ended: its lookup is on the way
+                if self._idle:  # still unclaimed: end
+                    self._idle -= 1
+                    return None
+            return self._lookups.get()  # claimed just as the wait ended: its lookup is on the way
 
 
 _THREADS = LookupThreads()

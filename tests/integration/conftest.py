@@ -24,6 +24,7 @@ def harness(request: pytest.FixtureRequest, settings: Settings, session_factory:
         yield h
     finally:
         h.monitor.stop()
+        h.runner.connection.close()  # the test thread's connection goes back now, not when the runner is collected
 
 
 @pytest.fixture()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -59,3 +61,22 @@ def test_idle_threads_end(monkeypatch: pytest.MonkeyPatch) -> None:
         time.sleep(0.02)
     assert not alive()
     _run(threads)  # and a lookup after that starts a new one
+
+
+def test_an_idle_thread_holds_nothing_of_the_lookup_it_ran() -> None:
+    """A lookup's resolver belongs to a runner (its database connection included): an idle thread that kept
+    the last lookup would keep that runner alive for as long as the thread waits."""
+
+    class Resolver:
+        def __call__(self) -> None:
+            pass
+
+    threads = LookupThreads()
+    resolver = Resolver()
+    held = weakref.ref(resolver)
+    ident = _run(threads, resolver)
+    del resolver
+    time.sleep(0.05)  # the thread is back to waiting
+    gc.collect()
+    assert ident in {str(thread.ident) for thread in threading.enumerate()}  # still there, idle
+    assert held() is None
