@@ -122,11 +122,12 @@ _HINTED = f"""{MARKER}
 WITH RECURSIVE hinted AS (
     {_PICK}
     WHERE r.id = :hint AND {_BY_ID} AND {_READY}
-      -- OFFSET 0 keeps this a correlated subquery: an index range "priority > this run's", empty in the
-      -- common case. As an anti-join the planner may scan the whole ready set for it.
-      AND NOT EXISTS (SELECT 1 FROM runs b JOIN jobs bj ON bj.id = b.job_id
-                      WHERE b.status = 'queued' AND b.priority > r.priority AND b.held_at IS NULL
-                        AND bj.enabled IS true OFFSET 0)
+      -- No ready run of a higher priority: an index range "priority > this run's", empty in the common case.
+      -- Ordered as ix_runs_ready is, so the planner walks that index: as NOT EXISTS, a generic plan may
+      -- scan the whole table instead, expecting a match in the first rows (seen with a backlog of 50,000).
+      AND (SELECT b.priority FROM runs b JOIN jobs bj ON bj.id = b.job_id
+           WHERE b.status = 'queued' AND b.priority > r.priority AND b.held_at IS NULL AND bj.enabled IS true
+           ORDER BY b.priority DESC LIMIT 1) IS NULL
       -- The fair share: alone at its priority, or its project has no more executing attempts than any
       -- other project with a ready run at the top priority.
       AND (NOT {_RIVAL.format(op="<")} AND NOT {_RIVAL.format(op=">")} {{fair_turn}})
