@@ -28,10 +28,12 @@ NOW = utcnow()
 _CANDIDATE = "json_build_object(" + ", ".join(f"'{name}', {sql}" for name, sql in FIELDS.items()) + ")"
 
 ints = st.sampled_from([None, -1, 0, 1, 2, 99, 100, 101, 300, 86_400, 86_401])
+# JSON that PostgreSQL stores: its text cannot hold NUL (``\u0000``).
+json_text = st.text(st.characters(exclude_characters="\x00"), max_size=3)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 10**20) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=3), lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner,
-                                                                                          max_size=2), max_leaves=4)
+    | json_text, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(json_text, inner, max_size=2),
+    max_leaves=4)
 delays = st.one_of(st.none(), st.lists(st.integers(0, 5), max_size=3), json_values)
 
 runs_and_jobs = st.fixed_dictionaries({
