@@ -32,7 +32,7 @@ class RunLimits:
 
 @dataclass(frozen=True, slots=True)
 class Picked:
-    """One row of ``worker.start_statement.START``: the picked run, started (``attempt`` set) or not."""
+    """One row of a start statement (``worker.start_statement``): the picked run, started (``attempt`` set) or not."""
 
     run_id: str
     status: str  # before the statement: queued, or delayed for a woken slot waiter

@@ -50,7 +50,7 @@ from shared.schedules.cron import CronError, CronSpec, is_minute_open, next_open
 from worker.attempt import Attempt, Picked, attempt_timeout
 from worker.connection import ThreadConnection
 from worker.recording import Recorder
-from worker.start_statement import START, START_HINTED
+from worker.start_statement import start_statements
 
 log = logging.getLogger("sluice.worker")
 
@@ -165,10 +165,11 @@ class Starter:
     def _send(self, params: dict[str, Any], in_transaction: bool) -> tuple[Any, ...] | None:
         """The hinted form first (the message's own run, when it may go now: nearly always); when it picks
         nothing, the whole statement, in the same transaction (the fair pick, a rival project's turn)."""
-        row = (self._connection.begin_first if in_transaction else self._connection.first)(START_HINTED, params)
+        statements = start_statements(project_cap=self._settings.project_max_executing is not None)
+        row = (self._connection.begin_first if in_transaction else self._connection.first)(statements.hinted, params)
         if row is not None:
             return row
-        return (self._connection.then_first if in_transaction else self._connection.first)(START, params)
+        return (self._connection.then_first if in_transaction else self._connection.first)(statements.full, params)
 
     def _snapshot(self, picked: Picked) -> ExecutionSettings:
         assert picked.candidate is not None

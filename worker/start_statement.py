@@ -14,11 +14,13 @@ transition table::
          logged AS (INSERT INTO run_events <[delayed → queued,] queued → executing, attempt_started>)
     SELECT <the run and what its attempt needs>, moved.attempt, … FROM picked LEFT JOIN moved …
 
-It comes in two forms built from the same text: ``START_HINTED``, only the ``hinted`` part (the message's
-or waiter's own run, when it may go now and no rival project at its priority is waiting), and ``START``,
-everything. A worker sends ``START_HINTED`` first, which nearly always starts the run; only when it picks
-nothing does ``START`` follow. The hinted form's plan is a third the size: PostgreSQL initialises every node
-of a plan on each execution, used or not, and the fair pick's nodes cost more than the common start itself.
+It comes in two forms built from the same text (``StartStatements``): ``hinted``, only the ``hinted`` part
+(named ``picked`` there: the message's or waiter's own run, when it may go now and no rival project at its
+priority is waiting), and ``full``, everything. A worker sends the hinted form first, which nearly always
+starts the run; only when it picks nothing does the full form follow. The hinted form's plan is a third the
+size: PostgreSQL initialises every node of a plan on each execution, used or not, and the fair pick's nodes
+cost more than the common start itself. For the same reason, a deployment without a per-project cap gets
+both forms without the count of its project's executing attempts (``start_statements``).
 
 A start commits asynchronously (``synchronous_commit`` off for its transaction alone): the worker goes on
 to the endpoint without waiting for the disk to flush the start, which from an idle fleet is most of the
@@ -61,6 +63,8 @@ only for a moment, and the run is then re-checked as it is.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from functools import cache
 
 from shared.db.prepared import PreparedStatement
 from shared.egress.addresses import USERINFO_PATTERN
@@ -88,8 +92,11 @@ _READY = "r.held_at IS NULL AND j.enabled IS true"
 # (it holds id as its last column) and filter the whole ready set for the id instead of one key lookup.
 _BY_ID = (f"((r.status = 'queued') IS TRUE OR (CAST(:wake AS boolean) AND (r.status = 'delayed') IS TRUE "
           f"AND (r.next_retry_at IS NULL OR r.next_retry_at <= {NOW})))")
-_PICK = (f"SELECT {_SELECTED}, {FIELDS['project_executing']} AS project_executing, {startable_sql()} AS startable, "
+# Without a per-project cap its rule holds for every run: the count behind it is neither made nor checked.
+_PICK = ("SELECT {selected}, {executing} AS project_executing, {startable} AS startable, "
          f"NOT {UNLIMITED.sql} AS limited FROM runs r JOIN jobs j ON j.id = r.job_id")
+_PICKS = {cap: _PICK.format(selected=_SELECTED, executing=FIELDS["project_executing"] if cap else "0",
+                            startable=startable_sql(project_cap=cap)) for cap in (True, False)}
 # The fair share: the executing attempts of a project, and "another project has a ready run at this run's
 # priority", as two probes of ix_runs_ready (project ids below and above this run's), each empty when one
 # project runs alone.
@@ -120,7 +127,7 @@ _FAIR_TURN = f"""
                                 < {_EXECUTING.format(project="r.project_id")})"""
 _HINTED = f"""{MARKER}
 WITH RECURSIVE hinted AS (
-    {_PICK}
+    {{pick}}
     WHERE r.id = :hint AND {_BY_ID} AND {_READY}
       -- No ready run of a higher priority: an index range "priority > this run's", empty in the common case.
       -- Ordered as ix_runs_ready is, so the planner walks that index: as NOT EXISTS, a generic plan may
@@ -160,14 +167,14 @@ _FALLBACK = f""", top AS (
     WHERE p.project_id IS NOT NULL
 ), fair AS (
     -- The oldest ready run of the project with the fewest executing attempts (then the oldest head).
-    {_PICK}
+    {{pick}}
     WHERE r.status = 'queued' AND {_READY} AND CAST(:best AS boolean) AND r.priority = {_TOP}
       AND r.project_id {_C} = (SELECT s.project_id FROM shares s ORDER BY s.executing, s.queued_at, s.id LIMIT 1) {_C}
     ORDER BY r.priority DESC, r.project_id {_C}, r.queued_at, r.id
     LIMIT 1
     FOR UPDATE OF r SKIP LOCKED
 ), best AS (
-    {_PICK}
+    {{pick}}
     WHERE r.status = 'queued' AND {_READY} AND CAST(:best AS boolean)
     ORDER BY r.priority DESC, r.project_id {_C}, r.queued_at, r.id
     LIMIT 1
@@ -200,11 +207,12 @@ WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL
 """
 
 
-def _sql(*, fallback: bool) -> str:
+def _sql(*, fallback: bool, project_cap: bool) -> str:
+    pick = _PICKS[project_cap]
     if not fallback:  # the message's (or waiter's) own run, if it may go now; fair-share rivals send it on
-        return (_HINTED.replace("{fair_turn}", "").replace("WITH RECURSIVE", "WITH")
-                + ", picked AS (SELECT * FROM hinted)" + _WRITE)
-    return (_HINTED.replace("{fair_turn}", _FAIR_TURN) + _FALLBACK
+        return (_HINTED.replace("{fair_turn}", "").replace("WITH RECURSIVE hinted", "WITH picked")
+                .replace("{pick}", pick) + _WRITE)
+    return ((_HINTED.replace("{fair_turn}", _FAIR_TURN) + _FALLBACK).replace("{pick}", pick)
             + ", picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM fair UNION ALL SELECT * FROM best LIMIT 1)"
             + _WRITE)
 
@@ -213,7 +221,15 @@ def _prepared(sql: str) -> PreparedStatement:
     return PreparedStatement.build(f"sluice_move_start_{hashlib.sha1(sql.encode()).hexdigest()[:12]}", sql)
 
 
-# The common start: the message's own run, when it is ready and no rival project at its priority is waiting.
-START_HINTED = _prepared(_sql(fallback=False))
-# Everything: the hinted run with its fair turn among rival projects, else the fair pick, else any ready run.
-START = _prepared(_sql(fallback=True))
+@dataclass(frozen=True)
+class StartStatements:
+    """The two forms, for a deployment with or without a per-project cap (``SLUICE_PROJECT_MAX_EXECUTING``)."""
+
+    hinted: PreparedStatement  # the message's (or waiter's) own run, when it may go now and no rival waits
+    full: PreparedStatement  # the hinted run with its fair turn among rival projects, else the fair pick, else any
+
+
+@cache
+def start_statements(*, project_cap: bool) -> StartStatements:
+    return StartStatements(_prepared(_sql(fallback=False, project_cap=project_cap)),
+                           _prepared(_sql(fallback=True, project_cap=project_cap)))

@@ -235,9 +235,10 @@ UNLIMITED = all_of(unset("max_concurrency"), any_of(unset("max_concurrency_per_k
                    any_of(unset("rate_limit_max"), unset("rate_limit_window_secs")), empty_list("rate_limit_keys"))
 
 
-def startable_sql() -> str:
-    """SQL: every rule lets the run start (limits aside)."""
-    return all_of(*(rule.predicate for rule in RULES)).sql
+def startable_sql(*, project_cap: bool = True) -> str:
+    """SQL: every rule lets the run start (limits aside). Without ``project_cap`` the deployment sets no
+    per-project cap, under which that rule holds for every run: it is left out, and with it its subquery."""
+    return all_of(*(rule.predicate for rule in RULES if project_cap or rule.refusal != "project_cap")).sql
 
 
 def first_refusal(candidate: Values, params: Values) -> Rule | None:

@@ -19,7 +19,7 @@ from shared.db.models import Run
 from shared.runs.transitions import event_ids
 from tests.factories import make_job, make_run
 from worker.start import WAKE_MESSAGE
-from worker.start_statement import START, START_HINTED
+from worker.start_statement import start_statements
 
 BACKLOG = 20_000
 
@@ -40,8 +40,10 @@ def _sequential_scans(session: Session, name: str, positional_sql: str, call: st
     return scans
 
 
-@pytest.mark.parametrize("statement", [START_HINTED, START], ids=["hinted", "full"])
-def test_a_start_walks_indexes_behind_a_backlog(session: Session, statement: Any) -> None:
+@pytest.mark.parametrize("form", ["hinted", "full"])
+@pytest.mark.parametrize("project_cap", [False, True], ids=["uncapped", "capped"])
+def test_a_start_walks_indexes_behind_a_backlog(session: Session, form: str, project_cap: bool) -> None:
+    statement = getattr(start_statements(project_cap=project_cap), form)
     job = make_job(session)
     template = make_run(session, job)
     session.flush()
@@ -57,7 +59,7 @@ def test_a_start_walks_indexes_behind_a_backlog(session: Session, statement: Any
     ids = event_ids(3)
     params = {"hint": hint.id, "best": True, "wake": False, "window_open_id": None, "settings_checked_id": None,
               "snapshot_version": None, "snapshot_endpoint": None, "wake_message": WAKE_MESSAGE,
-              "project_max_executing": None, "in_transaction": False, "now": utcnow(),
+              "project_max_executing": 5 if project_cap else None, "in_transaction": False, "now": utcnow(),
               "e0_id": ids[0], "e1_id": ids[1], "e2_id": ids[2]}
     name = "plan_probe"
     call, values = statement.execute_call(params)
