@@ -68,7 +68,6 @@ class NotStarted:
     action: str
     run_id: str
     detail: str | None = None
-    leases_taken: bool = False  # a hand-over's leases were dropped by the limit script
 
 
 @lru_cache(maxsize=1024)
@@ -218,9 +217,8 @@ class Starter:
             return Attempt.of(picked, settings, hands_off=not decision.roomy,
                               timeout_cap=self._settings.project_max_timeout_secs)
         self._connection.rollback()
-        refused = self._redelay(picked, limits.attempt, decision.reason or "concurrency",
-                                retry_at(decision, now, self._settings, self._rng), decision.limit, now)
-        return NotStarted(refused.action, refused.run_id, refused.detail, leases_taken=True)
+        return self._redelay(picked, limits.attempt, decision.reason or "concurrency",
+                             retry_at(decision, now, self._settings, self._rng), decision.limit, now)
 
     def _slot_retry(self) -> timedelta:
         return timedelta(seconds=self._settings.slot_retry_secs + self._rng.random())
