@@ -4,7 +4,9 @@ For each system (``sluice worker`` vs ``bench/reference_worker.py``, both 2 proc
 threads with the same idle poll), against one fast local sink process (``bench/sink.py``):
 
 * **drain**: ``--runs`` queued runs committed first, then their messages enqueued in pipelined batches;
-  runs/s from the first enqueue to the last ``finished_at``; median of ``--rounds`` rounds;
+  runs/s from the first enqueue to the last ``finished_at``; median of ``--rounds`` rounds. With
+  ``--projects N`` Sluice's runs belong to N jobs in N projects, their messages interleaved (the fair
+  share between projects at work; the reference has no projects);
 * **paced**: ``--paced-rate`` triggers per second for ``--paced-secs``; trigger-to-endpoint latency
   (trigger call start → sink receives the request) p50/p99;
 * **idle**: one trigger into an idle system, ``--idle-samples`` times; p50/p99 trigger-to-endpoint; and
@@ -72,7 +74,7 @@ def warm_up(system: System) -> None:
 
 
 def drain(system: System, n: int, result: Result) -> None:
-    system.new_batch()
+    system.new_batch(system.args.projects)
     go = system.seed(n)
     system.sink.records()
     assert system.proc is not None
@@ -181,7 +183,7 @@ def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -
     ]
     print()
     print(f"runs={args.runs} rounds={args.rounds} processes={args.processes} threads={args.threads} "
-          f"idle_poll_ms={args.idle_poll_ms} paced={args.paced_rate}/s×{args.paced_secs}s "
+          f"projects={args.projects} idle_poll_ms={args.idle_poll_ms} paced={args.paced_rate}/s×{args.paced_secs}s "
           f"idle_samples={args.idle_samples} cpus={os.cpu_count()}")
     print(f"{'metric':<26}{'sluice':>12}{'reference':>12}   target")
     print("-" * 72)
@@ -202,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-samples", type=int, default=30)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--projects", type=int, default=1,
+                        help="spread the drain's runs over this many projects (Sluice's fair share between them)")
     parser.add_argument("--idle-poll-ms", type=int, default=10, help="the reference worker's idle poll")
     parser.add_argument("--sluice-idle-poll-ms", type=int, default=None,
                         help="Sluice's fallback look at an idle queue (default: the worker's own, 5000)")

@@ -7,6 +7,7 @@ triggers one run, and reads back how many finished, when the last did, and dupli
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import signal
 import subprocess
@@ -55,7 +56,7 @@ class System:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start_workers(self) -> None: ...
-    def new_batch(self) -> None: ...
+    def new_batch(self, projects: int = 1) -> None: ...
     def seed(self, n: int) -> Callable[[], None]: ...
     def trigger(self) -> str: ...
     def terminal_count(self) -> int: ...
@@ -94,7 +95,11 @@ class Sluice(System):
         self.engine = make_engine(args.dsn, pool_size=4)
         self.factory = make_session_factory(self.engine)
         self.broker = make_broker(self.settings)
-        self.job: Job | None = None
+        self.jobs: list[Job] = []
+
+    @property
+    def job(self) -> Job:
+        return self.jobs[0]
 
     def start_workers(self) -> None:
         env = {**os.environ, "DATABASE_URL": self.args.dsn, "REDIS_URL": self.args.redis_url,
@@ -106,25 +111,32 @@ class Sluice(System):
                                       str(self.args.threads), *poll, "--queues", "sluice.runs"], env=env,
                                      start_new_session=True)
 
-    def new_batch(self) -> None:
+    def new_batch(self, projects: int = 1) -> None:
+        """A job for the batch's runs; with ``projects``, one job in each of that many projects."""
+        stamp = time.time_ns()
         with self.factory() as s:
-            record = create_job(s, Principal("bench", "bench", frozenset({"*"})),
-                                {"name": "bench", "slug": f"bench-{time.time_ns()}", "endpoint_url": self.sink.url},
-                                now=utcnow(), policy=AddressPolicy(allow_private=True),
-                                box=self.settings.secret_box)
+            ids = [create_job(s, Principal("bench", "bench" if projects == 1 else f"bench-{i}", frozenset({"*"})),
+                              {"name": "bench", "slug": f"bench-{stamp}-{i}", "endpoint_url": self.sink.url},
+                              now=utcnow(), policy=AddressPolicy(allow_private=True),
+                              box=self.settings.secret_box)["id"] for i in range(projects)]
             s.commit()
-            self.job = s.get(Job, record["id"])
+            self.jobs = [s.get(Job, job_id) for job_id in ids]  # type: ignore[misc]
 
     def seed(self, n: int) -> Callable[[], None]:
-        assert self.job is not None
-        ids: list[str] = []
+        """``n`` queued runs shared out over the batch's jobs, their messages interleaved (job 1, job 2, …,
+        job 1, …)."""
+        per_job: list[list[str]] = []
         with self.factory() as s:
-            for start in range(0, n, CHUNK):
-                effects = Effects()
-                inputs = [RunInputs(created_by="apikey:bench") for _ in range(min(CHUNK, n - start))]
-                create_runs(s, self.job, inputs, now=utcnow(), effects=effects)
-                ids.extend(effects.enqueue)
+            for index, job in enumerate(self.jobs):
+                count = n // len(self.jobs) + (index < n % len(self.jobs))
+                per_job.append([])
+                for start in range(0, count, CHUNK):
+                    effects = Effects()
+                    inputs = [RunInputs(created_by="apikey:bench") for _ in range(min(CHUNK, count - start))]
+                    create_runs(s, job, inputs, now=utcnow(), effects=effects)
+                    per_job[-1].extend(effects.enqueue)
             s.commit()
+        ids = [run_id for row in itertools.zip_longest(*per_job) for run_id in row if run_id is not None]
 
         def go() -> None:
             for start in range(0, len(ids), CHUNK):
@@ -132,7 +144,6 @@ class Sluice(System):
         return go
 
     def trigger(self) -> str:
-        assert self.job is not None
         with self.factory() as s:
             effects = Effects()
             outcome = trigger_run(s, self.job, {}, actor="apikey:bench", now=utcnow(), effects=effects)
@@ -143,28 +154,25 @@ class Sluice(System):
         with self.factory() as s:
             return s.execute(query).scalar()
 
+    def _of_batch(self) -> sa.ColumnElement[bool]:
+        return Run.job_id.in_([job.id for job in self.jobs])
+
     def terminal_count(self) -> int:
-        assert self.job is not None
-        return int(self._scalar(sa.select(sa.func.count()).where(Run.job_id == self.job.id,
+        return int(self._scalar(sa.select(sa.func.count()).where(self._of_batch(),
                                                                  Run.status.in_(TERMINAL_VALUES))))
 
     def last_finish(self) -> float:
-        assert self.job is not None
-        return float(self._scalar(sa.select(sa.func.max(Run.finished_at)).where(
-            Run.job_id == self.job.id)).timestamp())
+        return float(self._scalar(sa.select(sa.func.max(Run.finished_at)).where(self._of_batch())).timestamp())
 
     def not_completed(self) -> int:
-        assert self.job is not None
-        return int(self._scalar(sa.select(sa.func.count()).where(Run.job_id == self.job.id,
-                                                                 Run.status != "completed")))
+        return int(self._scalar(sa.select(sa.func.count()).where(self._of_batch(), Run.status != "completed")))
 
     def duplicate_starts(self) -> int:
-        assert self.job is not None
         with self.factory() as s:
             return int(s.execute(sa.text(
                 "SELECT count(*) FROM (SELECT e.run_id FROM run_events e JOIN runs r ON r.id = e.run_id "
-                "WHERE r.job_id = :job AND e.type = 'attempt_started' GROUP BY e.run_id, e.data->>'attempt' "
-                "HAVING count(*) > 1) d"), {"job": self.job.id}).scalar())
+                "WHERE r.job_id = ANY(:jobs) AND e.type = 'attempt_started' GROUP BY e.run_id, e.data->>'attempt' "
+                "HAVING count(*) > 1) d"), {"jobs": [job.id for job in self.jobs]}).scalar())
 
 
 class Reference(System):
@@ -185,7 +193,7 @@ class Reference(System):
                                       "--threads", str(self.args.threads), "--idle-poll-ms",
                                       str(self.args.idle_poll_ms)], start_new_session=True)
 
-    def new_batch(self) -> None:
+    def new_batch(self, projects: int = 1) -> None:  # the reference has no projects
         self.batch = f"b{time.time_ns()}-"
 
     def _ids(self, n: int) -> list[str]:
