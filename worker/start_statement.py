@@ -92,11 +92,16 @@ _READY = "r.held_at IS NULL AND j.enabled IS true"
 # (it holds id as its last column) and filter the whole ready set for the id instead of one key lookup.
 _BY_ID = (f"((r.status = 'queued') IS TRUE OR (CAST(:wake AS boolean) AND (r.status = 'delayed') IS TRUE "
           f"AND (r.next_retry_at IS NULL OR r.next_retry_at <= {NOW})))")
-# Without a per-project cap its rule holds for every run: the count behind it is neither made nor checked.
-_PICK = ("SELECT {selected}, {executing} AS project_executing, {startable} AS startable, "
-         f"NOT {UNLIMITED.sql} AS limited FROM runs r JOIN jobs j ON j.id = r.job_id")
-_PICKS = {cap: _PICK.format(selected=_SELECTED, executing=FIELDS["project_executing"] if cap else "0",
-                            startable=startable_sql(project_cap=cap)) for cap in (True, False)}
+
+
+def _pick(project_cap: bool) -> str:
+    """The picked run's row; without a per-project cap its rule holds for every run, so the count behind it
+    is neither made nor checked."""
+    executing = FIELDS["project_executing"] if project_cap else "0"
+    return (f"SELECT {_SELECTED}, {executing} AS project_executing, {startable_sql(project_cap=project_cap)} "
+            f"AS startable, NOT {UNLIMITED.sql} AS limited FROM runs r JOIN jobs j ON j.id = r.job_id")
+
+
 # The fair share: the executing attempts of a project, and "another project has a ready run at this run's
 # priority", as two probes of ix_runs_ready (project ids below and above this run's), each empty when one
 # project runs alone.
@@ -211,7 +216,7 @@ WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL
 
 
 def _sql(*, fallback: bool, project_cap: bool) -> str:
-    pick = _PICKS[project_cap]
+    pick = _pick(project_cap)
     if not fallback:  # the message's (or waiter's) own run, if it may go now; fair-share rivals send it on
         return (_HINTED.replace("{fair_turn}", "").replace("WITH RECURSIVE hinted", "WITH picked")
                 .replace("{pick}", pick) + _WRITE)
