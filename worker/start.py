@@ -94,6 +94,7 @@ class Starter:
         self._settings = settings
         self._rng = rng
         self._local = threading.local()
+        self._statements = start_statements(project_cap=settings.project_max_executing is not None)
 
     def start(self, hint: str, now: datetime, *, hand_over: HandOver | None = None) -> Attempt | NotStarted | None:
         """Start a run: the message's run ``hint`` (or the best ready run instead), or with ``hand_over``
@@ -164,11 +165,12 @@ class Starter:
     def _send(self, params: dict[str, Any], in_transaction: bool) -> tuple[Any, ...] | None:
         """The hinted form first (the message's own run, when it may go now: nearly always); when it picks
         nothing, the whole statement, in the same transaction (the fair pick, a rival project's turn)."""
-        statements = start_statements(project_cap=self._settings.project_max_executing is not None)
-        row = (self._connection.begin_first if in_transaction else self._connection.first)(statements.hinted, params)
+        row = (self._connection.begin_first if in_transaction else self._connection.first)(self._statements.hinted,
+                                                                                            params)
         if row is not None:
             return row
-        return (self._connection.then_first if in_transaction else self._connection.first)(statements.full, params)
+        return (self._connection.then_first if in_transaction else self._connection.first)(self._statements.full,
+                                                                                           params)
 
     def _snapshot(self, picked: Picked) -> ExecutionSettings:
         assert picked.candidate is not None

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
 from shared.db.models import Run
+from shared.db.prepared import PreparedStatement
 from shared.runs.transitions import event_ids
 from tests.factories import make_job, make_run
 from worker.start import WAKE_MESSAGE
@@ -24,14 +25,27 @@ from worker.start_statement import start_statements
 BACKLOG = 20_000
 
 
-def _sequential_scans(session: Session, name: str, positional_sql: str, call: str,
-                      values: tuple[Any, ...]) -> list[str]:
+def _params(hint: str, *, project_cap: bool) -> dict[str, Any]:
+    ids = event_ids(3)
+    return {"hint": hint, "best": True, "wake": False, "window_open_id": None, "settings_checked_id": None,
+            "snapshot_version": None, "snapshot_endpoint": None, "wake_message": WAKE_MESSAGE,
+            "project_max_executing": 5 if project_cap else None, "in_transaction": False, "now": utcnow(),
+            "e0_id": ids[0], "e1_id": ids[1], "e2_id": ids[2]}
+
+
+def _plan(session: Session, statement: PreparedStatement, params: dict[str, Any], options: str) -> Any:
+    """The plan of ``statement`` prepared under a name of its own, as ``EXPLAIN (<options>, FORMAT JSON)``."""
     connection = session.connection()
-    connection.exec_driver_sql(f"PREPARE {name} AS {positional_sql}")
-    connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
-    plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {call}", values).scalar()
-    connection.exec_driver_sql(f"DEALLOCATE {name}")
-    scans, nodes = [], [plan[0]["Plan"]]
+    connection.exec_driver_sql(f"PREPARE plan_probe AS {statement.positional_sql}")
+    call, values = statement.execute_call(params)
+    plan = connection.exec_driver_sql(
+        f"EXPLAIN ({options}, FORMAT JSON) {call.replace(statement.name, 'plan_probe')}", values).scalar()
+    connection.exec_driver_sql("DEALLOCATE plan_probe")
+    return plan[0]["Plan"]
+
+
+def _sequential_scans(plan: Any) -> list[str]:
+    scans, nodes = [], [plan]
     while nodes:
         node = nodes.pop()
         if node["Node Type"] == "Seq Scan" and node["Relation Name"] == "runs":
@@ -56,14 +70,9 @@ def test_a_start_walks_indexes_behind_a_backlog(session: Session, form: str, pro
     hint = make_run(session, job)
     session.flush()
     session.execute(sa.text("ANALYZE runs"))
-    ids = event_ids(3)
-    params = {"hint": hint.id, "best": True, "wake": False, "window_open_id": None, "settings_checked_id": None,
-              "snapshot_version": None, "snapshot_endpoint": None, "wake_message": WAKE_MESSAGE,
-              "project_max_executing": 5 if project_cap else None, "in_transaction": False, "now": utcnow(),
-              "e0_id": ids[0], "e1_id": ids[1], "e2_id": ids[2]}
-    name = "plan_probe"
-    call, values = statement.execute_call(params)
-    assert _sequential_scans(session, name, statement.positional_sql, call.replace(statement.name, name), values) == []
+    session.connection().exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+    plan = _plan(session, statement, _params(hint.id, project_cap=project_cap), "COSTS")
+    assert _sequential_scans(plan) == []
 
 
 def test_a_run_of_an_idle_project_starts_without_the_other_projects_shares(session: Session) -> None:
@@ -76,19 +85,8 @@ def test_a_run_of_an_idle_project_starts_without_the_other_projects_shares(sessi
     idle = make_job(session, project_id="idle")
     hint = make_run(session, idle)
     session.flush()
-    statement = start_statements(project_cap=False).full
-    ids = event_ids(3)
-    params = {"hint": hint.id, "best": True, "wake": False, "window_open_id": None, "settings_checked_id": None,
-              "snapshot_version": None, "snapshot_endpoint": None, "wake_message": WAKE_MESSAGE,
-              "project_max_executing": None, "in_transaction": False, "now": utcnow(),
-              "e0_id": ids[0], "e1_id": ids[1], "e2_id": ids[2]}
-    connection = session.connection()
-    connection.exec_driver_sql(f"PREPARE share_probe AS {statement.positional_sql}")
-    call, values = statement.execute_call(params)
-    plan = connection.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {call.replace(statement.name, 'share_probe')}",
-                                      values).scalar()
-    connection.exec_driver_sql("DEALLOCATE share_probe")
-    ctes = {node["Subplan Name"]: node for node in plan[0]["Plan"]["Plans"] if "Subplan Name" in node}
+    plan = _plan(session, start_statements(project_cap=False).full, _params(hint.id, project_cap=False), "ANALYZE")
+    ctes = {node["Subplan Name"]: node for node in plan["Plans"] if "Subplan Name" in node}
     assert ctes["CTE picked"]["Actual Rows"] == 1
     assert session.get(Run, hint.id, populate_existing=True).status == "executing"
     assert ctes["CTE shares"]["Actual Loops"] == 0 and ctes["CTE projects"]["Actual Loops"] == 0
