@@ -140,14 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     from shared.db.engine import make_engine, make_session_factory
     from shared.logs import configure_logging
     from shared.messages.broker import make_broker
+    from shared.stop_signals import POLL_SECS, StopSignals
 
     settings = Settings.from_env()
     configure_logging(settings, process="scheduler")
     service = CronService(settings, make_session_factory(make_engine(settings.database_url)), make_broker(settings))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    service.serve(stop)
+    stop, signals = threading.Event(), StopSignals((signal.SIGTERM, signal.SIGINT))
+    serving = threading.Thread(target=service.serve, args=(stop,), name="cron")
+    serving.start()
+    while not signals.wait(POLL_SECS) and serving.is_alive():
+        pass
+    stop.set()
+    serving.join()
     return 0
 
 

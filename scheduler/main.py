@@ -17,9 +17,7 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
-from types import FrameType
 
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
@@ -27,11 +25,11 @@ from shared.logs import configure_logging
 from shared.messages.broker import make_broker
 from shared.metrics import SCHEDULER_METRICS_PORT, expose_process_metrics
 from shared.redis_client import make_redis
+from shared.stop_signals import POLL_SECS, StopSignals
 
 log = logging.getLogger("sluice.scheduler")
 
 SHUTDOWN_SECS = 20.0
-SIGNAL_POLL_SECS = 0.2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,16 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = MaintenanceContext(settings=settings, session_factory=make_session_factory(engine),
                              broker=make_broker(settings), redis=client)
     stop = threading.Event()
-    requested: list[int] = []  # the stop signals received
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        # Only an append: a handler runs on the main thread between two bytecodes, also while that thread
-        # holds a lock (the stop event's own, inside ``wait``; logging's), and taking it again would wait on
-        # itself forever. A killed ``sluice dev``'s scheduler got three SIGTERMs in 14 ms and never exited.
-        requested.append(signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = StopSignals((signal.SIGTERM, signal.SIGINT))
     cron = CronService(settings, ctx.session_factory, ctx.broker)
     services = [threading.Thread(target=MaintenanceLoop(ctx).run, args=(stop,), name="maintenance"),
                 threading.Thread(target=cron.serve, args=(stop,), name="cron")]
@@ -76,14 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     expose_process_metrics(SCHEDULER_METRICS_PORT, health=lambda: all(t.is_alive() for t in services))
     log.info("scheduler started", extra={"sweep_interval_secs": settings.sweep_interval_secs})
     code = 0
-    while not requested:
+    while not signals.wait(POLL_SECS):
         if not all(t.is_alive() for t in services):
             log.error("a scheduler service thread died; exiting")
             code = 1
             break
-        time.sleep(SIGNAL_POLL_SECS)  # a signal runs its handler and the sleep goes on: noticed within this
-    if requested:
-        log.info("stopping", extra={"signal": signal.Signals(requested[0]).name})
+    if signals.first:
+        log.info("stopping", extra={"signal": signals.first})
     stop.set()
     _exit_after(SHUTDOWN_SECS)
     for thread in services:

@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
 
 import dramatiq
@@ -45,6 +44,7 @@ from shared.messages.layout import DISPATCH_QUEUE, WEBHOOK_QUEUE
 from shared.metrics import WORKER_METRICS_PORT, expose_process_metrics
 from shared.metrics_listener import Heartbeat
 from shared.redis_client import make_redis
+from shared.stop_signals import POLL_SECS, StopSignals
 from worker.actors import declare_dispatch_actor
 from worker.heartbeat import AttemptMonitor
 from worker.http import HttpClient
@@ -111,39 +111,32 @@ def _supervise(processes: int, threads: int, idle_poll_ms: int, queues: frozense
                heartbeat: Heartbeat) -> int:
     """Spawn ``processes`` children, restart any that dies, forward SIGTERM/SIGINT and wait for them."""
     context = multiprocessing.get_context("spawn")  # children start clean: no inherited sockets or threads
-    stopping = threading.Event()
 
     def spawn() -> multiprocessing.process.BaseProcess:
         child = context.Process(target=_child, args=(threads, idle_poll_ms, queues), name="sluice-worker")
         child.start()
         return child
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stopping.is_set():
-            if signum not in FORCE_SIGNALS:  # the same SIGTERM again (process group + sender): keep waiting
-                return
-            for child in children:
-                if child.pid is not None and child.is_alive():
-                    os.kill(child.pid, signal.SIGKILL)
-            return
-        stopping.set()
+    def signal_children(signum: int) -> None:
         for child in children:
             if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
+                os.kill(child.pid, signum)
 
     children = [spawn() for _ in range(processes)]
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(signum, on_signal)
+    # SIGINT or SIGQUIT while stopping kills the children: someone is done waiting for their attempts.
+    signals = StopSignals((signal.SIGTERM, signal.SIGINT, signal.SIGQUIT),
+                          on_force=lambda: signal_children(signal.SIGKILL))
     log.info("worker supervisor started", extra={"processes": processes, "threads": threads,
                                                  "pids": [c.pid for c in children]})
-    while not stopping.is_set():
+    while not signals.received:
         heartbeat.beat()
         for index, child in enumerate(children):
-            if not child.is_alive() and not stopping.is_set():
+            if not child.is_alive() and not signals.received:
                 log.error("worker process died; restarting", extra={"pid": child.pid, "exitcode": child.exitcode})
                 time.sleep(RESTART_DELAY_SECS)
                 children[index] = spawn()
-        stopping.wait(0.5)
+        signals.wait(0.5)
+    signal_children(signal.SIGTERM)
     for child in children:
         child.join()
     return 0
@@ -167,27 +160,11 @@ def steer_claim_plans(engine: Engine) -> None:
     sa.event.listen(engine, "connect", on_connect)
 
 
-# A repeated SIGTERM is never a "force" request: under a process manager (honcho, foreman) SIGTERM goes to
-# the whole process group, so a child gets it directly *and* forwarded by the supervisor.
-FORCE_SIGNALS = frozenset({signal.SIGINT, signal.SIGQUIT})
-
-
-def install_stop_handlers(stop: threading.Event, signals: Sequence[signal.Signals]) -> None:
-    """Make each of ``signals`` (and SIGQUIT) ask for a graceful stop by setting ``stop``.
-
-    Once stopping, SIGTERM is ignored (it is the same request again, typically delivered twice: by the
-    process group and by the supervisor); SIGINT or SIGQUIT exits at once (``os._exit(1)``, a human pressing
-    Ctrl-C twice or asking for it) and abandons in-flight attempts to the reaper.
-    """
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            if signum in FORCE_SIGNALS:
-                os._exit(1)  # give up on in-flight attempts; the reaper recovers them
-            return
-        stop.set()
-
-    for signum in (*signals, signal.SIGQUIT):
-        signal.signal(signum, on_signal)
+def worker_stop_signals(signals: Sequence[int]) -> StopSignals:
+    """Each of ``signals`` (and SIGQUIT) asks for a graceful stop. Once stopping, SIGTERM changes nothing (the
+    same request again, from the process group and the supervisor); SIGINT or SIGQUIT exits at once (someone
+    pressing Ctrl-C twice) and leaves in-flight attempts to the reaper."""
+    return StopSignals((*signals, signal.SIGQUIT), on_force=lambda: os._exit(1))
 
 
 # A worker thread is I/O-bound: each attempt is a dozen short round trips (PostgreSQL, Redis, HTTP), and after
@@ -204,8 +181,9 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     """One worker process: build dependencies, declare actors, consume until SIGTERM/SIGINT (or ``stop``)."""
     settings.secret_box  # noqa: B018 -- no key, no worker: it could not sign (ConfigError at start)
     stop = stop or threading.Event()
+    received = None  # a thread of another process (a test) is stopped by ``stop`` alone
     if threading.current_thread() is threading.main_thread():
-        install_stop_handlers(stop, signals)
+        received = worker_stop_signals(signals)
         sys.setswitchinterval(GIL_SWITCH_SECS)
 
     # Pre-ping: a pooled connection that died (PostgreSQL restarted) is replaced at checkout. An attempt's
@@ -233,8 +211,11 @@ def run_worker_process(settings: Settings, *, threads: int, idle_poll_ms: int = 
     worker.start()
     log.info("worker process started", extra={"pid": os.getpid(), "threads": threads, "queues": sorted(consumed)})
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.is_set():
+            if received is None:
+                stop.wait(1.0)
+            elif received.wait(POLL_SECS):
+                stop.set()
     finally:
         log.info("worker process stopping: finishing in-flight attempts", extra={
             "pid": os.getpid(), "in_flight": monitor.in_flight()})

@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -67,13 +66,13 @@ class Child:
     def exited(self) -> int | None:
         return self.process.poll()
 
-    def stop(self, grace_secs: float, hurry: threading.Event) -> None:
-        """SIGTERM the main process, wait up to ``grace_secs`` (less once ``hurry`` is set), then SIGKILL
+    def stop(self, grace_secs: float, hurry: Callable[[], bool]) -> None:
+        """SIGTERM the main process, wait up to ``grace_secs`` (less once ``hurry()``), then SIGKILL
         whatever is left of its process group (a gunicorn or dramatiq grandchild)."""
         if self.process.poll() is None:
             signal_group(self.process.pid, signal.SIGTERM, group=False)
             deadline = time.monotonic() + grace_secs
-            while self.process.poll() is None and time.monotonic() < deadline and not hurry.is_set():
+            while self.process.poll() is None and time.monotonic() < deadline and not hurry():
                 time.sleep(0.05)
         signal_group(self.process.pid, signal.SIGKILL, group=True)
         self.process.wait()

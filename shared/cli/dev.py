@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from shared.cli.embedded_postgres import start_embedded_postgres
 from shared.cli.embedded_redis import EmbeddedRedis, start_embedded_redis
 from shared.cli.ports import is_port_free
 from shared.cli.roles import run_scheduler, run_worker, serve_api
+from shared.stop_signals import StopSignals
 
 DEV_PROJECT = "dev"
 GRACE_SECS = 10.0
@@ -162,13 +162,7 @@ Ctrl-C stops everything; delete {data_dir} to start afresh.
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    stop, hurry = threading.Event(), threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        (hurry if stop.is_set() else stop).set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    signals = StopSignals((signal.SIGINT, signal.SIGTERM))  # a second one hurries the children's stop
     started = time.monotonic()
     if not is_port_free(args.host, args.port):
         print(f"sluice dev: {args.host}:{args.port} is in use; choose another with --port", file=sys.stderr)
@@ -199,15 +193,15 @@ def main(argv: list[str]) -> int:
         os.environ.update(secret_key_env(os.environ, data_dir))  # the migrations and every child seal with it
         key = _prepare_database(postgres.url, data_dir)
         children: list[Child] = []
-        cleanup.callback(_stop_children, children, hurry)
+        cleanup.callback(_stop_children, children, signals)
         env = child_env(os.environ, database_url=postgres.url, redis_url=redis.url, metrics_dir=data_dir / "metrics")
         _start_roles(args, env, children)
         base_url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}"
-        code = _wait_for_api(base_url, children, stop)
+        code = _wait_for_api(base_url, children, signals)
         if code is None:
             print(banner(base_url, key, postgres.url, redis, echo.url, data_dir), flush=True)
             print(f"(started in {time.monotonic() - started:.1f} s)", flush=True)
-            code = _supervise(children, stop)
+            code = _supervise(children, signals)
     print("sluice dev stopped", file=sys.stderr)
     return code
 
@@ -245,15 +239,15 @@ def _lock(data_dir: Path) -> bool:
     return True  # the descriptor stays open until the process exits
 
 
-def _stop_children(children: list[Child], hurry: threading.Event) -> None:
+def _stop_children(children: list[Child], signals: StopSignals) -> None:
     for child in children:  # API first (no new work), then scheduler, then workers finish their calls
-        child.stop(GRACE_SECS, hurry)
+        child.stop(GRACE_SECS, hurry=lambda: len(signals.received) > 1)
 
 
-def _wait_for_api(base_url: str, children: list[Child], stop: threading.Event) -> int | None:
+def _wait_for_api(base_url: str, children: list[Child], signals: StopSignals) -> int | None:
     """``None`` once the API answers ``/healthz``; an exit code if dev must stop instead."""
     deadline = time.monotonic() + API_READY_TIMEOUT_SECS
-    while not stop.is_set():
+    while not signals.received:
         dead = [c for c in children if c.exited() is not None]
         if dead:
             print(f"sluice dev: {dead[0].name} exited with {dead[0].exited()} during startup", file=sys.stderr)
@@ -264,12 +258,12 @@ def _wait_for_api(base_url: str, children: list[Child], stop: threading.Event) -
             print(f"sluice dev: the API did not answer at {base_url} within {API_READY_TIMEOUT_SECS:.0f} s",
                   file=sys.stderr)
             return 1
-        stop.wait(0.1)
+        signals.wait(0.1)
     return 0
 
 
-def _supervise(children: list[Child], stop: threading.Event) -> int:
-    while not stop.wait(0.5):
+def _supervise(children: list[Child], signals: StopSignals) -> int:
+    while not signals.wait(0.5):
         for child in children:
             if child.exited() is not None:
                 print(f"sluice dev: {child.name} exited with {child.exited()}; stopping", file=sys.stderr)

@@ -13,12 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # A stand-in worker process: installs the real handlers, then "finishes an in-flight attempt" (0.8 s)
 # after the stop request and exits 0 — unless a handler force-exits it first (exit code 1).
 CHILD = """
-import signal, sys, threading, time
-from worker.main import install_stop_handlers
-stop = threading.Event()
-install_stop_handlers(stop, (signal.SIGTERM, signal.SIGINT))
+import signal, sys, time
+from worker.main import worker_stop_signals
+signals = worker_stop_signals((signal.SIGTERM, signal.SIGINT))
 print("ready", flush=True)
-while not stop.wait(0.05):
+while not signals.wait(0.05):
     pass
 time.sleep(0.8)
 sys.exit(0)
