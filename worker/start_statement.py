@@ -15,12 +15,13 @@ transition table::
     SELECT <the run and what its attempt needs>, moved.attempt, … FROM picked LEFT JOIN moved …
 
 It comes in two forms built from the same text (``StartStatements``): ``hinted``, only the ``hinted`` part
-(named ``picked`` there: the message's or waiter's own run, when it may go now and no rival project at its
-priority is waiting), and ``full``, everything. A worker sends the hinted form first, which nearly always
-starts the run; only when it picks nothing does the full form follow. The hinted form's plan is a third the
-size: PostgreSQL initialises every node of a plan on each execution, used or not, and the fair pick's nodes
-cost more than the common start itself. For the same reason, a deployment without a per-project cap gets
-both forms without the count of its project's executing attempts (``start_statements``).
+(named ``picked`` there: the message's or waiter's own run, when it may go now and either no rival project
+at its priority is waiting or its own project has no executing attempt), and ``full``, everything. A worker
+sends the hinted form first, which nearly always starts the run; only when it picks nothing does the full
+form follow. The hinted form's plan is a third the size: PostgreSQL initialises every node of a plan on
+each execution, used or not, and the fair pick's nodes cost more than the common start itself. For the same
+reason, a deployment without a per-project cap gets both forms without the cap's count of the project's
+executing attempts (``start_statements``).
 
 A start commits asynchronously (``synchronous_commit`` off for its transaction alone): the worker goes on
 to the endpoint without waiting for the disk to flush the start, which from an idle fleet is most of the
@@ -127,9 +128,11 @@ _LIMITS = ("json_build_array(picked.attempt, picked.priority, picked.metadata, p
 
 # With other projects ready at the run's priority: its project has no more executing attempts than theirs.
 # A project without executing attempts has no more than any other: its run goes without the other projects'
-# shares being made (one index descent and count each; with a thousand projects ready, most of a start).
-_FAIR_TURN = f"""
-           OR {_EXECUTING.format(project="r.project_id")} = 0
+# shares being made (one index descent and count each; with a thousand projects ready, most of a start), in
+# either form: in a fleet shared by many projects the hinted form then starts most runs alone.
+_IDLE_TURN = f"""
+           OR {_EXECUTING.format(project="r.project_id")} = 0"""
+_FAIR_TURN = f"""{_IDLE_TURN}
            OR NOT EXISTS (SELECT 1 FROM shares s WHERE s.project_id <> r.project_id
                             AND {_EXECUTING.format(project="s.project_id")}
                                 < {_EXECUTING.format(project="r.project_id")})"""
@@ -217,8 +220,8 @@ WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL
 
 def _sql(*, fallback: bool, project_cap: bool) -> str:
     pick = _pick(project_cap)
-    if not fallback:  # the message's (or waiter's) own run, if it may go now; fair-share rivals send it on
-        return (_HINTED.replace("{fair_turn}", "").replace("WITH RECURSIVE hinted", "WITH picked")
+    if not fallback:  # the message's (or waiter's) own run if it may go now, unless its turn needs the shares
+        return (_HINTED.replace("{fair_turn}", _IDLE_TURN).replace("WITH RECURSIVE hinted", "WITH picked")
                 .replace("{pick}", pick) + _WRITE)
     return ((_HINTED.replace("{fair_turn}", _FAIR_TURN) + _FALLBACK).replace("{pick}", pick)
             + ", picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM fair UNION ALL SELECT * FROM best LIMIT 1)"
@@ -233,7 +236,7 @@ def _prepared(sql: str) -> PreparedStatement:
 class StartStatements:
     """The two forms, for a deployment with or without a per-project cap (``SLUICE_PROJECT_MAX_EXECUTING``)."""
 
-    hinted: PreparedStatement  # the message's (or waiter's) own run, when it may go now and no rival waits
+    hinted: PreparedStatement  # the message's (or waiter's) own run, when it may go now and its turn is plain
     full: PreparedStatement  # the hinted run with its fair turn among rival projects, else the fair pick, else any
 
 
