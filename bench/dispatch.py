@@ -183,7 +183,8 @@ def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -
     ]
     print()
     print(f"runs={args.runs} rounds={args.rounds} processes={args.processes} threads={args.threads} "
-          f"projects={args.projects} idle_poll_ms={args.idle_poll_ms} paced={args.paced_rate}/s×{args.paced_secs}s "
+          f"projects={args.projects} flood={args.flood} idle_poll_ms={args.idle_poll_ms} "
+          f"paced={args.paced_rate}/s×{args.paced_secs}s "
           f"idle_samples={args.idle_samples} cpus={os.cpu_count()}")
     print(f"{'metric':<26}{'sluice':>12}{'reference':>12}   target")
     print("-" * 72)
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--projects", type=int, default=1,
                         help="spread the drain's runs over this many projects (Sluice's fair share between them)")
+    parser.add_argument("--flood", type=float, default=0.0,
+                        help="with --projects: this fraction of the drain's runs in the first project, their "
+                             "messages first (one project floods, the others wait on the fair share)")
     parser.add_argument("--idle-poll-ms", type=int, default=10, help="the reference worker's idle poll")
     parser.add_argument("--sluice-idle-poll-ms", type=int, default=None,
                         help="Sluice's fallback look at an idle queue (default: the worker's own, 5000)")

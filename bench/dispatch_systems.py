@@ -124,11 +124,14 @@ class Sluice(System):
 
     def seed(self, n: int) -> Callable[[], None]:
         """``n`` queued runs shared out over the batch's jobs, their messages interleaved (job 1, job 2, …,
-        job 1, …)."""
+        job 1, …); with ``--flood F`` the first job has ``F × n`` of them, all their messages first."""
         per_job: list[list[str]] = []
+        flood = round(n * self.args.flood) if len(self.jobs) > 1 else 0
         with self.factory() as s:
             for index, job in enumerate(self.jobs):
-                count = n // len(self.jobs) + (index < n % len(self.jobs))
+                rest, others = n - flood, len(self.jobs) - (flood > 0)
+                count = (flood if flood and index == 0 else
+                         rest // others + ((index - (flood > 0)) < rest % others))
                 per_job.append([])
                 for start in range(0, count, CHUNK):
                     effects = Effects()
@@ -136,7 +139,8 @@ class Sluice(System):
                     create_runs(s, job, inputs, now=utcnow(), effects=effects)
                     per_job[-1].extend(effects.enqueue)
             s.commit()
-        ids = [run_id for row in itertools.zip_longest(*per_job) for run_id in row if run_id is not None]
+        flooded, per_job = (per_job[0], per_job[1:]) if flood else ([], per_job)
+        ids = flooded + [run_id for row in itertools.zip_longest(*per_job) for run_id in row if run_id is not None]
 
         def go() -> None:
             for start in range(0, len(ids), CHUNK):

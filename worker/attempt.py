@@ -47,6 +47,7 @@ class Picked:
     version_id: str
     webhook_secrets: tuple[str, ...]  # the live job's, sealed, current first
     traceparent: str | None  # the run's (None for runs from before runs recorded one)
+    project_id: str
     attempt: int | None  # the started attempt's number; None when the statement did not start it
     queued_at: datetime | None
     limited: bool
@@ -56,13 +57,13 @@ class Picked:
     @classmethod
     def of(cls, row: tuple[Any, ...]) -> Picked:
         (run_id, status, job_id, payload, key, debug, max_override, timeout_override, endpoint, fallback, timeout,
-         max_attempts, strategy, delays, version, version_id, secret, previous, traceparent, attempt, queued_at,
-         limited, limits, candidate) = row
+         max_attempts, strategy, delays, version, version_id, secret, previous, traceparent, project_id, attempt,
+         queued_at, limited, limits, candidate) = row
         live = {"endpoint_url": endpoint, "fallback_endpoint_url": fallback, "timeout_secs": timeout,
                 "max_attempts": max_attempts, "retry_strategy": strategy, "retry_delays_secs": delays}
         return cls(run_id, status, job_id, payload, key, bool(debug), max_override, timeout_override, live, version,
-                   version_id, tuple(value for value in (secret, previous) if value), traceparent, attempt, queued_at,
-                   bool(limited), None if limits is None else RunLimits.of(limits),
+                   version_id, tuple(value for value in (secret, previous) if value), traceparent, project_id, attempt,
+                   queued_at, bool(limited), None if limits is None else RunLimits.of(limits),
                    None if candidate is None else _candidate(candidate))
 
 

@@ -95,6 +95,9 @@ class Starter:
         self._rng = rng
         self._local = threading.local()
         self._statements = start_statements(project_cap=settings.project_max_executing is not None)
+        # Where the fair pick's window of projects begins: after the project of the last run this process
+        # started, so that busy projects' messages visit the other projects round-robin (worker.start_statement).
+        self._fair_origin: str | None = None
 
     def start(self, hint: str, now: datetime, *, hand_over: HandOver | None = None) -> Attempt | NotStarted | None:
         """Start a run: the message's run ``hint`` (or the best ready run instead), or with ``hand_over``
@@ -103,7 +106,8 @@ class Starter:
         params: dict[str, Any] = {"hint": hint, "best": not wake, "wake": wake, "window_open_id": None,
                                   "settings_checked_id": None, "snapshot_version": None, "snapshot_endpoint": None,
                                   "wake_message": WAKE_MESSAGE,
-                                  "project_max_executing": self._settings.project_max_executing}
+                                  "project_max_executing": self._settings.project_max_executing,
+                                  "origin": self._fair_origin}
         snapshot: ExecutionSettings | None = None
         in_transaction = wake or getattr(self._local, "expect_limited", False)
         for _ in range(MAX_SENDS):
@@ -112,6 +116,7 @@ class Starter:
             row = self._send(params, in_transaction)
             picked = None if row is None else Picked.of(row)
             if picked is not None and picked.attempt is not None:
+                self._fair_origin = picked.project_id
                 settings = snapshot if params["settings_checked_id"] == picked.run_id and snapshot else (
                     checked_settings(picked.live, picked.version, picked.version_id))
                 if picked.limited:

@@ -4,8 +4,9 @@ transition table::
     WITH RECURSIVE
          hinted AS (<:hint, if it may go now: no ready run has a higher priority, and no other project with
                      a ready run at its priority has fewer executing attempts> FOR UPDATE OF r),
-         top, projects, shares AS (<the top ready priority; its projects, one index descent each; per
-                     project its oldest ready run and its executing attempts>),
+         top, origin, after, wrapped, projects, shares AS (<the top ready priority; a window of at most
+                     FAIR_WINDOW of its projects from :origin on, one index descent each; per project its
+                     oldest ready run and its executing attempts>),
          fair   AS (<the oldest ready run of the fairest project, if :best> FOR UPDATE OF r SKIP LOCKED),
          best   AS (<any ready run of the top priority, if :best> LIMIT 1 FOR UPDATE OF r SKIP LOCKED),
          picked AS (SELECT * FROM hinted UNION ALL SELECT * FROM fair UNION ALL SELECT * FROM best LIMIT 1),
@@ -36,13 +37,16 @@ Which run (``:hint``, ``:best``, ``:wake``):
 - a message's run: ``:hint`` names it; it is picked when it is ready (``queued``, not held, job enabled),
   no ready run has a higher priority and it is its project's turn (below) — index ranges that are empty
   in the common case — else, when ``:best``, the fairest ready run: at the top priority, the oldest ready
-  run of the project with the fewest executing attempts (ties: the project whose oldest ready run is
-  oldest). ``best`` (any ready run of the top priority, in index order) only serves when the fair pick's
+  run of the project with the fewest executing attempts in the window (ties: the project whose oldest
+  ready run is oldest). ``best`` (any ready run of the top priority, in index order) only serves when the fair pick's
   rows are all locked by other starts. Messages are interchangeable wake-up tokens: every message claims
   something while anything is claimable.
 - the fair share: a message's (or a waiter's) run goes only if no other project with a ready run at its
-  priority has fewer executing attempts than its own project. With one project, the two probes for
-  another project at that priority find nothing and nothing is counted.
+  priority has fewer executing attempts than its own project, among the window's projects. With one
+  project, the two probes for another project at that priority find nothing and nothing is counted.
+- the window: the projects with ready runs at the top priority after ``:origin`` (the project of the last
+  run the worker process started; else the message's own), in id order, wrapping around, at most
+  ``FAIR_WINDOW``. Successive fair picks thus visit every waiting project in turn, each at a bounded cost.
 - a slot waiter (``worker.handoff``): ``:hint`` names it and ``:wake`` lets it be ``delayed`` too, once its
   retry back-off (``next_retry_at``) is over; it is woken (``delayed → queued``, message ``slot released``)
   and started in the same statement. Never ahead of a ready run of higher priority, nor of another
@@ -79,9 +83,10 @@ NOW = "CAST(:now AS timestamptz)"
 ATTEMPT_COLUMNS = ("id", "status", "job_id", "payload", "concurrency_key", "debug_mode", "max_attempts_override",
                    "timeout_secs_override", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts",
                    "retry_strategy", "retry_delays_secs", "version", "version_id", "webhook_secret",
-                   "webhook_secret_previous", "traceparent")
-_RUN_COLUMNS = {"id", "status", "job_id", "payload", "concurrency_key", "debug_mode", "max_attempts_override",
-                "timeout_secs_override", "queued_at", "priority", "metadata", "tags", "traceparent"} | {
+                   "webhook_secret_previous", "traceparent", "project_id")
+_RUN_COLUMNS = {"id", "status", "job_id", "project_id", "payload", "concurrency_key", "debug_mode",
+                "max_attempts_override", "timeout_secs_override", "queued_at", "priority", "metadata", "tags",
+                "traceparent"} | {
     name for name, sql in FIELDS.items() if sql.startswith("r.")}
 _JOB_COLUMNS = {"timezone", "endpoint_url", "fallback_endpoint_url", "timeout_secs", "max_attempts", "retry_strategy",
                 "retry_delays_secs", "version", "version_id", "webhook_secret", "webhook_secret_previous"} | {
@@ -103,6 +108,11 @@ def _pick(project_cap: bool) -> str:
             f"AS startable, NOT {UNLIMITED.sql} AS limited FROM runs r JOIN jobs j ON j.id = r.job_id")
 
 
+# How many projects with ready runs the fair pick compares: those after the message's own, in id order,
+# wrapping around. Each costs an index descent, a head lookup and a count (about 12 µs); comparing every one
+# cost a start 12 ms with a thousand projects ready. A project's own messages start its runs whenever it has
+# none executing, so one outside the window is never starved: it only waits for its own messages.
+FAIR_WINDOW = 32
 # The fair share: the executing attempts of a project, and "another project has a ready run at this run's
 # priority", as two probes of ix_runs_ready (project ids below and above this run's), each empty when one
 # project runs alone.
@@ -156,26 +166,43 @@ _FALLBACK = f""", top AS (
     SELECT b.priority FROM runs b JOIN jobs bj ON bj.id = b.job_id
     WHERE b.status = 'queued' AND b.held_at IS NULL AND bj.enabled IS true
     ORDER BY b.priority DESC LIMIT 1
-), projects AS (
-    -- The distinct projects with a queued run at the top priority: one index descent each.
-    SELECT (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
-            {_BY_PROJECT} LIMIT 1) AS project_id
+), origin AS (
+    -- Where the walk over the projects begins: just after the worker's last start's project (:origin), or
+    -- else the message's own.
+    SELECT COALESCE(CAST(:origin AS text), (SELECT o.project_id FROM runs o WHERE o.id = :hint), '') AS project_id
+), after AS (
+    -- The projects with a queued run at the top priority after the origin, in id order: one index descent each.
+    SELECT 1 AS n, (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
+                      AND b.project_id {_C} > (SELECT project_id FROM origin) {_C} {_BY_PROJECT} LIMIT 1) AS project_id
     UNION ALL
-    SELECT (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
-              AND b.project_id {_C} > p.project_id {_C} {_BY_PROJECT} LIMIT 1)
-    FROM projects p WHERE p.project_id IS NOT NULL
+    SELECT a.n + 1, (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
+                       AND b.project_id {_C} > a.project_id {_C} {_BY_PROJECT} LIMIT 1)
+    FROM after a WHERE a.project_id IS NOT NULL AND a.n < {FAIR_WINDOW}
+), wrapped AS (
+    -- Then from the first one again, up to the origin.
+    SELECT 1 AS n, (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
+                    {_BY_PROJECT} LIMIT 1) AS project_id
+    UNION ALL
+    SELECT w.n + 1, (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
+                       AND b.project_id {_C} > w.project_id {_C} {_BY_PROJECT} LIMIT 1)
+    FROM wrapped w WHERE w.project_id {_C} < (SELECT project_id FROM origin) {_C} AND w.n < {FAIR_WINDOW}
+), projects AS (
+    -- The fair share's window: at most FAIR_WINDOW of them, from the origin on, wrapping around.
+    (SELECT a.project_id FROM after a WHERE a.project_id IS NOT NULL
+     UNION ALL
+     SELECT w.project_id FROM wrapped w WHERE w.project_id {_C} <= (SELECT project_id FROM origin) {_C})
+    LIMIT {FAIR_WINDOW}
 ), shares AS (
     -- Each such project with a ready run: its oldest ready run, and its executing attempts (counted only
     -- when there is more than one project to choose from).
     SELECT p.project_id, head.queued_at, head.id,
-           CASE WHEN (SELECT count(*) FROM projects c WHERE c.project_id IS NOT NULL) > 1
+           CASE WHEN (SELECT count(*) FROM projects c) > 1
                 THEN {_EXECUTING.format(project="p.project_id")} ELSE 0 END AS executing
     FROM projects p CROSS JOIN LATERAL (
         SELECT b.queued_at, b.id FROM runs b JOIN jobs bj ON bj.id = b.job_id
         WHERE b.status = 'queued' AND b.priority = {_TOP} AND b.project_id {_C} = p.project_id {_C}
           AND b.held_at IS NULL AND bj.enabled IS true
         {_BY_PROJECT}, b.queued_at, b.id LIMIT 1) head
-    WHERE p.project_id IS NOT NULL
 ), fair AS (
     -- The oldest ready run of the project with the fewest executing attempts (then the oldest head).
     {{pick}}

@@ -106,7 +106,7 @@ def test_sql_and_python_agree_on_every_rule(session: Session, case: dict[str, An
 def _row_with_candidate(candidate: dict[str, Any]) -> tuple[Any, ...]:
     """A start-statement row around ``candidate``, to decode it exactly as the worker does."""
     return ("run", "queued", "job", "{}", None, False, None, None, "", None, 1, 1, "", None, 1, "ver", None, None,
-            None, None, None, False, None, {**candidate, "timezone": "UTC"})
+            None, "project", None, None, False, None, {**candidate, "timezone": "UTC"})
 
 
 @settings(max_examples=300, deadline=None)

@@ -22,6 +22,7 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.db.models import Job
 from tests.integration.runner_harness import EVERY_START_VARIANT, Harness, make_harness
+from worker.start_statement import FAIR_WINDOW
 
 pytestmark = EVERY_START_VARIANT
 
@@ -66,6 +67,24 @@ def test_a_message_whose_run_is_gone_starts_the_fairest_run(harness: Harness, ht
     assert harness.handle("no-such-run").run_id == of_b.id
     assert harness.handle("no-such-run").run_id == of_c.id  # b: 1 executing, c: 2 ... now b has none ready
     assert harness.handle("no-such-run").run_id == oldest.id
+
+
+def test_a_busy_projects_messages_visit_every_other_project_in_turn(harness: Harness,
+                                                                   httpserver: HTTPServer) -> None:
+    """With more projects ready than the fair pick compares at once (``FAIR_WINDOW``), a busy project's
+    messages still start one run of every other project before a second run of any: the window moves on
+    from the project of the last run started."""
+    httpserver.expect_request("/f").respond_with_data("ok")
+    busy = harness.job(endpoint_url=httpserver.url_for("/f"), project_id="proj-busy")
+    _busy(harness, busy, 3)
+    others = [harness.job(endpoint_url=httpserver.url_for("/f"), project_id=f"proj-{i:03d}")
+              for i in range(FAIR_WINDOW + 8)]
+    for turn in range(2):  # every project's first run is older than any second run
+        for i, job in enumerate(others):
+            harness.run(job, queued_at=BASE + timedelta(seconds=turn * len(others) + i))
+    messages = [harness.run(busy, queued_at=BASE + timedelta(minutes=1)) for _ in others]
+    started = [harness.handle(message.id).run_id for message in messages]
+    assert {harness.get(run_id).job_id for run_id in started} == {job.id for job in others}
 
 
 def test_equal_shares_keep_the_order_of_readiness(harness: Harness, httpserver: HTTPServer) -> None:

@@ -20,15 +20,16 @@ from shared.db.prepared import PreparedStatement
 from shared.runs.transitions import event_ids
 from tests.factories import make_job, make_run
 from worker.start import WAKE_MESSAGE
-from worker.start_statement import start_statements
+from worker.start_statement import FAIR_WINDOW, start_statements
 
 BACKLOG = 20_000
 
 
 def _params(hint: str, *, project_cap: bool) -> dict[str, Any]:
     ids = event_ids(3)
-    return {"hint": hint, "best": True, "wake": False, "window_open_id": None, "settings_checked_id": None,
-            "snapshot_version": None, "snapshot_endpoint": None, "wake_message": WAKE_MESSAGE,
+    return {"hint": hint, "origin": None, "best": True, "wake": False, "window_open_id": None,
+            "settings_checked_id": None, "snapshot_version": None, "snapshot_endpoint": None,
+            "wake_message": WAKE_MESSAGE,
             "project_max_executing": 5 if project_cap else None, "in_transaction": False, "now": utcnow(),
             "e0_id": ids[0], "e1_id": ids[1], "e2_id": ids[2]}
 
@@ -94,3 +95,19 @@ def test_a_run_of_an_idle_project_starts_at_once_beside_other_projects(session: 
     assert session.get(Run, hint.id, populate_existing=True).status == "executing"
     if form == "full":
         assert ctes["CTE shares"]["Actual Loops"] == 0 and ctes["CTE projects"]["Actual Loops"] == 0
+
+
+def test_a_busy_projects_run_compares_a_bounded_window_of_projects(session: Session) -> None:
+    """A run whose project is busy, with many other projects ready: the full form makes the shares of at most
+    ``FAIR_WINDOW`` projects (one index descent, a head and a count each), not of every project."""
+    busy = make_job(session, project_id="busy")
+    make_run(session, busy, status="executing", attempt=1)
+    hint = make_run(session, busy)
+    for i in range(3 * FAIR_WINDOW):
+        make_run(session, make_job(session, project_id=f"rival-{i:03d}"))
+    session.flush()
+    plan = _plan(session, start_statements(project_cap=False).full, _params(hint.id, project_cap=False), "ANALYZE")
+    ctes = {node["Subplan Name"]: node for node in plan["Plans"] if "Subplan Name" in node}
+    assert ctes["CTE picked"]["Actual Rows"] == 1
+    assert session.get(Run, hint.id, populate_existing=True).status == "queued"  # a rival's run went instead
+    assert 1 < ctes["CTE shares"]["Actual Rows"] <= FAIR_WINDOW
