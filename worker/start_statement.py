@@ -38,8 +38,8 @@ Which run (``:hint``, ``:best``, ``:wake``):
   no ready run has a higher priority and it is its project's turn (below) — index ranges that are empty
   in the common case — else, when ``:best``, the fairest ready run: at the top priority, the oldest ready
   run of the project with the fewest executing attempts in the window (ties: the project whose oldest
-  ready run is oldest). ``best`` (any ready run of the top priority, in index order) only serves when the fair pick's
-  rows are all locked by other starts. Messages are interchangeable wake-up tokens: every message claims
+  ready run is oldest). ``best`` (any ready run of the top priority, in index order) only serves when the
+  fair pick's rows are all locked by other starts. Messages are interchangeable wake-up tokens: every message claims
   something while anything is claimable.
 - the fair share: a message's (or a waiter's) run goes only if no other project with a ready run at its
   priority has fewer executing attempts than its own project, among the window's projects. With one
@@ -108,10 +108,10 @@ def _pick(project_cap: bool) -> str:
             f"AS startable, NOT {UNLIMITED.sql} AS limited FROM runs r JOIN jobs j ON j.id = r.job_id")
 
 
-# How many projects with ready runs the fair pick compares: those after the message's own, in id order,
-# wrapping around. Each costs an index descent, a head lookup and a count (about 12 µs); comparing every one
-# cost a start 12 ms with a thousand projects ready. A project's own messages start its runs whenever it has
-# none executing, so one outside the window is never starved: it only waits for its own messages.
+# How many projects with ready runs the fair pick compares: those after :origin, in id order, wrapping
+# around. Each costs an index descent, a head lookup and a count (about 12 µs); comparing every one cost a
+# start 12 ms with a thousand projects ready. As :origin follows the worker's starts, the window moves on
+# and successive picks reach every waiting project.
 FAIR_WINDOW = 32
 # The fair share: the executing attempts of a project, and "another project has a ready run at this run's
 # priority", as two probes of ix_runs_ready (project ids below and above this run's), each empty when one
