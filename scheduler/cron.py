@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     stop.set()
     serving.join()
-    return 0
+    return 0 if signals.received else 1  # else the service thread died (its traceback is on stderr)
 
 
 if __name__ == "__main__":
