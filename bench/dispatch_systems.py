@@ -84,6 +84,11 @@ class System:
             time.sleep(0.1)
 
 
+def _spread(total: int, parts: int) -> list[int]:
+    """``total`` shared out as evenly as possible over ``parts``."""
+    return [total // parts + (index < total % parts) for index in range(parts)]
+
+
 class Sluice(System):
     name = "sluice"
 
@@ -127,11 +132,9 @@ class Sluice(System):
         job 1, …); with ``--flood F`` the first job has ``F × n`` of them, all their messages first."""
         per_job: list[list[str]] = []
         flood = round(n * self.args.flood) if len(self.jobs) > 1 else 0
+        counts = [flood, *_spread(n - flood, len(self.jobs) - 1)] if flood else _spread(n, len(self.jobs))
         with self.factory() as s:
-            for index, job in enumerate(self.jobs):
-                rest, others = n - flood, len(self.jobs) - (flood > 0)
-                count = (flood if flood and index == 0 else
-                         rest // others + ((index - (flood > 0)) < rest % others))
+            for job, count in zip(self.jobs, counts, strict=True):
                 per_job.append([])
                 for start in range(0, count, CHUNK):
                     effects = Effects()
