@@ -144,8 +144,7 @@ _IDLE_TURN = f"""
            OR {_EXECUTING.format(project="r.project_id")} = 0"""
 _FAIR_TURN = f"""{_IDLE_TURN}
            OR NOT EXISTS (SELECT 1 FROM shares s WHERE s.project_id <> r.project_id
-                            AND {_EXECUTING.format(project="s.project_id")}
-                                < {_EXECUTING.format(project="r.project_id")})"""
+                            AND s.executing < {_EXECUTING.format(project="r.project_id")})"""
 _HINTED = f"""{MARKER}
 WITH RECURSIVE hinted AS (
     {{pick}}
@@ -194,7 +193,7 @@ _FALLBACK = f""", top AS (
     LIMIT {FAIR_WINDOW}
 ), shares AS (
     -- Each such project with a ready run: its oldest ready run, and its executing attempts (counted only
-    -- when there is more than one project to choose from).
+    -- when there is more than one project to choose from: a window of one holds only the run's own project).
     SELECT p.project_id, head.queued_at, head.id,
            CASE WHEN (SELECT count(*) FROM projects c) > 1
                 THEN {_EXECUTING.format(project="p.project_id")} ELSE 0 END AS executing
