@@ -54,20 +54,24 @@ def _json(description: str, resource: Resource) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema_of(resource)}}}
 
 
+# Served to anyone: no API key (the API's default security does not apply).
+_KEYLESS: dict[str, Any] = {"tags": ["service"], "security": []}
+
+
 def document(app: Flask, spec: APISpec) -> None:
     """The key-less service routes in /openapi.json, beside the /v1 blueprints."""
     rules = {rule.endpoint: rule for rule in app.url_map.iter_rules()}
     spec.path(rule=rules["healthz"], operations={"get": {
-        "tags": ["service"], "summary": "Liveness: the process serves requests (no key, no dependencies)",
+        **_KEYLESS, "summary": "Liveness: the process serves requests (no key, no dependencies)",
         "responses": {"200": _json("Alive", STATUS)}}})
     spec.path(rule=rules["readyz"], operations={"get": {
-        "tags": ["service"], "summary": "Readiness: PostgreSQL and Redis answer, and the database schema is this "
-                   "release's or newer (no key)",
+        **_KEYLESS, "summary": "Readiness: PostgreSQL and Redis answer, and the database schema is this "
+                               "release's or newer (no key)",
         "responses": {"200": _json("Ready", READINESS),
                       "503": _json("A backing service is unavailable, or the database schema is older than this "
                                    "release (`outdated`: run `sluice db upgrade`); `checks` names it", NOT_READY)}}})
     spec.path(rule=rules["metrics"], operations={"get": {
-        "tags": ["service"], "summary": "Prometheus metrics in the text exposition format (no key)",
+        **_KEYLESS, "summary": "Prometheus metrics in the text exposition format (no key)",
         "responses": {"200": {"description": "Metric families",
                               "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
 

@@ -57,7 +57,7 @@ def _header_key() -> str | None:
 @autocommit_first
 @requires_scope("jobs:trigger")
 @authenticated_with(find_key_and_trigger_job)
-@blp.arguments(TriggerSchema())
+@blp.arguments(TriggerSchema(), required=False)  # no body: an empty trigger
 @blp.response(201, schema_of(TRIGGER_RESULT), description="A new run")
 @blp.alt_response(200, schema=schema_of(TRIGGER_RESULT),
                   description="No new run: the run an idempotency key or the dedup window matched, or a dry run")

@@ -120,3 +120,13 @@ def test_docs_page_loads_swagger_ui_from_the_api(client) -> None:  # type: ignor
         asset = client.get(source)
         assert asset.status_code == 200 and len(asset.data) > 10_000, source
     assert client.get("/docs/assets/app.py").status_code == 404
+
+
+def test_keyless_routes_and_optional_bodies_are_documented_so(client, spec: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    """A client generated from the document sends no key to the service routes and may trigger without a
+    body, as the API allows."""
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert spec["paths"][path]["get"]["security"] == []
+        assert client.get(path).status_code in (200, 503)
+    assert spec["security"] == [{"bearerAuth": []}]  # the rest need a key
+    assert spec["paths"]["/v1/jobs/{job}/trigger"]["post"]["requestBody"]["required"] is False
