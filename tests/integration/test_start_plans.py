@@ -111,3 +111,21 @@ def test_a_busy_projects_run_compares_a_bounded_window_of_projects(session: Sess
     assert ctes["CTE picked"]["Actual Rows"] == 1
     assert session.get(Run, hint.id, populate_existing=True).status == "queued"  # a rival's run went instead
     assert 1 < ctes["CTE shares"]["Actual Rows"] <= FAIR_WINDOW
+
+
+def test_a_woken_waiter_compares_its_project_with_the_one_other_project_waiting(session: Session) -> None:
+    """A slot waiter (``delayed``) is not among the ready runs that make the window, so a window of one
+    project can be another project's: its executing attempts are counted too, and the waiter of a project no
+    busier than that one is woken and started."""
+    own = make_job(session, project_id="own")
+    make_run(session, own, status="executing", attempt=1)
+    waiter = make_run(session, own, status="delayed", attempt=1)
+    other = make_job(session, project_id="other")
+    for _ in range(2):
+        make_run(session, other, status="executing", attempt=1)
+    rival = make_run(session, other)
+    session.flush()
+    _plan(session, start_statements(project_cap=False).full, {**_params(waiter.id, project_cap=False), "wake": True},
+          "ANALYZE")
+    assert session.get(Run, waiter.id, populate_existing=True).status == "executing"
+    assert session.get(Run, rival.id, populate_existing=True).status == "queued"
