@@ -192,12 +192,8 @@ _FALLBACK = f""", top AS (
      SELECT w.project_id FROM wrapped w WHERE w.project_id {_C} <= (SELECT project_id FROM origin) {_C})
     LIMIT {FAIR_WINDOW}
 ), shares AS (
-    -- Each such project with a ready run: its oldest ready run, and its executing attempts. They are not
-    -- counted for a window of one project, which then holds the message's own run's project; a woken
-    -- waiter (delayed, so not among the ready runs) may find another project there.
-    SELECT p.project_id, head.queued_at, head.id,
-           CASE WHEN (SELECT count(*) FROM projects c) > 1 OR CAST(:wake AS boolean)
-                THEN {_EXECUTING.format(project="p.project_id")} ELSE 0 END AS executing
+    -- Each such project with a ready run: its oldest ready run, and its executing attempts.
+    SELECT p.project_id, head.queued_at, head.id, {_EXECUTING.format(project="p.project_id")} AS executing
     FROM projects p CROSS JOIN LATERAL (
         SELECT b.queued_at, b.id FROM runs b JOIN jobs bj ON bj.id = b.job_id
         WHERE b.status = 'queued' AND b.priority = {_TOP} AND b.project_id {_C} = p.project_id {_C}
