@@ -126,6 +126,16 @@ _RIVAL = (f"(SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.pri
           "IS NOT NULL")
 _BY_PROJECT = f"ORDER BY b.priority DESC, b.project_id {_C}"
 _TOP = "(SELECT priority FROM top)"
+
+
+def _next_project(after: str | None) -> str:
+    """The first project (after the project id ``after``, in id order) with a queued run at the top priority:
+    one descent of ix_runs_ready. The fair pick's window is walked with it."""
+    bound = "" if after is None else f"AND b.project_id {_C} > {after} {_C} "
+    return (f"(SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP} "
+            f"{bound}{_BY_PROJECT} LIMIT 1)")
+
+
 _STRIP_USERINFO = f"regexp_replace({{url}}, '{USERINFO_PATTERN}', '\\1//')"
 _SETTINGS_CHECKED = "picked.id = :settings_checked_id"
 # A run whose snapshot settings Python checked records the snapshot's version and endpoint in attempt_started.
@@ -171,19 +181,15 @@ _FALLBACK = f""", top AS (
     SELECT COALESCE(CAST(:origin AS text), (SELECT o.project_id FROM runs o WHERE o.id = :hint), '') AS project_id
 ), after AS (
     -- The projects with a queued run at the top priority after the origin, in id order: one index descent each.
-    SELECT 1 AS n, (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
-                      AND b.project_id {_C} > (SELECT project_id FROM origin) {_C} {_BY_PROJECT} LIMIT 1) AS project_id
+    SELECT 1 AS n, {_next_project("(SELECT project_id FROM origin)")} AS project_id
     UNION ALL
-    SELECT a.n + 1, (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
-                       AND b.project_id {_C} > a.project_id {_C} {_BY_PROJECT} LIMIT 1)
+    SELECT a.n + 1, {_next_project("a.project_id")}
     FROM after a WHERE a.project_id IS NOT NULL AND a.n < {FAIR_WINDOW}
 ), wrapped AS (
     -- Then from the first one again, up to the origin.
-    SELECT 1 AS n, (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
-                    {_BY_PROJECT} LIMIT 1) AS project_id
+    SELECT 1 AS n, {_next_project(None)} AS project_id
     UNION ALL
-    SELECT w.n + 1, (SELECT b.project_id FROM runs b WHERE b.status = 'queued' AND b.priority = {_TOP}
-                       AND b.project_id {_C} > w.project_id {_C} {_BY_PROJECT} LIMIT 1)
+    SELECT w.n + 1, {_next_project("w.project_id")}
     FROM wrapped w WHERE w.project_id {_C} < (SELECT project_id FROM origin) {_C} AND w.n < {FAIR_WINDOW}
 ), projects AS (
     -- The fair share's window: at most FAIR_WINDOW of them, from the origin on, wrapping around.
