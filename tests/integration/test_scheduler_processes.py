@@ -163,11 +163,16 @@ def test_two_replicas_one_run_per_tick_and_changes_apply_within_a_sync(session_f
 def test_a_start_within_the_grace_catches_up_once_and_beyond_it_skips(session_factory, spawn) -> None:
     """Whether a missed tick fires is decided by the process that starts after it, by its own grace: one
     started beyond its grace skips the tick, one started within its grace makes the run, once."""
+    # The tick that was missed: the last minute boundary when it is recent enough for both processes to
+    # start well within the prompt one's grace, else the next one. The job predates it, so it counts as missed.
+    now = datetime.now(UTC)
+    tick = now.replace(second=0, microsecond=0)
+    if now - tick > timedelta(seconds=30):
+        tick = next_minute(now)
     with session_factory() as s:
-        job = make_job(s, cron="* * * * *")
+        job = make_job(s, cron="* * * * *", now=tick - timedelta(seconds=1))
         s.commit()
-    tick = next_minute(datetime.now(UTC) + timedelta(seconds=1))
-    late, prompt = spawn("late", grace_secs=5), spawn("prompt", grace_secs=30)
+    late, prompt = spawn("late", grace_secs=5), spawn("prompt", grace_secs=90)
     sleep_until(tick + timedelta(seconds=6))
     late.start()  # ready a second or so later: the tick is beyond its 5 s grace
     skipped = [e for e in late.events() if e.get("event") == "missed cron tick skipped: older than the misfire grace"
@@ -176,7 +181,7 @@ def test_a_start_within_the_grace_catches_up_once_and_beyond_it_skips(session_fa
     assert cron_runs(session_factory, job.id) == []
 
     started = datetime.now(UTC)
-    prompt.start()  # within its 30 s grace
+    prompt.start()  # within its 90 s grace
     deadline = time.monotonic() + 3
     while not (caught := cron_runs(session_factory, job.id)):
         assert time.monotonic() < deadline, "no catch-up run"
