@@ -193,6 +193,11 @@ def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -
         print(f"{label:<26}{fmt(float(s_value)):>12}{fmt(float(r_value)):>12}   {target}")
     print(f"drain rounds sluice: {[round(x) for x in sluice.drain_rps]}  "
           f"reference: {[round(x) for x in ref.drain_rps]}")
+    if ref.drain_rps:
+        # Each round's two drains ran one after the other: the spread of their ratios shows how much a shared
+        # machine moved during the run.
+        paired = [s / r for s, r in zip(sluice.drain_rps, ref.drain_rps, strict=False)]
+        print(f"drain ratio per round: {[round(x, 2) for x in paired]}  median {statistics.median(paired):.2f}×")
 
 
 def main(argv: list[str] | None = None) -> int:
