@@ -196,7 +196,7 @@ def report(sluice: Result, reference: Result | None, args: argparse.Namespace) -
     if ref.drain_rps:
         # Each round's two drains ran one after the other: the spread of their ratios shows how much a shared
         # machine moved during the run.
-        paired = [s / r for s, r in zip(sluice.drain_rps, ref.drain_rps, strict=False)]
+        paired = [s / r for s, r in zip(sluice.drain_rps, ref.drain_rps, strict=True)]
         print(f"drain ratio per round: {[round(x, 2) for x in paired]}  median {statistics.median(paired):.2f}×")
 
 
